@@ -1,0 +1,37 @@
+"""Advantage estimators: per-completion rewards [B*G] → per-completion advantages [B*G].
+
+Completions arrive grouped: rows g*G … g*G+G-1 belong to prompt g.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from mmrl.registry import Registry
+
+ADVANTAGES: Registry = Registry("advantage estimator")
+
+
+@ADVANTAGES.register("group_norm")
+def group_norm(rewards: torch.Tensor, *, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """GRPO: Â_i = (r_i − mean_G r) / (std_G r + ε).
+
+    Paper: DeepSeekMath (arXiv:2402.03300). The std is the sample standard deviation (Bessel-corrected), as
+    in the paper's and TRL's implementation. A group of equal rewards gets Â = 0 exactly.
+    Differs from: `group_center` (no std division, Dr. GRPO).
+    """
+    r = rewards.view(-1, group_size)  # [B, G]
+    mean = r.mean(dim=1, keepdim=True)  # [B, 1]
+    std = r.std(dim=1, keepdim=True)  # [B, 1]
+    return ((r - mean) / (std + eps)).reshape(-1)  # [B*G]
+
+
+@ADVANTAGES.register("group_center")
+def group_center(rewards: torch.Tensor, *, group_size: int, eps: float = 1e-6) -> torch.Tensor:
+    """Dr. GRPO: Â_i = r_i − mean_G r (no std scaling, which biases towards easy/hard prompts).
+
+    Paper: Understanding R1-Zero-Like Training: A Critical Perspective (arXiv:2503.20783).
+    Differs from: `group_norm` (divides by the group std).
+    """
+    r = rewards.view(-1, group_size)  # [B, G]
+    return (r - r.mean(dim=1, keepdim=True)).reshape(-1)  # [B*G]

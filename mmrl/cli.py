@@ -1,0 +1,189 @@
+"""`mmrl` command line: train, eval, zoo, export, data, plot (see README.md).
+
+Exit status: 0 success, 2 invalid configuration or usage (before any model loads), 1 other errors (bad data,
+missing model directory), each with a one-line message naming the key, sample or file at fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+
+
+def _quiet_hub() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads: zoo models or local directories only
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def _fail(code: int, message: str) -> int:
+    print(f"mmrl: error: {message}", file=sys.stderr)
+    return code
+
+
+def cmd_train(args) -> int:
+    from mmrl import config
+
+    recipe = args.recipe
+    overrides = list(args.overrides)
+    if recipe and "=" in recipe and not Path(recipe).exists():  # `mmrl train key=value` without a recipe
+        overrides.insert(0, recipe)
+        recipe = None
+    recipe = recipe or (str(DEFAULT_RECIPE) if DEFAULT_RECIPE.exists() else None)
+    try:
+        cfg = config.load(recipe, overrides)
+    except config.ConfigError as e:
+        return _fail(2, str(e))
+    _quiet_hub()
+    from mmrl.errors import BadSampleError
+    from mmrl.policy import ModelLoadError
+    from mmrl.trainer import Trainer
+
+    try:
+        summary = Trainer(cfg).run()
+    except (BadSampleError, ModelLoadError, FileNotFoundError) as e:
+        return _fail(1, str(e))
+    before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
+    print("held-out (greedy):")
+    for key in sorted(set(before) | set(after)):
+        if key == "eval/n":
+            continue
+        b, a = before.get(key), after.get(key)
+        print(f"  {key:28s} before {b if b is None else f'{b:.3f}':>6}   after {a if a is None else f'{a:.3f}':>6}")
+    print(f"run directory: {cfg.run_dir}")
+    return 0
+
+
+def cmd_eval(args) -> int:
+    from mmrl import config
+    from mmrl.evaluation import EvalError, run_eval
+
+    _quiet_hub()
+    try:
+        report = run_eval(args.source, data=args.data, task=args.task, n=args.n, overrides=args.overrides,
+                          out=args.out)
+    except config.ConfigError as e:
+        return _fail(2, str(e))
+    except (EvalError, FileNotFoundError) as e:
+        return _fail(1, str(e))
+    for k, v in report["metrics"].items():
+        print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
+    print(f"report: {report['path']}")
+    return 0
+
+
+def cmd_zoo(args) -> int:
+    from mmrl import zoo
+
+    _quiet_hub()
+    if args.zoo_cmd == "list":
+        for fam in zoo.families():
+            print(fam, "(sizes: tiny, small)")
+        return 0
+    try:
+        out = zoo.build(args.name, args.dir)
+    except ValueError as e:
+        return _fail(2, str(e))
+    print(out)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from mmrl.evaluation import EvalError
+    from mmrl.export import export
+
+    _quiet_hub()
+    try:
+        out = export(args.source, args.out, merge_lora=args.merge_lora)
+    except (EvalError, FileNotFoundError, ValueError) as e:
+        return _fail(1, str(e))
+    print(out)
+    return 0
+
+
+def cmd_data(args) -> int:
+    from mmrl.datasets.jsonl import write_jsonl
+    from mmrl.datasets.synthetic import TASKS, make
+    from mmrl.registry import UnknownNameError
+
+    try:
+        TASKS.get(args.task)
+    except UnknownNameError as e:
+        return _fail(2, str(e))
+    samples = make(args.task, args.n, seed=args.seed, split=args.split)
+    print(write_jsonl(samples, args.out))
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from mmrl.plots import plot_run
+
+    if not (Path(args.run_dir) / "metrics.jsonl").exists():
+        return _fail(1, f"{args.run_dir} has no metrics.jsonl")
+    for p in plot_run(args.run_dir):
+        print(p)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="mmrl", description="RL post-training of vision-language models")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    t = sub.add_parser("train", help="train from a recipe (default: recipes/demo.yaml)")
+    t.add_argument("recipe", nargs="?", help="recipe YAML")
+    t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-4 smoke=true")
+    t.set_defaults(fn=cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a run directory, checkpoint or model directory")
+    e.add_argument("source")
+    e.add_argument("--data", help="JSONL file to evaluate on")
+    e.add_argument("--task", help="synthetic task to evaluate on")
+    e.add_argument("--n", type=int, default=None, help="number of synthetic samples")
+    e.add_argument("--out", default=None, help="report folder (default: SOURCE_RUN/eval/NAME)")
+    e.add_argument("overrides", nargs="*")
+    e.set_defaults(fn=cmd_eval)
+
+    z = sub.add_parser("zoo", help="offline tiny model zoo")
+    zs = z.add_subparsers(dest="zoo_cmd", required=True)
+    zb = zs.add_parser("build", help="build NAME (e.g. qwen2_vl, qwen2_5_vl-small) into DIR")
+    zb.add_argument("name")
+    zb.add_argument("dir")
+    zs.add_parser("list", help="list the families")
+    z.set_defaults(fn=cmd_zoo)
+
+    x = sub.add_parser("export", help="export a run/checkpoint to a from_pretrained directory")
+    x.add_argument("source")
+    x.add_argument("out")
+    x.add_argument("--merge-lora", action="store_true", help="merge LoRA adapters into the base weights")
+    x.set_defaults(fn=cmd_export)
+
+    d = sub.add_parser("data", help="datasets")
+    ds = d.add_subparsers(dest="data_cmd", required=True)
+    dm = ds.add_parser("make", help="write a synthetic dataset as JSONL + images")
+    dm.add_argument("task")
+    dm.add_argument("--n", type=int, default=100)
+    dm.add_argument("--seed", type=int, default=0)
+    dm.add_argument("--split", default="train")
+    dm.add_argument("--out", required=True)
+    d.set_defaults(fn=cmd_data)
+
+    p = sub.add_parser("plot", help="draw a run's curves into RUN_DIR/plots")
+    p.add_argument("run_dir")
+    p.set_defaults(fn=cmd_plot)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.fn(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

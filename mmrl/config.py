@@ -1,0 +1,366 @@
+"""Typed configuration: YAML recipes validated against a dataclass tree.
+
+Precedence: dataclass defaults < algorithm preset < `extends:` chain < the recipe < command-line `key=value`
+overrides; mappings merge deeply, lists replace. `smoke=true` merges the recipe's own `smoke:` block last.
+Unknown keys and wrong types raise `ConfigError` naming the dotted key (and the closest valid key) before any
+model loads; the CLI turns that into exit status 2.
+
+Sections (every field is documented where it is declared):
+
+- `model`     what to train and how (`path`, `mode: full|lora`, `lora`, `freeze_vision`, `dtype`, …)
+- `data`      `train` / `eval` sources (a synthetic task or a JSONL file) and `on_bad_sample`
+- `rollout`   the generation engine and its sampling parameters (`group_size`, `temperature`, …)
+- `rewards`   a list of reward terms `{fn, name, weight, kwargs}` (see `mmrl.rewards`)
+- `algorithm` the policy-loss knobs (advantage, clip, aggregation, KL) by registry name
+- `stages`    `[{name, kind: sft|rl, steps, lr, labels}]` run in order
+- `trainer`   optimizer, global batch sizes, schedule, eval / checkpoint cadence, seed, threads
+- `run`       output directory and logging backends
+- `resume`    `none` | `auto` | a checkpoint directory
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from mmrl.registry import closest
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the dotted key."""
+
+
+# ----------------------------------------------------------------------------------------------- sections
+
+
+@dataclass
+class LoraConfig:
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.0
+    # Module-name suffixes in the language model that get adapters. With `freeze_vision: false`, the vision
+    # tower's linear layers get adapters too (LoRA mode never trains base weights).
+    target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+    vision_target_modules: list[str] = field(
+        default_factory=lambda: ["qkv", "proj", "fc1", "fc2", "mlp.0", "mlp.2", "q_proj", "k_proj",
+                                 "v_proj", "out_proj", "linear_fc1", "linear_fc2"]
+    )
+
+
+@dataclass
+class ModelConfig:
+    path: str = "zoo:qwen2_vl"  # `zoo:NAME` (offline tiny model) or a local checkpoint directory
+    mode: Literal["full", "lora"] = "full"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    freeze_vision: bool = True  # the zoo's vision tower is random: demos set this to false
+    dtype: Literal["float32", "bfloat16"] = "float32"
+    gradient_checkpointing: bool = False
+    attn_implementation: str = "sdpa"  # `flash_attention_2` on GPU with the `flash` extra
+    # Box convention of the model's outputs: `auto` (from the model type) or qwen2_vl|qwen2_5_vl|qwen3_vl|pixel|norm
+    box_convention: str = "auto"
+
+
+@dataclass
+class DataSource:
+    task: str | None = None  # a synthetic task name (`mmrl.datasets.synthetic`), or …
+    path: str | None = None  # … a JSONL file
+    n: int = 1000  # number of synthetic samples (ignored for files)
+    seed: int = 0
+    kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the synthetic task
+
+
+@dataclass
+class DataConfig:
+    train: DataSource = field(default_factory=lambda: DataSource(task="rotation", n=4096))
+    eval: DataSource = field(default_factory=lambda: DataSource(task="rotation", n=200, seed=1))
+    on_bad_sample: Literal["raise", "skip"] = "raise"
+    system_prompt: str | None = None
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    group_size: int = 8  # G completions per prompt
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 32
+    batch_prompts: int = 16  # prompts per generate() call (memory knob; results do not depend on it)
+
+
+@dataclass
+class RewardConfig:
+    fn: str = "format"  # registry name, `pkg.module:function` or `path/file.py:function`
+    name: str | None = None  # metric name (default: fn)
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AlgorithmConfig:
+    advantage: str = "group_norm"  # registered advantage estimator
+    adv_eps: float = 1e-6
+    policy_loss: str = "ppo_clip"  # registered policy loss
+    clip_low: float = 0.2
+    clip_high: float = 0.2
+    aggregation: str = "token_mean"  # registered loss aggregation
+    kl_coef: float = 0.0  # reference KL in the loss (0 disables the reference policy entirely)
+    kl_estimator: str = "k3"
+
+
+@dataclass
+class StageConfig:
+    name: str = "rl"
+    kind: Literal["sft", "rl"] = "rl"
+    steps: int = 100
+    lr: float | None = None  # default: trainer.lr
+    lr_schedule: Literal["constant", "linear", "cosine"] | None = None  # default: trainer.lr_schedule
+    labels: Literal["true", "random"] = "true"  # sft only: `random` = format-only warm start at chance
+
+
+@dataclass
+class TrainerConfig:
+    lr: float = 1e-5
+    lr_schedule: Literal["constant", "linear", "cosine"] = "constant"
+    min_lr_ratio: float = 0.0  # floor of linear / cosine decay, as a fraction of lr
+    warmup_steps: int = 0
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    prompts_per_step: int = 8  # global RL batch in prompts (× group_size completions)
+    sft_batch_size: int = 16  # global SFT batch in samples
+    micro_batch_size: int = 64  # sequences per forward/backward (accumulation; results do not depend on it)
+    grad_clip: float = 1.0
+    seed: int = 0
+    threads: int | None = None  # torch intra-op threads (None: torch's default)
+    eval_every: int = 0  # RL steps between held-out evaluations (0: only before and after)
+    eval_batch: int = 64
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
+    keep_checkpoints: int = 2
+    log_rollouts_every: int = 10
+
+
+@dataclass
+class RunConfig:
+    dir: str = "runs/{name}"
+    name: str = "demo"
+    backends: list[str] = field(default_factory=lambda: ["jsonl"])  # + tensorboard, wandb
+    progress: bool = True
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    resume: str = "none"  # none | auto | path to a checkpoint directory
+    description: str = ""
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.run.dir.format(name=self.run.name))
+
+
+# --------------------------------------------------------------------------------------------- building
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _convert(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert `value` to type `tp`; raise ConfigError naming `key`."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _convert(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if origin is Literal:
+        if value not in args:
+            hint = closest(str(value), [str(a) for a in args])
+            extra = f"; did you mean {hint!r}?" if hint else ""
+            raise ConfigError(f"{key}: {value!r} is not one of {list(args)}{extra}")
+        return value
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return _build(tp, value, key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__} {value!r}")
+        return [_convert(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else value
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {type(value).__name__} {value!r}")
+        return dict(value)
+    if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {type(value).__name__} {value!r}")
+        return float(value)
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {type(value).__name__} {value!r}")
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {type(value).__name__} {value!r}")
+        return value
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {type(value).__name__} {value!r}")
+        return value
+    raise ConfigError(f"{key}: unsupported type {tp}")  # a bug in the dataclass tree, not user input
+
+
+def _build(cls: type, data: dict, prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for k, v in data.items():
+        dotted = f"{prefix}.{k}" if prefix else str(k)
+        if k not in names:
+            hint = closest(str(k), names)
+            extra = f"; did you mean {(prefix + '.' if prefix else '') + hint!r}?" if hint else ""
+            raise ConfigError(f"unknown key {dotted!r}{extra} (valid under {prefix or 'top level'}: "
+                              f"{', '.join(names)})")
+        kwargs[k] = _convert(v, hints[k], dotted)
+    return cls(**kwargs)
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Mappings merge recursively; everything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    """Read a recipe, resolving its `extends:` chain (relative to the file) into one mapping."""
+    path = path.resolve()
+    if path in chain:
+        raise ConfigError(f"extends: cycle through {path}")
+    if not path.exists():
+        raise ConfigError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe must be a mapping at top level")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    return deep_merge(_read_yaml(path.parent / parent, chain + (path,)), data)
+
+
+def parse_override(text: str) -> dict:
+    """`trainer.lr=1e-4` → {"trainer": {"lr": 1e-4}} (the value parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {text!r} is not of the form key=value")
+    value = yaml.safe_load(raw) if raw else ""
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve a recipe (+ `extends:` chain) and command-line overrides into a validated `Config`."""
+    data = _read_yaml(Path(recipe)) if recipe else {}
+    smoke = False
+    for text in overrides:
+        over = parse_override(text)
+        if over.keys() == {"smoke"}:
+            smoke = over["smoke"]
+            continue
+        data = deep_merge(data, over)
+    smoke_block = data.pop("smoke", None)
+    if smoke:
+        if not isinstance(smoke_block, dict):
+            raise ConfigError("smoke=true but the recipe has no `smoke:` block")
+        data = deep_merge(data, smoke_block)
+    data = _apply_preset(data)
+    cfg = _build(Config, data, "")
+    validate(cfg)
+    return cfg
+
+
+def _apply_preset(data: dict) -> dict:
+    """`algorithm.preset: NAME` expands to its knob bundle (presets < recipe values)."""
+    algo = data.get("algorithm")
+    if not isinstance(algo, dict) or "preset" not in algo:
+        return data
+    from mmrl.algorithms import PRESETS
+
+    algo = dict(algo)
+    preset = PRESETS.get(str(algo.pop("preset")))
+    return dict(data, algorithm=deep_merge(dict(preset), algo))
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks and registry names (before any model loads)."""
+    from mmrl.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+    from mmrl.registry import UnknownNameError
+
+    checks = [
+        ("algorithm.advantage", ADVANTAGES, cfg.algorithm.advantage),
+        ("algorithm.policy_loss", POLICY_LOSSES, cfg.algorithm.policy_loss),
+        ("algorithm.aggregation", AGGREGATIONS, cfg.algorithm.aggregation),
+        ("algorithm.kl_estimator", KL_ESTIMATORS, cfg.algorithm.kl_estimator),
+    ]
+    for key, registry, name in checks:
+        try:
+            registry.get(name)
+        except UnknownNameError as e:
+            raise ConfigError(f"{key}: {e}") from None
+    if cfg.rollout.group_size < 2 and any(s.kind == "rl" for s in cfg.stages):
+        raise ConfigError("rollout.group_size: GRPO needs at least 2 completions per prompt")
+    for i, s in enumerate(cfg.stages):
+        if s.steps < 0:
+            raise ConfigError(f"stages[{i}].steps: must be >= 0")
+    for i, src in enumerate((cfg.data.train, cfg.data.eval)):
+        key = ("data.train", "data.eval")[i]
+        if (src.task is None) == (src.path is None):
+            raise ConfigError(f"{key}: set exactly one of `task` (synthetic) or `path` (JSONL file)")
+    if cfg.resume not in ("none", "auto") and not Path(cfg.resume).exists():
+        raise ConfigError(f"resume: checkpoint {cfg.resume!r} does not exist")
+    names = [r.name or r.fn for r in cfg.rewards]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"rewards: duplicate reward names {names}; give each a distinct `name`")
+
+
+def to_dict(cfg: Config) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def dump(cfg: Config, path: Path) -> None:
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,33 @@
+"""`mmrl export SOURCE OUT [--merge-lora]`: write a directory that `from_pretrained` loads.
+
+- full mode: the trained weights + processor (`AutoModelForImageTextToText.from_pretrained(OUT)`).
+- lora mode with `--merge-lora`: adapters merged into the base → a plain model directory.
+- lora mode without it: the peft adapter (`adapter_config.json` + `adapter_model.safetensors`) + processor;
+  load with `PeftModel.from_pretrained(base, OUT)`. Runs whose earlier stages merged an adapter into the base
+  (SFT → RL) need `--merge-lora`, since a single adapter cannot express two stacked ones.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mmrl.evaluation import EvalError, load_trainer
+
+
+def export(source: str, out: str, *, merge_lora: bool = False) -> Path:
+    trainer, cfg, ck = load_trainer(source)
+    policy = trainer.policy
+    out_dir = Path(out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.model.mode == "lora":
+        if merge_lora:
+            model = policy.model.merge_and_unload()
+            model.save_pretrained(out_dir)
+        elif policy.merged_adapters:
+            raise EvalError(f"{source}: earlier stages merged adapters into the base; export with --merge-lora")
+        else:
+            policy.model.save_pretrained(out_dir)
+    else:
+        policy.hf.save_pretrained(out_dir)
+    policy.processor.save_pretrained(out_dir)
+    return out_dir

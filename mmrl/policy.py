@@ -1,0 +1,264 @@
+"""The policy: a VLM + its processor, in `full` or `lora` mode, with its reference and log-probs.
+
+- Loads from any local directory (a zoo model via `zoo:NAME`, or a real checkpoint) with
+  `AutoModelForImageTextToText` / `AutoProcessor`; nothing downloads.
+- `full` mode trains all (unfrozen) weights; `lora` mode wraps the model with peft adapters and never
+  changes a base weight. `freeze_vision` freezes the vision encoder (full) or keeps adapters off it (lora).
+- Reference policy (DESIGN.md "Reference policy and stages"): fixed at the start of the first RL stage. In
+  LoRA mode a stage boundary merges the trained adapter into the base and starts a fresh one, so the reference
+  is "adapters disabled" (no second copy); in full mode a frozen copy is taken, only if a KL term needs it.
+- Prompts are processed once (`encode`), and their tensors reused for every completion and pass (`collate`).
+- Log-probs come from the last hidden states through `mmrl.kernels.token_logprobs` — never full logits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmrl import zoo
+from mmrl.config import ModelConfig
+from mmrl.datasets.sample import BadSampleError, Sample
+from mmrl.kernels import token_logprobs
+from mmrl.perception.geometry import Geometry, convention_for
+
+TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
+VISION_MODULE_WORDS = ("visual", "vision_tower", "vision_model")
+# Special tokens a policy must never sample: they would desynchronise image features and placeholders.
+NEVER_SAMPLE = ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>",
+                "<|im_start|>", "<image>", "<video>", "<pad>")
+
+
+class ModelLoadError(RuntimeError):
+    """The model directory is missing or unusable."""
+
+
+@dataclass
+class PromptInputs:
+    """One prompt, processed once: token tensors [1, P] and media tensors, plus per-image geometry."""
+
+    sample: Sample
+    tensors: dict[str, torch.Tensor]
+    geometry: list[Geometry] = field(default_factory=list)
+
+    @property
+    def length(self) -> int:
+        return int(self.tensors["input_ids"].shape[1])
+
+
+def _dtype(name: str) -> torch.dtype:
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+class Policy:
+    def __init__(self, cfg: ModelConfig, hf_model, processor, path: str):
+        self.cfg = cfg
+        self.hf = hf_model  # the transformers model (peft, if any, injects adapters into it in place)
+        self.model = hf_model  # what is trained: the PeftModel in lora mode, else the same as `hf`
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        self.path = path
+        self.model_type = getattr(hf_model.config, "model_type", "")
+        self.convention = cfg.box_convention if cfg.box_convention != "auto" else convention_for(self.model_type)
+        self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        vocab = self.tokenizer.get_vocab()
+        self.never_sample = sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} - {self.eos_id})
+        self.reference: torch.nn.Module | None = None  # full mode with KL: a frozen copy
+        self.merged_adapters: list[dict[str, torch.Tensor]] = []  # lora: adapters merged at stage boundaries
+
+    # ------------------------------------------------------------------------------------------ loading
+    @classmethod
+    def load(cls, cfg: ModelConfig) -> "Policy":
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        path = zoo.resolve(cfg.path)
+        if not Path(path).is_dir() or not (Path(path) / "config.json").exists():
+            raise ModelLoadError(
+                f"model.path: {cfg.path!r} is not a model directory (no config.json at {path}); use "
+                f"`zoo:NAME` (one of {', '.join(zoo.families())}) or a local checkpoint directory"
+            )
+        try:
+            processor = AutoProcessor.from_pretrained(path)
+            model = AutoModelForImageTextToText.from_pretrained(
+                path, dtype=_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation
+            )
+        except (OSError, ValueError) as e:
+            raise ModelLoadError(f"model.path: cannot load {path}: {e}") from e
+        policy = cls(cfg, model, processor, path)
+        policy._setup_trainable()
+        return policy
+
+    def _is_vision(self, name: str) -> bool:
+        return any(w in name.split(".") for w in VISION_MODULE_WORDS)
+
+    def _setup_trainable(self) -> None:
+        if self.cfg.gradient_checkpointing:
+            self.hf.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if self.cfg.mode == "lora":
+            self._add_adapter()
+            return
+        for name, p in self.hf.named_parameters():
+            p.requires_grad_(not (self.cfg.freeze_vision and self._is_vision(name)))
+
+    def _lora_target_regex(self) -> str:
+        lang = "|".join(re.escape(m) for m in self.cfg.lora.target_modules)
+        pattern = rf"(?!.*(?:{'|'.join(VISION_MODULE_WORDS)})).*\.(?:{lang})"
+        if not self.cfg.freeze_vision:
+            vis = "|".join(re.escape(m) for m in self.cfg.lora.vision_target_modules)
+            pattern += rf"|.*(?:{'|'.join(VISION_MODULE_WORDS)}).*\.(?:{vis})"
+        return pattern
+
+    def _add_adapter(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        lcfg = LoraConfig(
+            r=self.cfg.lora.r, lora_alpha=self.cfg.lora.alpha, lora_dropout=self.cfg.lora.dropout,
+            target_modules=self._lora_target_regex(), bias="none",
+        )
+        self.model = get_peft_model(self.hf, lcfg)
+
+    # ------------------------------------------------------------------------------ stages / reference
+    def begin_rl(self, needs_reference: bool, adapter_trained: bool) -> None:
+        """Fix the reference policy at the start of the first RL stage (KL is exactly 0 at its first step)."""
+        if self.cfg.mode == "lora":
+            if adapter_trained:  # an SFT stage trained the adapter: fold it into the base, start fresh
+                self.merged_adapters.append(self.adapter_state())
+                self.hf = self.model.merge_and_unload()
+                self._add_adapter()
+            return
+        if needs_reference:
+            self.reference = copy.deepcopy(self.hf).eval().requires_grad_(False)
+
+    @contextlib.contextmanager
+    def as_reference(self):
+        """Within this context `self.hf` computes the reference policy's outputs."""
+        if self.cfg.mode == "lora":
+            with self.model.disable_adapter():
+                yield self.hf
+        else:
+            if self.reference is None:
+                raise RuntimeError("no reference policy: set algorithm.kl_coef > 0 before the RL stage begins")
+            yield self.reference
+
+    # ---------------------------------------------------------------------------------------- weights
+    def trainable_names(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters() if p.requires_grad]
+
+    def adapter_state(self) -> dict[str, torch.Tensor]:
+        from peft import get_peft_model_state_dict
+
+        return {k: v.detach().clone() for k, v in get_peft_model_state_dict(self.model).items()}
+
+    def state_for_checkpoint(self) -> dict[str, torch.Tensor]:
+        """LoRA: adapter weights only. Full: every weight (so a checkpoint is a complete model)."""
+        if self.cfg.mode == "lora":
+            return self.adapter_state()
+        return {k: v.detach() for k, v in self.hf.state_dict().items()}
+
+    def load_checkpoint_state(self, state: dict[str, torch.Tensor]) -> None:
+        if self.cfg.mode == "lora":
+            from peft import set_peft_model_state_dict
+
+            res = set_peft_model_state_dict(self.model, state)
+            bad = [k for k in getattr(res, "unexpected_keys", []) if "lora" in k]
+            if bad:
+                raise ValueError(f"adapter checkpoint does not match the model: unexpected {bad[:3]}")
+            return
+        missing, unexpected = self.hf.load_state_dict(state, strict=False)
+        if unexpected or [m for m in missing if "lm_head" not in m]:
+            raise ValueError(f"checkpoint does not match the model: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    def replay_merged_adapters(self, adapters: list[dict[str, torch.Tensor]]) -> None:
+        """LoRA resume: re-apply and merge the adapters earlier stages merged, then start a fresh adapter."""
+        from peft import set_peft_model_state_dict
+
+        for state in adapters:
+            set_peft_model_state_dict(self.model, state)
+            self.merged_adapters.append(state)
+            self.hf = self.model.merge_and_unload()
+            self._add_adapter()
+
+    # ----------------------------------------------------------------------------------------- inputs
+    def encode(self, sample: Sample, system_prompt: str | None = None) -> PromptInputs:
+        """Chat template + processor for one prompt; media loaded here and released on return."""
+        from mmrl.perception.images import load_image
+
+        images = [load_image(src, sample_id=sample.id) for src in sample.media("image")]
+        messages = sample.messages
+        if system_prompt and not any(m.get("role") == "system" for m in messages):
+            messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] + messages
+        try:
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            out = self.processor(text=[text], images=images or None, return_tensors="pt")
+        except (ValueError, TypeError, KeyError) as e:
+            raise BadSampleError(sample.id, f"the processor rejected it: {e}") from e
+        tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        if "pixel_values" in tensors:
+            tensors["pixel_values"] = tensors["pixel_values"].to(self.hf.dtype)
+        geometry = [
+            Geometry.for_image(self.processor, im.width, im.height, self.convention) for im in images
+        ] if self.convention != "pixel" else [Geometry.identity(im.width, im.height) for im in images]
+        for im in images:
+            im.close()
+        return PromptInputs(sample=sample, tensors=tensors, geometry=geometry)
+
+    def collate(self, prompts: list[PromptInputs], repeats: int = 1) -> dict[str, torch.Tensor]:
+        """Batch prompts (each repeated `repeats` times, adjacent) with left padding; media concatenated."""
+        rows = [p for p in prompts for _ in range(repeats)]
+        width = max(p.length for p in rows)
+        batch: dict[str, list[torch.Tensor]] = {}
+        for p in rows:
+            pad = width - p.length
+            for k, v in p.tensors.items():
+                if k in TOKEN_KEYS:
+                    fill = self.pad_id if k == "input_ids" else 0
+                    v = torch.nn.functional.pad(v, (pad, 0), value=fill)
+                batch.setdefault(k, []).append(v)
+        return {k: torch.cat(v, dim=0) for k, v in batch.items()}
+
+    # --------------------------------------------------------------------------------------- log-probs
+    def completion_logprobs(
+        self, batch: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor, *,
+        temperature: float = 1.0, with_entropy: bool = False, model: torch.nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs [N, C] of the completion tokens given the (collated) prompts; masked positions are 0."""
+        model = model if model is not None else self.hf
+        prompt_len = batch["input_ids"].shape[1]
+        inputs = dict(batch)
+        for k in TOKEN_KEYS:
+            if k in inputs:
+                ext = completion_ids if k == "input_ids" else (
+                    completion_mask.to(inputs[k].dtype) if k == "attention_mask" else torch.zeros_like(completion_ids)
+                )
+                inputs[k] = torch.cat([inputs[k], ext.to(inputs[k].dtype)], dim=1)  # [N, P+C]
+        hidden = model.model(**inputs, use_cache=False).last_hidden_state  # [N, P+C, H]
+        hidden = hidden[:, prompt_len - 1 : -1]  # [N, C, H]: position t predicts completion token t
+        n, c, h = hidden.shape
+        targets = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, -100))
+        weight = model.get_output_embeddings().weight  # [V, H]
+        logp, ent = token_logprobs(
+            hidden.reshape(n * c, h), weight, targets.reshape(-1), temperature=temperature, with_entropy=with_entropy
+        )
+        return logp.view(n, c), (ent.view(n, c) if ent is not None else None)
+
+    def train(self) -> None:
+        self.model.train()
+
+    def eval(self) -> None:
+        self.model.eval()
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def describe(self) -> dict[str, Any]:
+        total = sum(p.numel() for p in self.model.parameters())
+        train = sum(p.numel() for p in self.parameters())
+        return {"model_type": self.model_type, "mode": self.cfg.mode, "params": total, "trainable": train,
+                "box_convention": self.convention}

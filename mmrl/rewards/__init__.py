@@ -1,0 +1,28 @@
+"""Reward functions, the reward registry, plug-in loading and composition.
+
+A reward is `fn(completions: list[str], **columns) -> list[float | None]` (`None` = not applicable).
+`get(spec)` resolves a registry name (`"iou"`), `"pkg.module:function"` or `"path/file.py:function"`;
+`compose.score` weights and sums several rewards and keeps each component for logging.
+"""
+
+from mmrl.rewards.registry import REWARDS, RewardSpecError, get, names, register
+from mmrl.rewards.builtin import answer_match, box_iou, format_reward, iou  # importing registers them
+from mmrl.rewards.compose import RewardTerm, score, summarize
+from mmrl.rewards.parsing import extract_answer, parse_boxes
+
+__all__ = [
+    "REWARDS",
+    "RewardSpecError",
+    "RewardTerm",
+    "answer_match",
+    "box_iou",
+    "extract_answer",
+    "format_reward",
+    "get",
+    "iou",
+    "names",
+    "parse_boxes",
+    "register",
+    "score",
+    "summarize",
+]

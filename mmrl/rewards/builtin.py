@@ -1,0 +1,145 @@
+"""Built-in rewards: `format`, `answer_match`, `iou`.
+
+Each is pure, runs in-process, never raises on any completion text, and returns one value per completion
+(`None` = not applicable). Options are keyword-only with defaults (the caller binds them with
+`functools.partial`); `**kwargs` takes the columns a reward does not use.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, Sequence
+
+from mmrl.rewards.parsing import extract_answer, parse_boxes
+from mmrl.rewards.registry import register
+
+# tempered tokens: block contents never contain another think/answer tag (linear matching, no smuggling)
+_BODY = r"((?:(?!</?(?:think|answer)>).)*)"
+_FORMAT_RE = re.compile(rf"\s*(?:<think>{_BODY}</think>\s*)?<answer>{_BODY}</answer>\s*", re.DOTALL)
+
+
+def _column(col: Sequence[Any] | None, name: str, n: int) -> list[Any]:
+    """A per-completion column, or n Nones when absent; a wrong length is a caller bug."""
+    if col is None:
+        return [None] * n
+    if len(col) != n:
+        raise ValueError(f"column {name!r} has {len(col)} values for {n} completions")
+    return list(col)
+
+
+@register("format")
+def format_reward(completions: list[str], *, require_think: bool = False, **kwargs: Any) -> list[float]:
+    """1.0 when a completion is exactly `(<think>…</think>)? <answer>…</answer>`, else 0.0. Range [0, 1].
+
+    r = 1[text ≍ `\\s* (<think> T </think> \\s*)? <answer> A </answer> \\s*`, strip(A) ≠ "",
+    (T present and strip(T) ≠ "" if `require_think`)], DOTALL, where T and A contain no think/answer tag.
+    The R1-style format reward (DeepSeek-R1, arXiv:2501.12948; R1-V, VLM-R1 arXiv:2504.07615).
+
+    >>> format_reward(["<think>2+2</think> <answer>4</answer>", "4", "<answer> </answer>"])
+    [1.0, 0.0, 0.0]
+    >>> format_reward(["<answer>4</answer>"], require_think=True)
+    [0.0]
+    """
+    out = []
+    for text in completions:
+        m = _FORMAT_RE.fullmatch(text) if isinstance(text, str) else None
+        ok = bool(m) and m.group(2).strip() != ""
+        if ok and require_think:
+            ok = m.group(1) is not None and m.group(1).strip() != ""
+        out.append(1.0 if ok else 0.0)
+    return out
+
+
+def _norm(s: str) -> str:
+    return " ".join(s.casefold().split())
+
+
+@register("answer_match")
+def answer_match(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    """Exact match of the `<answer>` block with the ground truth. Range [0, 1]; None = not applicable.
+
+    r = 1[norm(extract_answer(text)) = norm(str(answer))], norm = strip, casefold, collapse whitespace.
+    An empty or missing answer block scores 0 (Visual-RFT's substring match pays 1.0 for `<answer></answer>`).
+    `None` when the ground truth is None or structured (a dict other than `{"choice": …}`, a list): this
+    reward does not apply to boxes, spans or orders. No numeric equivalence: "3.0" ≠ "3".
+
+    >>> answer_match(["<answer> Paris  </answer>", "<answer>Lyon</answer>", "x"], answer=["paris", "Paris", None])
+    [1.0, 0.0, None]
+    """
+    out: list[float | None] = []
+    for text, gt in zip(completions, _column(answer, "answer", len(completions))):
+        if isinstance(gt, dict):
+            gt = gt.get("choice")
+        if gt is None or isinstance(gt, (list, tuple, dict, set)):
+            out.append(None)
+            continue
+        pred = extract_answer(text) if isinstance(text, str) else None
+        out.append(1.0 if pred and _norm(pred) and _norm(pred) == _norm(str(gt)) else 0.0)
+    return out
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two `[x1, y1, x2, y2]` boxes; 0.0 for degenerate, inverted or non-finite ones.
+
+    IoU = |a ∩ b| / (|a| + |b| − |a ∩ b|), in [0, 1].
+
+    >>> box_iou([0, 0, 2, 2], [1, 1, 3, 3])  # 1 / (4 + 4 - 1)
+    0.14285714285714285
+    >>> box_iou([2, 0, 0, 2], [0, 0, 2, 2])  # inverted
+    0.0
+    """
+    try:
+        ax1, ay1, ax2, ay2 = (float(v) for v in a)
+        bx1, by1, bx2, by2 = (float(v) for v in b)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0
+    vals = (ax1, ay1, ax2, ay2, bx1, by1, bx2, by2)
+    if not all(math.isfinite(v) for v in vals) or ax2 <= ax1 or ay2 <= ay1 or bx2 <= bx1 or by2 <= by1:
+        return 0.0
+    iw = min(ax2, bx2) - max(ax1, bx1)
+    ih = min(ay2, by2) - max(ay1, by1)
+    if iw <= 0 or ih <= 0:
+        return 0.0
+    inter = iw * ih
+    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
+    iou = inter / union if union > 0 else 0.0
+    return min(max(iou, 0.0), 1.0) if math.isfinite(iou) else 0.0
+
+
+@register("iou")
+def iou(
+    completions: list[str],
+    *,
+    answer: Sequence[Any] | None = None,
+    geometry: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """Max IoU of the first predicted box against the ground-truth boxes. Range [0, 1]; None = not applicable.
+
+    r = max_j IoU(G(b̂_1), b_j), where b̂_1 is the first box parsed from the `<answer>` block (from the whole
+    text when there is no `<answer>` block), G = `geometry.to_original` (identity when geometry is None:
+    coordinates are then original pixels) and b_j are `answer["boxes"]` in original pixels. 0.0 when no box
+    parses or the box is degenerate/inverted; None when the answer has no "boxes". The continuous IoU reward
+    of VLM-R1 (arXiv:2504.07615, REC task) and Visual-RFT (arXiv:2503.01785, reasoning grounding).
+
+    >>> iou(["<answer>[0, 0, 2, 2]</answer>", "<answer>none</answer>"], answer=[{"boxes": [[1, 1, 3, 3]]}] * 2)
+    [0.14285714285714285, 0.0]
+    """
+    n = len(completions)
+    answers, geoms = _column(answer, "answer", n), _column(geometry, "geometry", n)
+    out: list[float | None] = []
+    for text, gt, geo in zip(completions, answers, geoms):
+        gt_boxes = gt.get("boxes") if isinstance(gt, dict) else None
+        if not isinstance(gt_boxes, (list, tuple)):
+            out.append(None)
+            continue
+        text = text if isinstance(text, str) else ""
+        block = extract_answer(text)
+        boxes = parse_boxes(text if block is None else block, max_boxes=1)
+        if not boxes:
+            out.append(0.0)
+            continue
+        pred = geo.to_original(boxes)[0] if geo is not None else boxes[0]
+        out.append(max((box_iou(pred, g) for g in gt_boxes), default=0.0))
+    return out

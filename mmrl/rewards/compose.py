@@ -1,0 +1,98 @@
+"""Weighted composition of reward terms, with per-term values kept for logging.
+
+total_i = Σ_k w_k · r_k,i over the terms k whose value r_k,i is not None (0.0 when every term is None).
+Gates, per-term error policies and isolation are layered on top later; this module is the arithmetic and
+the validation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field
+from numbers import Real
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+
+@dataclass
+class RewardTerm:
+    """One reward in a weighted sum: `fn(completions, **columns, **kwargs)` scaled by `weight`."""
+
+    name: str
+    fn: Callable[..., Sequence[Any]]
+    weight: float = 1.0
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name or self.name == "total":
+            raise ValueError(f"reward name {self.name!r} must be non-empty, without '/', and not 'total'")
+        if not callable(self.fn):
+            raise TypeError(f"reward {self.name!r}: fn is a {type(self.fn).__name__}, not callable")
+        if not isinstance(self.weight, Real) or not math.isfinite(self.weight):
+            raise ValueError(f"reward {self.name!r}: weight must be a finite number, got {self.weight!r}")
+
+
+def _call(term: RewardTerm, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
+    clash = sorted(set(term.kwargs) & set(columns))
+    if clash:
+        raise ValueError(f"reward {term.name!r}: kwargs {clash} clash with data columns of the same name")
+    values = functools.partial(term.fn, **term.kwargs)(completions, **columns)
+    if isinstance(values, (str, bytes, Mapping)) or not isinstance(values, (Sequence, Iterable)):
+        raise ValueError(f"reward {term.name!r} returned a {type(values).__name__}, expected a list")
+    values = list(values)  # also accepts tuples and 1-d numpy arrays
+    if len(values) != len(completions):
+        raise ValueError(f"reward {term.name!r} returned {len(values)} values for {len(completions)} completions")
+    out: list[float | None] = []
+    for i, v in enumerate(values):
+        if v is None:
+            out.append(None)
+        elif isinstance(v, Real) and not isinstance(v, bool) and math.isfinite(v):
+            out.append(float(v))
+        else:
+            raise ValueError(
+                f"reward {term.name!r} returned {v!r} for completion {i}; expected a finite number or None"
+            )
+    return out
+
+
+def score(
+    terms: Sequence[RewardTerm], completions: list[str], columns: dict[str, Any]
+) -> tuple[list[float], dict[str, list[float | None]]]:
+    """(totals, components): per-completion weighted sums and each term's raw values.
+
+    >>> t = [RewardTerm("a", lambda c, **k: [1.0, None]), RewardTerm("b", lambda c, **k: [0.5, 2], weight=2)]
+    >>> score(t, ["x", "y"], {})
+    ([2.0, 4.0], {'a': [1.0, None], 'b': [0.5, 2.0]})
+    """
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"reward names must be unique, got {names}")
+    totals = [0.0] * len(completions)
+    components: dict[str, list[float | None]] = {}
+    for term in terms:
+        values = _call(term, completions, columns)
+        components[term.name] = values
+        for i, v in enumerate(values):
+            if v is not None:
+                totals[i] += term.weight * v
+    return totals, components
+
+
+def summarize(components: dict[str, list[float | None]], totals: Sequence[float]) -> dict[str, float]:
+    """Metrics `reward/<name>/mean` (over non-None values; omitted when all None), `reward/total/mean|std`.
+
+    The std is the population std (ddof = 0); the total metrics are omitted when there are no completions.
+
+    >>> summarize({"a": [1.0, None, 0.0], "b": [None, None, None]}, [1.0, 3.0])
+    {'reward/a/mean': 0.5, 'reward/total/mean': 2.0, 'reward/total/std': 1.0}
+    """
+    metrics: dict[str, float] = {}
+    for name, values in components.items():
+        present = [v for v in values if v is not None]
+        if present:
+            metrics[f"reward/{name}/mean"] = sum(present) / len(present)
+    if len(totals):
+        mean = sum(totals) / len(totals)
+        metrics["reward/total/mean"] = mean
+        metrics["reward/total/std"] = math.sqrt(sum((t - mean) ** 2 for t in totals) / len(totals))
+    return metrics

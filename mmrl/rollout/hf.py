@@ -1,0 +1,103 @@
+"""The `hf` rollout engine: batched sampling with transformers `generate`.
+
+Sampling randomness is a function of (seed, step, prompt id, completion index) only: each row draws its own
+Gumbel noise from a generator seeded by `row_seed(...)`, and `generate` then takes the argmax (Gumbel-max
+sampling ≡ sampling from softmax(logits / T) after top-k / top-p). So results do not depend on the batch's
+composition, the number of processes or restarts. Vision special tokens are never sampled.
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
+
+from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
+
+
+class _Sampler(LogitsProcessor):
+    """Suppress ids → temperature → top-k → top-p → record log-prob of the pick → add Gumbel noise."""
+
+    def __init__(self, params: SamplingParams, row_seeds: list[int], suppress: list[int]):
+        self.p = params
+        self.generators = [torch.Generator().manual_seed(s) for s in row_seeds]
+        self.suppress = torch.tensor(suppress, dtype=torch.long)
+        self.logprobs: list[torch.Tensor] = []  # per step: [N]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        scores = scores.float().clone()  # [N, V]
+        if len(self.suppress):
+            scores[:, self.suppress.to(scores.device)] = -float("inf")
+        if self.p.greedy:
+            pick = scores.argmax(dim=-1)
+            self.logprobs.append(torch.log_softmax(scores, -1).gather(1, pick[:, None]).squeeze(1))
+            return scores
+        scores = scores / self.p.temperature
+        if self.p.top_k > 0:
+            kth = torch.topk(scores, min(self.p.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
+            scores = scores.masked_fill(scores < kth, -float("inf"))
+        if self.p.top_p < 1.0:
+            sorted_s, idx = torch.sort(scores, descending=True, dim=-1)
+            cum = torch.softmax(sorted_s, -1).cumsum(-1)
+            drop = cum - torch.softmax(sorted_s, -1) > self.p.top_p  # keep the smallest set reaching top_p
+            scores = scores.masked_fill(drop.scatter(1, idx, drop), -float("inf"))
+        logp = torch.log_softmax(scores, dim=-1)  # [N, V] the sampling distribution
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators]).to(scores.device)
+        gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))  # [N, V]
+        noisy = scores + gumbel
+        pick = noisy.argmax(dim=-1)
+        self.logprobs.append(logp.gather(1, pick[:, None]).squeeze(1))
+        return noisy
+
+
+class HFEngine:
+    def __init__(self, policy):
+        self.policy = policy
+
+    def sync_weights(self, policy) -> None:
+        """The hf engine samples from the training model itself: nothing to copy."""
+        self.policy = policy
+
+    @torch.no_grad()
+    def generate(self, prompts, n: int, params: SamplingParams, batch_prompts: int = 16) -> Rollouts:
+        """G = n completions for each prompt (PromptInputs), in chunks of `batch_prompts` prompts."""
+        parts = [self._generate(prompts[i : i + batch_prompts], n, params) for i in range(0, len(prompts), batch_prompts)]
+        width = max(p[0].shape[1] for p in parts)
+        pad = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
+        ids = torch.cat([pad(p[0], self.policy.pad_id) for p in parts])
+        mask = torch.cat([pad(p[1], 0) for p in parts])
+        logps = torch.cat([pad(p[2], 0.0) for p in parts])
+        texts = [t for p in parts for t in p[3]]
+        reasons = [r for p in parts for r in p[4]]
+        index = torch.arange(len(prompts)).repeat_interleave(n)
+        return Rollouts(index, ids, mask, logps, texts, reasons, group_size=n)
+
+    def _generate(self, prompts, n: int, params: SamplingParams):
+        policy = self.policy
+        batch = policy.collate(prompts, repeats=n)
+        seeds = [row_seed(params.seed, params.step, p.sample.id, g) for p in prompts for g in range(n)]
+        sampler = _Sampler(params, seeds, policy.never_sample)
+        gen_cfg = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
+            eos_token_id=policy.eos_id, pad_token_id=policy.pad_id,
+        )
+        was_training = policy.model.training
+        policy.eval()
+        out = policy.hf.generate(**batch, generation_config=gen_cfg, logits_processor=LogitsProcessorList([sampler]))
+        if was_training:
+            policy.train()
+        ids = out[:, batch["input_ids"].shape[1] :]  # [N, C]
+        is_eos = ids == policy.eos_id
+        ended = is_eos.any(dim=1)
+        first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, ids.shape[1], dtype=torch.long))
+        mask = (torch.arange(ids.shape[1])[None, :] <= first_eos[:, None]).long() & (torch.arange(ids.shape[1])[None, :] < ids.shape[1])
+        logps = torch.stack(sampler.logprobs, dim=1)[:, : ids.shape[1]] * mask  # [N, C]
+        ids = torch.where(mask.bool(), ids, torch.full_like(ids, policy.pad_id))
+        texts = policy.tokenizer.batch_decode(
+            [row[: int(m.sum())] for row, m in zip(ids, mask)], skip_special_tokens=True
+        )
+        reasons = ["eos" if e else "length" for e in ended.tolist()]
+        bad = torch.isin(ids, torch.tensor(policy.never_sample, dtype=ids.dtype)) & mask.bool() if policy.never_sample else None
+        if bad is not None and bad.any():  # cannot happen with suppression; guard against other engines
+            for i in bad.any(dim=1).nonzero().flatten().tolist():
+                reasons[i] = "error"
+        return ids, mask, logps, texts, reasons

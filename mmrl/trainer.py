@@ -1,0 +1,440 @@
+"""The training loop: stages of SFT and RL steps, each step a sequence of named stages.
+
+RL step:  sample prompts → encode (processor, once) → rollout (G completions) → score (rewards)
+          → advantage → update (policy loss + KL, accumulated over micro-batches) → log → checkpoint / eval
+SFT step: sample prompts → encode → targets (true or random labels) → update (NLL) → log
+
+The loop never branches on a method's name: advantage, policy loss, aggregation and KL estimator are looked
+up by name in `mmrl.algorithms`, rewards in `mmrl.rewards`. Dimension letters: B prompts, G group size,
+N = B·G completions, C completion tokens, P prompt tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mmrl import checkpoint, config as config_mod
+from mmrl.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from mmrl.config import Config, StageConfig
+from mmrl.datasets.sample import BadSampleError, Sample
+from mmrl.datasets.sources import load_source
+from mmrl.metrics import MetricsLogger
+from mmrl.policy import Policy, PromptInputs
+from mmrl.rewards import get as get_reward
+from mmrl.rewards.compose import RewardTerm, score, summarize
+from mmrl.rollout import Rollouts, SamplingParams, make_engine
+from mmrl.rollout.types import row_seed
+
+
+@dataclass
+class Progress:
+    """Where the run stands (saved in every checkpoint)."""
+
+    stage: int = 0  # index into cfg.stages
+    stage_step: int = 0  # optimizer steps done in this stage
+    step: int = 0  # optimizer steps done in the whole run
+    skipped: int = 0  # bad samples skipped so far
+    rl_started: bool = False
+    adapter_trained: bool = False  # lora: the current adapter has been trained (merge it at the RL boundary)
+
+
+def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
+    """Indices of step `step`'s batch: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
+    out = []
+    pos = step * batch
+    while len(out) < batch:
+        epoch, offset = divmod(pos, num)
+        perm = torch.randperm(num, generator=torch.Generator().manual_seed(row_seed(seed, "data", epoch)))
+        take = min(batch - len(out), num - offset)
+        out.extend(perm[offset : offset + take].tolist())
+        pos += take
+    return out
+
+
+class Trainer:
+    def __init__(self, cfg: Config, *, log=print):
+        self.cfg = cfg
+        self.log = log
+        self.run_dir = cfg.run_dir
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.progress = Progress()
+        self.terms = [
+            RewardTerm(name=r.name or r.fn, fn=get_reward(r.fn), weight=r.weight, kwargs=r.kwargs)
+            for r in cfg.rewards
+        ]
+        self.train_data, skipped_train = self._load_split("train")
+        self.eval_data, skipped_eval = self._load_split("eval")
+        self.progress.skipped = skipped_train + skipped_eval
+        if cfg.trainer.threads:
+            torch.set_num_threads(cfg.trainer.threads)
+        torch.manual_seed(cfg.trainer.seed)
+        self.policy = Policy.load(cfg.model)
+        self.engine = make_engine(cfg.rollout.engine, self.policy)
+        self.optimizer: torch.optim.Optimizer | None = None
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+        self._eval_inputs: list[PromptInputs] | None = None
+        self.summary: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------------------------------- data
+    def _load_split(self, split: str) -> tuple[list[Sample], int]:
+        src = getattr(self.cfg.data, split)
+        samples, skipped = load_source(
+            task=src.task, path=src.path, n=src.n, seed=src.seed, split=split, kwargs=src.kwargs,
+            on_bad_sample=self.cfg.data.on_bad_sample,
+        )
+        if not samples:
+            raise BadSampleError(f"data.{split}", "no usable samples")
+        return samples, skipped
+
+    def encode(self, samples: list[Sample]) -> list[PromptInputs]:
+        """Process each prompt once; bad samples raise or, with `on_bad_sample: skip`, are counted and dropped."""
+        out = []
+        for s in samples:
+            try:
+                out.append(self.policy.encode(s, self.cfg.data.system_prompt))
+            except BadSampleError:
+                if self.cfg.data.on_bad_sample == "raise":
+                    raise
+                self.progress.skipped += 1
+        if not out:
+            raise BadSampleError(samples[0].id if samples else "?", "every sample of the batch was bad")
+        return out
+
+    def _batch(self, size: int) -> list[Sample]:
+        idx = batch_indices(len(self.train_data), size, self.progress.step, self.cfg.trainer.seed)
+        return [self.train_data[i] for i in idx]
+
+    # ------------------------------------------------------------------------------------ optimisation
+    def _new_optimizer(self, stage: StageConfig) -> None:
+        t = self.cfg.trainer
+        lr = stage.lr if stage.lr is not None else t.lr
+        self.optimizer = torch.optim.AdamW(
+            self.policy.parameters(), lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay
+        )
+        total = max(stage.steps, 1)
+        schedule = stage.lr_schedule or t.lr_schedule
+
+        def factor(i: int) -> float:
+            if i < t.warmup_steps:
+                return (i + 1) / (t.warmup_steps + 1)
+            frac = min((i - t.warmup_steps) / max(total - t.warmup_steps, 1), 1.0)
+            if schedule == "linear":
+                return 1.0 - (1.0 - t.min_lr_ratio) * frac
+            if schedule == "cosine":
+                import math
+
+                return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
+            return 1.0
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+
+    def _optimizer_step(self) -> float:
+        params = self.policy.parameters()
+        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.trainer.grad_clip)
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(grad_norm)
+
+    def _micro_batches(self, n: int) -> list[slice]:
+        m = self.cfg.trainer.micro_batch_size
+        return [slice(i, min(i + m, n)) for i in range(0, n, m)]
+
+    # ----------------------------------------------------------------------------------------- RL step
+    def rollout(self, prompts: list[PromptInputs], n: int, *, greedy: bool = False) -> Rollouts:
+        r = self.cfg.rollout
+        params = SamplingParams(
+            temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+            greedy=greedy, seed=self.cfg.trainer.seed, step=self.progress.step,
+        )
+        return self.engine.generate(prompts, n, params, batch_prompts=r.batch_prompts)
+
+    def score(self, rollouts: Rollouts, prompts: list[PromptInputs]) -> None:
+        """Fill `rollouts.rewards` (per term) and `rollouts.total` [N]."""
+        rows = [prompts[i] for i in rollouts.prompt_index.tolist()]
+        columns = {
+            "answer": [p.sample.answer for p in rows],
+            "task": [p.sample.task for p in rows],
+            "samples": [p.sample for p in rows],
+            "geometry": [p.geometry[0] if p.geometry else None for p in rows],
+            "completion_ids": [ids[: int(m.sum())].tolist() for ids, m in zip(rollouts.completion_ids, rollouts.completion_mask)],
+            "finish_reason": rollouts.finish_reasons,
+        }
+        totals, components = score(self.terms, rollouts.texts, columns)
+        for i, reason in enumerate(rollouts.finish_reasons):
+            if reason == "error":  # an unusable completion: no reward, no gradient
+                totals[i] = 0.0
+                rollouts.completion_mask[i] = 0
+        rollouts.rewards = components
+        rollouts.total = torch.tensor(totals, dtype=torch.float32)  # [N]
+
+    def advantage(self, rollouts: Rollouts) -> None:
+        a = self.cfg.algorithm
+        fn = ADVANTAGES.get(a.advantage)
+        rollouts.advantages = fn(rollouts.total, group_size=rollouts.group_size, eps=a.adv_eps)  # [N]
+
+    def update_rl(self, prompts: list[PromptInputs], rollouts: Rollouts) -> dict[str, float]:
+        a = self.cfg.algorithm
+        loss_fn, agg = POLICY_LOSSES.get(a.policy_loss), AGGREGATIONS.get(a.aggregation)
+        kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.kl_coef > 0 else None
+        norms = dict(global_tokens=rollouts.num_tokens, global_seqs=len(rollouts))
+        sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0}
+        temp = self.cfg.rollout.temperature
+        self.policy.train()
+        for mb in self._micro_batches(len(rollouts)):
+            mask = rollouts.completion_mask[mb]  # [n, C]
+            width = max(int(mask.sum(1).max()), 1)
+            mask, ids = mask[:, :width], rollouts.completion_ids[mb, :width]
+            batch = self.policy.collate([prompts[i] for i in rollouts.prompt_index[mb].tolist()])
+            logp, ent = self.policy.completion_logprobs(batch, ids, mask, temperature=temp, with_entropy=True)
+            old = logp.detach()  # one update per rollout batch: π_old = π_θ (ratio 1; the gradient is exact)
+            tok_loss, clipped = loss_fn(logp, old, rollouts.advantages[mb], clip_low=a.clip_low, clip_high=a.clip_high)
+            if kl_fn is not None:
+                with torch.no_grad(), self.policy.as_reference() as ref:
+                    ref_logp, _ = self.policy.completion_logprobs(batch, ids, mask, temperature=temp, model=ref)
+                kl = kl_fn(logp, ref_logp)  # [n, C]
+                tok_loss = tok_loss + a.kl_coef * kl
+                sums["kl"] += float((kl.detach() * mask).sum())
+            loss = agg(tok_loss, mask, **norms)
+            loss.backward()
+            sums["loss"] += float(loss.detach())
+            sums["clip"] += float((clipped * mask).sum())
+            sums["entropy"] += float((ent.detach() * mask).sum())
+        grad_norm = self._optimizer_step()
+        tokens = max(rollouts.num_tokens, 1)
+        out = {"actor/loss": sums["loss"], "actor/clip_frac": sums["clip"] / tokens,
+               "actor/entropy": sums["entropy"] / tokens, "actor/grad_norm": grad_norm}
+        if kl_fn is not None:
+            out["actor/kl"] = sums["kl"] / tokens
+        return out
+
+    def rl_step(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prompts = self.encode(self._batch(self.cfg.trainer.prompts_per_step))
+        rollouts = self.rollout(prompts, self.cfg.rollout.group_size)
+        t_roll = time.perf_counter()
+        self.score(rollouts, prompts)
+        self.advantage(rollouts)
+        t_upd = time.perf_counter()
+        metrics = self.update_rl(prompts, rollouts)
+        t_end = time.perf_counter()
+        lengths = rollouts.completion_mask.sum(1).float()
+        metrics.update(summarize(rollouts.rewards, rollouts.total.tolist()))
+        metrics.update({
+            "rollout/len_mean": float(lengths.mean()),
+            "rollout/truncated_frac": sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts),
+            "adv/zero_frac": float((rollouts.advantages.abs() < 1e-8).float().mean()),
+            "perf/rollout_s": t_roll - t0, "perf/update_s": t_end - t_upd, "perf/step_s": t_end - t0,
+            "perf/tokens_per_s": rollouts.num_tokens / max(t_end - t0, 1e-9),
+        })
+        if self.cfg.trainer.log_rollouts_every and self.progress.step % self.cfg.trainer.log_rollouts_every == 0:
+            self._log_rollouts(prompts, rollouts)
+        return metrics
+
+    def _log_rollouts(self, prompts: list[PromptInputs], rollouts: Rollouts, groups: int = 2) -> None:
+        with open(self.run_dir / "rollouts.jsonl", "a") as f:
+            for i in range(min(groups * rollouts.group_size, len(rollouts))):
+                p = prompts[int(rollouts.prompt_index[i])]
+                f.write(json.dumps({
+                    "train/step": self.progress.step, "sample_id": p.sample.id, "completion": rollouts.texts[i],
+                    "answer": p.sample.answer, "finish_reason": rollouts.finish_reasons[i],
+                    "reward": float(rollouts.total[i]), "advantage": float(rollouts.advantages[i]),
+                    "components": {k: v[i] for k, v in rollouts.rewards.items()},
+                }, default=str) + "\n")
+
+    # ---------------------------------------------------------------------------------------- SFT step
+    def sft_targets(self, prompts: list[PromptInputs], stage: StageConfig) -> list[str]:
+        from mmrl.datasets.synthetic import random_target_text, target_text
+
+        out = []
+        for p in prompts:
+            geometry = p.geometry[0] if p.geometry else None
+            if stage.labels == "random":
+                rng = random.Random(row_seed(self.cfg.trainer.seed, "sft-label", self.progress.step, p.sample.id))
+                out.append(random_target_text(p.sample, rng))
+            else:
+                out.append(target_text(p.sample, geometry))
+        return out
+
+    def sft_step(self, stage: StageConfig) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        prompts = self.encode(self._batch(self.cfg.trainer.sft_batch_size))
+        texts = self.sft_targets(prompts, stage)
+        tok = self.policy.tokenizer
+        seqs = [tok(t, add_special_tokens=False)["input_ids"] + [self.policy.eos_id] for t in texts]
+        width = max(len(s) for s in seqs)
+        ids = torch.tensor([s + [self.policy.pad_id] * (width - len(s)) for s in seqs])  # [B, C]
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])  # [B, C]
+        total = int(mask.sum())
+        self.policy.train()
+        loss_sum = 0.0
+        for mb in self._micro_batches(len(prompts)):
+            batch = self.policy.collate(prompts[mb])
+            logp, _ = self.policy.completion_logprobs(batch, ids[mb], mask[mb])
+            loss = -(logp * mask[mb]).sum() / total
+            loss.backward()
+            loss_sum += float(loss.detach())
+        grad_norm = self._optimizer_step()
+        self.progress.adapter_trained = True
+        return {"sft/loss": loss_sum, "actor/grad_norm": grad_norm, "perf/step_s": time.perf_counter() - t0}
+
+    # ------------------------------------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Greedy decoding on the held-out split; `eval/<reward name>` means and `eval/total`."""
+        if self._eval_inputs is None:
+            self._eval_inputs = self.encode(self.eval_data)
+        inputs = self._eval_inputs
+        size = self.cfg.trainer.eval_batch
+        texts, components, totals = [], {}, []
+        for i in range(0, len(inputs), size):
+            chunk = inputs[i : i + size]
+            ro = self.rollout(chunk, 1, greedy=True)
+            self.score(ro, chunk)
+            texts += ro.texts
+            totals += ro.total.tolist()
+            for k, v in ro.rewards.items():
+                components.setdefault(k, []).extend(v)
+        out = {}
+        for k, vals in components.items():
+            vals = [v for v in vals if v is not None]
+            if vals:
+                out[f"eval/{k}"] = sum(vals) / len(vals)
+        out["eval/total"] = sum(totals) / len(totals)
+        out["eval/n"] = len(inputs)
+        return out
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save_checkpoint(self) -> Path:
+        p = self.policy
+        ref = None
+        if p.reference is not None:
+            ref = {k: v for k, v in p.reference.state_dict().items()}
+        state = {"progress": vars(self.progress), "summary": self.summary,
+                 "scheduler": self.scheduler.state_dict() if self.scheduler else None}
+        return checkpoint.save(
+            self.ckpt_dir, self.progress.step, weights=p.state_for_checkpoint(),
+            optimizer=self.optimizer.state_dict() if self.optimizer else None, state=state,
+            merged=p.merged_adapters, reference=ref, keep=self.cfg.trainer.keep_checkpoints,
+        )
+
+    def load_weights(self, path: Path) -> dict[str, Any]:
+        """Put checkpoint `path`'s weights into the policy (replaying merged LoRA stages); return it."""
+        ck = checkpoint.load(path)
+        if ck["merged"]:
+            self.policy.replay_merged_adapters(ck["merged"])
+        self.policy.load_checkpoint_state(ck["weights"])
+        return ck
+
+    def restore(self, path: Path) -> None:
+        """Resume: weights, reference, optimizer, scheduler, RNG and progress from checkpoint `path`."""
+        ck = self.load_weights(path)
+        state = ck["state"]
+        self.progress = Progress(**state["progress"])
+        self.summary = state.get("summary", {})
+        stage = self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)]
+        if self.progress.rl_started and self.policy.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
+            if ck["reference"] is None:
+                raise FileNotFoundError(f"{path}: the KL reference is missing from the checkpoint")
+            self.policy.begin_rl(needs_reference=True, adapter_trained=False)
+            self.policy.reference.load_state_dict(ck["reference"])
+        self._new_optimizer(stage)
+        if ck["optimizer"] is not None:
+            self.optimizer.load_state_dict(ck["optimizer"])
+        if state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage})")
+
+    # -------------------------------------------------------------------------------------------- run
+    def run(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        config_mod.dump(cfg, self.run_dir / "config.yaml")
+        checkpoint.clean_partial(self.ckpt_dir)
+        resume_from = None
+        if cfg.resume == "auto":
+            resume_from = checkpoint.latest(self.ckpt_dir)
+        elif cfg.resume != "none":
+            resume_from = Path(cfg.resume)
+        else:  # a fresh run: start clean logs
+            for name in ("metrics.jsonl", "rollouts.jsonl"):
+                (self.run_dir / name).unlink(missing_ok=True)
+        total = sum(s.steps for s in cfg.stages)
+        logger = MetricsLogger(self.run_dir, cfg.run.backends, total, progress=cfg.run.progress)
+        if resume_from is not None:
+            self.restore(resume_from)
+            logger.truncate_after(self.progress.step, drop_events_at_step=not self.progress.rl_started)
+            self._truncate_rollouts(self.progress.step)
+        self.log(f"mmrl: {self.policy.describe()} → {self.run_dir}")
+        start = time.perf_counter()
+        try:
+            self._run_stages(logger)
+        finally:
+            logger.close()
+        self.summary["wall_s"] = self.summary.get("wall_s", 0.0) + time.perf_counter() - start
+        (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
+        from mmrl.plots import plot_run
+
+        plot_run(self.run_dir)
+        return self.summary
+
+    def _truncate_rollouts(self, step: int) -> None:
+        path = self.run_dir / "rollouts.jsonl"
+        if path.exists():
+            rows = [r for r in path.read_text().splitlines() if r.strip() and json.loads(r)["train/step"] < step]
+            path.write_text("".join(r + "\n" for r in rows))
+
+    def _run_stages(self, logger: MetricsLogger) -> None:
+        cfg = self.cfg
+        rl_stages = [i for i, s in enumerate(cfg.stages) if s.kind == "rl"]
+        for si in range(self.progress.stage, len(cfg.stages)):
+            stage = cfg.stages[si]
+            fresh_stage = self.progress.stage != si or self.optimizer is None
+            if self.progress.stage != si:
+                self.progress.stage, self.progress.stage_step = si, 0
+            if stage.kind == "rl" and not self.progress.rl_started:
+                torch.manual_seed(row_seed(cfg.trainer.seed, "rl-begin"))
+                self.policy.begin_rl(needs_reference=cfg.algorithm.kl_coef > 0,
+                                     adapter_trained=self.progress.adapter_trained)
+                self.progress.rl_started = True
+                self.progress.adapter_trained = False
+                fresh_stage = True
+                self.summary["eval_before"] = self.evaluate()
+                self.log(f"eval before RL: {self._fmt(self.summary['eval_before'])}")
+                logger.log({"train/step": self.progress.step, "train/event": "eval_before", **self.summary["eval_before"]},
+                           advance=False)
+            if fresh_stage:
+                self._new_optimizer(stage)
+            while self.progress.stage_step < stage.steps:
+                metrics = self.rl_step() if stage.kind == "rl" else self.sft_step(stage)
+                self.progress.stage_step += 1
+                self.progress.step += 1
+                metrics.update({"train/step": self.progress.step, "train/stage": stage.name,
+                                "actor/lr": self.scheduler.get_last_lr()[0], "data/skipped": self.progress.skipped})
+                last_rl = si == rl_stages[-1] if rl_stages else False
+                done_stage = self.progress.stage_step == stage.steps
+                every = cfg.trainer.eval_every
+                if stage.kind == "rl" and every and self.progress.stage_step % every == 0 and not (done_stage and last_rl):
+                    metrics.update(self.evaluate())
+                if done_stage and last_rl:
+                    self.summary["eval_after"] = self.evaluate()
+                    metrics.update(self.summary["eval_after"])
+                    self.log(f"eval after RL: {self._fmt(self.summary['eval_after'])}")
+                logger.log(metrics)
+                ck_every = cfg.trainer.checkpoint_every
+                if (ck_every and self.progress.step % ck_every == 0) or done_stage:
+                    self.save_checkpoint()
+        if "eval_after" not in self.summary:  # SFT-only runs still report held-out metrics
+            self.summary["eval_after"] = self.evaluate()
+
+    @staticmethod
+    def _fmt(metrics: dict[str, float]) -> str:
+        return ", ".join(f"{k}={v:.3f}" for k, v in metrics.items())
