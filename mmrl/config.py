@@ -1,7 +1,7 @@
 """Typed configuration: YAML recipes validated against a dataclass tree.
 
-Precedence: dataclass defaults < algorithm preset < `extends:` chain < the recipe < command-line `key=value`
-overrides; mappings merge deeply, lists replace. `smoke=true` merges the recipe's own `smoke:` block last.
+Precedence: dataclass defaults < algorithm preset < `extends:` chain < the recipe < its `smoke:` block (with
+`smoke=true`) < command-line `key=value` overrides; mappings merge deeply, lists replace.
 Unknown keys and wrong types raise `ConfigError` naming the dotted key (and the closest valid key) before any
 model loads; the CLI turns that into exit status 2.
 
@@ -197,6 +197,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
     if origin is Literal:
+        if isinstance(value, bool) and str(value).lower() in args:  # YAML reads `true` as a bool
+            value = str(value).lower()
         if value not in args:
             hint = closest(str(value), [str(a) for a in args])
             extra = f"; did you mean {hint!r}?" if hint else ""
@@ -263,6 +265,22 @@ def deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
+EXCLUSIVE = {("data", "train"): ("task", "path"), ("data", "eval"): ("task", "path")}
+
+
+def merge_layer(base: dict, over: dict) -> dict:
+    """`deep_merge`, except that setting one of a mutually exclusive pair (a data source's `task` / `path`)
+    in a higher layer removes the other one inherited from below."""
+    base = dict(base)
+    for (sec, sub), keys in EXCLUSIVE.items():
+        new = over.get(sec, {}).get(sub) if isinstance(over.get(sec), dict) else None
+        old = base.get(sec, {}).get(sub) if isinstance(base.get(sec), dict) else None
+        if isinstance(new, dict) and isinstance(old, dict) and any(k in new for k in keys):
+            cleared = {k: v for k, v in old.items() if k not in keys or k in new}
+            base[sec] = dict(base[sec], **{sub: cleared})
+    return deep_merge(base, over)
+
+
 def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     """Read a recipe, resolving its `extends:` chain (relative to the file) into one mapping."""
     path = path.resolve()
@@ -279,7 +297,7 @@ def _read_yaml(path: Path, chain: tuple[Path, ...] = ()) -> dict:
     parent = data.pop("extends", None)
     if parent is None:
         return data
-    return deep_merge(_read_yaml(path.parent / parent, chain + (path,)), data)
+    return merge_layer(_read_yaml(path.parent / parent, chain + (path,)), data)
 
 
 def parse_override(text: str) -> dict:
@@ -287,7 +305,10 @@ def parse_override(text: str) -> dict:
     key, sep, raw = text.partition("=")
     if not sep or not key:
         raise ConfigError(f"override {text!r} is not of the form key=value")
-    value = yaml.safe_load(raw) if raw else ""
+    try:
+        value = yaml.safe_load(raw) if raw else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML ({e.problem})") from None
     for part in reversed(key.split(".")):
         value = {part: value}
     return value
@@ -296,18 +317,16 @@ def parse_override(text: str) -> dict:
 def load(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Resolve a recipe (+ `extends:` chain) and command-line overrides into a validated `Config`."""
     data = _read_yaml(Path(recipe)) if recipe else {}
-    smoke = False
-    for text in overrides:
-        over = parse_override(text)
-        if over.keys() == {"smoke"}:
-            smoke = over["smoke"]
-            continue
-        data = deep_merge(data, over)
+    parsed = [parse_override(text) for text in overrides]
+    smoke = any(p.keys() == {"smoke"} and p["smoke"] for p in parsed)
     smoke_block = data.pop("smoke", None)
-    if smoke:
+    if smoke:  # the recipe's smoke block sits between the recipe and the command line
         if not isinstance(smoke_block, dict):
             raise ConfigError("smoke=true but the recipe has no `smoke:` block")
-        data = deep_merge(data, smoke_block)
+        data = merge_layer(data, smoke_block)
+    for over in parsed:
+        if over.keys() != {"smoke"}:
+            data = merge_layer(data, over)
     data = _apply_preset(data)
     cfg = _build(Config, data, "")
     validate(cfg)
@@ -320,9 +339,13 @@ def _apply_preset(data: dict) -> dict:
     if not isinstance(algo, dict) or "preset" not in algo:
         return data
     from mmrl.algorithms import PRESETS
+    from mmrl.registry import UnknownNameError
 
     algo = dict(algo)
-    preset = PRESETS.get(str(algo.pop("preset")))
+    try:
+        preset = PRESETS.get(str(algo.pop("preset")))
+    except UnknownNameError as e:
+        raise ConfigError(f"algorithm.preset: {e}") from None
     return dict(data, algorithm=deep_merge(dict(preset), algo))
 
 

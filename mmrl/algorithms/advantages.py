@@ -21,9 +21,8 @@ def group_norm(rewards: torch.Tensor, *, group_size: int, eps: float = 1e-6) -> 
     Differs from: `group_center` (no std division, Dr. GRPO).
     """
     r = rewards.view(-1, group_size)  # [B, G]
-    mean = r.mean(dim=1, keepdim=True)  # [B, 1]
     std = r.std(dim=1, keepdim=True)  # [B, 1]
-    return ((r - mean) / (std + eps)).reshape(-1)  # [B*G]
+    return (_centered(r) / (std + eps)).reshape(-1)  # [B*G]
 
 
 @ADVANTAGES.register("group_center")
@@ -34,4 +33,12 @@ def group_center(rewards: torch.Tensor, *, group_size: int, eps: float = 1e-6) -
     Differs from: `group_norm` (divides by the group std).
     """
     r = rewards.view(-1, group_size)  # [B, G]
-    return (r - r.mean(dim=1, keepdim=True)).reshape(-1)  # [B*G]
+    return _centered(r).reshape(-1)  # [B*G]
+
+
+def _centered(r: torch.Tensor) -> torch.Tensor:
+    """r − mean_G r, set to exactly 0 in groups whose rewards are all equal: the float mean of equal values
+    can differ from them by one rounding step (e.g. 7 × 0.9 in fp32), and dividing that residue by the
+    near-zero std would give every completion of the group a spurious advantage of the same sign."""
+    tied = (r == r[:, :1]).all(dim=1, keepdim=True)  # [B, 1]
+    return (r - r.mean(dim=1, keepdim=True)).masked_fill(tied, 0.0)  # [B, G]

@@ -31,6 +31,8 @@ def k3(logp: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
     """k3 = exp(δ) − δ − 1 with δ = log π_target − log π_θ (unbiased, ≥ 0); GRPO's KL term.
 
     Paper: DeepSeekMath (arXiv:2402.03300), eq. for D_KL. The log-ratio is clamped to ±20 so exp stays finite.
+    Written as expm1(δ) − δ: `exp(δ) − δ − 1` cancels catastrophically near δ = 0 and goes negative in fp32/bf16,
+    whereas fl(expm1(δ)) ≥ δ, so the result is ≥ 0 in every dtype.
     """
     delta = (target_logp - logp).clamp(-20.0, 20.0)
-    return torch.exp(delta) - delta - 1.0
+    return torch.expm1(delta) - delta

@@ -16,7 +16,8 @@ def naive_token_logprobs(
     with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Reference: full logits → log_softmax → gather (materialises [N, V]; tests and benchmarks only)."""
-    logits = (hidden @ weight.T).float() / temperature  # [N, V]
+    logits = hidden @ weight.T  # [N, V]
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature  # ≥ fp32; fp64 stays fp64
     logp_all = torch.log_softmax(logits, dim=-1)  # [N, V]
     valid = targets != IGNORE  # [N]
     safe = torch.where(valid, targets, torch.zeros_like(targets))
@@ -39,8 +40,8 @@ def token_logprobs(
     """Chunked log-probs: each chunk's [chunk, V] logits live only inside that chunk's forward and are
     recomputed in backward (activation checkpointing), so peak memory is O(chunk·V) instead of O(N·V).
 
-    Returns (logprobs [N] fp32, entropy [N] fp32 or None). Equal to `naive_token_logprobs` up to float
-    rounding; differentiable w.r.t. hidden and weight.
+    Returns (logprobs [N] fp32, entropy [N] fp32 or None; fp64 for fp64 inputs). Equal to
+    `naive_token_logprobs` up to float rounding; differentiable w.r.t. hidden and weight.
     """
     if hidden.shape[0] <= chunk_size:
         return naive_token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy)

@@ -1,0 +1,75 @@
+"""Advantage estimators: hand values, Bessel-corrected std, exact zeros for tied groups, registry."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmrl.algorithms import ADVANTAGES
+from mmrl.algorithms.advantages import group_center, group_norm
+
+
+def test_registered():
+    assert ADVANTAGES.get("group_norm") is group_norm and ADVANTAGES.get("group_center") is group_center
+
+
+def test_group_norm_g2_hand_values():
+    # groups [1, 0] and [0, 1]: mean ½, sample std √(2·¼ / 1) = √½ → Â = ±½ / √½ = ±√½
+    adv = group_norm(torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64), group_size=2, eps=0.0)
+    s = math.sqrt(0.5)
+    torch.testing.assert_close(adv, torch.tensor([s, -s, -s, s], dtype=torch.float64))
+
+
+def test_group_norm_g4_hand_values_bessel():
+    # one group [1, 0, 0, 1]: mean ½, sample std √(4·¼ / 3) = √⅓ → Â = ±½ / √⅓ = ±√3 / 2
+    # (the population std ½ would give ±1)
+    adv = group_norm(torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64), group_size=4, eps=0.0)
+    a = math.sqrt(3) / 2
+    torch.testing.assert_close(adv, torch.tensor([a, -a, -a, a], dtype=torch.float64))
+
+
+def test_group_norm_eps_in_denominator():
+    adv = group_norm(torch.tensor([1.0, 0.0], dtype=torch.float64), group_size=2, eps=0.5)
+    s = math.sqrt(0.5)
+    torch.testing.assert_close(adv, torch.tensor([0.5 / (s + 0.5), -0.5 / (s + 0.5)], dtype=torch.float64))
+
+
+def test_group_center_hand_values():
+    adv = group_center(torch.tensor([1.0, 0.0, 0.0, 1.0, 3.0, 1.0]), group_size=3)
+    torch.testing.assert_close(adv, torch.tensor([2 / 3, -1 / 3, -1 / 3, -2 / 3, 4 / 3, -2 / 3]))
+
+
+def test_groups_are_independent_rows():
+    r = torch.tensor([0.0, 1.0, 5.0, 5.0, 2.0, 4.0])
+    adv = group_norm(r, group_size=2)
+    assert adv.shape == (6,)
+    assert adv[2] == 0 and adv[3] == 0
+    torch.testing.assert_close(adv[:2], adv[4:])  # scale-invariant: [0, 1] and [2, 4] normalise alike
+
+
+@pytest.mark.parametrize("fn", [group_norm, group_center])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("group_size", [2, 3, 6, 7, 16])
+@pytest.mark.parametrize("value", [0.0, 1.0, 0.1, 0.3, 0.9, 1.1, 2.7])
+def test_tied_group_gets_exactly_zero(fn, dtype, group_size, value):
+    # 7 × 0.9 in fp32: the float mean differs from 0.9 by one rounding step; Â must still be 0 exactly.
+    r = torch.cat([torch.full((group_size,), value, dtype=dtype), torch.arange(group_size, dtype=dtype)])
+    adv = fn(r, group_size=group_size)
+    assert torch.equal(adv[:group_size], torch.zeros(group_size, dtype=dtype))
+    assert adv[group_size:].abs().sum() > 0  # the untied group is unaffected
+
+
+@pytest.mark.parametrize("fn", [group_norm, group_center])
+def test_advantages_sum_to_zero_per_group(fn):
+    torch.manual_seed(0)
+    r = torch.rand(5 * 8, dtype=torch.float64)
+    adv = fn(r, group_size=8).view(5, 8)
+    torch.testing.assert_close(adv.sum(1), torch.zeros(5, dtype=torch.float64))
+
+
+def test_group_norm_unit_sample_std():
+    torch.manual_seed(0)
+    adv = group_norm(torch.rand(4 * 6, dtype=torch.float64), group_size=6, eps=0.0).view(4, 6)
+    torch.testing.assert_close(adv.std(1), torch.ones(4, dtype=torch.float64))

@@ -1,0 +1,155 @@
+"""Policy losses and aggregations: clip behaviour by hand, gradients, micro-batch invariance (hypothesis)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mmrl.algorithms import AGGREGATIONS, POLICY_LOSSES
+from mmrl.algorithms.losses import ppo_clip, seq_mean_token_mean, token_mean
+
+CI = settings(max_examples=40, deadline=None, derandomize=True, database=None)  # small, reproducible
+F64 = torch.float64
+
+
+def test_registered():
+    assert POLICY_LOSSES.get("ppo_clip") is ppo_clip
+    assert AGGREGATIONS.names() == ["seq_mean_token_mean", "token_mean"]
+
+
+def _one_token(ratio: float, adv: float, clip_low=0.2, clip_high=0.28):
+    old = torch.zeros(1, 1, dtype=F64)
+    logp = torch.full((1, 1), math.log(ratio), dtype=F64, requires_grad=True)
+    loss, clipped = ppo_clip(logp, old, torch.tensor([adv], dtype=F64), clip_low=clip_low, clip_high=clip_high)
+    loss.sum().backward()
+    return loss.item(), clipped.item(), logp.grad.item()
+
+
+@pytest.mark.parametrize(
+    ("ratio", "adv", "loss", "clipped"),
+    [
+        (1.3, 1.0, -1.28, 1.0),  # Â > 0, above 1 + ε_high = 1.28 → clipped at 1.28, no gradient
+        (1.25, 1.0, -1.25, 0.0),  # inside the asymmetric range: 1.25 < 1.28 (would clip with ε_high = 0.2)
+        (0.7, -1.0, 0.8, 1.0),  # Â < 0, below 1 − ε_low = 0.8 → clipped at 0.8, no gradient
+        (0.7, 1.0, -0.7, 0.0),  # Â > 0, ratio low: the unclipped term is the minimum (pessimistic bound)
+        (1.3, -1.0, 1.3, 0.0),  # Â < 0, ratio high: unclipped, the gradient keeps pushing down
+        (0.85, -2.0, 1.7, 0.0),  # inside [0.8, 1.28]
+    ],
+)
+def test_clip_higher_hand_values(ratio, adv, loss, clipped):
+    value, was_clipped, grad = _one_token(ratio, adv)
+    assert value == pytest.approx(loss)
+    assert was_clipped == clipped
+    if clipped:
+        assert grad == 0.0
+    else:  # ∂(−ρÂ)/∂logp = −ρÂ
+        assert grad == pytest.approx(-ratio * adv)
+
+
+def test_symmetric_clip_clips_at_1_2():
+    value, was_clipped, grad = _one_token(1.25, 1.0, clip_low=0.2, clip_high=0.2)
+    assert value == pytest.approx(-1.2) and was_clipped == 1.0 and grad == 0.0
+
+
+def _batch(n=5, t=7, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logp = (-torch.rand(n, t, generator=g, dtype=F64) * 3).requires_grad_()
+    adv = torch.randn(n, generator=g, dtype=F64)
+    lengths = torch.randint(1, t + 1, (n,), generator=g)
+    mask = (torch.arange(t)[None, :] < lengths[:, None]).to(F64)  # [N, T]
+    return logp, adv, mask
+
+
+def test_ratio_one_clip_inactive_and_gradient_is_reinforce():
+    logp, adv, mask = _batch()
+    loss, clipped = ppo_clip(logp, logp.detach(), adv, clip_low=0.2, clip_high=0.28)
+    assert clipped.sum() == 0
+    torch.testing.assert_close(loss, -adv[:, None].expand_as(loss))
+    tokens = int(mask.sum())
+    token_mean(loss, mask, global_tokens=tokens, global_seqs=5).backward()
+    torch.testing.assert_close(logp.grad, -adv[:, None] * mask / tokens)
+
+
+def test_ratio_one_gradient_seq_mean_token_mean():
+    logp, adv, mask = _batch()
+    loss, _ = ppo_clip(logp, logp.detach(), adv, clip_low=0.2, clip_high=0.2)
+    seq_mean_token_mean(loss, mask, global_tokens=int(mask.sum()), global_seqs=5).backward()
+    torch.testing.assert_close(logp.grad, -adv[:, None] * mask / mask.sum(1, keepdim=True) / 5)
+
+
+@pytest.mark.parametrize("agg", [token_mean, seq_mean_token_mean])
+def test_zero_advantage_zero_gradient(agg):
+    logp, _, mask = _batch()
+    old = logp.detach() + 0.3 * torch.randn(logp.shape, dtype=F64)  # ratios away from 1, some clipped
+    loss, clipped = ppo_clip(logp, old, torch.zeros(5, dtype=F64), clip_low=0.2, clip_high=0.28)
+    assert clipped.sum() == 0 and torch.equal(loss, torch.zeros_like(loss))
+    agg(loss, mask, global_tokens=int(mask.sum()), global_seqs=5).backward()
+    assert torch.equal(logp.grad, torch.zeros_like(logp))
+
+
+@pytest.mark.parametrize("agg", [token_mean, seq_mean_token_mean])
+def test_masked_tokens_get_no_gradient(agg):
+    logp, adv, mask = _batch()
+    old = logp.detach() + 0.1 * torch.randn(logp.shape, dtype=F64)
+    loss, _ = ppo_clip(logp, old, adv, clip_low=0.2, clip_high=0.28)
+    agg(loss, mask, global_tokens=int(mask.sum()), global_seqs=5).backward()
+    assert torch.equal(logp.grad[mask == 0], torch.zeros(int((mask == 0).sum()), dtype=F64))
+
+
+def test_aggregation_hand_values():
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=F64)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=F64)
+    assert token_mean(loss, mask, global_tokens=5, global_seqs=2).item() == pytest.approx(18 / 5)
+    assert seq_mean_token_mean(loss, mask, global_tokens=5, global_seqs=2).item() == pytest.approx((1.5 + 5) / 2)
+    # the normaliser is the global batch's, not this micro-batch's
+    assert token_mean(loss, mask, global_tokens=10, global_seqs=4).item() == pytest.approx(18 / 10)
+    assert seq_mean_token_mean(loss, mask, global_tokens=10, global_seqs=4).item() == pytest.approx(6.5 / 4)
+
+
+@pytest.mark.parametrize("agg", [token_mean, seq_mean_token_mean])
+def test_all_masked_is_finite_zero(agg):
+    loss = torch.ones(2, 3, dtype=F64)
+    mask = torch.zeros(2, 3, dtype=F64)
+    assert agg(loss, mask, global_tokens=0, global_seqs=0).item() == 0.0
+
+
+@st.composite
+def batches(draw):
+    n = draw(st.integers(1, 6))
+    t = draw(st.integers(1, 5))
+    seed = draw(st.integers(0, 2**16))
+    cuts = sorted(draw(st.lists(st.integers(1, max(n - 1, 1)), max_size=3, unique=True))) if n > 1 else []
+    clip_high = draw(st.sampled_from([0.2, 0.28]))
+    return n, t, seed, cuts, clip_high
+
+
+@CI
+@given(batches(), st.sampled_from(["token_mean", "seq_mean_token_mean"]))
+def test_micro_batch_split_invariance(batch, agg_name):
+    n, t, seed, cuts, clip_high = batch
+    agg = AGGREGATIONS.get(agg_name)
+    g = torch.Generator().manual_seed(seed)
+    logp = -torch.rand(n, t, generator=g, dtype=F64) * 3
+    old = logp + 0.4 * torch.randn(n, t, generator=g, dtype=F64)
+    adv = torch.randn(n, generator=g, dtype=F64)
+    mask = (torch.rand(n, t, generator=g) < 0.7).to(F64)  # may include empty completions
+    norms = dict(global_tokens=int(mask.sum()), global_seqs=n)
+
+    def value_and_grad(bounds):
+        x = logp.clone().requires_grad_()
+        total = torch.zeros((), dtype=F64)
+        for a, b in zip(bounds[:-1], bounds[1:]):
+            loss, _ = ppo_clip(x[a:b], old[a:b], adv[a:b], clip_low=0.2, clip_high=clip_high)
+            part = agg(loss, mask[a:b], **norms)
+            part.backward()  # gradients accumulate as in the trainer
+            total = total + part.detach()
+        return total, x.grad
+
+    full_value, full_grad = value_and_grad([0, n])
+    split_value, split_grad = value_and_grad([0, *cuts, n])
+    torch.testing.assert_close(split_value, full_value, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(split_grad, full_grad, rtol=1e-12, atol=1e-12)

@@ -1,0 +1,64 @@
+"""Shared fixtures: one zoo cache for the whole session, small configs, a reward with variance."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def pytest_configure(config):
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+@pytest.fixture(scope="session")
+def zoo_cache(tmp_path_factory) -> Path:
+    """Every test (and subprocess) shares one zoo cache, built at most once per family."""
+    path = tmp_path_factory.mktemp("zoo")
+    old = os.environ.get("MMRL_ZOO_CACHE")
+    os.environ["MMRL_ZOO_CACHE"] = str(path)
+    yield path
+    if old is None:
+        os.environ.pop("MMRL_ZOO_CACHE", None)
+    else:
+        os.environ["MMRL_ZOO_CACHE"] = old
+
+
+@pytest.fixture(scope="session")
+def length_reward(tmp_path_factory) -> str:
+    """A plug-in reward with within-group variance even for an untrained policy: characters / 10."""
+    path = tmp_path_factory.mktemp("plugins") / "length_reward.py"
+    path.write_text("def score(completions, **columns):\n    return [min(len(c), 40) / 10 for c in completions]\n")
+    return f"{path}:score"
+
+
+def _tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
+    """A few-second run of the demo recipe: 4 prompts × G 4, 2 SFT + 3 RL steps, 8 eval images."""
+    return [
+        f"run.dir={run_dir}", "run.progress=false",
+        "data.train.n=32", "data.eval.n=8", "rollout.group_size=4", "rollout.max_new_tokens=6",
+        "trainer.prompts_per_step=4", "trainer.sft_batch_size=4", "trainer.eval_every=0",
+        "trainer.log_rollouts_every=1", "trainer.micro_batch_size=8",
+        "stages=[{name: warm, kind: sft, steps: 2, lr: 1.0e-3, labels: random}, {name: rl, kind: rl, steps: 3}]",
+        *extra,
+    ]
+
+
+@pytest.fixture
+def tiny(zoo_cache):
+    """`tiny(run_dir, *overrides)` → a validated Config for a few-second run of the demo recipe."""
+    from mmrl import config
+
+    def make(run_dir: Path, *extra: str):
+        return config.load(REPO / "recipes" / "demo.yaml", _tiny_overrides(run_dir, *extra))
+
+    make.overrides = _tiny_overrides
+    return make

@@ -1,0 +1,135 @@
+"""The `mmrl` commands: one real subprocess per command, plus in-process checks of bad input."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrl import checkpoint
+from mmrl.cli import main
+from mmrl.trainer import Trainer
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+
+
+def mmrl(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mmrl", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+def test_train_eval_plot_commands(tmp_path, tiny):
+    run = tmp_path / "run"
+    out = mmrl("train", str(REPO / "recipes" / "demo.yaml"), *tiny.overrides(run))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "eval/accuracy" in out.stdout and "before" in out.stdout and "after" in out.stdout
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["eval_before"]["eval/n"] == 8
+
+    out = mmrl("eval", str(run), "--task", "rotation", "--n", "6")
+    assert out.returncode == 0, out.stderr[-2000:]
+    report = json.loads((run / "eval" / "rotation" / "report.json").read_text())
+    assert report["metrics"]["eval/n"] == 6 and 0.0 <= report["metrics"]["eval/accuracy"] <= 1.0
+    assert report["checkpoint"].endswith("step_000005")
+
+    (run / "plots" / "rewards.png").unlink()
+    out = mmrl("plot", str(run))
+    assert out.returncode == 0 and (run / "plots" / "rewards.png").exists()
+
+
+def test_zoo_and_data_commands(tmp_path, zoo_cache):
+    out = mmrl("zoo", "build", "qwen2_5_vl", str(tmp_path / "m"))
+    assert out.returncode == 0, out.stderr
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["model_type"] == "qwen2_5_vl"
+    out = mmrl("zoo", "build", "qwen25_vl", str(tmp_path / "bad"))
+    assert out.returncode == 2 and "did you mean 'qwen2_5_vl" in out.stderr
+
+    out = mmrl("data", "make", "grounding", "--n", "3", "--out", str(tmp_path / "d" / "g.jsonl"))
+    assert out.returncode == 0, out.stderr
+    lines = (tmp_path / "d" / "g.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and json.loads(lines[0])["task"] == "grounding"
+
+
+def _policy_logprobs(policy, trainer) -> torch.Tensor:
+    prompts = [policy.encode(s) for s in trainer.eval_data[:3]]
+    batch = policy.collate(prompts)
+    enc = policy.tokenizer(["<answer>90</answer>", "<answer>0</answer>", "<answer>270</answer>"],
+                           add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")
+    with torch.no_grad():
+        return policy.completion_logprobs(batch, enc["input_ids"], enc["attention_mask"])[0]
+
+
+@pytest.mark.parametrize("mode", ["lora", "full"])
+def test_export_loads_with_from_pretrained(tmp_path, tiny, length_reward, mode):
+    from transformers import AutoModelForImageTextToText
+
+    from mmrl.config import ModelConfig
+    from mmrl.policy import Policy
+
+    cfg = tiny(tmp_path / "run", f"model.mode={mode}", f"rewards=[{{fn: '{length_reward}', name: len}}]")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.run()
+    expected = _policy_logprobs(trainer.policy, trainer)
+
+    out = mmrl("export", str(tmp_path / "run"), str(tmp_path / "export"), *(["--merge-lora"] if mode == "lora" else []))
+    assert out.returncode == 0, out.stderr[-2000:]
+    model = AutoModelForImageTextToText.from_pretrained(tmp_path / "export")
+    assert not any("lora" in k for k in model.state_dict())
+    exported = Policy.load(ModelConfig(path=str(tmp_path / "export")))
+    torch.testing.assert_close(_policy_logprobs(exported, trainer), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_lora_export_without_merge_after_sft_is_refused(tmp_path, tiny, length_reward):
+    cfg = tiny(tmp_path / "run", "model.mode=lora", f"rewards=[{{fn: '{length_reward}', name: len}}]")
+    Trainer(cfg, log=lambda *a: None).run()
+    assert main(["export", str(tmp_path / "run"), str(tmp_path / "x")]) == 1
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+
+def test_missing_model_directory_is_a_clear_error(tmp_path, capsys, tiny):
+    code = main(["train", str(REPO / "recipes" / "demo.yaml"),
+                 *tiny.overrides(tmp_path / "run", f"model.path={tmp_path}/nope")])
+    err = capsys.readouterr().err
+    assert code == 1 and "model.path" in err and "nope" in err
+
+
+def _jsonl_with_bad_images(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    d = tmp_path / "data"
+    d.mkdir()
+    Image.new("RGB", (40, 30), "white").save(d / "ok.png")
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a png")
+    rows = [
+        {"id": "good-1", "prompt": "Which way?", "image": "ok.png", "answer": "0", "task": "puzzle/rotation"},
+        {"id": "missing-7", "prompt": "Which way?", "image": "gone.png", "answer": "90", "task": "puzzle/rotation"},
+        {"id": "corrupt-3", "prompt": "Which way?", "image": "corrupt.png", "answer": "0", "task": "puzzle/rotation"},
+        {"id": "good-2", "prompt": "Which way?", "image": "ok.png", "answer": "180", "task": "puzzle/rotation"},
+    ]
+    path = d / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_bad_images_raise_naming_sample_and_file(tmp_path, capsys, tiny):
+    path = _jsonl_with_bad_images(tmp_path)
+    code = main(["train", str(REPO / "recipes" / "demo.yaml"), *tiny.overrides(tmp_path / "run"),
+                 f"data.train={{path: '{path}'}}"])
+    err = capsys.readouterr().err
+    assert code == 1 and "missing-7" in err and "gone.png" in err
+
+
+def test_bad_images_skipped_and_counted(tmp_path, tiny):
+    path = _jsonl_with_bad_images(tmp_path)
+    cfg = tiny(tmp_path / "run", f"data.train={{path: '{path}'}}", "data.on_bad_sample=skip",
+               "stages=[{name: s, kind: sft, steps: 1}]")
+    Trainer(cfg, log=lambda *a: None).run()
+    row = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert row["data/skipped"] == 2

@@ -1,0 +1,124 @@
+"""Integration: short in-process runs on the tiny offline Qwen2-VL (full and LoRA), checkpoints, resume."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mmrl import checkpoint
+from mmrl.trainer import Trainer, batch_indices
+
+pytestmark = pytest.mark.integration
+
+
+def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _logprobs(trainer: Trainer) -> torch.Tensor:
+    """Log-probs of fixed completions on two eval prompts (the policy's own scoring path)."""
+    prompts = trainer.encode(trainer.eval_data[:2])
+    batch = trainer.policy.collate(prompts)
+    ids = trainer.policy.tokenizer(["<answer>90</answer>", "<answer>180</answer>"], add_special_tokens=False,
+                                   padding=True, padding_side="right", return_tensors="pt")
+    with torch.no_grad():
+        logp, _ = trainer.policy.completion_logprobs(batch, ids["input_ids"], ids["attention_mask"])
+    return logp
+
+
+def test_batch_indices_cover_each_epoch_once():
+    seen = [i for step in range(5) for i in batch_indices(10, 4, step, seed=3)]
+    assert sorted(seen[:10]) == list(range(10))  # steps 0-2 → first epoch (+ 2 of the next)
+    assert batch_indices(10, 4, 2, seed=3) == batch_indices(10, 4, 2, seed=3)
+    assert batch_indices(10, 4, 0, seed=3) != batch_indices(10, 4, 0, seed=4)
+
+
+def test_full_mode_trains_and_writes_run_dir(tmp_path, tiny, length_reward):
+    cfg = tiny(tmp_path / "run", f"rewards=[{{fn: '{length_reward}', name: len}}, {{fn: format}}]",
+               "algorithm.kl_coef=0.05")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    before = _snapshot(trainer.policy.hf)
+    summary = trainer.run()
+    after = trainer.policy.hf.state_dict()
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert any("visual" in k for k in changed) and any("language_model" in k for k in changed)
+
+    run = tmp_path / "run"
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    rl_rows = [r for r in rows if r.get("train/stage") == "rl"]
+    assert len(rl_rows) == 3 and [r["train/step"] for r in rl_rows] == [3, 4, 5]
+    assert rl_rows[0]["actor/kl"] == 0.0  # the reference is the policy at the start of RL
+    assert rl_rows[-1]["actor/kl"] > 0.0
+    assert rl_rows[0]["reward/len/mean"] > 0 and rl_rows[0]["adv/zero_frac"] < 1.0
+    assert set(summary) >= {"eval_before", "eval_after"} and "eval/len" in summary["eval_after"]
+    assert (run / "config.yaml").exists() and (run / "rollouts.jsonl").exists()
+    assert {p.name for p in (run / "plots").iterdir()} >= {"rewards.png", "eval.png"}
+    ckpts = checkpoint.list_complete(run / "checkpoints")
+    assert [p.name for p in ckpts] == ["step_000002", "step_000005"]
+    saved = load_file(str(ckpts[-1] / "model.safetensors"))
+    assert torch.equal(saved["lm_head.weight"], after["lm_head.weight"])
+    assert (ckpts[-1] / "reference.safetensors").exists()
+
+
+def test_lora_rl_changes_only_adapters_and_reloads(tmp_path, tiny, length_reward):
+    cfg = tiny(tmp_path / "run", "model.mode=lora", f"rewards=[{{fn: '{length_reward}', name: len}}]",
+               "stages=[{name: rl, kind: rl, steps: 2, lr: 5.0e-3}]", "algorithm.kl_coef=0.05")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    base_before = {k: v for k, v in _snapshot(trainer.policy.model).items() if "lora_" not in k}
+    lora_before = {k: v for k, v in _snapshot(trainer.policy.model).items() if "lora_" in k}
+    trainer.run()
+    state = trainer.policy.model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in base_before.items()), "a base weight changed in LoRA mode"
+    assert any(not torch.equal(state[k], v) for k, v in lora_before.items()), "no adapter weight changed"
+    assert any("visual" in k for k in lora_before), "freeze_vision=false puts adapters on the vision tower"
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["actor/kl"] for r in rows if "actor/kl" in r][0] == 0.0
+    expected = _logprobs(trainer)
+
+    # A fresh policy + the saved adapter gives identical log-probs.
+    fresh = Trainer(cfg, log=lambda *a: None)
+    assert not torch.equal(_logprobs(fresh), expected)
+    fresh.load_weights(checkpoint.latest(tmp_path / "run" / "checkpoints"))
+    assert torch.equal(_logprobs(fresh), expected)
+
+
+def test_lora_sft_then_rl_merges_adapter_at_the_boundary(tmp_path, tiny, length_reward):
+    cfg = tiny(tmp_path / "run", "model.mode=lora", f"rewards=[{{fn: '{length_reward}', name: len}}]",
+               "algorithm.kl_coef=0.05")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.run()
+    assert len(trainer.policy.merged_adapters) == 1  # the SFT adapter, folded into the base
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    kls = [r["actor/kl"] for r in rows if "actor/kl" in r]
+    assert kls[0] == 0.0 and kls[-1] > 0.0
+    expected = _logprobs(trainer)
+    fresh = Trainer(cfg, log=lambda *a: None)
+    fresh.load_weights(checkpoint.latest(tmp_path / "run" / "checkpoints"))
+    assert torch.equal(_logprobs(fresh), expected)
+
+
+def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, tiny, monkeypatch):
+    cfg = tiny(tmp_path / "run", "stages=[{name: s, kind: sft, steps: 2, labels: random}]",
+               "trainer.checkpoint_every=1")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.run()
+    root = tmp_path / "run" / "checkpoints"
+    good = checkpoint.latest(root)
+
+    def killed(*args, **kwargs):  # the process dies after the weights, before the state file
+        raise KeyboardInterrupt("killed while writing")
+
+    monkeypatch.setattr(checkpoint.torch, "save", killed)
+    trainer.progress.step += 1
+    with pytest.raises(KeyboardInterrupt):
+        trainer.save_checkpoint()
+    monkeypatch.undo()
+    assert list(root.glob(".tmp-step_*")), "the partial checkpoint stays hidden in a temp folder"
+    assert checkpoint.latest(root) == good
+    assert checkpoint.load(good)["state"]["progress"]["step"] == 2
+    checkpoint.clean_partial(root)
+    assert not list(root.glob(".tmp-step_*"))
