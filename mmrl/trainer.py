@@ -24,7 +24,7 @@ from mmrl import checkpoint, config as config_mod
 from mmrl.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
 from mmrl.config import Config, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
-from mmrl.datasets.sources import load_source
+from mmrl.datasets.sources import drop_overlap, load_source
 from mmrl.metrics import MetricsLogger
 from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards import get as get_reward
@@ -72,6 +72,11 @@ class Trainer:
         self.train_data, skipped_train = self._load_split("train")
         self.eval_data, skipped_eval = self._load_split("eval")
         self.progress.skipped = skipped_train + skipped_eval
+        self.eval_data, overlap = drop_overlap(self.train_data, self.eval_data)
+        if overlap:
+            log(f"data.eval: dropped {overlap} held-out samples whose images also occur in training")
+        if not self.eval_data:
+            raise BadSampleError("data.eval", "every held-out sample also occurs in the training data")
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
         torch.manual_seed(cfg.trainer.seed)
@@ -234,7 +239,7 @@ class Trainer:
             "perf/rollout_s": t_roll - t0, "perf/update_s": t_end - t_upd, "perf/step_s": t_end - t0,
             "perf/tokens_per_s": rollouts.num_tokens / max(t_end - t0, 1e-9),
         })
-        if self.cfg.trainer.log_rollouts_every and self.progress.step % self.cfg.trainer.log_rollouts_every == 0:
+        if self.cfg.trainer.log_rollouts_every and self.progress.stage_step % self.cfg.trainer.log_rollouts_every == 0:
             self._log_rollouts(prompts, rollouts)
         return metrics
 

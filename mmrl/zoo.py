@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-ZOO_VERSION = 1  # bump when a zoo model's recipe changes: the cache key includes it
+ZOO_VERSION = 2  # bump when a zoo model's recipe changes: the cache key includes it
 
 QWEN_SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -238,7 +238,10 @@ def _make_config(family: str, d: dict, tokenizer):
     # mrope sections (temporal, height, width) must sum to head_dim / 2.
     half = head_dim // 2
     mrope = [half - 2 * (3 * half // 8), 3 * half // 8, 3 * half // 8]
-    rope = {"rope_type": "default", "rope_theta": 1_000_000.0, "mrope_section": mrope}
+    # A small rope base: with head_dim 32, Qwen's 1e6 leaves the height/width sections of M-RoPE (the lowest
+    # frequencies) rotating by < 0.03 rad per position, so a tiny model cannot tell image tokens apart by
+    # position and spatial tasks plateau. Base 10 keeps every section in a usable range for short contexts.
+    rope = {"rope_type": "default", "rope_theta": 10.0, "mrope_section": mrope}
     if family == "qwen3_vl":
         rope["mrope_interleaved"] = True
     special = dict(

@@ -19,3 +19,24 @@ def load_source(
     from mmrl.datasets.jsonl import load_jsonl
 
     return load_jsonl(path, on_bad_sample=on_bad_sample)
+
+
+def _media_keys(sample: Sample) -> set[str]:
+    """Identity of a sample's images: pixel hashes for in-memory images, resolved paths for files."""
+    import hashlib
+
+    keys = set()
+    for src in sample.media("image"):
+        if hasattr(src, "tobytes"):
+            keys.add(hashlib.sha1(src.tobytes() + str(src.size).encode()).hexdigest())
+        else:
+            keys.add(str(src))
+    return keys
+
+
+def drop_overlap(train: list[Sample], held_out: list[Sample]) -> tuple[list[Sample], int]:
+    """Held-out samples whose images also occur in training (identical pixels or the same file) are dropped,
+    so held-out metrics measure generalisation; returns (kept, dropped)."""
+    seen = set().union(*(_media_keys(s) for s in train)) if train else set()
+    kept = [s for s in held_out if not (_media_keys(s) & seen)]
+    return kept, len(held_out) - len(kept)

@@ -104,13 +104,14 @@ _TRANSPOSE = {
 }
 
 
-def _draw_rotation(rng: random.Random, size: int = 56) -> tuple[Image.Image, str, str]:
+def _draw_rotation(rng: random.Random, size: int = 56, prompt: str | None = None) -> tuple[Image.Image, str, str]:
     """The label-free rotation puzzle of Puzzle Curriculum GRPO (PC-GRPO) and SSL4RL.
 
-    A white up-pointing arrow (shaft + triangular head, 40-90 % of the canvas tall) is drawn centred on a
-    black `size` x `size` canvas and turned by an angle drawn uniformly from {0, 90, 180, 270} degrees,
+    A light up-pointing arrow (shaft + triangular head, 40-90 % of the canvas tall, grey level 200-255) is
+    drawn centred on a dark (grey level 0-30) `size` x `size` canvas and turned by an angle drawn uniformly
+    from {0, 90, 180, 270} degrees,
     *counter-clockwise* (PIL's convention: at "90" the arrow points left). The answer is the angle as a
-    string. The arrow is mirror-symmetric but has no rotational symmetry, so the four answers are
+    string; `prompt` replaces the default question (`ROTATION_PROMPT`). The arrow is mirror-symmetric but has no rotational symmetry, so the four answers are
     distinguishable; rotations are exact pixel transposes, so no interpolation hints at the angle.
     """
     if size < 16:
@@ -120,17 +121,20 @@ def _draw_rotation(rng: random.Random, size: int = 56) -> tuple[Image.Image, str
     head_h = rng.uniform(0.35, 0.5) * length  # triangular head height
     head_w = rng.uniform(0.5, 0.7) * length  # head base width
     shaft_w = rng.uniform(0.15, 0.25) * length
-    c = (size - 1) / 2  # canvas centre in pixel-centre coordinates
+    # Random grey levels make held-out images pixel-distinct from training ones (shapes alone rasterise to
+    # only a few thousand images); position jitter was tried too and slowed learning a lot, so none.
+    fg, bg = rng.randint(200, 255), rng.randint(0, 30)
+    c = cx = (size - 1) / 2  # canvas centre in pixel-centre coordinates
     top, bottom, neck = c - length / 2, c + length / 2, c - length / 2 + head_h
     arrow = [  # 7-point outline, clockwise from the tip
-        (c, top), (c + head_w / 2, neck), (c + shaft_w / 2, neck), (c + shaft_w / 2, bottom),
-        (c - shaft_w / 2, bottom), (c - shaft_w / 2, neck), (c - head_w / 2, neck),
+        (cx, top), (cx + head_w / 2, neck), (cx + shaft_w / 2, neck), (cx + shaft_w / 2, bottom),
+        (cx - shaft_w / 2, bottom), (cx - shaft_w / 2, neck), (cx - head_w / 2, neck),
     ]
-    image = Image.new("RGB", (size, size), (0, 0, 0))
-    ImageDraw.Draw(image).polygon(arrow, fill=(255, 255, 255))
+    image = Image.new("RGB", (size, size), (bg, bg, bg))
+    ImageDraw.Draw(image).polygon(arrow, fill=(fg, fg, fg))
     if _TRANSPOSE[angle] is not None:
         image = image.transpose(_TRANSPOSE[angle])
-    return image, ROTATION_PROMPT, angle
+    return image, prompt or ROTATION_PROMPT, angle
 
 
 def _rotation_target(sample: Sample, geometry: Any = None) -> str:

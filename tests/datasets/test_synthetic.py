@@ -57,8 +57,9 @@ def test_rotation_labels_and_the_four_rotations_differ():
     for s in samples:
         image = _image(s)
         assert image.size == (40, 40)
-        assert set(np.unique(np.asarray(image))) <= {0, 255}  # white arrow on black
-        white = np.asarray(_undo(image, s.answer)).all(axis=2)  # [H, W] upright arrow mask
+        levels = np.unique(np.asarray(image))
+        assert len(levels) == 2 and levels[0] <= 30 and levels[1] >= 200  # a light arrow on a dark canvas
+        white = np.asarray(_undo(image, s.answer))[:, :, 0] >= 200  # [H, W] upright arrow mask
         widths = white.sum(axis=1)  # [H] white pixels per row
         rows = np.flatnonzero(widths)
         assert 0.4 * 40 - 2 <= len(rows) <= 0.9 * 40 + 2  # arrow height 40-90 % of the canvas
@@ -145,3 +146,12 @@ def test_random_target_texts_have_the_format_and_stay_inside():
         assert 0 <= x1 < x2 <= 112 and 0 <= y1 < y2 <= 84
     (g,) = make("grounding", 1, seed=0)
     assert random_target_text(g, random.Random(7)) == random_target_text(g, random.Random(7))
+
+
+def test_rotation_held_out_images_are_pixel_distinct_from_training():
+    import hashlib
+
+    digest = lambda s: hashlib.sha1(_image(s).tobytes()).hexdigest()  # noqa: E731
+    train = {digest(s) for s in make("rotation", 2048, seed=0, split="train")}
+    held_out = [digest(s) for s in make("rotation", 256, seed=1, split="eval")]
+    assert len(set(held_out)) == 256 and not train & set(held_out)

@@ -1,0 +1,87 @@
+"""Policy: geometry-aware SFT targets, vision-token suppression, prompt reuse across completions."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+
+from mmrl.config import ModelConfig
+from mmrl.datasets.synthetic import make, target_text
+from mmrl.policy import Policy
+from mmrl.rollout import SamplingParams, make_engine
+
+
+@pytest.fixture(scope="module")
+def policy(zoo_cache_module):
+    return Policy.load(ModelConfig(path="zoo:qwen2_vl", freeze_vision=False))
+
+
+@pytest.fixture(scope="module")
+def zoo_cache_module(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("MMRL_ZOO_CACHE", str(tmp_path_factory.mktemp("zoo")))
+
+
+def test_grounding_targets_are_rendered_in_the_model_convention(policy):
+    sample = make("grounding", 1, seed=3, width=97, height=61)[0]
+    prompt = policy.encode(sample)
+    (geometry,) = prompt.geometry
+    assert (geometry.orig_w, geometry.orig_h) == (97, 61) and geometry.convention == "qwen2_vl"
+    grid = prompt.tensors["image_grid_thw"][0]
+    assert (geometry.proc_h, geometry.proc_w) == (int(grid[1]) * 14, int(grid[2]) * 14)
+    text = target_text(sample, geometry)
+    box = [int(v) for v in re.findall(r"-?\d+", text)]
+    assert box == geometry.from_original(sample.answer["boxes"])[0]
+    back = geometry.to_original([box])[0]
+    assert all(abs(a - b) <= 97 / 1000 + 1e-9 for a, b in zip(back, sample.answer["boxes"][0]))
+
+
+def test_sampling_never_emits_vision_tokens_and_is_seeded_per_prompt(policy):
+    engine = make_engine("hf", policy)
+    samples = make("rotation", 3, seed=0)
+    prompts = [policy.encode(s) for s in samples]
+    params = SamplingParams(max_new_tokens=12, seed=5, step=7)
+    full = engine.generate(prompts, 4, params)
+    assert full.completion_ids.shape[0] == 12
+    ids = full.completion_ids[full.completion_mask.bool()]
+    assert not torch.isin(ids, torch.tensor(policy.never_sample)).any()
+    # The same prompt gives the same completions whatever else is in the batch (and in a different order).
+    alone = engine.generate([prompts[2]], 4, params)
+    assert alone.texts == full.texts[8:12]
+    swapped = engine.generate([prompts[2], prompts[0]], 4, params, batch_prompts=1)
+    assert swapped.texts[:4] == full.texts[8:12] and swapped.texts[4:] == full.texts[:4]
+    other_step = engine.generate([prompts[2]], 4, SamplingParams(max_new_tokens=12, seed=5, step=8))
+    assert other_step.texts != alone.texts
+
+
+def test_sampling_logprobs_match_the_training_forward(policy):
+    """The engine's log-probs are those of the sampling distribution: the policy's softmax with the
+    never-sampled vision tokens removed; the training path (no removal) differs by exactly their mass."""
+    engine = make_engine("hf", policy)
+    prompts = [policy.encode(s) for s in make("rotation", 2, seed=1)]
+    ro = engine.generate(prompts, 3, SamplingParams(max_new_tokens=6, seed=0))
+    batch = policy.collate(prompts, repeats=3)
+    ids, mask = ro.completion_ids, ro.completion_mask
+    with torch.no_grad():
+        logp, _ = policy.completion_logprobs(batch, ids, mask)
+        inputs = dict(batch, input_ids=torch.cat([batch["input_ids"], ids], 1),
+                      attention_mask=torch.cat([batch["attention_mask"], mask], 1),
+                      mm_token_type_ids=torch.cat([batch["mm_token_type_ids"], torch.zeros_like(ids)], 1))
+        logits = policy.hf(**inputs).logits[:, batch["input_ids"].shape[1] - 1 : -1]  # [N, C, V]
+    logits[..., policy.never_sample] = -float("inf")
+    sampled = torch.log_softmax(logits, -1).gather(2, ids[..., None]).squeeze(-1) * mask
+    torch.testing.assert_close(sampled, ro.sampling_logprobs, atol=1e-4, rtol=1e-4)
+    suppressed_mass = (logp - sampled).abs().max()
+    assert 0 < suppressed_mass < 0.05
+
+
+def test_prompt_tensors_are_reused_not_recomputed(policy):
+    prompt = policy.encode(make("rotation", 1, seed=2)[0])
+    batch = policy.collate([prompt], repeats=5)
+    pix = prompt.tensors["pixel_values"]
+    assert batch["pixel_values"].shape[0] == 5 * pix.shape[0]
+    assert torch.equal(batch["pixel_values"][: pix.shape[0]], pix)
+    assert batch["input_ids"].shape == (5, prompt.length)
