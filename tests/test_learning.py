@@ -21,7 +21,6 @@ from mmrl.trainer import Trainer
 
 pytestmark = pytest.mark.learning
 REPO = Path(__file__).resolve().parent.parent
-RL_STEPS = 100
 
 if "test_shuffled_group_norm" not in ADVANTAGES:
 
@@ -38,14 +37,14 @@ def _cfg(run_dir: Path, *extra: str) -> config.Config:
     return config.load(REPO / "recipes" / "demo.yaml", [
         f"run.dir={run_dir}", "run.progress=false", "trainer.threads=2", "trainer.seed=0",
         "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=0",
-        "trainer.log_rollouts_every=0", "data.eval.n=200",
-        f"stages=[{{name: format_warmup, kind: sft, steps: 40, lr: 2.0e-3, lr_schedule: constant, labels: random}},"
-        f" {{name: grpo, kind: rl, steps: {RL_STEPS}}}]", *extra,
-    ])
+        "trainer.log_rollouts_every=0", "data.eval.n=200", *extra,
+    ])  # the demo's own stages: a 40-step format warm start, then GRPO
 
 
 def test_grpo_learns_rotation_and_shuffled_rewards_do_not(tmp_path, zoo_cache):
-    learned = Trainer(_cfg(tmp_path / "grpo"), log=lambda *a: None).run()
+    cfg = _cfg(tmp_path / "grpo")
+    assert [s.kind for s in cfg.stages] == ["sft", "rl"] and cfg.stages[1].steps <= 120
+    learned = Trainer(cfg, log=lambda *a: None).run()
     warm = checkpoint.list_complete(tmp_path / "grpo" / "checkpoints")[0]  # end of the SFT stage
     assert json.loads((warm / checkpoint.STATE_FILE).read_text())["progress"]["stage_step"] == 40
 
