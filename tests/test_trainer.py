@@ -122,3 +122,21 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, tiny, m
     assert checkpoint.load(good)["state"]["progress"]["step"] == 2
     checkpoint.clean_partial(root)
     assert not list(root.glob(".tmp-step_*"))
+
+
+@pytest.mark.parametrize("knob", ["model.dtype=bfloat16", "model.gradient_checkpointing=true"])
+def test_bf16_and_gradient_checkpointing_knobs_train(tmp_path, tiny, length_reward, knob):
+    cfg = tiny(tmp_path / "run", knob, f"rewards=[{{fn: '{length_reward}', name: len}}]",
+               "stages=[{name: rl, kind: rl, steps: 2, lr: 1.0e-3}]")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    before = _snapshot(trainer.policy.hf)
+    trainer.run()
+    after = trainer.policy.hf.state_dict()
+    if knob.startswith("model.dtype"):
+        assert after["lm_head.weight"].dtype == torch.bfloat16
+    else:
+        hf = trainer.policy.hf
+        assert getattr(hf, "is_activation_checkpointing", None) or hf.is_gradient_checkpointing
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["actor/loss"] == r["actor/loss"] for r in rows if "actor/loss" in r)  # finite (not NaN)
