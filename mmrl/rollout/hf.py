@@ -88,8 +88,8 @@ class HFEngine:
         ids = out[:, batch["input_ids"].shape[1] :]  # [N, C]
         is_eos = ids == policy.eos_id
         ended = is_eos.any(dim=1)
-        first_eos = torch.where(ended, is_eos.float().argmax(dim=1), torch.full_like(ended, ids.shape[1], dtype=torch.long))
-        mask = (torch.arange(ids.shape[1])[None, :] <= first_eos[:, None]).long() & (torch.arange(ids.shape[1])[None, :] < ids.shape[1])
+        first_eos = torch.where(ended, is_eos.float().argmax(dim=1), ids.shape[1])  # [N]
+        mask = (torch.arange(ids.shape[1])[None, :] <= first_eos[:, None]).long()  # [N, C] up to and incl. EOS
         logps = torch.stack(sampler.logprobs, dim=1)[:, : ids.shape[1]] * mask  # [N, C]
         ids = torch.where(mask.bool(), ids, torch.full_like(ids, policy.pad_id))
         texts = policy.tokenizer.batch_decode(
