@@ -148,9 +148,6 @@ class Policy:
             yield self.reference
 
     # ---------------------------------------------------------------------------------------- weights
-    def trainable_names(self) -> list[str]:
-        return [n for n, p in self.model.named_parameters() if p.requires_grad]
-
     def adapter_state(self) -> dict[str, torch.Tensor]:
         from peft import get_peft_model_state_dict
 

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl import checkpoint
 from mmrl.cli import main
 from mmrl.trainer import Trainer
 

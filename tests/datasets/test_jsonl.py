@@ -49,7 +49,7 @@ def test_short_form_resolves_relative_paths_images_first(folder):
 
 def test_native_form_resolves_paths_and_normalises_text(folder, monkeypatch):
     monkeypatch.chdir(folder)  # relative paths follow the file, not the working directory
-    path = _write_lines(folder / "data" / "n.jsonl", [{
+    _write_lines(folder / "data" / "n.jsonl", [{
         "id": "n1", "task": "grounding", "meta": {"src": "x"},
         "answer": {"boxes": [[1, 2, 3, 4]], "labels": ["cat"]},
         "messages": [
