@@ -171,8 +171,10 @@ class Trainer:
             "geometry": [p.geometry[0] if p.geometry else None for p in rows],
             "completion_ids": [ids[: int(m.sum())].tolist() for ids, m in zip(rollouts.completion_ids, rollouts.completion_mask)],
             "finish_reason": rollouts.finish_reasons,
+            "prompt_index": rollouts.prompt_index.tolist(),
         }
-        totals, components = score(self.terms, rollouts.texts, columns)
+        rollouts.parse_stats = {}
+        totals, components = score(self.terms, rollouts.texts, columns, stats=rollouts.parse_stats)
         for i, reason in enumerate(rollouts.finish_reasons):
             if reason == "error":  # an unusable completion: no reward, no gradient
                 totals[i] = 0.0
@@ -231,7 +233,7 @@ class Trainer:
         metrics = self.update_rl(prompts, rollouts)
         t_end = time.perf_counter()
         lengths = rollouts.completion_mask.sum(1).float()
-        metrics.update(summarize(rollouts.rewards, rollouts.total.tolist()))
+        metrics.update(summarize(rollouts.rewards, rollouts.total.tolist(), rollouts.parse_stats))
         metrics.update({
             "rollout/len_mean": float(lengths.mean()),
             "rollout/truncated_frac": sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts),

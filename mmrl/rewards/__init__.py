@@ -7,8 +7,9 @@ A reward is `fn(completions: list[str], **columns) -> list[float | None]` (`None
 
 from mmrl.rewards.registry import REWARDS, RewardSpecError, get, names, register
 from mmrl.rewards.builtin import answer_match, box_iou, format_reward, iou  # importing registers them
+from mmrl.rewards import geometric, puzzles, shaping, text  # noqa: F401  (importing registers them)
 from mmrl.rewards.compose import RewardTerm, score, summarize
-from mmrl.rewards.parsing import extract_answer, parse_boxes
+from mmrl.rewards.parsing import extract_answer, parse_boxes, parse_number, parse_objects, parse_points, parse_stats
 
 __all__ = [
     "REWARDS",
@@ -22,6 +23,10 @@ __all__ = [
     "iou",
     "names",
     "parse_boxes",
+    "parse_number",
+    "parse_objects",
+    "parse_points",
+    "parse_stats",
     "register",
     "score",
     "summarize",

@@ -19,7 +19,7 @@ _BODY = r"((?:(?!</?(?:think|answer)>).)*)"
 _FORMAT_RE = re.compile(rf"\s*(?:<think>{_BODY}</think>\s*)?<answer>{_BODY}</answer>\s*", re.DOTALL)
 
 
-def _column(col: Sequence[Any] | None, name: str, n: int) -> list[Any]:
+def column(col: Sequence[Any] | None, name: str, n: int) -> list[Any]:
     """A per-completion column, or n Nones when absent; a wrong length is a caller bug."""
     if col is None:
         return [None] * n
@@ -68,7 +68,7 @@ def answer_match(completions: list[str], *, answer: Sequence[Any] | None = None,
     [1.0, 0.0, None]
     """
     out: list[float | None] = []
-    for text, gt in zip(completions, _column(answer, "answer", len(completions))):
+    for text, gt in zip(completions, column(answer, "answer", len(completions))):
         if isinstance(gt, dict):
             gt = gt.get("choice")
         if gt is None or isinstance(gt, (list, tuple, dict, set)):
@@ -127,7 +127,7 @@ def iou(
     [0.14285714285714285, 0.0]
     """
     n = len(completions)
-    answers, geoms = _column(answer, "answer", n), _column(geometry, "geometry", n)
+    answers, geoms = column(answer, "answer", n), column(geometry, "geometry", n)
     out: list[float | None] = []
     for text, gt, geo in zip(completions, answers, geoms):
         gt_boxes = gt.get("boxes") if isinstance(gt, dict) else None

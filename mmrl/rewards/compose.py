@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from mmrl.rewards.parsing import parse_stats
+
 
 @dataclass
 class RewardTerm:
@@ -56,9 +58,13 @@ def _call(term: RewardTerm, completions: list[str], columns: dict[str, Any]) -> 
 
 
 def score(
-    terms: Sequence[RewardTerm], completions: list[str], columns: dict[str, Any]
+    terms: Sequence[RewardTerm], completions: list[str], columns: dict[str, Any],
+    stats: dict[str, dict[str, float]] | None = None,
 ) -> tuple[list[float], dict[str, list[float | None]]]:
     """(totals, components): per-completion weighted sums and each term's raw values.
+
+    With a `stats` dict, each term whose parser ran records the fractions of completions where an input cap
+    engaged and where parsing failed (`{"truncated": …, "parse_fail": …}`) under its name.
 
     >>> t = [RewardTerm("a", lambda c, **k: [1.0, None]), RewardTerm("b", lambda c, **k: [0.5, 2], weight=2)]
     >>> score(t, ["x", "y"], {})
@@ -70,7 +76,10 @@ def score(
     totals = [0.0] * len(completions)
     components: dict[str, list[float | None]] = {}
     for term in terms:
-        values = _call(term, completions, columns)
+        with parse_stats() as st:
+            values = _call(term, completions, columns)
+        if stats is not None and st.calls:
+            stats[term.name] = st.as_metrics()
         components[term.name] = values
         for i, v in enumerate(values):
             if v is not None:
@@ -78,8 +87,12 @@ def score(
     return totals, components
 
 
-def summarize(components: dict[str, list[float | None]], totals: Sequence[float]) -> dict[str, float]:
-    """Metrics `reward/<name>/mean` (over non-None values; omitted when all None), `reward/total/mean|std`.
+def summarize(
+    components: dict[str, list[float | None]], totals: Sequence[float],
+    stats: dict[str, dict[str, float]] | None = None,
+) -> dict[str, float]:
+    """Metrics `reward/<name>/mean` (over non-None values; omitted when all None), `reward/total/mean|std`,
+    and from `stats` (see `score`) `reward/<name>/truncated` and `reward/<name>/parse_fail`.
 
     The std is the population std (ddof = 0); the total metrics are omitted when there are no completions.
 
@@ -91,6 +104,9 @@ def summarize(components: dict[str, list[float | None]], totals: Sequence[float]
         present = [v for v in values if v is not None]
         if present:
             metrics[f"reward/{name}/mean"] = sum(present) / len(present)
+    for name, fractions in (stats or {}).items():
+        for key, value in fractions.items():
+            metrics[f"reward/{name}/{key}"] = value
     if len(totals):
         mean = sum(totals) / len(totals)
         metrics["reward/total/mean"] = mean

@@ -11,7 +11,10 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence
 
 MAX_CHARS = 64 * 1024  # longer inputs are truncated before parsing
 BOX_KEYS = ("bbox_2d", "bbox", "box", "Position")
@@ -117,3 +120,263 @@ def _regex_boxes(text: str, max_boxes: int) -> list[list[float]]:
             if len(out) >= max_boxes:
                 break
     return out
+
+
+# ---- labelled objects and points, with cap/failure flags ----------------------------------------------------
+MAX_ANSWER_CHARS = 65536
+MAX_BOXES = 100
+SCORE_KEYS = ("confidence", "Confidence", "score", "Score")
+POINT_KEYS = ("point_2d", "point", "Point")
+_MAX_JSON_TRIES = 16  # failed json.raw_decode attempts per text (each may cost O(n))
+_QWEN2_RE = re.compile(  # <|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>
+    r"(?:<\|object_ref_start\|>([^<]{0,256})<\|object_ref_end\|>\s*)?<\|box_start\|>\s*"
+    rf"\(\s*({_NUM}){_SEP}({_NUM})\s*\)\s*,?\s*\(\s*({_NUM}){_SEP}({_NUM})\s*\)\s*<\|box_end\|>"
+)
+_OPEN_RE = re.compile(r"[\[{]")
+_POINT_RE = re.compile(rf"[\[(]\s*({_NUM}){_SEP}({_NUM})\s*[\])]")
+
+
+@dataclass
+class Parsed:
+    """What a parser found: `objects` ({"box"|"point": [...], "label": str | None, "score": float | None}),
+    `truncated` (the text was longer than `max_answer_chars` or more than `max_boxes` objects were found),
+    `failed` (nothing usable parsed) and `n_found` (objects seen before truncation, ≥ len(objects); rewards
+    count the objects beyond the cap as false positives)."""
+
+    objects: list[dict[str, Any]] = field(default_factory=list)
+    truncated: bool = False
+    failed: bool = True
+    n_found: int = 0
+
+    @property
+    def boxes(self) -> list[list[float]]:
+        return [o["box"] for o in self.objects if "box" in o]
+
+    @property
+    def points(self) -> list[list[float]]:
+        return [o["point"] for o in self.objects if "point" in o]
+
+
+@dataclass
+class ParseStats:
+    """Counts of parser calls while `parse_stats()` is active: `calls`, `truncated`, `failed`."""
+
+    calls: int = 0
+    truncated: int = 0
+    failed: int = 0
+
+    def as_metrics(self) -> dict[str, float]:
+        """Fractions of parsed completions: `{"truncated": …, "parse_fail": …}` (0.0 when nothing was parsed)."""
+        n = max(self.calls, 1)
+        return {"truncated": self.truncated / n, "parse_fail": self.failed / n}
+
+
+_STATS: ContextVar[ParseStats | None] = ContextVar("mmrl_parse_stats", default=None)
+
+
+@contextmanager
+def parse_stats() -> Iterator[ParseStats]:
+    """Count cap engagements and parse failures of `parse_objects`/`parse_points`/`parse_number` in a block.
+
+    The compose layer wraps one reward call: `with parse_stats() as st: values = fn(completions, **cols)`, then
+    logs `reward/<name>/truncated` and `reward/<name>/parse_fail` from `st.as_metrics()`.
+    """
+    stats = ParseStats()
+    token = _STATS.set(stats)
+    try:
+        yield stats
+    finally:
+        _STATS.reset(token)
+
+
+def _record(parsed: Parsed) -> Parsed:
+    stats = _STATS.get()
+    if stats is not None:
+        stats.calls += 1
+        stats.truncated += int(parsed.truncated)
+        stats.failed += int(parsed.failed)
+    return parsed
+
+
+def _scope(text: Any, max_answer_chars: int) -> tuple[str | None, bool]:
+    """The text to parse (the last `<answer>` block, else the whole text) after the length cap."""
+    if not isinstance(text, str):
+        return None, False
+    truncated = len(text) > max_answer_chars
+    text = text[: max(int(max_answer_chars), 0)]
+    block = extract_answer(text)
+    return (text if block is None else block), truncated
+
+
+def _finish(objects: list[dict[str, Any]], truncated: bool, cap: int) -> Parsed:
+    n = len(objects)
+    cap = max(int(cap), 0)
+    return _record(Parsed(objects[:cap], truncated or n > cap, n == 0, n))
+
+
+def parse_objects(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_boxes: int = MAX_BOXES) -> Parsed:
+    """Boxes with optional labels and confidences from a completion; never raises.
+
+    Looks in the last `<answer>` block (else the whole text). Tries, in order: JSON (the whole scope, fenced
+    blocks, then JSON values embedded in prose) — objects keyed `bbox_2d`/`bbox`/`box`/`Position` with
+    `label` and `confidence`/`score`, or bare 4-number lists; Qwen2-VL's
+    `<|object_ref_start|>label<|object_ref_end|><|box_start|>(x1,y1),(x2,y2)<|box_end|>`; then bracketed
+    `[x1,y1,x2,y2]` / `(x1,y1),(x2,y2)` anywhere. Non-finite numbers drop the box. The text is cut at
+    `max_answer_chars` and at most `max_boxes` objects are kept (`truncated` says a cap engaged).
+
+    >>> p = parse_objects('<answer>[{"bbox_2d": [1, 2, 3, 4], "label": "cat", "confidence": 0.9}]</answer>')
+    >>> p.objects, p.truncated, p.failed
+    ([{'box': [1.0, 2.0, 3.0, 4.0], 'label': 'cat', 'score': 0.9}], False, False)
+    >>> parse_objects("<|object_ref_start|>dog<|object_ref_end|><|box_start|>(1,2),(3,4)<|box_end|>").objects
+    [{'box': [1.0, 2.0, 3.0, 4.0], 'label': 'dog', 'score': None}]
+    """
+    try:
+        scope, truncated = _scope(text, max_answer_chars)
+        if scope is None:
+            return _record(Parsed())
+        limit = max(int(max_boxes), 0) * 10 + 10  # count a little past the cap, bounded work
+        objects = _json_objects(scope, "box", limit)
+        if not objects and "<|box_start|>" in scope:
+            objects = [
+                {"box": box, "label": m.group(1).strip() or None, "score": None}
+                for m in _QWEN2_RE.finditer(scope)
+                if (box := _finite([m.group(i) for i in range(2, 6)])) is not None
+            ][:limit]
+        if not objects:
+            objects = [{"box": b, "label": None, "score": None} for b in _regex_boxes(scope, limit)]
+        return _finish(objects, truncated, max_boxes)
+    except Exception:  # noqa: BLE001 — a parser of model output must be total
+        return _record(Parsed())
+
+
+def parse_points(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_points: int = MAX_BOXES) -> Parsed:
+    """Points `[x, y]` from a completion (JSON `point_2d`/`point`, `[x, y]`, `(x, y)`); never raises.
+
+    Same scope, caps and flags as `parse_objects`; objects are `{"point": [x, y], "label", "score"}`.
+
+    >>> parse_points('<answer>{"point_2d": [5, 7], "label": "cup"}</answer>').points
+    [[5.0, 7.0]]
+    >>> parse_points("click at (3, 4.5)").points
+    [[3.0, 4.5]]
+    """
+    try:
+        scope, truncated = _scope(text, max_answer_chars)
+        if scope is None:
+            return _record(Parsed())
+        limit = max(int(max_points), 0) * 10 + 10
+        objects = _json_objects(scope, "point", limit)
+        if not objects:
+            objects = []
+            for m in _POINT_RE.finditer(scope):
+                pt = _finite(m.groups())
+                if pt is not None:
+                    objects.append({"point": pt, "label": None, "score": None})
+                    if len(objects) >= limit:
+                        break
+        return _finish(objects, truncated, max_points)
+    except Exception:  # noqa: BLE001
+        return _record(Parsed())
+
+
+def parse_number(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS) -> tuple[float | None, Parsed]:
+    """The last finite number in the `<answer>` block (else in the whole text), and the parse flags.
+
+    >>> parse_number("<think>1, 2, 3</think><answer>There are 4 cats.</answer>")[0]
+    4.0
+    """
+    try:
+        scope, truncated = _scope(text, max_answer_chars)
+        value = None
+        if scope is not None:
+            for m in re.finditer(_NUM, scope[-4096:]):  # the answer is at the end; bounded work
+                v = _finite([m.group(0)])
+                value = v[0] if v is not None else value
+        return value, _record(Parsed([], truncated, value is None, int(value is not None)))
+    except Exception:  # noqa: BLE001
+        return None, _record(Parsed())
+
+
+def _finite(values: Sequence[Any]) -> list[float] | None:
+    try:
+        out = [float(v) for v in values]
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return out if all(math.isfinite(v) for v in out) else None
+
+
+def _json_objects(scope: str, kind: str, limit: int) -> list[dict[str, Any]]:
+    """Objects from JSON in `scope`; Python-style single quotes (Visual-RFT's own prompt format) are retried
+    as double quotes, as Visual-RFT does."""
+    out = _json_objects_once(scope, kind, limit)
+    if not out and "'" in scope and '"' not in scope:
+        out = _json_objects_once(scope.replace("'", '"'), kind, limit)
+    return out
+
+
+def _json_objects_once(scope: str, kind: str, limit: int) -> list[dict[str, Any]]:
+    """Objects from JSON in `scope`: the whole text, fenced blocks, else values embedded in prose."""
+    for chunk in [scope, *_FENCE_RE.findall(scope)]:
+        chunk = chunk.strip()
+        if chunk[:1] in ("[", "{"):
+            try:
+                data = json.loads(chunk)
+            except (ValueError, RecursionError):
+                continue
+            out: list[dict[str, Any]] = []
+            _walk_objects(data, kind, out, limit, 0)
+            if out:
+                return out
+    out, pos, fails, decoder = [], 0, 0, json.JSONDecoder()
+    keyed = False
+    for _ in range(4 * limit + _MAX_JSON_TRIES):  # bounded work on texts full of small JSON values
+        m = _OPEN_RE.search(scope, pos)
+        if m is None or len(out) >= limit or fails >= _MAX_JSON_TRIES:
+            break
+        start = m.start()
+        try:
+            data, end = decoder.raw_decode(scope, start)
+        except (ValueError, RecursionError):
+            fails, pos = fails + 1, start + 1
+            continue
+        before = len(out)
+        keyed |= _walk_objects(data, kind, out, limit, 0)
+        pos = end if len(out) > before or end > start + 1 else start + 1
+    return out if keyed else []  # unkeyed lists in prose are left to the regex (which also sees tuples)
+
+
+def _walk_objects(node: Any, kind: str, out: list[dict[str, Any]], limit: int, depth: int) -> bool:
+    """Append the boxes/points under `node`; returns whether a keyed object (`bbox_2d`, …) was seen."""
+    if len(out) >= limit or depth > _MAX_DEPTH:
+        return False
+    keys, n = (BOX_KEYS, 4) if kind == "box" else (POINT_KEYS, 2)
+    if isinstance(node, dict):
+        key = next((k for k in keys if k in node), None)
+        if key is None:
+            return any([_walk_objects(v, kind, out, limit, depth + 1) for v in node.values()])  # noqa: C419 (visit all)
+        label = node.get("label")
+        score = next((node[k] for k in SCORE_KEYS if k in node), None)
+        score = _finite([score])[0] if _number(score) and _finite([score]) else None
+        value = node[key]
+        rows = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
+        for row in rows:
+            vec = _as_vec(row, n)
+            if vec is not None and len(out) < limit:
+                out.append({kind: vec, "label": label if isinstance(label, str) else None, "score": score})
+        return True
+    if isinstance(node, list):
+        vec = _as_vec(node, n)
+        if vec is not None:
+            out.append({kind: vec, "label": None, "score": None})
+            return False
+        return any([_walk_objects(v, kind, out, limit, depth + 1) for v in node])  # noqa: C419 (visit all)
+    return False
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _as_vec(values: Any, n: int) -> list[float] | None:
+    if not isinstance(values, list) or len(values) != n or not all(_number(v) for v in values):
+        return None
+    return _finite(values)

@@ -40,6 +40,7 @@ class Rollouts:
     finish_reasons: list[str]  # "eos" | "length" | "error"
     group_size: int
     rewards: dict[str, list[float | None]] = field(default_factory=dict)
+    parse_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # per reward: truncated / parse_fail
     total: torch.Tensor | None = None  # [N]
     advantages: torch.Tensor | None = None  # [N]
 

@@ -108,3 +108,18 @@ def test_empty_batch():
 
 def test_doctests():
     assert doctest.testmod(compose).failed == 0
+
+
+def test_parse_caps_and_failures_become_metrics():
+    import mmrl.rewards  # noqa: F401  (registers the library)
+    from mmrl.rewards import get
+
+    terms = [RewardTerm("det", get("det_f1")), RewardTerm("fmt", get("format"))]
+    answer = {"boxes": [[0, 0, 10, 10]]}
+    completions = ["<answer>[0, 0, 10, 10]</answer>", "no box at all", "<answer>" + "[1, 1, 2, 2] " * 500 + "</answer>"]
+    stats: dict = {}
+    totals, components = score(terms, completions, {"answer": [answer] * 3}, stats=stats)
+    assert components["det"][0] == 1.0 and components["det"][1] == 0.0
+    assert set(stats) == {"det"}  # `format` parses nothing, so it reports nothing
+    metrics = summarize(components, totals, stats)
+    assert metrics["reward/det/parse_fail"] == 1 / 3 and metrics["reward/det/truncated"] == 1 / 3

@@ -1,0 +1,461 @@
+"""Puzzle, video and consistency rewards.
+
+Puzzles (annotation-free SSL pretext tasks): `rotation_exact`, `jigsaw`, `relative_position`, `patch_fit`.
+Video: `temporal_iou`, `frame_order`. Consistency: `reasoning_consistency`, `group_agreement` (label-free).
+Same contract as `text.py`: pure, total on any text, input capped, one value per completion, `None` = n/a.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from mmrl.rewards.parsing import extract_answer
+from mmrl.rewards.registry import register
+from mmrl.rewards.text import (
+    MAX_CHARS,
+    answer_text,
+    column,
+    normalize_text,
+    numbers_close,
+    parse_letter,
+    parse_number,
+    parse_numbers,
+)
+
+MAX_ITEMS = 512  # longest order / permutation parsed from a completion
+
+
+def _finite(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float, str)):
+        return None
+    try:
+        f = float(v)
+    except (ValueError, OverflowError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+# ---- rotation ---------------------------------------------------------------------------------------------------
+_ANGLE_RE = re.compile(r"(?<![\d.])([-+]?\d{1,6}(?:\.\d+)?)\s*(?:°|º|deg(?:rees?)?\b|degree\b)?", re.IGNORECASE)
+
+
+@register("rotation_exact")
+def rotation_exact(
+    completions: list[str], *, answer: Sequence[Any] | None = None, tol: float = 1e-6, **kwargs: Any
+) -> list[float | None]:
+    """Exact rotation angle, modulo 360. Range {0, 1}; None = not applicable.
+
+    r = 1[all angles θ̂ in the answer agree and (θ̂ − θ) mod 360 ∈ [−tol, tol]], answer θ = a number, numeric
+    string or `{"angle": θ}`; "90", "90°", "90 degrees", "-270" all parse as 90. An answer naming two different
+    angles ("0 or 90") scores 0 (no hedging). PC-GRPO "Puzzle Curriculum GRPO for Vision-Centric Reasoning"
+    (arXiv id not recorded in the reference; follow-up 2512.14944) and SSL4RL's rotation task.
+
+    >>> rotation_exact(["<answer>90°</answer>", "<answer>-270 degrees</answer>", "<answer>0 or 90</answer>"],
+    ...                answer=[90, {"angle": 90}, "90"])
+    [1.0, 1.0, 0.0]
+    """
+    out: list[float | None] = []
+    for text, gt in zip(completions, column(answer, "answer", len(completions))):
+        theta = gt.get("angle") if isinstance(gt, dict) else gt
+        if isinstance(theta, str):  # "90°", "90 degrees"
+            m = _ANGLE_RE.search(theta[:64])
+            theta = m.group(1) if m else None
+        theta = _finite(theta)
+        if theta is None:
+            out.append(None)
+            continue
+        angles = {round(float(m.group(1)) % 360.0, 6) % 360.0 for m in _ANGLE_RE.finditer(answer_text(text)[:4096])}
+        if len(angles) != 1:
+            out.append(0.0)
+            continue
+        diff = (angles.pop() - theta) % 360.0
+        out.append(1.0 if min(diff, 360.0 - diff) <= tol else 0.0)
+    return out
+
+
+# ---- orders: jigsaw and frame order -----------------------------------------------------------------------------
+_INT_RE = re.compile(r"-?\d{1,9}")
+_TOKEN_RE = re.compile(r"[^\s,;\[\](){}<>\"'|→]+")
+
+
+def _gt_order(gt: Any) -> list[str] | None:
+    order = gt.get("order") if isinstance(gt, dict) else None
+    if not isinstance(order, (list, tuple)) or not order or len(order) > MAX_ITEMS:
+        return None
+    if not all(isinstance(x, (int, str)) and not isinstance(x, bool) for x in order):
+        return None
+    return [str(x).strip().casefold() for x in order]
+
+
+def parse_order(pred: str, gt: list[str]) -> list[str]:
+    """The predicted sequence: integers when every ground-truth item is an integer, else delimited tokens.
+
+    >>> parse_order("[2, 0, 3, 1]", ["0", "1", "2", "3"])
+    ['2', '0', '3', '1']
+    """
+    pred = pred[:MAX_CHARS]
+    if all(re.fullmatch(r"-?\d+", g) for g in gt):
+        return [str(int(m.group())) for m in _INT_RE.finditer(pred)][: MAX_ITEMS * 2]
+    return [t.strip(".").casefold() for t in _TOKEN_RE.findall(pred)][: MAX_ITEMS * 2]
+
+
+@register("jigsaw")
+def jigsaw(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    """Jigsaw: fraction of tiles in place. Range [0, 1]; None = not applicable.
+
+    r = (1/N) Σ_i 1[p̂_i = p_i] over the N entries of `answer["order"]`; p̂ is parsed from the answer ("2, 0,
+    3, 1", "[2,0,3,1]"; integers when the order holds integers). Missing entries count 0, extra ones are
+    ignored, unparsable → 0. SSL4RL's code (jigsaw.py) and PC-GRPO's graded partial credit (arXiv id not
+    recorded in the reference).
+
+    >>> jigsaw(["<answer>[2, 0, 3, 1]</answer>", "<answer>2, 0, 1</answer>", "no"], answer=[{"order": [2, 0, 3, 1]}] * 3)
+    [1.0, 0.5, 0.0]
+    """
+    out: list[float | None] = []
+    for text, gt in zip(completions, column(answer, "answer", len(completions))):
+        order = _gt_order(gt)
+        if order is None:
+            out.append(None)
+            continue
+        if all(re.fullmatch(r"-?\d+", g) for g in order):
+            order = [str(int(g)) for g in order]
+        pred = parse_order(answer_text(text), order)
+        out.append(sum(p == g for p, g in zip(pred, order)) / len(order))
+    return out
+
+
+def kendall_tau_partial(pred: list[str], gt: list[str]) -> float:
+    """Kendall τ of `pred` against `gt` where a pair with an item missing from `pred` counts as discordant.
+
+    Only the first occurrence of a repeated item counts. τ = (C − D) / (N(N−1)/2) ∈ [−1, 1]; N = 1 → ±1.
+
+    >>> kendall_tau_partial(["a", "b", "c"], ["a", "b", "c"]), kendall_tau_partial(["c", "b", "a"], ["a", "b", "c"])
+    (1.0, -1.0)
+    """
+    pos: dict[str, int] = {}
+    for i, p in enumerate(pred):
+        pos.setdefault(p, i)
+    n = len(gt)
+    if n == 1:
+        return 1.0 if gt[0] in pos else -1.0
+    ranks = [pos.get(g) for g in gt]
+    concordant = discordant = 0
+    for i in range(n):
+        for j in range(i + 1, n):
+            a, b = ranks[i], ranks[j]
+            if a is not None and b is not None and a < b:
+                concordant += 1
+            else:
+                discordant += 1
+    return (concordant - discordant) / (n * (n - 1) / 2)
+
+
+@register("frame_order")
+def frame_order(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    """Frame-order score: Kendall τ mapped to [0, 1]. Range [0, 1]; None = not applicable.
+
+    r = (τ + 1)/2, τ = (C − D)/(N(N−1)/2) between the predicted order and `answer["order"]` (N distinct
+    items); pairs involving an item the answer omits count as discordant (so junk → 0, reversed → 0,
+    exact → 1). Duplicate ground-truth items make the sample not applicable. Issue 3's video frame-order
+    reward; Video-R1's T-GRPO motivates temporal order (arXiv:2503.21776 (≈ verify)).
+
+    >>> frame_order(["<answer>1, 2, 3</answer>", "<answer>1, 3, 2</answer>", "<answer>3 2 1</answer>"],
+    ...             answer=[{"order": [1, 2, 3]}] * 3)
+    [1.0, 0.6666666666666666, 0.0]
+    """
+    out: list[float | None] = []
+    for text, gt in zip(completions, column(answer, "answer", len(completions))):
+        order = _gt_order(gt)
+        if order is not None and all(re.fullmatch(r"-?\d+", g) for g in order):
+            order = [str(int(g)) for g in order]
+        if order is None or len(set(order)) != len(order):
+            out.append(None)
+            continue
+        tau = kendall_tau_partial(parse_order(answer_text(text), order), order)
+        out.append(min(1.0, max(0.0, (tau + 1.0) / 2.0)))
+    return out
+
+
+# ---- relative position ------------------------------------------------------------------------------------------
+_COMPOSITE = {
+    "top-left": r"(?:top|upper)\s*left", "top-right": r"(?:top|upper)\s*right",
+    "bottom-left": r"(?:bottom|lower)\s*left", "bottom-right": r"(?:bottom|lower)\s*right",
+}
+_SIMPLE = {
+    "left": r"left", "right": r"right", "above": r"above|top|up|over|upper",
+    "below": r"below|bottom|beneath|under|underneath|down|lower", "front": r"front",
+    "behind": r"behind|back", "center": r"center|centre|middle",
+}
+_COMPOSITE_RE = {k: re.compile(rf"\b(?:{v})\b") for k, v in _COMPOSITE.items()}
+_SIMPLE_RE = {k: re.compile(rf"\b(?:{v})\b") for k, v in _SIMPLE.items()}
+
+
+def relations(text: str) -> set[str]:
+    """Canonical relations named in `text` (composites like "upper left" first, then single words).
+
+    >>> sorted(relations("It is in the upper-left corner")), sorted(relations("to the left of the cup"))
+    (['top-left'], ['left'])
+    """
+    s = normalize_text(text[:4096])
+    found: set[str] = set()
+    for name, rx in _COMPOSITE_RE.items():
+        if rx.search(s):
+            found.add(name)
+            s = rx.sub(" ", s)
+    found |= {name for name, rx in _SIMPLE_RE.items() if rx.search(s)}
+    return found
+
+
+@register("relative_position")
+def relative_position(
+    completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any
+) -> list[float | None]:
+    """Relative position with normalised synonyms. Range {0, 1}; None = not applicable.
+
+    r = 1[R(â) = {R(y)}], R = the set of canonical relations named (top-left, top-right, bottom-left,
+    bottom-right, left, right, above, below, front, behind, center; "upper left"/"top_left" → top-left,
+    "under"/"beneath" → below, "on top"/"over" → above, …); y = `answer["relation"]` or a string. Naming two
+    relations ("left or right") scores 0. SSL4RL's position task (exact match of a quadrant) (arXiv id not
+    recorded in the reference).
+
+    >>> relative_position(["<answer>Upper left</answer>", "<answer>left or right</answer>"],
+    ...                   answer=[{"relation": "top-left"}, "left"])
+    [1.0, 0.0]
+    """
+    out: list[float | None] = []
+    for text, gt in zip(completions, column(answer, "answer", len(completions))):
+        rel = gt.get("relation") if isinstance(gt, dict) else gt
+        gold = relations(rel) if isinstance(rel, str) else set()
+        if len(gold) != 1:
+            out.append(None)
+            continue
+        out.append(1.0 if relations(answer_text(text)) == gold else 0.0)
+    return out
+
+
+# ---- patch fit --------------------------------------------------------------------------------------------------
+@register("patch_fit")
+def patch_fit(
+    completions: list[str], *, answer: Sequence[Any] | None = None, index_base: int = 1, **kwargs: Any
+) -> list[float | None]:
+    """PatchFit: the candidate patch that fits the hole. Range {0, 1}; None = not applicable.
+
+    r = 1[ĉ = c], c from `answer["choice"]` (a letter) and/or `answer["index"]` (an integer as numbered in the
+    prompt); ĉ is a letter ("B", "(B)") or a number ("2", "patch 2"). With only a letter (or only an index)
+    known, the other form is converted with `index_base` (default 1: "1" ≍ "A"). PC-GRPO's binary PatchFit
+    reward (arXiv id not recorded in the reference).
+
+    >>> patch_fit(["<answer>(B)</answer>", "<answer>patch 2</answer>", "<answer>0</answer>"],
+    ...           answer=[{"choice": "B"}, {"choice": "B"}, {"index": 0}], index_base=1)
+    [1.0, 1.0, 1.0]
+    """
+    out: list[float | None] = []
+    for text, gt in zip(completions, column(answer, "answer", len(completions))):
+        if not isinstance(gt, dict):
+            gt = {"choice": gt} if isinstance(gt, str) else {"index": gt}
+        letter = parse_letter(gt["choice"]) if isinstance(gt.get("choice"), str) else None
+        idx = gt.get("index")
+        idx = idx if isinstance(idx, int) and not isinstance(idx, bool) else None
+        if letter is None and idx is None:
+            out.append(None)
+            continue
+        if idx is None:
+            idx = ord(letter) - ord("A") + index_base
+        if letter is None and 0 <= idx - index_base < 26:
+            letter = chr(ord("A") + idx - index_base)
+        pred = answer_text(text)
+        p_letter = parse_letter(pred)
+        if p_letter is not None:
+            ok = p_letter == letter
+        else:  # every number named must be the index: "patch 2" yes, "1 or 2" no
+            nums = {v for v, _ in parse_numbers(pred[:1024])}
+            ok = nums == {float(idx)}
+        out.append(1.0 if ok else 0.0)
+    return out
+
+
+# ---- temporal IoU -----------------------------------------------------------------------------------------------
+_TIME_RE = re.compile(r"(?<![\d.:])(?:(\d{1,3}):)?(?:(\d{1,2}):)?(\d{1,7}(?:\.\d+)?)")
+
+
+def parse_span(pred: str) -> tuple[float, float] | None:
+    """The first two times in `pred` (seconds; "75", "1:15", "00:01:15.5"), as (start, end), or None.
+
+    >>> parse_span("[12.5, 20]"), parse_span("from 12.5-20 s"), parse_span("0:10 to 1:05")
+    ((12.5, 20.0), (12.5, 20.0), (10.0, 65.0))
+    """
+    times = []
+    for m in _TIME_RE.finditer(pred[:4096]):
+        h, mnt, sec = m.group(1), m.group(2), float(m.group(3))
+        if h is not None and mnt is None:  # "mm:ss"
+            h, mnt = None, h
+        t = sec + 60.0 * float(mnt or 0) + 3600.0 * float(h or 0)
+        times.append(t)
+        if len(times) == 2:
+            return (times[0], times[1]) if all(math.isfinite(x) for x in times) else None
+    return None
+
+
+def temporal_iou_of(a: tuple[float, float], b: tuple[float, float]) -> float:
+    """tIoU = |a ∩ b| / |a ∪ b| of two [start, end] intervals; 1.0 for two equal points; 0.0 when inverted."""
+    if a[1] < a[0] or b[1] < b[0]:
+        return 0.0
+    inter = max(0.0, min(a[1], b[1]) - max(a[0], b[0]))
+    union = max(a[1], b[1]) - min(a[0], b[0])
+    if union <= 0:
+        return 1.0 if a == b else 0.0
+    return min(1.0, max(0.0, inter / union))
+
+
+@register("temporal_iou")
+def temporal_iou(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+    """Temporal IoU of a predicted [start, end] span in seconds. Range [0, 1]; None = not applicable.
+
+    r = max(0, min(ê, e) − max(ŝ, s)) / (max(ê, e) − min(ŝ, s)), ŝ, ê = the first two times in the answer
+    ("[12.5, 20]", "12.5-20 s", "0:10 to 1:05"), (s, e) = `answer["span"]`; an inverted prediction scores 0.
+    The tIoU reward of temporal grounding RL (Time-R1 / TimeZero; arXiv id not recorded in the reference).
+
+    >>> temporal_iou(["<answer>[10, 20]</answer>", "<answer>15-25 s</answer>", "<answer>20 to 10</answer>"],
+    ...              answer=[{"span": [10, 20]}] * 3)
+    [1.0, 0.3333333333333333, 0.0]
+    """
+    out: list[float | None] = []
+    for text, gt in zip(completions, column(answer, "answer", len(completions))):
+        span = gt.get("span") if isinstance(gt, dict) else None
+        vals = [_finite(v) for v in span] if isinstance(span, (list, tuple)) and len(span) == 2 else [None]
+        if any(v is None for v in vals) or vals[1] < vals[0]:
+            out.append(None)
+            continue
+        pred = parse_span(answer_text(text))
+        out.append(0.0 if pred is None else temporal_iou_of(pred, (vals[0], vals[1])))
+    return out
+
+
+# ---- consistency ------------------------------------------------------------------------------------------------
+_THINK_RE = re.compile(r"<think>((?:(?!</?think>).)*)</think>", re.DOTALL)
+_CONCLUSION_RES = [  # the conclusion is captured in a lookahead so that a later conclusion is still found
+    re.compile(r"\banswer\s+(?:is|should\s+be|would\s+be|must\s+be)\b[\s:]{0,8}(?=([^\n]{1,200}))", re.IGNORECASE),
+    re.compile(r"\banswer\s{0,8}[:=]\s{0,8}(?=([^\n]{1,200}))", re.IGNORECASE),
+    re.compile(r"\b(?:so|thus|therefore|hence)\b[\s,]{0,8}(?=([^\n]{1,200}))", re.IGNORECASE),
+]
+_SENTENCE_END = re.compile(r"\.(?:\s|$)|[;!?]")
+
+
+def conclusion(think: str) -> str | None:
+    """The last conclusion stated in a reasoning text ("the answer is X", "answer: X", "so X"), or None.
+
+    >>> conclusion("2+2 is 4. So the answer is 4. Double-check: yes.")
+    '4'
+    """
+    best: tuple[int, str] | None = None
+    for rx in _CONCLUSION_RES:
+        for m in rx.finditer(think):
+            if best is None or m.start(1) > best[0]:
+                best = (m.start(1), m.group(1))
+    if best is None:
+        return None
+    text = _SENTENCE_END.split(best[1], maxsplit=1)[0]
+    text = re.sub(r"^(?:the\s+(?:final\s+)?answer\s+is\s*:?\s*)", "", text.strip(), flags=re.IGNORECASE)
+    text = text.strip().strip("$*\"'`").strip()
+    return text or None
+
+
+def answer_key(a: str) -> str | None:
+    """A canonical key for comparing short answers: option letter, else number, else normalised text."""
+    letter = parse_letter(a)
+    if letter is not None:
+        return "letter:" + letter
+    num = parse_number(a[:4096])
+    if num is not None and len(normalize_text(re.sub(r"[\d.,/%]+", " ", a[:4096])).split()) <= 3:
+        return f"number:{num[0]:.9g}"
+    text = normalize_text(a)
+    return "text:" + text if text else None
+
+
+def answers_agree(c: str, a: str) -> bool:
+    """Whether a stated conclusion and a final answer name the same thing (letter, number or text)."""
+    kc, ka = answer_key(c), answer_key(a)
+    if kc is None or ka is None:
+        return False
+    if kc == ka:
+        return True
+    if kc.startswith("number:") and ka.startswith("number:"):
+        return numbers_close(float(kc[7:]), float(ka[7:]), 1e-6, 1e-9)
+    if kc.startswith("text:") and ka.startswith("text:"):  # "the red car" ⊇ "red car"
+        return f" {ka[5:]} " in f" {kc[5:]} " or f" {kc[5:]} " in f" {ka[5:]} "
+    return False
+
+
+@register("reasoning_consistency")
+def reasoning_consistency(completions: list[str], **kwargs: Any) -> list[float | None]:
+    """Reasoning–answer consistency: does the conclusion in `<think>` agree with `<answer>`? Range {0, 1}.
+
+    r = 1[key(c) = key(â)], c = the last conclusion in the last `<think>` block ("the answer is X",
+    "answer: X", "so/thus/therefore X", cut at the sentence end), â = the `<answer>` block; key = option letter,
+    else number, else normalised text (containment of whole words counts). None when there is no think block,
+    no conclusion or no answer block. Needs no ground truth. ACRE "Answer-Consistent Chain-of-thought
+    Reinforcement Learning for Multi-modal LLMs" and PC-GRPO's reasoning–answer consistency (RAC, judged by an
+    LLM there; this is the rule-based proxy) (arXiv ids not recorded in the reference).
+
+    >>> reasoning_consistency(["<think>so the answer is B.</think><answer>B</answer>",
+    ...                        "<think>thus 12</think><answer>13</answer>", "<think>hmm</think><answer>B</answer>"])
+    [1.0, 0.0, None]
+    """
+    out: list[float | None] = []
+    for text in completions:
+        text = text[:MAX_CHARS] if isinstance(text, str) else ""
+        thinks = _THINK_RE.findall(text)
+        c = conclusion(thinks[-1]) if thinks else None
+        end = text.rfind("</answer>")
+        start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+        a = text[start + len("<answer>") : end].strip() if start >= 0 else ""
+        if c is None or not a:
+            out.append(None)
+            continue
+        out.append(1.0 if answers_agree(c, a) else 0.0)
+    return out
+
+
+@register("group_agreement")
+def group_agreement(
+    completions: list[str],
+    *,
+    group_size: int | None = None,
+    prompt_index: Sequence[Any] | None = None,
+    **kwargs: Any,
+) -> list[float | None]:
+    """Label-free majority vote: 1 when this completion's answer is its group's most common one. Range {0, 1}.
+
+    r_i = 1[key(â_i) ∈ mode{key(â_j) : j in i's group, key(â_j) defined}], key as in `reasoning_consistency`
+    (letter / number / normalised text); every tied mode counts as the majority; a completion without an
+    answer scores 0. Groups come from the `prompt_index` column when present (completions sharing a value
+    form a group), else from `group_size` (consecutive blocks of that size, the rollout layout); with neither
+    it raises ValueError. TTRL-style majority pseudo-label (TTRL, arXiv:2504.16084 (≈ verify)).
+
+    >>> group_agreement(["<answer>4</answer>", "<answer>4.0</answer>", "<answer>5</answer>", "x"], group_size=4)
+    [1.0, 1.0, 0.0, 0.0]
+    """
+    n = len(completions)
+    if prompt_index is not None:
+        groups = [str(g) for g in column(prompt_index, "prompt_index", n)]
+    elif isinstance(group_size, int) and not isinstance(group_size, bool) and group_size > 0:
+        groups = [str(i // group_size) for i in range(n)]
+    else:
+        raise ValueError("group_agreement needs a `prompt_index` column or a positive integer `group_size` option")
+    keys = []
+    for text in completions:
+        a = extract_answer(text[:MAX_CHARS]) if isinstance(text, str) else None
+        keys.append(answer_key(a) if a else None)
+    votes: dict[str, Counter] = {}
+    for g, k in zip(groups, keys):
+        if k is not None:
+            votes.setdefault(g, Counter())[k] += 1
+    out: list[float | None] = []
+    for g, k in zip(groups, keys):
+        c = votes.get(g)
+        out.append(1.0 if k is not None and c and c[k] == max(c.values()) else 0.0)
+    return out

@@ -1,0 +1,133 @@
+"""Pure box geometry: IoU, GIoU, Hungarian matching, P/R/F1, points, unions — hand-worked values and junk."""
+
+from __future__ import annotations
+
+import doctest
+import math
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import mmrl.perception.boxes as boxes_module
+from mmrl.perception.boxes import (
+    giou,
+    iou,
+    iou_matrix,
+    match,
+    point_in_box,
+    precision_recall_f1,
+    union_box,
+    union_iou,
+    valid_box,
+)
+
+NAN, INF = float("nan"), float("inf")
+BAD = [[10, 0, 0, 10], [0, 10, 10, 0], [5, 5, 5, 10], [0, 0, NAN, 1], [0, 0, INF, 1], [1, 2, 3], "abcd", None,
+       [0, 0, "x", 1], [-1e308, 0, 1e308, 1], [True, 0, 1, 1.5]]
+
+
+@pytest.mark.parametrize(
+    "a,b,expected",
+    [
+        ([0, 0, 10, 10], [0, 0, 10, 10], 1.0),
+        ([0, 0, 10, 10], [5, 0, 15, 10], 50 / 150),
+        ([0, 0, 10, 10], [2, 2, 4, 4], 4 / 100),
+        ([0, 0, 10, 10], [10, 0, 20, 10], 0.0),  # touching edges
+        ([0.5, 0.5, 1.5, 2.5], [1, 1, 2, 2], 0.5 / 2.5),
+    ],
+)
+def test_iou_hand_worked_and_matrix_agree(a, b, expected):
+    assert iou(a, b) == pytest.approx(expected) == iou(b, a)
+    assert iou_matrix([a], [b])[0, 0] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_invalid_boxes_score_zero_and_never_raise(bad):
+    assert iou(bad, [0, 0, 10, 10]) == 0.0 and iou([0, 0, 10, 10], bad) == 0.0
+    assert giou(bad, [0, 0, 10, 10]) == -1.0
+    assert valid_box(bad) is None
+    m = iou_matrix([bad, [0, 0, 10, 10]], [[0, 0, 10, 10]])
+    assert np.isfinite(m).all() and m[1, 0] == 1.0
+    assert not point_in_box([1, 1], bad)
+
+
+def test_giou_hand_worked():
+    assert giou([0, 0, 2, 2], [0, 0, 2, 2]) == 1.0
+    assert giou([0, 0, 1, 1], [2, 0, 3, 1]) == pytest.approx(-1 / 3)  # hull 3, union 2
+    assert giou([0, 0, 2, 2], [1, 1, 3, 3]) == pytest.approx(1 / 7 - (9 - 7) / 9)
+    assert giou([0, 0, 1, 1], [1e6, 1e6, 1e6 + 1, 1e6 + 1]) == pytest.approx(-1, abs=1e-9)  # far apart → −1
+
+
+def test_hungarian_beats_greedy_and_does_not_double_count():
+    # greedy (highest IoU first) takes p0→g0 (0.6) and leaves g1 unmatched; the optimal assignment matches both
+    gt = [[0, 0, 10, 10], [6, 0, 16, 10]]
+    pred = [[3, 0, 13, 10], [0, 0, 8, 10]]
+    pairs = match(pred, gt, threshold=0.3)
+    assert sorted((k, j) for k, j, _ in pairs) == [(0, 1), (1, 0)]
+    dup = [[0, 0, 10, 10]] * 5
+    assert match(dup, [[0, 0, 10, 10]]) == [(0, 0, 1.0)]
+    assert precision_recall_f1(dup, [[0, 0, 10, 10]]) == pytest.approx((0.2, 1.0, 2 * 0.2 / 1.2))
+
+
+def test_precision_recall_f1_conventions_and_threshold():
+    assert precision_recall_f1([], []) == (1.0, 1.0, 1.0)
+    assert precision_recall_f1([], [[0, 0, 1, 1]]) == (0.0, 0.0, 0.0)
+    assert precision_recall_f1([[0, 0, 1, 1]], []) == (0.0, 0.0, 0.0)
+    half = [[0, 0, 10, 10]], [[5, 0, 15, 10]]  # IoU 1/3
+    assert precision_recall_f1(*half, threshold=0.5) == (0.0, 0.0, 0.0)
+    assert precision_recall_f1(*half, threshold=0.3) == (1.0, 1.0, 1.0)
+    assert precision_recall_f1([[0, 0, 1, 1]], [[0, 0, 1, 1]], n_pred=4) == (0.25, 1.0, 0.4)  # capped extras
+
+
+def test_points_and_union_box():
+    assert point_in_box([0, 0], [0, 0, 1, 1]) and point_in_box([1, 1], [0, 0, 1, 1])  # closed
+    assert not point_in_box([NAN, 0], [0, 0, 1, 1]) and not point_in_box("xy", [0, 0, 1, 1])
+    assert union_box([]) is None and union_box([[3, 3, 1, 1]]) is None
+    assert union_box([[0, 0, 1, 1], [5, -1, 6, 0.5]]) == [0, -1, 6, 1]
+
+
+def test_union_iou_exact_areas():
+    assert union_iou([[0, 0, 1, 1], [1, 0, 2, 1]], [[0, 0, 2, 1]]) == 1.0
+    # overlapping predictions are not double-counted: ∪pred = 3 (two 2×1 boxes overlapping by 1)
+    assert union_iou([[0, 0, 2, 1], [1, 0, 3, 1]], [[0, 0, 3, 1]]) == pytest.approx(1.0)
+    assert union_iou([[0, 0, 2, 2]], [[1, 1, 3, 3]]) == pytest.approx(1 / 7)
+    # L-shaped GT union (area 3) vs its bounding square (area 4): the bounding box would wrongly give 1.0
+    assert union_iou([[0, 0, 2, 2]], [[0, 0, 2, 1], [0, 1, 1, 2]]) == pytest.approx(3 / 4)
+    assert union_iou([], [[0, 0, 1, 1]]) == 0.0 and union_iou([[1, 1, 0, 0]], [[0, 0, 1, 1]]) == 0.0
+
+
+def test_thousands_of_boxes_fast():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 1000, (2000, 2))
+    many = np.concatenate([xy, xy + rng.uniform(1, 50, (2000, 2))], 1).tolist()
+    t = time.perf_counter()
+    p, r, f = precision_recall_f1(many[:300], many[:300])
+    assert (p, r, f) == (1.0, 1.0, 1.0)
+    assert 0.0 <= union_iou(many, many[::-1]) <= 1.0
+    assert time.perf_counter() - t < 5.0
+
+
+FLOATS = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-10**6, 10**6)
+BOXES = st.lists(st.lists(FLOATS, min_size=4, max_size=4), max_size=6)
+
+
+@settings(max_examples=150, deadline=None)
+@given(BOXES, BOXES, st.floats(0, 1))
+def test_property_ranges(pred, gt, thr):
+    for a in pred:
+        for b in gt:
+            assert 0.0 <= iou(a, b) <= 1.0 and -1.0 <= giou(a, b) <= 1.0
+    m = iou_matrix(pred, gt)
+    assert np.isfinite(m).all() and ((0 <= m) & (m <= 1)).all()
+    pairs = match(pred, gt, thr)
+    assert len({k for k, _, _ in pairs}) == len(pairs) == len({j for _, j, _ in pairs})
+    assert all(0.0 <= v <= 1.0 for v in precision_recall_f1(pred, gt, thr))
+    u = union_iou(pred, gt)
+    assert 0.0 <= u <= 1.0 and math.isfinite(u)
+
+
+def test_doctests():
+    assert doctest.testmod(boxes_module).failed == 0
