@@ -102,6 +102,20 @@ class RewardConfig:
     name: str | None = None  # metric name (default: fn)
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # what a failing call (exception, bad output, timeout) scores: `zero` = 0.0 for every completion of the call,
+    # `skip` = None (not applicable), `raise` = stop the run (the error names the reward); counted in
+    # `reward/<name>/errors` and `reward/<name>/timeouts`
+    on_error: Literal["zero", "skip", "raise"] = "zero"
+    # seconds one call may take: an isolated reward's worker is killed (and restarted on the next call) past it;
+    # async functions get `asyncio.wait_for`; a synchronous in-process function cannot be stopped
+    timeout_s: float = 10.0
+    # calling convention: `native` fn(completions, **columns); `trl` exactly as TRL's GRPOTrainer calls reward
+    # functions (conversational completions, prompts, completion_ids, trainer_state, log_extra, log_metric);
+    # `easyr1` compute_score(list[dict]) -> list[dict] with `overall` as the reward
+    style: Literal["native", "trl", "easyr1"] = "native"
+    # where it runs: `auto` = registry names in-process, any `module:function` / `file.py:function` spec in a
+    # persistent worker process; `always` / `never` force one or the other
+    isolate: Literal["auto", "always", "never"] = "auto"
 
 
 @dataclass

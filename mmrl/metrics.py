@@ -7,6 +7,7 @@ Metric names are namespaced and stable:
 | `train/step`, `train/stage` | global optimizer step; stage name |
 | `reward/<name>/mean` | mean of one reward component over the step's completions where it applies |
 | `reward/<name>/truncated`, `reward/<name>/parse_fail` | share of completions where an input cap engaged / nothing parsed (rewards that parse boxes, points or numbers) |
+| `reward/<name>/errors`, `reward/<name>/timeouts` | cumulative failed / timed-out calls of one reward (scored per its `on_error`) |
 | `reward/total/mean`, `reward/total/std` | weighted total reward |
 | `actor/loss` | policy loss (aggregated, incl. KL term) |
 | `actor/kl` | token-mean KL estimate to the reference (when a KL term is on) |

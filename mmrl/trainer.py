@@ -27,8 +27,8 @@ from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
 from mmrl.metrics import MetricsLogger
 from mmrl.policy import Policy, PromptInputs
-from mmrl.rewards import get as get_reward
-from mmrl.rewards.compose import RewardTerm, score, summarize
+from mmrl.rewards.compose import score, summarize
+from mmrl.rewards.isolation import make_term
 from mmrl.rollout import Rollouts, SamplingParams, make_engine
 from mmrl.rollout.types import row_seed
 
@@ -58,6 +58,18 @@ def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
     return out
 
 
+def _prompt_text(sample) -> str:
+    """The text parts of a sample's messages, joined (the `prompts` reward column)."""
+    parts = []
+    for msg in sample.messages:
+        content = msg.get("content")
+        if isinstance(content, str):
+            parts.append(content)
+        elif isinstance(content, list):
+            parts += [c.get("text", "") for c in content if isinstance(c, dict) and c.get("type") == "text"]
+    return "\n".join(parts)
+
+
 class Trainer:
     def __init__(self, cfg: Config, *, log=print):
         self.cfg = cfg
@@ -66,7 +78,8 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.progress = Progress()
         self.terms = [
-            RewardTerm(name=r.name or r.fn, fn=get_reward(r.fn), weight=r.weight, kwargs=r.kwargs)
+            make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
+                      timeout_s=r.timeout_s, style=r.style, isolate=r.isolate)
             for r in cfg.rewards
         ]
         self.train_data, skipped_train = self._load_split("train")
@@ -164,9 +177,11 @@ class Trainer:
     def score(self, rollouts: Rollouts, prompts: list[PromptInputs]) -> None:
         """Fill `rollouts.rewards` (per term) and `rollouts.total` [N]."""
         rows = [prompts[i] for i in rollouts.prompt_index.tolist()]
+        texts = [_prompt_text(p.sample) for p in prompts]
         columns = {
             "answer": [p.sample.answer for p in rows],
             "task": [p.sample.task for p in rows],
+            "prompts": [texts[i] for i in rollouts.prompt_index.tolist()],
             "samples": [p.sample for p in rows],
             "geometry": [p.geometry[0] if p.geometry else None for p in rows],
             "completion_ids": [ids[: int(m.sum())].tolist() for ids, m in zip(rollouts.completion_ids, rollouts.completion_mask)],

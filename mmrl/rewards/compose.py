@@ -1,8 +1,10 @@
 """Weighted composition of reward terms, with per-term values kept for logging.
 
 total_i = Σ_k w_k · r_k,i over the terms k whose value r_k,i is not None (0.0 when every term is None).
-Gates, per-term error policies and isolation are layered on top later; this module is the arithmetic and
-the validation.
+A term with an `on_error` policy (set by `mmrl.rewards.isolation.make_term`) never stops scoring on a failing
+call unless the policy is `raise`: `zero` → every value of that call is 0.0, `skip` → every value is None;
+failures are counted per term (`errors`, `timeouts`, cumulative) and reported through `score`'s `stats`.
+Isolation and calling styles live in `mmrl.rewards.isolation`; this module is the arithmetic and the validation.
 """
 
 from __future__ import annotations
@@ -16,6 +18,14 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 from mmrl.rewards.parsing import parse_stats
 
 
+class RewardError(RuntimeError):
+    """A reward function raised (for isolated rewards the message holds the remote traceback)."""
+
+
+class RewardTimeout(RewardError):
+    """A reward function did not return within its `timeout_s`."""
+
+
 @dataclass
 class RewardTerm:
     """One reward in a weighted sum: `fn(completions, **columns, **kwargs)` scaled by `weight`."""
@@ -24,8 +34,13 @@ class RewardTerm:
     fn: Callable[..., Sequence[Any]]
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
+    on_error: str | None = None  # None: exceptions propagate, uncounted; "zero" | "skip" | "raise": see module doc
+    errors: int = field(default=0, init=False)  # failed calls so far (timeouts excluded)
+    timeouts: int = field(default=0, init=False)  # timed-out calls so far
 
     def __post_init__(self) -> None:
+        if self.on_error not in (None, "zero", "skip", "raise"):
+            raise ValueError(f"reward {self.name!r}: on_error must be zero, skip or raise, got {self.on_error!r}")
         if not self.name or "/" in self.name or self.name == "total":
             raise ValueError(f"reward name {self.name!r} must be non-empty, without '/', and not 'total'")
         if not callable(self.fn):
@@ -57,6 +72,22 @@ def _call(term: RewardTerm, completions: list[str], columns: dict[str, Any]) -> 
     return out
 
 
+def _guarded_call(term: RewardTerm, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
+    if term.on_error is None:
+        return _call(term, completions, columns)
+    try:
+        return _call(term, completions, columns)
+    except Exception as exc:
+        if isinstance(exc, RewardTimeout):
+            term.timeouts += 1
+        else:
+            term.errors += 1
+        if term.on_error == "raise":
+            exc.add_note(f"in reward {term.name!r}")
+            raise
+        return [0.0 if term.on_error == "zero" else None] * len(completions)
+
+
 def score(
     terms: Sequence[RewardTerm], completions: list[str], columns: dict[str, Any],
     stats: dict[str, dict[str, float]] | None = None,
@@ -64,7 +95,8 @@ def score(
     """(totals, components): per-completion weighted sums and each term's raw values.
 
     With a `stats` dict, each term whose parser ran records the fractions of completions where an input cap
-    engaged and where parsing failed (`{"truncated": …, "parse_fail": …}`) under its name.
+    engaged and where parsing failed (`{"truncated": …, "parse_fail": …}`) under its name, and each term with an
+    `on_error` policy records its cumulative failure counts (`{"errors": …, "timeouts": …}`).
 
     >>> t = [RewardTerm("a", lambda c, **k: [1.0, None]), RewardTerm("b", lambda c, **k: [0.5, 2], weight=2)]
     >>> score(t, ["x", "y"], {})
@@ -77,9 +109,11 @@ def score(
     components: dict[str, list[float | None]] = {}
     for term in terms:
         with parse_stats() as st:
-            values = _call(term, completions, columns)
+            values = _guarded_call(term, completions, columns)
         if stats is not None and st.calls:
             stats[term.name] = st.as_metrics()
+        if stats is not None and term.on_error is not None:
+            stats.setdefault(term.name, {}).update(errors=float(term.errors), timeouts=float(term.timeouts))
         components[term.name] = values
         for i, v in enumerate(values):
             if v is not None:

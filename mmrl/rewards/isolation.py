@@ -1,0 +1,325 @@
+"""Plug-in isolation, calling styles and error policies for reward functions.
+
+- `IsolatedReward(spec, timeout_s=…, style=…)` runs a user reward in a persistent worker process (`spawn`
+  context; the worker resolves the spec itself with `mmrl.rewards.get`). Each call sends
+  `(completions, columns)` over a pipe and waits `timeout_s`; a hung function cannot be stopped by a thread,
+  so on timeout the worker is terminated (then killed), `RewardTimeout` is raised and the next call starts a
+  fresh worker. An exception inside the function comes back as `RewardError` carrying the remote traceback.
+  Async functions run in one event loop kept by the worker, each call under `asyncio.wait_for(…, timeout_s)`
+  (a timed-out coroutine is cancelled; the worker survives).
+- Only picklable columns cross the process boundary: each column is pickled on its own and a column that
+  fails (an open file, a lock, a live model …) is silently left out of the isolated call.
+- `adapt(fn, style)`: `native` is the common signature `fn(completions, **columns)`; `trl` calls the function
+  exactly as TRL's GRPOTrainer does (`prompts`, conversational `completions`, `completion_ids`,
+  `trainer_state`, `log_extra`, `log_metric` and the dataset columns, all as keywords); `easyr1` adapts
+  `compute_score(list[dict]) -> list[dict]` (inputs `response`, `response_length`, `ground_truth`; the
+  output's `overall` is the reward).
+- `make_term(...)` builds a `RewardTerm` from config fields: isolation (`auto`: registry names in-process,
+  any other spec isolated), style and the `on_error` policy (`zero` | `skip` | `raise`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import inspect
+import multiprocessing as mp
+import multiprocessing.util  # noqa: F401  (registers its atexit hook, which joins live children, before ours)
+import pickle
+import sys
+import threading
+import traceback
+import types
+import weakref
+from typing import Any, Callable
+
+from mmrl.rewards.compose import RewardError, RewardTerm, RewardTimeout
+
+STYLES = ("native", "trl", "easyr1")
+ISOLATE = ("auto", "always", "never")
+ON_ERROR = ("zero", "skip", "raise")
+_ASYNC_GRACE_S = 2.0  # extra parent-side wait for async functions, which time out inside the worker
+_START_TIMEOUT_S = 120.0  # importing the plug-in in a fresh interpreter; not counted against timeout_s
+
+
+# ------------------------------------------------------------------------------------------------ styles
+def _text_prompts(columns: dict[str, Any], n: int) -> list[Any]:
+    """TRL's `prompts`: the sample's chat messages when `samples` is there (conversational), else prompt text."""
+    samples = columns.get("samples")
+    if samples is not None:
+        return [list(getattr(s, "messages", s)) for s in samples]
+    texts = columns.get("prompts") or [""] * n
+    return [[{"role": "user", "content": t}] for t in texts]
+
+
+def _trl(fn: Callable) -> Callable:
+    def call(completions: list[str], **columns):
+        n = len(completions)
+        rest = {k: v for k, v in columns.items() if k not in ("prompts", "completion_ids", "prompt", "completion")}
+        extra: dict[str, list] = {}
+        metrics: dict[str, float] = {}
+        state = types.SimpleNamespace(global_step=0)  # TRL passes its TrainerState; mmrl has no such object
+        return fn(
+            prompts=_text_prompts(columns, n),
+            completions=[[{"role": "assistant", "content": c}] for c in completions],
+            completion_ids=columns.get("completion_ids"),
+            trainer_state=state,
+            log_extra=lambda column, values: extra.__setitem__(column, list(values)),  # accepted, not logged
+            log_metric=lambda name, value: metrics.__setitem__(name, value),  # accepted, not logged
+            **rest,
+        )
+
+    return call
+
+
+def _easyr1(fn: Callable) -> Callable:
+    def call(completions: list[str], **columns):
+        answers = columns.get("answer") or [None] * len(completions)
+        ids = columns.get("completion_ids")
+        inputs = [
+            {"response": c, "response_length": len(ids[i]) if ids is not None else len(c), "ground_truth": answers[i]}
+            for i, c in enumerate(completions)
+        ]
+        out = fn(inputs)
+        if inspect.isawaitable(out):
+            async def finish():
+                return [None if o is None else o["overall"] for o in await out]
+            return finish()
+        return [None if o is None else o["overall"] for o in out]
+
+    return call
+
+
+def adapt(fn: Callable, style: str = "native") -> Callable:
+    """Wrap `fn` so it is called with the common signature `f(completions, **columns)`."""
+    if style == "native":
+        return fn
+    if style == "trl":
+        return _trl(fn)
+    if style == "easyr1":
+        return _easyr1(fn)
+    raise ValueError(f"reward style {style!r} is not one of {', '.join(STYLES)}")
+
+
+def _run_async(awaitable, timeout_s: float, loop: asyncio.AbstractEventLoop):
+    try:
+        return loop.run_until_complete(asyncio.wait_for(awaitable, timeout_s))
+    except asyncio.TimeoutError:
+        raise RewardTimeout(f"async reward did not finish within {timeout_s:g} s") from None
+
+
+# ----------------------------------------------------------------------------------------------- worker
+def _worker(conn, spec: str, style: str, timeout_s: float) -> None:
+    try:
+        from mmrl.rewards import get
+
+        raw = get(spec)
+        fn = adapt(raw, style)
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+        conn.close()
+        return
+    conn.send(("ready", inspect.iscoroutinefunction(raw)))
+    loop = None
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError, KeyboardInterrupt):
+            break
+        if msg is None:
+            break
+        completions, columns = msg
+        try:
+            out = fn(completions, **columns)
+            if inspect.isawaitable(out):
+                loop = loop or asyncio.new_event_loop()
+                out = _run_async(out, timeout_s, loop)
+            reply = ("ok", list(out))
+        except RewardTimeout as exc:
+            reply = ("timeout", str(exc))
+        except BaseException:
+            reply = ("error", traceback.format_exc())
+        try:
+            conn.send(reply)
+        except Exception:  # an unpicklable result
+            conn.send(("error", traceback.format_exc()))
+    if loop is not None:
+        loop.close()
+    conn.close()
+
+
+_START_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """`spawn` re-runs the parent's `__main__` script in the child; the worker needs nothing from it, and a
+    user script without an `if __name__ == "__main__":` guard would otherwise build its trainer again there."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        for k in saved:
+            setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+_LIVE: "weakref.WeakSet[IsolatedReward]" = weakref.WeakSet()
+
+
+def _close_all() -> None:
+    for r in list(_LIVE):
+        r.close()
+
+
+atexit.register(_close_all)  # runs before multiprocessing's own exit hook (LIFO), which would wait on workers
+
+
+class IsolatedReward:
+    """A reward run in a persistent worker process; see the module docstring."""
+
+    def __init__(self, spec: str, *, timeout_s: float, style: str = "native", name: str | None = None):
+        if style not in STYLES:
+            raise ValueError(f"reward style {style!r} is not one of {', '.join(STYLES)}")
+        if not timeout_s > 0:
+            raise ValueError(f"reward {spec!r}: timeout_s must be > 0, got {timeout_s!r}")
+        self.spec, self.style, self.timeout_s = spec, style, float(timeout_s)
+        self.__name__ = name or spec
+        self._ctx = mp.get_context("spawn")
+        self._proc = None
+        self._conn = None
+        self._lock = threading.Lock()
+        _LIVE.add(self)
+        self._start()  # a bad spec fails here, at construction
+
+    def _start(self) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(target=_worker, args=(child, self.spec, self.style, self.timeout_s),
+                                 name=f"mmrl-reward:{self.__name__}")
+        with _START_LOCK, _main_not_reimported():
+            proc.start()
+        child.close()
+        self._proc, self._conn = proc, parent
+        if not parent.poll(max(_START_TIMEOUT_S, self.timeout_s)):
+            self._stop()
+            raise RewardTimeout(f"reward {self.spec!r}: the worker did not start within {_START_TIMEOUT_S:g} s")
+        try:
+            kind, payload = parent.recv()
+        except EOFError:
+            self._stop()
+            raise RewardError(f"reward {self.spec!r}: the worker died while starting") from None
+        if kind != "ready":
+            self._stop()
+            raise RewardError(f"reward {self.spec!r}: loading it in the worker failed:\n{payload}")
+        # an async function times out inside the worker (which survives); give that a moment to report back
+        self._wait_s = self.timeout_s + (_ASYNC_GRACE_S if payload else 0.0)
+
+    def _stop(self) -> None:
+        proc, conn = self._proc, self._conn
+        self._proc = self._conn = None
+        if conn is not None:
+            try:
+                conn.close()
+            except OSError:
+                pass
+        if proc is not None:
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(2.0)
+            if proc.is_alive():
+                proc.kill()
+            proc.join(5.0)  # reaps it: no zombie
+
+    def __call__(self, completions: list[str], **columns) -> list:
+        payload = {}
+        for key, value in columns.items():  # only picklable columns cross the process boundary
+            try:
+                pickle.dumps(value)
+            except Exception:
+                continue
+            payload[key] = value
+        with self._lock:
+            if self._proc is None or not self._proc.is_alive():
+                self._stop()
+                self._start()
+            try:
+                self._conn.send((list(completions), payload))
+                ready = self._conn.poll(self._wait_s)
+                reply = self._conn.recv() if ready else None
+            except (EOFError, OSError, BrokenPipeError):
+                code = self._proc.exitcode if self._proc is not None else None
+                self._stop()
+                raise RewardError(f"reward {self.spec!r}: the worker process died (exit code {code})") from None
+            if reply is None:
+                self._stop()  # a fresh worker starts on the next call
+                raise RewardTimeout(f"reward {self.spec!r} did not return within {self.timeout_s:g} s; worker killed")
+        kind, value = reply
+        if kind == "ok":
+            return value
+        if kind == "timeout":
+            raise RewardTimeout(f"reward {self.spec!r}: {value}")
+        raise RewardError(f"reward {self.spec!r} raised in its worker:\n{value}")
+
+    def close(self) -> None:
+        """Ask the worker to exit, then make sure it has (terminate, kill) and reap it."""
+        with self._lock:
+            if self._conn is not None and self._proc is not None and self._proc.is_alive():
+                try:
+                    self._conn.send(None)
+                    self._proc.join(2.0)
+                except (OSError, BrokenPipeError):
+                    pass
+            self._stop()
+        _LIVE.discard(self)
+
+    def __del__(self):
+        try:
+            self._stop()
+        except Exception:
+            pass
+
+
+class InProcessReward:
+    """A reward called in this process with a style adapter; awaitables are run with `timeout_s`.
+
+    A synchronous in-process function cannot be stopped, so `timeout_s` only bounds async ones.
+    """
+
+    def __init__(self, fn: Callable, *, timeout_s: float, style: str = "native"):
+        self.fn, self.timeout_s = adapt(fn, style), float(timeout_s)
+        self.__name__ = getattr(fn, "__name__", "reward")
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def __call__(self, completions: list[str], **columns) -> list:
+        out = self.fn(completions, **columns)
+        if inspect.isawaitable(out):
+            self._loop = self._loop or asyncio.new_event_loop()
+            out = _run_async(out, self.timeout_s, self._loop)
+        return out
+
+
+# ---------------------------------------------------------------------------------------------- factory
+def make_term(
+    fn: str, *, name: str | None = None, weight: float = 1.0, kwargs: dict[str, Any] | None = None,
+    on_error: str = "zero", timeout_s: float = 10.0, style: str = "native", isolate: str = "auto",
+) -> RewardTerm:
+    """A `RewardTerm` from config fields (`RewardConfig`): resolve `fn`, isolate it per `isolate`
+    (`auto`: registry names in-process, other specs in a worker), adapt its `style`, set its `on_error`."""
+    from mmrl.rewards.registry import get
+
+    if isolate not in ISOLATE:
+        raise ValueError(f"reward {fn!r}: isolate {isolate!r} is not one of {', '.join(ISOLATE)}")
+    if on_error not in ON_ERROR:
+        raise ValueError(f"reward {fn!r}: on_error {on_error!r} is not one of {', '.join(ON_ERROR)}")
+    if style not in STYLES:
+        raise ValueError(f"reward {fn!r}: style {style!r} is not one of {', '.join(STYLES)}")
+    name = name or fn
+    isolated = isolate == "always" or (isolate == "auto" and ":" in fn)
+    if isolated:
+        call: Callable = IsolatedReward(fn, timeout_s=timeout_s, style=style, name=name)
+    else:
+        call = InProcessReward(get(fn), timeout_s=timeout_s, style=style)
+    return RewardTerm(name=name, fn=call, weight=weight, kwargs=dict(kwargs or {}), on_error=on_error)
