@@ -6,7 +6,7 @@ A reward is `fn(completions: list[str], **columns) -> list[float | None]` (`None
 builds a term from config (plug-ins in a worker process, `style: trl|easyr1`, `on_error`).
 """
 
-from mmrl.rewards.registry import REWARDS, RewardSpecError, get, names, register
+from mmrl.rewards.registry import REWARDS, RewardSpecError, get, names, pure_names, register, value_range
 from mmrl.rewards.builtin import answer_match, box_iou, format_reward, iou  # importing registers them
 from mmrl.rewards import geometric, puzzles, shaping, text  # noqa: F401  (importing registers them)
 from mmrl.rewards.compose import RewardError, RewardTerm, RewardTimeout, score, summarize
@@ -33,7 +33,9 @@ __all__ = [
     "parse_objects",
     "parse_points",
     "parse_stats",
+    "pure_names",
     "register",
     "score",
     "summarize",
+    "value_range",
 ]

@@ -21,17 +21,48 @@ from typing import Callable
 from mmrl.registry import Registry, UnknownNameError
 
 RewardFn = Callable[..., list]
+Range = tuple[float, float]
 
 REWARDS: Registry[RewardFn] = Registry("reward")
+_RANGES: dict[str, Range | Callable[..., Range]] = {}
+_IMPURE: set[str] = set()
 
 
 class RewardSpecError(ValueError):
     """A plug-in reward spec cannot be resolved (missing file/module/attribute, or not callable)."""
 
 
-def register(name: str) -> Callable[[RewardFn], RewardFn]:
-    """Decorator: register a reward function under `name`."""
-    return REWARDS.register(name)
+def register(
+    name: str, *, range: Range | Callable[..., Range] = (0.0, 1.0), pure: bool = True
+) -> Callable[[RewardFn], RewardFn]:
+    """Decorator: register a reward function under `name` with its declared value range `(lo, hi)`.
+
+    `range` may instead be a function of the reward's keyword options returning `(lo, hi)`, for rewards whose
+    range is set by their options (e.g. `cosine_length`). `pure=False` marks a reward that depends on the outside
+    world (a judge server). Tests hold every registered reward to its range, and every pure one to totality.
+    """
+    lo_hi = range
+
+    def deco(fn: RewardFn) -> RewardFn:
+        REWARDS.register(name)(fn)
+        _RANGES[name] = lo_hi
+        if not pure:
+            _IMPURE.add(name)
+        return fn
+
+    return deco
+
+
+def pure_names() -> list[str]:
+    """The registered rewards that are pure functions of their inputs (all but model judges), sorted."""
+    return [n for n in REWARDS.names() if n not in _IMPURE]
+
+
+def value_range(name: str, **kwargs) -> Range:
+    """The declared `(lo, hi)` of registered reward `name` under options `kwargs` (`None` values excepted)."""
+    REWARDS.get(name)  # unknown names fail with the valid ones
+    r = _RANGES[name]
+    return tuple(r(**kwargs)) if callable(r) else r
 
 
 def names() -> list[str]:

@@ -99,7 +99,7 @@ def _length(ids: Any) -> int | None:
         return None
 
 
-@register("overlong")
+@register("overlong", range=(-1.0, 0.0))
 def overlong(
     completions: list[str],
     *,
@@ -139,7 +139,13 @@ def cosine_interp(length: float, max_len: float, r_start: float, r_end: float) -
     return r_end + 0.5 * (r_start - r_end) * (1.0 + math.cos(math.pi * min(length, max_len) / max_len))
 
 
-@register("cosine_length")
+def _cosine_range(correct_start: float = 2.0, correct_end: float = 1.0, wrong_start: float = -10.0,
+                  wrong_end: float = 0.0, exceed: float = -10.0, **_: Any) -> tuple[float, float]:
+    values = (correct_start, correct_end, wrong_start, wrong_end, exceed)
+    return float(min(values)), float(max(values))
+
+
+@register("cosine_length", range=_cosine_range)
 def cosine_length(
     completions: list[str],
     *,
@@ -189,7 +195,7 @@ def cosine_length(
     return out
 
 
-@register("repetition")
+@register("repetition", range=(-1.0, 0.0))
 def repetition(completions: list[str], *, n: int = 3, **kwargs: Any) -> list[float]:
     """N-gram repetition penalty: minus the fraction of repeated word n-grams. Range [−1, 0].
 
