@@ -99,7 +99,7 @@ class RolloutConfig:
 @dataclass
 class RewardConfig:
     fn: str = "format"  # registry name, `pkg.module:function` or `path/file.py:function`
-    name: str | None = None  # metric name (default: fn)
+    name: str | None = None  # metric name (default: the registry name, or a plug-in's function name)
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     # what a failing call (exception, bad output, timeout) scores: `zero` = 0.0 for every completion of the call,
@@ -116,6 +116,13 @@ class RewardConfig:
     # where it runs: `auto` = registry names in-process, any `module:function` / `file.py:function` spec in a
     # persistent worker process; `always` / `never` force one or the other
     isolate: Literal["auto", "always", "never"] = "auto"
+    # composition (mmrl.rewards.compose): `gate` names another reward; this one counts only where that one
+    # reaches its `gate_min` ("only if correct" / "only if well-formed"). `mode: gate` makes this reward a gate
+    # on the whole total instead of a summand: where it is below `gate_min`, the total is `gate_penalty`
+    gate: str | None = None
+    mode: Literal["add", "gate"] = "add"
+    gate_min: float = 1.0
+    gate_penalty: float = 0.0
 
 
 @dataclass
@@ -390,9 +397,25 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"{key}: set exactly one of `task` (synthetic) or `path` (JSONL file)")
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume: checkpoint {cfg.resume!r} does not exist")
-    names = [r.name or r.fn for r in cfg.rewards]
+    from mmrl.rewards.registry import default_name
+
+    names = [r.name or default_name(r.fn) for r in cfg.rewards]
     if len(set(names)) != len(names):
         raise ConfigError(f"rewards: duplicate reward names {names}; give each a distinct `name`")
+    from mmrl.rewards import REWARDS
+
+    for i, r in enumerate(cfg.rewards):
+        if ":" not in r.fn:
+            try:
+                REWARDS.get(r.fn)
+            except UnknownNameError as e:
+                raise ConfigError(f"rewards[{i}].fn: {e}; plug-ins are 'pkg.module:function' or 'file.py:function'") from None
+        if r.gate is not None and (r.gate not in names or r.gate == names[i]):
+            hint = closest(r.gate, [n for n in names if n != names[i]])
+            extra = f"; did you mean {hint!r}?" if hint else ""
+            raise ConfigError(f"rewards[{i}].gate: {r.gate!r} is not another reward of this run{extra} (rewards: {names})")
+    if cfg.rewards and all(r.mode == "gate" for r in cfg.rewards):
+        raise ConfigError("rewards: every reward is in `mode: gate`; at least one must add to the total")
 
 
 def to_dict(cfg: Config) -> dict:

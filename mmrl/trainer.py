@@ -14,15 +14,17 @@ from __future__ import annotations
 import json
 import random
 import time
+import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mmrl import checkpoint, config as config_mod
+from mmrl import checkpoint
+from mmrl import config as config_mod
 from mmrl.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
-from mmrl.config import Config, StageConfig
+from mmrl.config import Config, ConfigError, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
 from mmrl.metrics import MetricsLogger
@@ -70,6 +72,28 @@ def _prompt_text(sample) -> str:
     return "\n".join(parts)
 
 
+COLUMNS = ("answer", "task", "prompts", "samples", "geometry", "completion_ids", "finish_reason", "prompt_index",
+           "trainer_state")  # what `Trainer.score` passes every reward, besides the samples' meta fields
+
+
+def meta_columns(samples) -> list[str]:
+    """The `meta` keys of the samples, in first-seen order (a sample without a key gives None there)."""
+    return list(dict.fromkeys(k for s in samples for k in s.meta if k not in COLUMNS))
+
+
+def check_reward_columns(terms, samples) -> None:
+    """Fail before training when a reward needs a column the data does not have (naming both)."""
+    available = set(COLUMNS) | set(meta_columns(samples))
+    for term in terms:
+        missing = [c for c in getattr(term.fn, "required", []) if c not in available and c not in term.kwargs]
+        if missing:
+            raise ConfigError(
+                f"rewards: reward {term.name!r} needs column(s) {missing} that the data does not provide"
+                f" (columns: {', '.join(sorted(available))}; dataset fields reach rewards through each sample's"
+                f" `meta`, fixed values through the reward's `kwargs`)"
+            )
+
+
 class Trainer:
     def __init__(self, cfg: Config, *, log=print):
         self.cfg = cfg
@@ -79,11 +103,13 @@ class Trainer:
         self.progress = Progress()
         self.terms = [
             make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
-                      timeout_s=r.timeout_s, style=r.style, isolate=r.isolate)
+                      timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
+                      gate_min=r.gate_min, gate_penalty=r.gate_penalty)
             for r in cfg.rewards
         ]
         self.train_data, skipped_train = self._load_split("train")
         self.eval_data, skipped_eval = self._load_split("eval")
+        check_reward_columns(self.terms, self.train_data + self.eval_data)
         self.progress.skipped = skipped_train + skipped_eval
         self.eval_data, overlap = drop_overlap(self.train_data, self.eval_data)
         if overlap:
@@ -188,6 +214,13 @@ class Trainer:
             "finish_reason": rollouts.finish_reasons,
             "prompt_index": rollouts.prompt_index.tolist(),
         }
+        bound = {k for t in self.terms for k in t.kwargs}  # a reward's explicit kwargs win over a same-named field
+        for key in meta_columns([p.sample for p in prompts]):  # dataset fields beyond the schema, by name
+            if key not in bound:
+                columns[key] = [p.sample.meta.get(key) for p in rows]
+        columns["trainer_state"] = types.SimpleNamespace(
+            global_step=self.progress.step, max_steps=sum(s.steps for s in self.cfg.stages), epoch=0.0
+        )
         rollouts.parse_stats = {}
         totals, components = score(self.terms, rollouts.texts, columns, stats=rollouts.parse_stats)
         for i, reason in enumerate(rollouts.finish_reasons):

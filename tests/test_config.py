@@ -353,3 +353,14 @@ def test_cli_bad_key_exits_2_before_loading_a_model(tmp_path):
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists() and not (tmp_path / "runs").exists()
     assert elapsed < 20  # config errors come before any model or heavy import (generous for a busy 2-core box)
+
+
+def test_reward_names_and_gates_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.fn: .*did you mean 'format'"):
+        config.load(None, ["rewards=[{fn: formt}]"])
+    with pytest.raises(ConfigError, match=r"rewards\[1\]\.gate: 'acuracy'.*did you mean 'accuracy'"):
+        config.load(None, ["rewards=[{fn: answer_match, name: accuracy}, {fn: format, gate: acuracy}]"])
+    with pytest.raises(ConfigError, match="at least one must add"):
+        config.load(None, ["rewards=[{fn: format, mode: gate}]"])
+    cfg = config.load(None, ["rewards=[{fn: format, mode: gate}, {fn: answer_match, gate: format, gate_min: 0.5}]"])
+    assert cfg.rewards[1].gate == "format" and cfg.rewards[0].mode == "gate"

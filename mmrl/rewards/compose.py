@@ -1,6 +1,10 @@
 """Weighted composition of reward terms, with per-term values kept for logging.
 
-total_i = Σ_k w_k · r_k,i over the terms k whose value r_k,i is not None (0.0 when every term is None).
+total_i = Σ_k w_k · g_k,i · r_k,i over the `add` terms k whose value r_k,i is not None (0.0 when every term is
+None), where g_k,i = 1 unless term k names a `gate` term whose raw value at i is None or below that term's
+`gate_min` ("only if correct", "only if well-formed"), then 0. A term in `mode="gate"` adds nothing itself: where
+its value is None or below its `gate_min` the whole total_i becomes its `gate_penalty` (a format gate: nothing
+counts unless the completion is well-formed). Components keep the raw values (what the reward said).
 A term with an `on_error` policy (set by `mmrl.rewards.isolation.make_term`) never stops scoring on a failing
 call unless the policy is `raise`: `zero` → every value of that call is 0.0, `skip` → every value is None;
 failures are counted per term (`errors`, `timeouts`, cumulative) and reported through `score`'s `stats`.
@@ -35,6 +39,10 @@ class RewardTerm:
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
     on_error: str | None = None  # None: exceptions propagate, uncounted; "zero" | "skip" | "raise": see module doc
+    gate: str | None = None  # another term's name: this term counts only where that one passes its gate_min
+    mode: str = "add"  # "add": weighted into the total; "gate": the total counts only where this term passes
+    gate_min: float = 1.0  # the value a term must reach to pass when it gates (as `gate` target or in gate mode)
+    gate_penalty: float = 0.0  # gate mode: the total where this term does not pass
     errors: int = field(default=0, init=False)  # failed calls so far (timeouts excluded)
     timeouts: int = field(default=0, init=False)  # timed-out calls so far
 
@@ -47,6 +55,18 @@ class RewardTerm:
             raise TypeError(f"reward {self.name!r}: fn is a {type(self.fn).__name__}, not callable")
         if not isinstance(self.weight, Real) or not math.isfinite(self.weight):
             raise ValueError(f"reward {self.name!r}: weight must be a finite number, got {self.weight!r}")
+        if self.mode not in ("add", "gate"):
+            raise ValueError(f"reward {self.name!r}: mode must be add or gate, got {self.mode!r}")
+        if self.gate == self.name:
+            raise ValueError(f"reward {self.name!r}: a term cannot gate itself")
+        for key in ("gate_min", "gate_penalty"):
+            v = getattr(self, key)
+            if not isinstance(v, Real) or not math.isfinite(v):
+                raise ValueError(f"reward {self.name!r}: {key} must be a finite number, got {v!r}")
+
+    def passes(self, value: float | None) -> bool:
+        """Whether a value of this term opens a gate (`None` never does)."""
+        return value is not None and value >= self.gate_min
 
 
 def _call(term: RewardTerm, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
@@ -102,9 +122,8 @@ def score(
     >>> score(t, ["x", "y"], {})
     ([2.0, 4.0], {'a': [1.0, None], 'b': [0.5, 2.0]})
     """
-    names = [t.name for t in terms]
-    if len(set(names)) != len(names):
-        raise ValueError(f"reward names must be unique, got {names}")
+    check_gates(terms)
+    by_name = {t.name: t for t in terms}
     totals = [0.0] * len(completions)
     components: dict[str, list[float | None]] = {}
     for term in terms:
@@ -114,11 +133,38 @@ def score(
             stats[term.name] = st.as_metrics()
         if stats is not None and term.on_error is not None:
             stats.setdefault(term.name, {}).update(errors=float(term.errors), timeouts=float(term.timeouts))
+        logged = getattr(term.fn, "logged", None)  # what a TRL-style function reported through log_metric
+        if stats is not None and logged:
+            stats.setdefault(term.name, {}).update(logged)
         components[term.name] = values
-        for i, v in enumerate(values):
-            if v is not None:
+    for term in terms:
+        if term.mode != "add":
+            continue
+        gate = by_name[term.gate] if term.gate else None
+        closed = 0
+        for i, v in enumerate(components[term.name]):
+            if gate is not None and not gate.passes(components[gate.name][i]):
+                closed += v is not None
+            elif v is not None:
                 totals[i] += term.weight * v
+        if stats is not None and gate is not None:
+            stats.setdefault(term.name, {})["gated"] = closed / max(len(completions), 1)
+    for term in terms:
+        if term.mode == "gate":
+            for i, v in enumerate(components[term.name]):
+                if not term.passes(v):
+                    totals[i] = float(term.gate_penalty)
     return totals, components
+
+
+def check_gates(terms: Sequence[RewardTerm]) -> None:
+    """Unique names, and every `gate` names another term of the same composition."""
+    names = [t.name for t in terms]
+    if len(set(names)) != len(names):
+        raise ValueError(f"reward names must be unique, got {names}")
+    for t in terms:
+        if t.gate is not None and t.gate not in names:
+            raise ValueError(f"reward {t.name!r}: gate {t.gate!r} is not a reward of this run (rewards: {names})")
 
 
 def summarize(

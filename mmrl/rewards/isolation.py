@@ -53,24 +53,39 @@ def _text_prompts(columns: dict[str, Any], n: int) -> list[Any]:
     return [[{"role": "user", "content": t}] for t in texts]
 
 
-def _trl(fn: Callable) -> Callable:
-    def call(completions: list[str], **columns):
+TRL_ARGS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric")
+
+
+class _Trl:
+    """Calls `fn` as TRL's GRPOTrainer does. What the function reports through `log_metric(name, value)` is kept
+    in `logged` (the trainer logs it as `reward/<term>/<name>`); `log_extra(column, values)` is accepted and
+    kept in `extra` (per-completion values for the rollout log)."""
+
+    def __init__(self, fn: Callable):
+        self.fn = fn
+        self.logged: dict[str, float] = {}
+        self.extra: dict[str, list] = {}
+
+    def __call__(self, completions: list[str], **columns):
         n = len(completions)
-        rest = {k: v for k, v in columns.items() if k not in ("prompts", "completion_ids", "prompt", "completion")}
-        extra: dict[str, list] = {}
-        metrics: dict[str, float] = {}
-        state = types.SimpleNamespace(global_step=0)  # TRL passes its TrainerState; mmrl has no such object
-        return fn(
+        self.logged, self.extra = {}, {}
+        rest = {k: v for k, v in columns.items() if k not in ("prompts", "prompt", "completion") + TRL_ARGS}
+        state = columns.get("trainer_state") or types.SimpleNamespace(global_step=0, max_steps=0, epoch=0.0)
+        return self.fn(
             prompts=_text_prompts(columns, n),
             completions=[[{"role": "assistant", "content": c}] for c in completions],
             completion_ids=columns.get("completion_ids"),
             trainer_state=state,
-            log_extra=lambda column, values: extra.__setitem__(column, list(values)),  # accepted, not logged
-            log_metric=lambda name, value: metrics.__setitem__(name, value),  # accepted, not logged
+            log_extra=lambda column, values: self.extra.__setitem__(str(column), list(values)),
+            log_metric=self._log_metric,
             **rest,
         )
 
-    return call
+    def _log_metric(self, name: str, value: float) -> None:
+        try:
+            self.logged[str(name)] = float(value)
+        except (TypeError, ValueError):
+            pass  # a non-numeric metric is dropped, as a logger would refuse it
 
 
 def _easyr1(fn: Callable) -> Callable:
@@ -96,10 +111,31 @@ def adapt(fn: Callable, style: str = "native") -> Callable:
     if style == "native":
         return fn
     if style == "trl":
-        return _trl(fn)
+        return _Trl(fn)
     if style == "easyr1":
         return _easyr1(fn)
     raise ValueError(f"reward style {style!r} is not one of {', '.join(STYLES)}")
+
+
+def required_columns(fn: Callable, style: str = "native") -> list[str]:
+    """The keyword arguments `fn` needs that no default covers, i.e. the columns a run must provide.
+
+    native: every parameter after the first (the completions) without a default; trl: every parameter without
+    a default except those TRL itself passes; easyr1: none (it receives one list of dicts).
+    """
+    if style == "easyr1":
+        return []
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):  # builtins and C callables: nothing to check
+        return []
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    if style == "native":
+        params = params[1:] if params and params[0].kind == inspect.Parameter.POSITIONAL_OR_KEYWORD else params
+        skip: tuple[str, ...] = ()
+    else:
+        skip = TRL_ARGS
+    return sorted(p.name for p in params if p.kind in kinds and p.default is p.empty and p.name not in skip)
 
 
 def _run_async(awaitable, timeout_s: float, loop: asyncio.AbstractEventLoop):
@@ -120,7 +156,7 @@ def _worker(conn, spec: str, style: str, timeout_s: float) -> None:
         conn.send(("error", traceback.format_exc()))
         conn.close()
         return
-    conn.send(("ready", inspect.iscoroutinefunction(raw)))
+    conn.send(("ready", (inspect.iscoroutinefunction(raw), required_columns(raw, style))))
     loop = None
     while True:
         try:
@@ -135,7 +171,7 @@ def _worker(conn, spec: str, style: str, timeout_s: float) -> None:
             if inspect.isawaitable(out):
                 loop = loop or asyncio.new_event_loop()
                 out = _run_async(out, timeout_s, loop)
-            reply = ("ok", list(out))
+            reply = ("ok", (list(out), dict(getattr(fn, "logged", {}))))
         except RewardTimeout as exc:
             reply = ("timeout", str(exc))
         except BaseException:
@@ -192,6 +228,8 @@ class IsolatedReward:
         self._proc = None
         self._conn = None
         self._lock = threading.Lock()
+        self.required: list[str] = []  # columns the function needs (reported by the worker)
+        self.logged: dict[str, float] = {}  # what the last call reported through TRL's log_metric
         _LIVE.add(self)
         self._start()  # a bad spec fails here, at construction
 
@@ -214,8 +252,9 @@ class IsolatedReward:
         if kind != "ready":
             self._stop()
             raise RewardError(f"reward {self.spec!r}: loading it in the worker failed:\n{payload}")
+        is_async, self.required = payload
         # an async function times out inside the worker (which survives); give that a moment to report back
-        self._wait_s = self.timeout_s + (_ASYNC_GRACE_S if payload else 0.0)
+        self._wait_s = self.timeout_s + (_ASYNC_GRACE_S if is_async else 0.0)
 
     def _stop(self) -> None:
         proc, conn = self._proc, self._conn
@@ -258,7 +297,8 @@ class IsolatedReward:
                 raise RewardTimeout(f"reward {self.spec!r} did not return within {self.timeout_s:g} s; worker killed")
         kind, value = reply
         if kind == "ok":
-            return value
+            values, self.logged = value
+            return values
         if kind == "timeout":
             raise RewardTimeout(f"reward {self.spec!r}: {value}")
         raise RewardError(f"reward {self.spec!r} raised in its worker:\n{value}")
@@ -291,7 +331,12 @@ class InProcessReward:
     def __init__(self, fn: Callable, *, timeout_s: float, style: str = "native"):
         self.fn, self.timeout_s = adapt(fn, style), float(timeout_s)
         self.__name__ = getattr(fn, "__name__", "reward")
+        self.required = required_columns(fn, style)
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    @property
+    def logged(self) -> dict[str, float]:
+        return dict(getattr(self.fn, "logged", {}))
 
     def __call__(self, completions: list[str], **columns) -> list:
         out = self.fn(completions, **columns)
@@ -305,9 +350,11 @@ class InProcessReward:
 def make_term(
     fn: str, *, name: str | None = None, weight: float = 1.0, kwargs: dict[str, Any] | None = None,
     on_error: str = "zero", timeout_s: float = 10.0, style: str = "native", isolate: str = "auto",
+    gate: str | None = None, mode: str = "add", gate_min: float = 1.0, gate_penalty: float = 0.0,
 ) -> RewardTerm:
     """A `RewardTerm` from config fields (`RewardConfig`): resolve `fn`, isolate it per `isolate`
-    (`auto`: registry names in-process, other specs in a worker), adapt its `style`, set its `on_error`."""
+    (`auto`: registry names in-process, other specs in a worker), adapt its `style`, set its `on_error` and its
+    gating (`gate`, `mode`, `gate_min`, `gate_penalty`; see `mmrl.rewards.compose`)."""
     from mmrl.rewards.registry import get
 
     if isolate not in ISOLATE:
@@ -316,10 +363,13 @@ def make_term(
         raise ValueError(f"reward {fn!r}: on_error {on_error!r} is not one of {', '.join(ON_ERROR)}")
     if style not in STYLES:
         raise ValueError(f"reward {fn!r}: style {style!r} is not one of {', '.join(STYLES)}")
-    name = name or fn
+    from mmrl.rewards.registry import default_name
+
+    name = name or default_name(fn)
     isolated = isolate == "always" or (isolate == "auto" and ":" in fn)
     if isolated:
         call: Callable = IsolatedReward(fn, timeout_s=timeout_s, style=style, name=name)
     else:
         call = InProcessReward(get(fn), timeout_s=timeout_s, style=style)
-    return RewardTerm(name=name, fn=call, weight=weight, kwargs=dict(kwargs or {}), on_error=on_error)
+    return RewardTerm(name=name, fn=call, weight=weight, kwargs=dict(kwargs or {}), on_error=on_error,
+                      gate=gate, mode=mode, gate_min=gate_min, gate_penalty=gate_penalty)

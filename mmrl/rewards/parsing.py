@@ -139,7 +139,8 @@ _POINT_RE = re.compile(rf"[\[(]\s*({_NUM}){_SEP}({_NUM})\s*[\])]")
 @dataclass
 class Parsed:
     """What a parser found: `objects` ({"box"|"point": [...], "label": str | None, "score": float | None}),
-    `truncated` (the text was longer than `max_answer_chars` or more than `max_boxes` objects were found),
+    `truncated` (the parsed text — the answer block, else the whole text — was longer than `max_answer_chars`,
+    or more than `max_boxes` objects were found),
     `failed` (nothing usable parsed) and `n_found` (objects seen before truncation, ≥ len(objects); rewards
     count the objects beyond the cap as false positives)."""
 
@@ -159,16 +160,22 @@ class Parsed:
 
 @dataclass
 class ParseStats:
-    """Counts of parser calls while `parse_stats()` is active: `calls`, `truncated`, `failed`."""
+    """Counts of parser calls while `parse_stats()` is active: `calls`, `truncated`, `failed`, and `timed_out`
+    (per-completion checks a reward abandoned at its time limit, e.g. `math`)."""
 
     calls: int = 0
     truncated: int = 0
     failed: int = 0
+    timed_out: int = 0
 
     def as_metrics(self) -> dict[str, float]:
-        """Fractions of parsed completions: `{"truncated": …, "parse_fail": …}` (0.0 when nothing was parsed)."""
+        """Fractions of parsed completions: `{"truncated": …, "parse_fail": …}` (0.0 when nothing was parsed),
+        plus `timed_out` when any check timed out."""
         n = max(self.calls, 1)
-        return {"truncated": self.truncated / n, "parse_fail": self.failed / n}
+        out = {"truncated": self.truncated / n, "parse_fail": self.failed / n}
+        if self.timed_out:
+            out["timed_out"] = self.timed_out / n
+        return out
 
 
 _STATS: ContextVar[ParseStats | None] = ContextVar("mmrl_parse_stats", default=None)
@@ -198,14 +205,27 @@ def _record(parsed: Parsed) -> Parsed:
     return parsed
 
 
+def note_parse(*, truncated: bool, failed: bool) -> None:
+    """Record one parse done outside this module's parsers (e.g. by math-verify) in the active `parse_stats`."""
+    _record(Parsed(truncated=truncated, failed=failed))
+
+
+def note_timeout() -> None:
+    """Record one per-completion check abandoned at its time limit in the active `parse_stats`."""
+    stats = _STATS.get()
+    if stats is not None:
+        stats.timed_out += 1
+
+
 def _scope(text: Any, max_answer_chars: int) -> tuple[str | None, bool]:
-    """The text to parse (the last `<answer>` block, else the whole text) after the length cap."""
+    """The text to parse (the last `<answer>` block, else the whole text) after the length cap, and whether the
+    cap cut it. The block is found in the whole text (`rfind`, linear), so a long reasoning does not push the
+    answer past the cap."""
     if not isinstance(text, str):
         return None, False
-    truncated = len(text) > max_answer_chars
-    text = text[: max(int(max_answer_chars), 0)]
     block = extract_answer(text)
-    return (text if block is None else block), truncated
+    scope = text if block is None else block
+    return scope[: max(int(max_answer_chars), 0)], len(scope) > max_answer_chars
 
 
 def _finish(objects: list[dict[str, Any]], truncated: bool, cap: int) -> Parsed:

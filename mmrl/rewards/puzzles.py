@@ -336,13 +336,27 @@ def temporal_iou(completions: list[str], *, answer: Sequence[Any] | None = None,
 
 
 # ---- consistency ------------------------------------------------------------------------------------------------
-_THINK_RE = re.compile(r"<think>((?:(?!</?think>).)*)</think>", re.DOTALL)
 _CONCLUSION_RES = [  # the conclusion is captured in a lookahead so that a later conclusion is still found
     re.compile(r"\banswer\s+(?:is|should\s+be|would\s+be|must\s+be)\b[\s:]{0,8}(?=([^\n]{1,200}))", re.IGNORECASE),
     re.compile(r"\banswer\s{0,8}[:=]\s{0,8}(?=([^\n]{1,200}))", re.IGNORECASE),
     re.compile(r"\b(?:so|thus|therefore|hence)\b[\s,]{0,8}(?=([^\n]{1,200}))", re.IGNORECASE),
 ]
 _SENTENCE_END = re.compile(r"\.(?:\s|$)|[;!?]")
+
+
+def last_think(text: str) -> str | None:
+    """The body of the last `<think>…</think>` block with no think tag inside, or None; linear (`rfind`) at any length.
+
+    >>> last_think("<think>a</think> <think>b</think></think><answer>x</answer>")
+    'b'
+    """
+    end = text.rfind("</think>")
+    start = text.rfind("<think>", 0, end) if end >= 0 else -1
+    if start < 0:
+        return None
+    body = text[start + len("<think>") : end]
+    close = body.find("</think>")  # "<think>b</think></think>": the block ends at the first close tag
+    return body if close < 0 else body[:close]
 
 
 def conclusion(think: str) -> str | None:
@@ -407,12 +421,12 @@ def reasoning_consistency(completions: list[str], **kwargs: Any) -> list[float |
     """
     out: list[float | None] = []
     for text in completions:
-        text = text[:MAX_CHARS] if isinstance(text, str) else ""
-        thinks = _THINK_RE.findall(text)
-        c = conclusion(thinks[-1]) if thinks else None
+        text = text if isinstance(text, str) else ""
+        think = last_think(text)
+        c = conclusion(think[-MAX_CHARS:]) if think is not None else None  # the conclusion ends the reasoning
         end = text.rfind("</answer>")
         start = text.rfind("<answer>", 0, end) if end >= 0 else -1
-        a = text[start + len("<answer>") : end].strip() if start >= 0 else ""
+        a = text[start + len("<answer>") : end].strip()[:MAX_CHARS] if start >= 0 else ""
         if c is None or not a:
             out.append(None)
             continue
@@ -448,8 +462,8 @@ def group_agreement(
         raise ValueError("group_agreement needs a `prompt_index` column or a positive integer `group_size` option")
     keys = []
     for text in completions:
-        a = extract_answer(text[:MAX_CHARS]) if isinstance(text, str) else None
-        keys.append(answer_key(a) if a else None)
+        a = extract_answer(text) if isinstance(text, str) else None
+        keys.append(answer_key(a[:MAX_CHARS]) if a else None)
     votes: dict[str, Counter] = {}
     for g, k in zip(groups, keys):
         if k is not None:

@@ -53,6 +53,15 @@ def register(
     return deco
 
 
+def default_name(spec: str) -> str:
+    """A reward's metric name when config gives none: the registry name, or a plug-in's function name.
+
+    >>> default_name("iou"), default_name("plugins/my_rewards.py:score"), default_name("pkg.mod:acc")
+    ('iou', 'score', 'acc')
+    """
+    return spec.rpartition(":")[2].strip() if ":" in spec else spec.strip()
+
+
 def pure_names() -> list[str]:
     """The registered rewards that are pure functions of their inputs (all but model judges), sorted."""
     return [n for n in REWARDS.names() if n not in _IMPURE]

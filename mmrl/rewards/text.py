@@ -29,12 +29,14 @@ from mmrl.rewards.builtin import column  # noqa: E402  (re-exported for puzzles 
 
 
 def answer_text(text: Any) -> str:
-    """The `<answer>` block of a capped completion, else the whole capped completion, stripped; "" for non-str."""
+    """The last `<answer>` block, else the whole completion, capped at `MAX_CHARS` and stripped; "" for non-str.
+
+    The block is found in the whole completion (`rfind`, linear), so a long reasoning does not hide the answer.
+    """
     if not isinstance(text, str):
         return ""
-    text = text[:MAX_CHARS]
     block = extract_answer(text)
-    return (text if block is None else block).strip()
+    return (text if block is None else block)[:MAX_CHARS].strip()
 
 
 _ARTICLES = re.compile(r"\b(?:a|an|the)\b")

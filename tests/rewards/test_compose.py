@@ -123,3 +123,30 @@ def test_parse_caps_and_failures_become_metrics():
     assert set(stats) == {"det"}  # `format` parses nothing, so it reports nothing
     metrics = summarize(components, totals, stats)
     assert metrics["reward/det/parse_fail"] == 1 / 3 and metrics["reward/det/truncated"] == 1 / 3
+
+
+def test_gate_on_another_term():
+    acc = RewardTerm("acc", const([1.0, 0.0, None]))
+    bonus = RewardTerm("bonus", const([0.5, 0.5, 0.5]), gate="acc")  # "only if correct"
+    stats = {}
+    totals, parts = score([acc, bonus], ["a", "b", "c"], {}, stats=stats)
+    assert totals == [1.5, 0.0, 0.0]
+    assert parts["bonus"] == [0.5, 0.5, 0.5]  # components keep what the reward said
+    assert stats["bonus"]["gated"] == pytest.approx(2 / 3)
+
+
+def test_gate_mode_and_threshold():
+    fmt = RewardTerm("fmt", const([1.0, 0.0, 0.6]), mode="gate", gate_min=0.5, gate_penalty=-1.0)
+    acc = RewardTerm("acc", const([1.0, 1.0, 0.0]), weight=2.0)
+    totals, parts = score([fmt, acc], ["a", "b", "c"], {})
+    assert totals == [2.0, -1.0, 0.0]  # the gate adds nothing itself; where it fails the total is the penalty
+    assert parts["fmt"] == [1.0, 0.0, 0.6]
+
+
+def test_gate_validation():
+    with pytest.raises(ValueError, match="not a reward of this run"):
+        score([RewardTerm("a", const([1.0]), gate="missing")], ["x"], {})
+    with pytest.raises(ValueError, match="cannot gate itself"):
+        RewardTerm("a", const([1.0]), gate="a")
+    with pytest.raises(ValueError, match="mode"):
+        RewardTerm("a", const([1.0]), mode="mul")

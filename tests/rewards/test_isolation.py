@@ -48,6 +48,13 @@ PLUGINS = {
                 for x in reward_inputs
             ]
     """,
+    "needs.py": """
+        def solution_match(completions, solution, **kwargs):
+            return [1.0 if s in c else 0.0 for c, s in zip(completions, solution)]
+
+        def trl_solution(prompts, completions, completion_ids, solution, **kwargs):
+            return [0.0] * len(completions)
+    """,
     "trlsig.py": """
         def score(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, answer, **kwargs):
             assert completions[0][0]["role"] == "assistant" and "role" in prompts[0][0]
@@ -209,3 +216,36 @@ def test_failing_plugins_inside_a_training_step(tmp_path, tiny, plugins):
     assert rl[0]["reward/bad/errors"] >= 1 and rl[0]["reward/slow/timeouts"] >= 1
     assert rl[0]["reward/bad/timeouts"] == 0 and "reward/format/mean" in rl[0]
     assert rl[0]["reward/aio/mean"] > 0 and rl[0]["reward/trlsig/mean"] > 0 and rl[0]["reward/trlsig/errors"] == 0
+    assert rl[0]["reward/trlsig/seen"] == 1.0  # reported through TRL's log_metric
+
+
+def test_required_columns_by_style(plugins):
+    from mmrl.rewards.isolation import required_columns
+
+    def native(completions, answer, *, geometry, scale=1.0, **kw): ...
+
+    def trl(prompts, completions, completion_ids, trainer_state, solution, **kw): ...
+
+    assert required_columns(native) == ["answer", "geometry"]
+    assert required_columns(trl, "trl") == ["solution"]
+    assert required_columns(lambda inputs, w: None, "easyr1") == []
+    term = make_term(f"{plugins / 'needs.py'}:trl_solution", name="sol", style="trl")
+    try:
+        assert term.fn.required == ["solution"]  # reported by the worker, which imported the plug-in
+    finally:
+        term.fn.close()
+
+
+def test_missing_column_fails_at_startup_naming_reward_and_column(plugins):
+    from mmrl.config import ConfigError
+    from mmrl.datasets.sample import Sample
+    from mmrl.trainer import check_reward_columns
+
+    term = make_term(f"{plugins / 'needs.py'}:solution_match", name="sol", isolate="never")
+    plain = [Sample(id="a", messages=[], answer="1")]
+    with pytest.raises(ConfigError, match=r"'sol' needs column\(s\) \['solution'\].*meta"):
+        check_reward_columns([term], plain)
+    check_reward_columns([term], [Sample(id="b", messages=[], answer="1", meta={"solution": "1"})])
+    bound = make_term(f"{plugins / 'needs.py'}:solution_match", name="sol", isolate="never",
+                      kwargs={"solution": ["x"]})
+    check_reward_columns([bound], plain)  # a fixed value through kwargs also satisfies it
