@@ -116,6 +116,7 @@ class RewardConfig:
     # where it runs: `auto` = registry names in-process, any `module:function` / `file.py:function` spec in a
     # persistent worker process; `always` / `never` force one or the other
     isolate: Literal["auto", "always", "never"] = "auto"
+    workers: int = 1  # worker processes for an isolated reward; each call's completions are split across them
     # composition (mmrl.rewards.compose): `gate` names another reward; this one counts only where that one
     # reaches its `gate_min` ("only if correct" / "only if well-formed"). `mode: gate` makes this reward a gate
     # on the whole total instead of a summand: where it is below `gate_min`, the total is `gate_penalty`
@@ -410,6 +411,8 @@ def validate(cfg: Config) -> None:
                 REWARDS.get(r.fn)
             except UnknownNameError as e:
                 raise ConfigError(f"rewards[{i}].fn: {e}; plug-ins are 'pkg.module:function' or 'file.py:function'") from None
+        if r.workers < 1:
+            raise ConfigError(f"rewards[{i}].workers: must be >= 1, got {r.workers}")
         if r.gate is not None and (r.gate not in names or r.gate == names[i]):
             hint = closest(r.gate, [n for n in names if n != names[i]])
             extra = f"; did you mean {hint!r}?" if hint else ""

@@ -104,7 +104,7 @@ class Trainer:
         self.terms = [
             make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
                       timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
-                      gate_min=r.gate_min, gate_penalty=r.gate_penalty)
+                      gate_min=r.gate_min, gate_penalty=r.gate_penalty, workers=r.workers)
             for r in cfg.rewards
         ]
         self.train_data, skipped_train = self._load_split("train")

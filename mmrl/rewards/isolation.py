@@ -14,6 +14,8 @@
   `trainer_state`, `log_extra`, `log_metric` and the dataset columns, all as keywords); `easyr1` adapts
   `compute_score(list[dict]) -> list[dict]` (inputs `response`, `response_length`, `ground_truth`; the
   output's `overall` is the reward).
+- `RewardPool(spec, workers=K, …)`: K such workers for one plug-in; each call's completions are split into K
+  contiguous chunks scored in parallel (for slow CPU-bound rewards).
 - `make_term(...)` builds a `RewardTerm` from config fields: isolation (`auto`: registry names in-process,
   any other spec isolated), style and the `on_error` policy (`zero` | `skip` | `raise`).
 """
@@ -32,6 +34,7 @@ import threading
 import traceback
 import types
 import weakref
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from mmrl.rewards.compose import RewardError, RewardTerm, RewardTimeout
@@ -322,6 +325,47 @@ class IsolatedReward:
             pass
 
 
+def split_columns(columns: dict[str, Any], n: int, parts: int) -> list[tuple[slice, dict[str, Any]]]:
+    """Contiguous slices of n completions into at most `parts` chunks, with every per-completion column (a list
+    or tuple of length n) sliced alike and any other column passed whole."""
+    parts = max(1, min(parts, n))
+    bounds = [round(i * n / parts) for i in range(parts + 1)]
+    out = []
+    for lo, hi in zip(bounds, bounds[1:]):
+        sl = slice(lo, hi)
+        out.append((sl, {k: (v[sl] if isinstance(v, (list, tuple)) and len(v) == n else v) for k, v in columns.items()}))
+    return out
+
+
+class RewardPool:
+    """`workers` persistent worker processes for one plug-in: each call's completions are split into contiguous
+    chunks (per-completion columns sliced alike) scored in parallel, each chunk under the same `timeout_s` and
+    restart rules as `IsolatedReward`. A failing chunk fails the call (so `on_error` applies to the whole call)."""
+
+    def __init__(self, spec: str, *, workers: int, timeout_s: float, style: str = "native", name: str | None = None):
+        if workers < 1:
+            raise ValueError(f"reward {spec!r}: workers must be >= 1, got {workers!r}")
+        self.members = [IsolatedReward(spec, timeout_s=timeout_s, style=style, name=name) for _ in range(workers)]
+        self.__name__ = name or spec
+        self.required = self.members[0].required
+        self.logged: dict[str, float] = {}
+        self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmrl-reward")
+
+    def __call__(self, completions: list[str], **columns) -> list:
+        n = len(completions)
+        chunks = split_columns(columns, n, len(self.members))
+        futures = [self._threads.submit(member, list(completions[sl]), **cols)
+                   for member, (sl, cols) in zip(self.members, chunks)]
+        results = [f.result() for f in futures]  # re-raises the first chunk's RewardError / RewardTimeout
+        self.logged = dict(self.members[0].logged)
+        return [v for chunk in results for v in chunk]
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
+        self._threads.shutdown(wait=False)
+
+
 class InProcessReward:
     """A reward called in this process with a style adapter; awaitables are run with `timeout_s`.
 
@@ -351,6 +395,7 @@ def make_term(
     fn: str, *, name: str | None = None, weight: float = 1.0, kwargs: dict[str, Any] | None = None,
     on_error: str = "zero", timeout_s: float = 10.0, style: str = "native", isolate: str = "auto",
     gate: str | None = None, mode: str = "add", gate_min: float = 1.0, gate_penalty: float = 0.0,
+    workers: int = 1,
 ) -> RewardTerm:
     """A `RewardTerm` from config fields (`RewardConfig`): resolve `fn`, isolate it per `isolate`
     (`auto`: registry names in-process, other specs in a worker), adapt its `style`, set its `on_error` and its
@@ -367,8 +412,10 @@ def make_term(
 
     name = name or default_name(fn)
     isolated = isolate == "always" or (isolate == "auto" and ":" in fn)
-    if isolated:
-        call: Callable = IsolatedReward(fn, timeout_s=timeout_s, style=style, name=name)
+    if isolated and workers > 1:
+        call: Callable = RewardPool(fn, workers=workers, timeout_s=timeout_s, style=style, name=name)
+    elif isolated:
+        call = IsolatedReward(fn, timeout_s=timeout_s, style=style, name=name)
     else:
         call = InProcessReward(get(fn), timeout_s=timeout_s, style=style)
     return RewardTerm(name=name, fn=call, weight=weight, kwargs=dict(kwargs or {}), on_error=on_error,

@@ -17,6 +17,10 @@ PLUGINS = {
 
         def columns_seen(completions, **columns):
             return [float(len(columns))] * len(completions)
+
+        def pid(completions, **columns):
+            import os
+            return [float(os.getpid())] * len(completions)
     """,
     "asyncfn.py": """
         import asyncio
@@ -249,3 +253,31 @@ def test_missing_column_fails_at_startup_naming_reward_and_column(plugins):
     bound = make_term(f"{plugins / 'needs.py'}:solution_match", name="sol", isolate="never",
                       kwargs={"solution": ["x"]})
     check_reward_columns([bound], plain)  # a fixed value through kwargs also satisfies it
+
+
+def test_pool_splits_completions_across_workers(plugins):
+    from mmrl.rewards.isolation import RewardPool, split_columns
+
+    chunks = split_columns({"answer": [1, 2, 3, 4, 5], "trainer_state": "s", "pair": (1, 2)}, 5, 2)
+    assert [c[0] for c in chunks] == [slice(0, 2), slice(2, 5)]  # round(2.5) = 2
+    assert chunks[1][1] == {"answer": [3, 4, 5], "trainer_state": "s", "pair": (1, 2)}
+    term = make_term(f"{plugins / 'native.py'}:score", name="pooled", workers=2)
+    pids = make_term(f"{plugins / 'native.py'}:pid", name="pids", workers=3)
+    try:
+        assert isinstance(term.fn, RewardPool)
+        completions = ["a 1", "b", "c 3", "d", "e 5"]
+        _, comps = score([term, pids], completions, {"answer": ["1", "2", "3", "4", "5"]})
+        assert comps["pooled"] == [1.0, 0.0, 1.0, 0.0, 1.0]
+        assert len(set(comps["pids"])) == 3 and comps["pids"][0] == comps["pids"][1]  # contiguous chunks
+    finally:
+        term.fn.close()
+        pids.fn.close()
+
+
+def test_pool_chunk_timeout_fails_the_call(plugins):
+    term = make_term(f"{plugins / 'hangs.py'}:score", name="slow", workers=2, timeout_s=0.5, on_error="skip")
+    try:
+        _, comps = score([term], ["a", "b", "c"], {})
+        assert comps == {"slow": [None, None, None]} and term.timeouts == 1
+    finally:
+        term.fn.close()
