@@ -31,6 +31,12 @@ from typing import Any
 from mmrl.rewards.parsing import extract_answer, note_parse
 from mmrl.rewards.registry import register
 
+CHECKLIST_RUBRIC = (
+    "Question: {question}\n"
+    "Response: {response}\n"
+    "Does the response clearly and correctly reflect this visual information: {item}\n"
+    "Reply yes or no."
+)
 DEFAULT_RUBRIC = (
     "You are grading an answer to a question about an image.\n"
     "Question: {question}\n"
@@ -75,6 +81,32 @@ def score_from_reply(reply: Any, max_score: float) -> float | None:
     return min(max(value, 0.0), max_score) / max_score
 
 
+def yes_no(reply: Any) -> float | None:
+    """1.0 for a reply that starts with yes (or is a bare 1), 0.0 for no (or 0), None otherwise.
+
+    >>> yes_no("Yes, it does."), yes_no("**No**"), yes_no("1"), yes_no("maybe")
+    (1.0, 0.0, 1.0, None)
+    """
+    if not isinstance(reply, str):
+        return None
+    head = reply.strip().strip("*_`'\" ").casefold()[:16]
+    if head.startswith(("yes", "1")) and not head.startswith(("10", "1.")):
+        return 1.0
+    if head.startswith(("no", "0")):
+        return 0.0
+    return None
+
+
+def _checklist_items(reference: Any, key: str) -> list[str]:
+    """The non-empty strings under `reference[key]` (a list, or one string), at most 32."""
+    items = reference.get(key) if isinstance(reference, dict) else None
+    if isinstance(items, str):
+        items = [items]
+    if not isinstance(items, (list, tuple)):
+        return []
+    return [str(i)[:2048] for i in items if isinstance(i, (str, int, float)) and str(i).strip()][:32]
+
+
 def _image_parts(sample: Any, max_images: int) -> list[dict[str, Any]]:
     from mmrl.perception.images import load_image
 
@@ -89,14 +121,9 @@ def _image_parts(sample: Any, max_images: int) -> list[dict[str, Any]]:
 
 
 def build_request(
-    *, model: str, rubric: str, question: str, reference: Any, response: str, max_score: float,
-    temperature: float, max_tokens: int, images: list[dict[str, Any]] | None = None,
+    *, model: str, text: str, temperature: float, max_tokens: int, images: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The JSON body of one chat-completions request (OpenAI schema: `model`, `messages`, `temperature` …)."""
-    text = rubric.format(
-        question=question, reference="" if reference is None else reference,
-        response=response, max_score=f"{max_score:g}",
-    )
     content: Any = [*images, {"type": "text", "text": text}] if images else text
     return {
         "model": model, "messages": [{"role": "user", "content": content}],
@@ -142,6 +169,8 @@ def judge(
     model: str | None = None,
     rubric: str = DEFAULT_RUBRIC,
     max_score: float = 10.0,
+    checklist: str | None = None,
+    checklist_rubric: str = CHECKLIST_RUBRIC,
     include_image: bool = False,
     max_images: int = 4,
     answer_only: bool = True,
@@ -160,8 +189,13 @@ def judge(
     `{question}` (the prompt text), `{reference}` (the `answer` column), `{response}` (the `<answer>` block when
     `answer_only`, else the whole completion, capped) and `{max_score}`. `url` is the server's OpenAI base URL
     (`http://host:8000/v1`), `model` the served model name; the API key, if any, is read from `api_key_env`.
-    `include_image` sends the prompt's images (PNG data URLs, at most `max_images`) for visual judging, as in
-    Perception-R1's model-judged perception rewards (arXiv:2504.07954) and RLAIF-style judges generally.
+    `include_image` sends the prompt's images (PNG data URLs, at most `max_images`) for visual judging.
+
+    Checklist mode (`checklist: KEY`): r = (1/K) Σ_k j_k over the K strings in `answer[KEY]` (e.g. visual facts
+    a correct reasoning must mention), j_k ∈ {0, 1} the judge's yes/no to `checklist_rubric` with `{item}` =
+    item k; None for a sample without items, or when any item's request failed. This is the visual perception
+    reward of Perception-R1 (Xiao et al., arXiv:2506.07218; a text-only judge deciding whether the response
+    reflects each annotated key visual fact). Model-judged rewards in general: RLAIF, Perception-R1 (Yu et al.)
     """
     if not url or not model:
         raise ValueError("judge: set kwargs.url (e.g. http://localhost:8000/v1) and kwargs.model (the served name)")
@@ -176,16 +210,28 @@ def judge(
     api_key = os.environ.get(api_key_env) if api_key_env else None
     target = endpoint(url)
 
-    bodies: list[str] = []
+    # per completion, the requests that decide its value: one (rubric) or one per checklist item
+    requests: list[list[str] | None] = []
     for text, question, ref, sample in zip(completions, questions, refs, sample_list):
         text = text if isinstance(text, str) else ""
         block = extract_answer(text) if answer_only else None
         response = (text if block is None else block)[:MAX_RESPONSE_CHARS]
+        items = _checklist_items(ref, checklist) if checklist else [None]
+        if not items:
+            requests.append(None)  # nothing to check for this sample: not applicable
+            continue
         images = _image_parts(sample, max_images) if include_image and sample is not None else None
-        body = build_request(model=model, rubric=rubric, question=question or "", reference=ref, response=response,
-                             max_score=max_score, temperature=temperature, max_tokens=max_tokens, images=images)
-        bodies.append(json.dumps(body, sort_keys=True))
-    unique = list(dict.fromkeys(bodies))  # identical requests go out once
+        bodies = []
+        for item in items:
+            prompt = (checklist_rubric if checklist else rubric).format(
+                question=question or "", reference="" if ref is None else ref, response=response,
+                max_score=f"{max_score:g}", item=item,
+            )
+            body = build_request(model=model, text=prompt, temperature=temperature, max_tokens=max_tokens,
+                                 images=images)
+            bodies.append(json.dumps(body, sort_keys=True))
+        requests.append(bodies)
+    unique = list(dict.fromkeys(b for bodies in requests if bodies for b in bodies))  # identical ones go once
 
     def ask(body: str) -> float | None | JudgeError:
         try:
@@ -193,7 +239,7 @@ def judge(
                           retries=retries, backoff_s=backoff_s)
         except JudgeError as exc:
             return exc
-        return score_from_reply(reply, float(max_score))
+        return yes_no(reply) if checklist else score_from_reply(reply, float(max_score))
 
     with ThreadPoolExecutor(max_workers=max(1, min(int(concurrency), len(unique) or 1))) as pool:
         results = dict(zip(unique, pool.map(ask, unique)))
@@ -201,9 +247,12 @@ def judge(
     if unique and len(failures) == len(unique):
         raise failures[0]
     out: list[float | None] = []
-    for body in bodies:
-        r = results[body]
-        value = None if isinstance(r, JudgeError) else r
-        note_parse(truncated=False, failed=value is None)
-        out.append(value)
+    for bodies in requests:
+        if bodies is None:
+            out.append(None)
+            continue
+        values = [results[b] for b in bodies]
+        ok = all(isinstance(v, float) for v in values)
+        note_parse(truncated=False, failed=not ok)
+        out.append(sum(values) / len(values) if ok else None)
     return out

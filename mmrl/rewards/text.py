@@ -80,7 +80,7 @@ def parse_letter(pred: str) -> str | None:
 
 _NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+"
 _NUMBER_RE = re.compile(
-    rf"\\d?frac\{{\s*(-?)\s*({_NUM})\s*\}}\{{\s*({_NUM})\s*\}}"  # \frac{3}{4}
+    rf"([-−]?)\s{{0,3}}\\d?frac\{{\s*(-?)\s*({_NUM})\s*\}}\{{\s*({_NUM})\s*\}}"  # \frac{3}{4}, -\frac{3}{4}
     rf"|([-+−]?)\s{{0,3}}({_NUM})(?:\s{{0,3}}[eE]\s{{0,3}}([-+]?\d{{1,4}})"
     rf"|\s{{0,3}}[×x*]\s{{0,3}}10\s{{0,3}}\^\s{{0,3}}\{{?\s{{0,3}}([-+]?\d{{1,4}})\s{{0,3}}\}}?)?"
     rf"(?:\s{{0,3}}/\s{{0,3}}({_NUM}))?(\s{{0,3}}%)?"
@@ -90,7 +90,7 @@ _NUMBER_RE = re.compile(
 def parse_numbers(pred: str, limit: int = 64) -> list[tuple[float, bool]]:
     """Every number in `pred` as `(value, is_percent)`, in order, at most `limit`; no eval, non-finite dropped.
 
-    Handles "1,234.5", "-3/4", "\\frac{3}{4}", "45%", "1.5e-3", "2 × 10^3".
+    Handles "1,234.5", "-3/4", "\\frac{3}{4}", "-\\frac{3}{4}", "45%", "1.5e-3", "2 × 10^3".
 
     >>> parse_numbers("x = 1,234.5 or 3/4 or 45% or 2e3")
     [(1234.5, False), (0.75, False), (45.0, True), (2000.0, False)]
@@ -100,20 +100,20 @@ def parse_numbers(pred: str, limit: int = 64) -> list[tuple[float, bool]]:
         return out
     for m in _NUMBER_RE.finditer(pred[:MAX_CHARS]):
         try:
-            if m.group(2) is not None:  # \frac
-                num, den = float(m.group(2).replace(",", "")), float(m.group(3).replace(",", ""))
-                value = (-1 if m.group(1) else 1) * num / den
+            if m.group(3) is not None:  # \frac, signed before or inside its numerator
+                num, den = float(m.group(3).replace(",", "")), float(m.group(4).replace(",", ""))
+                value = (-1 if bool(m.group(1)) != bool(m.group(2)) else 1) * num / den
                 pct = False
             else:
-                value = float(m.group(5).replace(",", ""))
-                exp = m.group(6) or m.group(7)
+                value = float(m.group(6).replace(",", ""))
+                exp = m.group(7) or m.group(8)
                 if exp is not None:
                     value *= 10.0 ** int(exp)
-                if m.group(8) is not None:
-                    value /= float(m.group(8).replace(",", ""))
-                if m.group(4) in ("-", "−"):
+                if m.group(9) is not None:
+                    value /= float(m.group(9).replace(",", ""))
+                if m.group(5) in ("-", "−"):
                     value = -value
-                pct = m.group(9) is not None
+                pct = m.group(10) is not None
         except (ValueError, ZeroDivisionError, OverflowError):
             continue
         if math.isfinite(value):

@@ -30,6 +30,11 @@ class _Judge(BaseHTTPRequestHandler):
         type(self).requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
         content = body["messages"][0]["content"]
         text = content if isinstance(content, str) else content[-1]["text"]
+        if "visual information: " in text:  # checklist mode: yes when the item's words occur in the response
+            item = text.split("visual information: ")[1].split("\n")[0]
+            response = text.split("Response: ")[1].split("\n")[0]
+            reply = "Yes." if item in response else "No, it does not."
+            return self._send(200, {"choices": [{"message": {"role": "assistant", "content": reply}}]})
         graded = text.split("Answer to grade: ")[1].split("\n")[0]
         reference = text.split("Reference answer: ")[1].split("\n")[0]
         n = type(self).attempts[graded] = type(self).attempts.get(graded, 0) + 1
@@ -132,3 +137,16 @@ def test_config_errors_and_registry():
     assert endpoint("http://h:1/v1/chat/completions") == "http://h:1/v1/chat/completions"
     assert "judge" not in pure_names() and value_range("judge") == (0.0, 1.0)
     assert doctest.testmod(judge_module).failed == 0
+
+
+def test_checklist_mode_averages_yes_no_per_item(server):
+    answers = [{"facts": ["red triangle", "two circles"]}, {"facts": ["red triangle", "two circles"]},
+               {"facts": []}, {"label": "x"}]
+    completions = ["<think>I see a red triangle and two circles</think><answer>3</answer>",
+                   "<think>a red triangle only</think><answer>3</answer>", "<answer>3</answer>", "<answer>3</answer>"]
+    with parse_stats() as st:
+        out = judge(completions, answer=answers, prompts=["Area?"] * 4, url=server, model="j",
+                    checklist="facts", answer_only=False)
+    assert out == [1.0, 0.5, None, None]  # samples without items get no value
+    assert st.calls == 2 and st.failed == 0
+    assert len(_Judge.requests) == 4  # two items × two completions
