@@ -11,7 +11,7 @@ import math
 import re
 from typing import Any, Sequence
 
-from mmrl.rewards.parsing import extract_answer, parse_boxes
+from mmrl.rewards.parsing import extract_answer, parse_objects
 from mmrl.rewards.registry import register
 
 # tempered tokens: block contents never contain another think/answer tag (linear matching, no smuggling)
@@ -134,9 +134,7 @@ def iou(
         if not isinstance(gt_boxes, (list, tuple)):
             out.append(None)
             continue
-        text = text if isinstance(text, str) else ""
-        block = extract_answer(text)
-        boxes = parse_boxes(text if block is None else block, max_boxes=1)
+        boxes = parse_objects(text).boxes  # capped, and counted in parse_stats
         if not boxes:
             out.append(0.0)
             continue
