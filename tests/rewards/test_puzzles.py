@@ -11,16 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mmrl.rewards import get, puzzles
+from mmrl.rewards import consistency, get, puzzles
+from mmrl.rewards.consistency import conclusion, group_agreement, reasoning_consistency
 from mmrl.rewards.puzzles import (
-    conclusion,
     frame_order,
-    group_agreement,
     jigsaw,
     kendall_tau_partial,
     parse_span,
     patch_fit,
-    reasoning_consistency,
     relations,
     relative_position,
     rotation_exact,
@@ -56,8 +54,9 @@ def call(name: str, comps: list, gt):
 
 def test_registered_and_doctests():
     for name in RANGES:
-        assert get(name) is getattr(puzzles, name)
+        assert get(name) is (getattr(puzzles, name, None) or getattr(consistency, name))
     assert doctest.testmod(puzzles).failed == 0
+    assert doctest.testmod(consistency).failed == 0
 
 
 # ---- rotation ---------------------------------------------------------------------------------------------------
