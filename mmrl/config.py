@@ -128,14 +128,42 @@ class RewardConfig:
 
 @dataclass
 class AlgorithmConfig:
-    advantage: str = "group_norm"  # registered advantage estimator
+    """Policy-optimisation knobs; each named one is a registry entry in `mmrl.algorithms` (presets bundle them)."""
+
+    # advantage: Â = w_sign · (r − baseline) / scale
+    baseline: str = "group_mean"  # group_mean | leave_one_out | virtual_max | sign | none
+    scale: str = "group_std"  # group_std | batch_std | none
     adv_eps: float = 1e-6
-    policy_loss: str = "ppo_clip"  # registered policy loss
+    pos_weight: float = 1.0  # × on positive advantages (W-REINFORCE: 0.1; NSR: 0)
+    neg_weight: float = 1.0  # × on negative advantages (PSR: 0)
+    virtual_reward: float = 1.0  # virtual_max: the virtual samples' reward …
+    virtual_count: int = 1  # … and how many
+    sign_threshold: float = 0.5  # sign: r above it counts as correct
+    # ratio and surrogate
+    ratio_level: str = "token"  # token | sequence (GSPO)
+    policy_loss: str = "ppo_clip"  # ppo_clip | gppo | cispo | sapo | reinforce
     clip_low: float = 0.2
     clip_high: float = 0.2
-    aggregation: str = "token_mean"  # registered loss aggregation
-    kl_coef: float = 0.0  # reference KL in the loss (0 disables the reference policy entirely)
+    clip_c: float | None = None  # dual clip for negative advantages (e.g. 3.0); null = off
+    tau_pos: float = 1.0  # sapo temperatures
+    tau_neg: float = 1.05
+    aggregation: str = "token_mean"  # token_mean | seq_mean_token_mean | seq_mean_token_sum | seq_mean_token_sum_norm
+    # regularisers
+    kl_coef: float = 0.0  # reference KL (0 disables the reference policy entirely)
     kl_estimator: str = "k3"
+    kl_placement: Literal["loss", "reward"] = "loss"  # reward: r_i −= kl_coef · Σ_t k(π_old, π_ref)
+    entropy_coef: float = 0.0  # entropy bonus (negative: entropy minimisation)
+    ref_reset_every: int = 0  # every N RL steps: π_ref ← π_θ and the optimizer state is reset (0 = never)
+    masked_kl_coef: float = 0.0  # > 0: one extra forward on the patch-masked image; KL to it is maximised
+    masked_kl_estimator: str = "k3"
+    mask_ratio: float = 0.6  # share of vision patches masked in that pass
+    masked_entropy_coef: float = 0.0  # entropy penalty on both the real and the masked pass
+    # sampling and updates
+    group_filter: str = "none"  # none | nonzero_std | drop_all_correct
+    correct_threshold: float = 1.0  # drop_all_correct: a reward at or above it is correct
+    max_gen_batches: int = 1  # rollout batches per step to refill filtered groups (then train on what is kept)
+    ppo_epochs: int = 1  # passes over each rollout batch
+    mini_batches: int = 1  # optimizer steps per pass (the rollout batch is split into this many)
 
 
 @dataclass
@@ -373,20 +401,35 @@ def _apply_preset(data: dict) -> dict:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks and registry names (before any model loads)."""
-    from mmrl.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+    from mmrl.algorithms import (
+        AGGREGATIONS, BASELINES, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, RATIO_LEVELS, SCALES,
+    )
     from mmrl.registry import UnknownNameError
 
+    a = cfg.algorithm
     checks = [
-        ("algorithm.advantage", ADVANTAGES, cfg.algorithm.advantage),
-        ("algorithm.policy_loss", POLICY_LOSSES, cfg.algorithm.policy_loss),
-        ("algorithm.aggregation", AGGREGATIONS, cfg.algorithm.aggregation),
-        ("algorithm.kl_estimator", KL_ESTIMATORS, cfg.algorithm.kl_estimator),
+        ("algorithm.baseline", BASELINES, a.baseline),
+        ("algorithm.scale", SCALES, a.scale),
+        ("algorithm.ratio_level", RATIO_LEVELS, a.ratio_level),
+        ("algorithm.policy_loss", POLICY_LOSSES, a.policy_loss),
+        ("algorithm.aggregation", AGGREGATIONS, a.aggregation),
+        ("algorithm.kl_estimator", KL_ESTIMATORS, a.kl_estimator),
+        ("algorithm.masked_kl_estimator", KL_ESTIMATORS, a.masked_kl_estimator),
+        ("algorithm.group_filter", GROUP_FILTERS, a.group_filter),
     ]
     for key, registry, name in checks:
         try:
             registry.get(name)
         except UnknownNameError as e:
             raise ConfigError(f"{key}: {e}") from None
+    for key in ("ppo_epochs", "mini_batches", "max_gen_batches", "virtual_count"):
+        if getattr(a, key) < 1:
+            raise ConfigError(f"algorithm.{key}: must be >= 1, got {getattr(a, key)}")
+    if not 0.0 < a.mask_ratio < 1.0:
+        raise ConfigError(f"algorithm.mask_ratio: must be in (0, 1), got {a.mask_ratio}")
+    if a.kl_placement == "loss" and a.kl_estimator == "k1" and a.kl_coef > 0:
+        raise ConfigError("algorithm.kl_estimator: k1 in the loss has zero expected gradient on-policy; use k2/k3 in"
+                          " the loss, or kl_placement: reward with k1")
     if cfg.rollout.group_size < 2 and any(s.kind == "rl" for s in cfg.stages):
         raise ConfigError("rollout.group_size: GRPO needs at least 2 completions per prompt")
     for i, s in enumerate(cfg.stages):

@@ -8,13 +8,18 @@ Metric names are namespaced and stable:
 | `reward/<name>/mean` | mean of one reward component over the step's completions where it applies |
 | `reward/<name>/truncated`, `reward/<name>/parse_fail` | share of completions where an input cap engaged / nothing parsed (rewards that parse boxes, points or numbers) |
 | `reward/<name>/errors`, `reward/<name>/timeouts` | cumulative failed / timed-out calls of one reward (scored per its `on_error`) |
-| `reward/total/mean`, `reward/total/std` | weighted total reward |
-| `actor/loss` | policy loss (aggregated, incl. KL term) |
-| `actor/kl` | token-mean KL estimate to the reference (when a KL term is on) |
+| `reward/<name>/gated`, `reward/<name>/timed_out`, `reward/<name>/<metric>` | share closed by its gate; share of per-answer checks abandoned at the time limit (`math`); what a TRL-style reward logged |
+| `reward/total/mean`, `reward/total/std` | weighted total reward (over every generated completion, before group filters) |
+| `actor/loss` | policy loss (aggregated, incl. KL term), the mean over the step's optimizer steps |
+| `actor/kl` | token-mean KL estimate to the reference (when a KL term is in the loss) |
+| `actor/kl_in_reward` | mean per-sequence KL penalty subtracted from the reward (`kl_placement: reward`) |
+| `actor/masked_kl` | token-mean KL between the policy on the real and on the masked image (`masked_kl_coef` > 0) |
+| `actor/ref_reset`, `actor/skipped` | 1 at a step that reset the reference / that trained on nothing (every group filtered) |
 | `actor/clip_frac` | fraction of completion tokens where the clip was active |
 | `actor/entropy` | token-mean entropy of the policy on its completions |
 | `actor/grad_norm`, `actor/lr` | gradient norm before clipping; learning rate |
 | `rollout/len_mean`, `rollout/truncated_frac` | completion length; share that hit `max_new_tokens` |
+| `rollout/generated_groups`, `rollout/kept_groups` | prompt groups generated this step (refills included) / kept by `group_filter` |
 | `adv/zero_frac` | share of completions with zero advantage (all-equal groups) |
 | `sft/loss` | SFT negative log-likelihood per target token |
 | `eval/<reward name>`, `eval/total` | held-out greedy means (e.g. `eval/accuracy`) |

@@ -136,6 +136,14 @@ class Policy:
         if needs_reference:
             self.reference = copy.deepcopy(self.hf).eval().requires_grad_(False)
 
+    def reset_reference(self) -> None:
+        """π_ref ← π_θ (ProRL's reference reset). LoRA: the adapter is folded into the base and a fresh one starts
+        (the parameters change: the caller makes a new optimizer); full: the frozen copy takes the current weights."""
+        if self.cfg.mode == "lora":
+            self.begin_rl(needs_reference=True, adapter_trained=True)
+        elif self.reference is not None:
+            self.reference.load_state_dict(self.hf.state_dict())
+
     @contextlib.contextmanager
     def as_reference(self):
         """Within this context `self.hf` computes the reference policy's outputs."""

@@ -23,7 +23,7 @@ import torch
 
 from mmrl import checkpoint
 from mmrl import config as config_mod
-from mmrl.algorithms import ADVANTAGES, AGGREGATIONS, KL_ESTIMATORS, POLICY_LOSSES
+from mmrl.algorithms import advantages, keep_groups, kl_penalty_per_sequence
 from mmrl.config import Config, ConfigError, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
@@ -32,7 +32,8 @@ from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards.compose import score, summarize
 from mmrl.rewards.isolation import make_term
 from mmrl.rollout import Rollouts, SamplingParams, make_engine
-from mmrl.rollout.types import row_seed
+from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
+from mmrl.update import logprob_pass, rl_update
 
 
 @dataclass
@@ -151,8 +152,10 @@ class Trainer:
             raise BadSampleError(samples[0].id if samples else "?", "every sample of the batch was bad")
         return out
 
-    def _batch(self, size: int) -> list[Sample]:
-        idx = batch_indices(len(self.train_data), size, self.progress.step, self.cfg.trainer.seed)
+    def _batch(self, size: int, refill: int = 0) -> list[Sample]:
+        """The step's prompts; refill k > 0 draws from a separate seeded stream (dynamic sampling)."""
+        seed = self.cfg.trainer.seed if refill == 0 else row_seed(self.cfg.trainer.seed, "refill", refill)
+        idx = batch_indices(len(self.train_data), size, self.progress.step, seed)
         return [self.train_data[i] for i in idx]
 
     # ------------------------------------------------------------------------------------ optimisation
@@ -179,11 +182,22 @@ class Trainer:
 
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
 
-    def _optimizer_step(self) -> float:
+    def reset_reference(self, stage: StageConfig) -> None:
+        """π_ref ← π_θ and a fresh optimizer state, the LR schedule where it was (ProRL's hard reset)."""
+        self.policy.reset_reference()
+        schedule = self.scheduler.state_dict()
+        self._new_optimizer(stage)
+        self.scheduler.load_state_dict(schedule)
+        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
+            group["lr"] = lr
+
+    def _optimizer_step(self, step_scheduler: bool = True) -> float:
+        """Clip, step, zero; the LR schedule advances once per training step (`step_scheduler` on its last)."""
         params = self.policy.parameters()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.trainer.grad_clip)
         self.optimizer.step()
-        self.scheduler.step()
+        if step_scheduler:
+            self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return float(grad_norm)
 
@@ -230,65 +244,88 @@ class Trainer:
         rollouts.rewards = components
         rollouts.total = torch.tensor(totals, dtype=torch.float32)  # [N]
 
-    def advantage(self, rollouts: Rollouts) -> None:
-        a = self.cfg.algorithm
-        fn = ADVANTAGES.get(a.advantage)
-        rollouts.advantages = fn(rollouts.total, group_size=rollouts.group_size, eps=a.adv_eps)  # [N]
+    def generate(self) -> tuple[list[PromptInputs], Rollouts, Rollouts]:
+        """rollout → score → filter: (prompts, kept rollouts, every generated rollout).
 
-    def update_rl(self, prompts: list[PromptInputs], rollouts: Rollouts) -> dict[str, float]:
+        Groups the `algorithm.group_filter` drops are refilled with fresh prompts, up to `max_gen_batches`
+        rollout batches; the step then trains on the kept groups (at most `prompts_per_step`), however few.
+        """
+        a, want, g = self.cfg.algorithm, self.cfg.trainer.prompts_per_step, self.cfg.rollout.group_size
+        prompts: list[PromptInputs] = []
+        parts: list[Rollouts] = []
+        kept: list[int] = []  # group indices into the concatenation
+        for k in range(a.max_gen_batches):
+            batch = self.encode(self._batch(want, refill=k))
+            ro = self.rollout(batch, g)
+            self.score(ro, batch)
+            keep = keep_groups(ro.total, g, a.group_filter, correct_threshold=a.correct_threshold)  # [B]
+            base = sum(len(p) for p in parts) // g
+            kept += [base + i for i in range(len(keep)) if keep[i]]
+            parts.append(ro)
+            prompts += batch
+            if len(kept) >= want:
+                break
+        offsets = [0]
+        for p in parts[:-1]:
+            offsets.append(offsets[-1] + len(p) // g)
+        seen = concat_rollouts(parts, offsets)
+        seen.parse_stats = parts[-1].parse_stats
+        return prompts, select_groups(seen, kept[:want]), seen
+
+    def advantage(self, prompts: list[PromptInputs], rollouts: Rollouts) -> torch.Tensor | None:
+        """Fill `rollouts.advantages` [N]; with the KL placed in the reward, r_i −= β·Σ_t k(π_old, π_ref) first.
+        Returns the π_old log-probs when they had to be computed here (reused by the update)."""
         a = self.cfg.algorithm
-        loss_fn, agg = POLICY_LOSSES.get(a.policy_loss), AGGREGATIONS.get(a.aggregation)
-        kl_fn = KL_ESTIMATORS.get(a.kl_estimator) if a.kl_coef > 0 else None
-        norms = dict(global_tokens=rollouts.num_tokens, global_seqs=len(rollouts))
-        sums = {"loss": 0.0, "kl": 0.0, "clip": 0.0, "entropy": 0.0}
-        temp = self.cfg.rollout.temperature
-        self.policy.train()
-        for mb in self._micro_batches(len(rollouts)):
-            mask = rollouts.completion_mask[mb]  # [n, C]
-            width = max(int(mask.sum(1).max()), 1)
-            mask, ids = mask[:, :width], rollouts.completion_ids[mb, :width]
-            batch = self.policy.collate([prompts[i] for i in rollouts.prompt_index[mb].tolist()])
-            logp, ent = self.policy.completion_logprobs(batch, ids, mask, temperature=temp, with_entropy=True)
-            old = logp.detach()  # one update per rollout batch: π_old = π_θ (ratio 1; the gradient is exact)
-            tok_loss, clipped = loss_fn(logp, old, rollouts.advantages[mb], clip_low=a.clip_low, clip_high=a.clip_high)
-            if kl_fn is not None:
-                with torch.no_grad(), self.policy.as_reference() as ref:
-                    ref_logp, _ = self.policy.completion_logprobs(batch, ids, mask, temperature=temp, model=ref)
-                kl = kl_fn(logp, ref_logp)  # [n, C]
-                tok_loss = tok_loss + a.kl_coef * kl
-                sums["kl"] += float((kl.detach() * mask).sum())
-            loss = agg(tok_loss, mask, **norms)
-            loss.backward()
-            sums["loss"] += float(loss.detach())
-            sums["clip"] += float((clipped * mask).sum())
-            sums["entropy"] += float((ent.detach() * mask).sum())
-        grad_norm = self._optimizer_step()
-        tokens = max(rollouts.num_tokens, 1)
-        out = {"actor/loss": sums["loss"], "actor/clip_frac": sums["clip"] / tokens,
-               "actor/entropy": sums["entropy"] / tokens, "actor/grad_norm": grad_norm}
-        if kl_fn is not None:
-            out["actor/kl"] = sums["kl"] / tokens
-        return out
+        rewards, old = rollouts.total, None
+        if not len(rollouts):  # every group was filtered out
+            rollouts.advantages = torch.zeros(0)
+            return None
+        if a.kl_coef > 0 and a.kl_placement == "reward":
+            temp, micro = self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size
+            old = logprob_pass(self.policy, prompts, rollouts, micro=micro, temperature=temp)
+            with self.policy.as_reference() as ref:
+                ref_logp = logprob_pass(self.policy, prompts, rollouts, micro=micro, temperature=temp, model=ref)
+            kl = kl_penalty_per_sequence(old, ref_logp, rollouts.completion_mask.float(), a.kl_estimator)  # [N]
+            rewards = rewards - a.kl_coef * kl
+            rollouts.kl_penalty = kl
+        rollouts.advantages = advantages(
+            rewards, group_size=rollouts.group_size, baseline=a.baseline, scale=a.scale, eps=a.adv_eps,
+            pos_weight=a.pos_weight, neg_weight=a.neg_weight, virtual_reward=a.virtual_reward,
+            virtual_count=a.virtual_count, sign_threshold=a.sign_threshold,
+        )  # [N]
+        return old
+
+    def update_rl(self, prompts: list[PromptInputs], rollouts: Rollouts, old_logp=None) -> dict[str, float]:
+        if not len(rollouts):
+            return {"actor/skipped": 1.0}
+        r = self.cfg.rollout
+        return rl_update(
+            self.policy, prompts, rollouts, self.cfg.algorithm, micro=self.cfg.trainer.micro_batch_size,
+            temperature=r.temperature, max_tokens=r.max_new_tokens, seed=self.cfg.trainer.seed,
+            step=self.progress.step, optimizer_step=lambda last: self._optimizer_step(step_scheduler=last),
+            old_logp=old_logp,
+        )
 
     def rl_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        prompts = self.encode(self._batch(self.cfg.trainer.prompts_per_step))
-        rollouts = self.rollout(prompts, self.cfg.rollout.group_size)
+        prompts, rollouts, seen = self.generate()  # rollout → score → filter
         t_roll = time.perf_counter()
-        self.score(rollouts, prompts)
-        self.advantage(rollouts)
-        t_upd = time.perf_counter()
-        metrics = self.update_rl(prompts, rollouts)
+        old_logp = self.advantage(prompts, rollouts)
+        metrics = self.update_rl(prompts, rollouts, old_logp)
         t_end = time.perf_counter()
-        lengths = rollouts.completion_mask.sum(1).float()
-        metrics.update(summarize(rollouts.rewards, rollouts.total.tolist(), rollouts.parse_stats))
+        lengths = seen.completion_mask.sum(1).float()
+        metrics.update(summarize(seen.rewards, seen.total.tolist(), seen.parse_stats))
         metrics.update({
             "rollout/len_mean": float(lengths.mean()),
-            "rollout/truncated_frac": sum(r == "length" for r in rollouts.finish_reasons) / len(rollouts),
-            "adv/zero_frac": float((rollouts.advantages.abs() < 1e-8).float().mean()),
-            "perf/rollout_s": t_roll - t0, "perf/update_s": t_end - t_upd, "perf/step_s": t_end - t0,
-            "perf/tokens_per_s": rollouts.num_tokens / max(t_end - t0, 1e-9),
+            "rollout/truncated_frac": sum(r == "length" for r in seen.finish_reasons) / len(seen),
+            "rollout/kept_groups": len(rollouts) // rollouts.group_size,
+            "rollout/generated_groups": len(seen) // seen.group_size,
+            "adv/zero_frac": float((rollouts.advantages.abs() < 1e-8).float().mean()) if len(rollouts) else 1.0,
+            "perf/rollout_s": t_roll - t0, "perf/update_s": t_end - t_roll, "perf/step_s": t_end - t0,
+            "perf/tokens_per_s": seen.num_tokens / max(t_end - t0, 1e-9),
         })
+        if rollouts.kl_penalty is not None:
+            metrics["actor/kl_in_reward"] = float(rollouts.kl_penalty.mean())
         if self.cfg.trainer.log_rollouts_every and self.progress.stage_step % self.cfg.trainer.log_rollouts_every == 0:
             self._log_rollouts(prompts, rollouts)
         return metrics
@@ -472,6 +509,10 @@ class Trainer:
                 metrics = self.rl_step() if stage.kind == "rl" else self.sft_step(stage)
                 self.progress.stage_step += 1
                 self.progress.step += 1
+                reset = cfg.algorithm.ref_reset_every
+                if stage.kind == "rl" and reset and self.progress.stage_step % reset == 0:
+                    self.reset_reference(stage)
+                    metrics["actor/ref_reset"] = 1.0
                 metrics.update({"train/step": self.progress.step, "train/stage": stage.name,
                                 "actor/lr": self.scheduler.get_last_lr()[0], "data/skipped": self.progress.skipped})
                 last_rl = si == rl_stages[-1] if rl_stages else False

@@ -52,7 +52,7 @@ def _tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
     ]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def tiny(zoo_cache):
     """`tiny(run_dir, *overrides)` → a validated Config for a few-second run of the demo recipe."""
     from mmrl import config

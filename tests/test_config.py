@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from mmrl import config
-from mmrl.algorithms import ADVANTAGES, POLICY_LOSSES, PRESETS
+from mmrl.algorithms import BASELINES, POLICY_LOSSES, PRESETS
 from mmrl.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -260,7 +260,7 @@ def test_preset_from_command_line_keeps_recipe_values():
     ("override", "key", "hint", "valid"),
     [
         ("algorithm.preset=dapoo", "algorithm.preset", "dapo", PRESETS.names()),
-        ("algorithm.advantage=group_nrom", "algorithm.advantage", "group_norm", ADVANTAGES.names()),
+        ("algorithm.baseline=group_maen", "algorithm.baseline", "group_mean", BASELINES.names()),
         ("algorithm.policy_loss=ppo_clp", "algorithm.policy_loss", "ppo_clip", POLICY_LOSSES.names()),
         ("algorithm.kl_estimator=k4", "algorithm.kl_estimator", None, ["k1", "k2", "k3"]),
     ],
@@ -324,7 +324,7 @@ def test_demo_recipe_smoke():
     assert smoke.data.train.n < full.data.train.n
 
 
-@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_loads(recipe):
     config.load(recipe)
     if "smoke" in config._read_yaml(recipe):
@@ -364,3 +364,11 @@ def test_reward_names_and_gates_are_checked(tmp_path):
         config.load(None, ["rewards=[{fn: format, mode: gate}]"])
     cfg = config.load(None, ["rewards=[{fn: format, mode: gate}, {fn: answer_match, gate: format, gate_min: 0.5}]"])
     assert cfg.rewards[1].gate == "format" and cfg.rewards[0].mode == "gate"
+
+
+def test_every_preset_has_a_recipe_that_uses_it():
+    for name in PRESETS.names():
+        path = ROOT / "recipes" / "algorithms" / f"{name}.yaml"
+        assert path.exists(), f"preset {name!r} has no recipe"
+        assert f"preset: {name}" in path.read_text()
+        assert config.load(path).algorithm == config.load(None, [f"algorithm.preset={name}"]).algorithm

@@ -14,23 +14,23 @@ import pytest
 import torch
 
 from mmrl import checkpoint, config
-from mmrl.algorithms import ADVANTAGES
-from mmrl.algorithms.advantages import group_norm
+from mmrl.algorithms import BASELINES
+from mmrl.algorithms.advantages import group_mean
 from mmrl.rollout.types import row_seed
 from mmrl.trainer import Trainer
 
 pytestmark = pytest.mark.learning
 REPO = Path(__file__).resolve().parent.parent
 
-if "test_shuffled_group_norm" not in ADVANTAGES:
+if "test_shuffled_group_mean" not in BASELINES:
 
-    @ADVANTAGES.register("test_shuffled_group_norm")
-    def shuffled_group_norm(rewards: torch.Tensor, *, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-        """Negative control: GRPO advantages of rewards randomly permuted within each group."""
-        r = rewards.view(-1, group_size)  # [B, G]
-        gen = torch.Generator().manual_seed(row_seed("shuffle", *rewards.tolist()))
+    @BASELINES.register("test_shuffled_group_mean")
+    def shuffled_group_mean(r: torch.Tensor, **options) -> tuple[torch.Tensor, torch.Tensor]:
+        """Negative control: the group-mean baseline of rewards randomly permuted within each group [B, G]
+        (the group std, permutation-invariant, is unchanged)."""
+        gen = torch.Generator().manual_seed(row_seed("shuffle", *r.reshape(-1).tolist()))
         perm = torch.argsort(torch.rand(r.shape, generator=gen), dim=1)
-        return group_norm(r.gather(1, perm).reshape(-1), group_size=group_size, eps=eps)
+        return group_mean(r.gather(1, perm))
 
 
 def _cfg(run_dir: Path, *extra: str) -> config.Config:
@@ -49,7 +49,7 @@ def test_grpo_learns_rotation_and_shuffled_rewards_do_not(tmp_path, zoo_cache):
     assert json.loads((warm / checkpoint.STATE_FILE).read_text())["progress"]["stage_step"] == 40
 
     control = Trainer(_cfg(tmp_path / "control", f"resume={warm}",
-                           "algorithm.advantage=test_shuffled_group_norm"), log=lambda *a: None).run()
+                           "algorithm.baseline=test_shuffled_group_mean"), log=lambda *a: None).run()
 
     assert learned["eval_before"]["eval/accuracy"] <= 0.40
     assert learned["eval_after"]["eval/accuracy"] >= 0.70, learned

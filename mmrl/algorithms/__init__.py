@@ -1,13 +1,18 @@
 """Policy-optimisation building blocks, each a registered pure tensor function.
 
-The trainer looks pieces up by name (`algorithm.advantage`, `algorithm.policy_loss`,
-`algorithm.aggregation`, `algorithm.kl_estimator`) and never branches on a method's name; a preset is a named
-bundle of those knobs. Dimension letters: B prompts, G group size, T completion tokens.
+The trainer looks pieces up by name (`algorithm.baseline`, `scale`, `ratio_level`, `policy_loss`,
+`aggregation`, `kl_estimator`, `group_filter`) and never branches on a method's name; a preset is a named bundle
+of those knobs. Dimension letters: B prompts, G group size, N = B·G completions, T completion tokens.
 """
 
-from mmrl.algorithms.advantages import ADVANTAGES
+from mmrl.algorithms.advantages import BASELINES, SCALES, advantages
 from mmrl.algorithms.divergences import KL_ESTIMATORS
-from mmrl.algorithms.losses import AGGREGATIONS, POLICY_LOSSES
+from mmrl.algorithms.losses import AGGREGATIONS, POLICY_LOSSES, RATIO_LEVELS
+from mmrl.algorithms.objective import TokenTerms, kl_penalty_per_sequence, objective
 from mmrl.algorithms.presets import PRESETS
+from mmrl.algorithms.sampling import GROUP_FILTERS, keep_groups
 
-__all__ = ["ADVANTAGES", "AGGREGATIONS", "KL_ESTIMATORS", "POLICY_LOSSES", "PRESETS"]
+__all__ = [
+    "AGGREGATIONS", "BASELINES", "GROUP_FILTERS", "KL_ESTIMATORS", "POLICY_LOSSES", "PRESETS", "RATIO_LEVELS",
+    "SCALES", "TokenTerms", "advantages", "keep_groups", "kl_penalty_per_sequence", "objective",
+]

@@ -1,6 +1,12 @@
-"""Advantage estimators: per-completion rewards [B*G] → per-completion advantages [B*G].
+"""Advantages: per-completion rewards [N = B·G] → per-completion advantages [N], as three orthogonal knobs.
 
-Completions arrive grouped: rows g*G … g*G+G-1 belong to prompt g.
+Â_i = w_sign(Â) · (r_i − b_i) / s_i, with the baseline b (`algorithm.baseline`), the scale s (`algorithm.scale`)
+and sign weights w₊ / w₋ (`algorithm.pos_weight` / `neg_weight`). Completions arrive grouped: rows g·G … g·G+G−1
+belong to prompt g. A baseline returns the centred rewards [B, G] and the pool [B, G'] its group statistics use
+(the group itself, or the group plus virtual samples for NGRPO); a scale divides by a spread of that pool.
+
+GRPO = group_mean + group_std; Dr. GRPO = group_mean + none; Lite PPO = group_mean + batch_std; RLOO =
+leave_one_out + none; NGRPO = virtual_max + group_std; W-REINFORCE / PSR / NSR = sign + none with sign weights.
 """
 
 from __future__ import annotations
@@ -9,36 +15,104 @@ import torch
 
 from mmrl.registry import Registry
 
-ADVANTAGES: Registry = Registry("advantage estimator")
+BASELINES: Registry = Registry("advantage baseline")
+SCALES: Registry = Registry("advantage scale")
 
 
-@ADVANTAGES.register("group_norm")
-def group_norm(rewards: torch.Tensor, *, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """GRPO: Â_i = (r_i − mean_G r) / (std_G r + ε).
+def tie_mask(pool: torch.Tensor) -> torch.Tensor:
+    """[B, 1] True where every value of the row is equal."""
+    return (pool == pool[:, :1]).all(dim=1, keepdim=True)
 
-    Paper: DeepSeekMath (arXiv:2402.03300). The std is the sample standard deviation (Bessel-corrected), as
-    in the paper's and TRL's implementation. A group of equal rewards gets Â = 0 exactly.
-    Differs from: `group_center` (no std division, Dr. GRPO).
+
+def _centre(r: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+    """r − mean(pool), exactly 0 in rows whose pool is all equal: the float mean of equal values can differ from
+    them by one rounding step (e.g. 7 × 0.9 in fp32), and dividing that residue by the near-zero std would give
+    every completion of the group a spurious advantage of the same sign."""
+    return (r - pool.mean(dim=1, keepdim=True)).masked_fill(tie_mask(pool), 0.0)
+
+
+@BASELINES.register("group_mean")
+def group_mean(r: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """b = mean_G r (GRPO, DeepSeekMath arXiv:2402.03300; Dr. GRPO arXiv:2503.20783)."""
+    return _centre(r, r), r
+
+
+@BASELINES.register("leave_one_out")
+def leave_one_out(r: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """b_i = mean_{j≠i} r_j, i.e. r_i − b_i = G/(G−1) · (r_i − mean_G r) (RLOO, Ahmadian et al. arXiv:2402.14740)."""
+    g = r.shape[1]
+    if g < 2:
+        raise ValueError("leave_one_out needs a group size of at least 2")
+    return _centre(r, r) * (g / (g - 1)), r
+
+
+@BASELINES.register("virtual_max")
+def virtual_max(
+    r: torch.Tensor, *, virtual_reward: float = 1.0, virtual_count: int = 1, **_
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Statistics over the group plus `virtual_count` virtual samples of reward `virtual_reward` (NGRPO,
+    "negative-enhanced GRPO"; arXiv id not recorded in the reference): b = mean(R ∪ {r_max}^m), so an all-wrong
+    group gets negative advantages instead of none, and a mixed group a negative shift."""
+    if virtual_count < 1:
+        raise ValueError(f"virtual_max needs virtual_count >= 1, got {virtual_count}")
+    extra = torch.full((r.shape[0], virtual_count), float(virtual_reward), dtype=r.dtype, device=r.device)
+    pool = torch.cat([r, extra], dim=1)  # [B, G + m]
+    return _centre(r, pool), pool
+
+
+@BASELINES.register("sign")
+def sign(r: torch.Tensor, *, sign_threshold: float = 0.5, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """No learned baseline: +1 for a correct completion (r > threshold), −1 otherwise. With `scale: none` and
+    sign weights this is W-REINFORCE (w₊ = λ = 0.1, w₋ = 1), PSR (1, 0) or NSR (0, 1) ("The Surprising
+    Effectiveness of Negative Reinforcement in LLM Reasoning"; arXiv id not recorded in the reference)."""
+    return torch.where(r > sign_threshold, 1.0, -1.0).to(r.dtype), r
+
+
+@BASELINES.register("none")
+def no_baseline(r: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
+    """b = 0: Â = r (plain REINFORCE)."""
+    return r.clone(), r
+
+
+def _divide(centred: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
+    """centred / denom, 0 where the spread is 0 (a tied pool, whose centred values are exactly 0; also eps = 0)."""
+    return torch.where(denom > 0, centred / denom.clamp(min=torch.finfo(centred.dtype).tiny), torch.zeros_like(centred))
+
+
+@SCALES.register("group_std")
+def group_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """÷ (std(pool) + ε) per group, the sample std (Bessel-corrected) as in DeepSeekMath and TRL."""
+    return _divide(centred, pool.std(dim=1, keepdim=True) + eps)
+
+
+@SCALES.register("batch_std")
+def batch_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """÷ (std of every reward in the batch + ε): Lite PPO ("Tricks or Traps", arXiv:2508.08221 ≈ verify) and
+    TRL's `scale_rewards="batch"`."""
+    std = r_all.std() if r_all.numel() > 1 else torch.zeros((), dtype=r_all.dtype)
+    return _divide(centred, std + eps)
+
+
+@SCALES.register("none")
+def no_scale(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """No scaling (Dr. GRPO: the std division biases updates towards too easy and too hard prompts)."""
+    return centred
+
+
+def advantages(
+    rewards: torch.Tensor, *, group_size: int, baseline: str = "group_mean", scale: str = "group_std",
+    eps: float = 1e-6, pos_weight: float = 1.0, neg_weight: float = 1.0, **options,
+) -> torch.Tensor:
+    """Â [N] from rewards [N]: baseline, scale, then ×`pos_weight` where Â > 0 and ×`neg_weight` where Â < 0.
+
+    `options` go to the baseline (`virtual_reward`, `virtual_count`, `sign_threshold`).
+
+    >>> advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), group_size=4, scale="none")
+    tensor([ 0.7500, -0.2500, -0.2500, -0.2500])
     """
     r = rewards.view(-1, group_size)  # [B, G]
-    std = r.std(dim=1, keepdim=True)  # [B, 1]
-    return (_centered(r) / (std + eps)).reshape(-1)  # [B*G]
-
-
-@ADVANTAGES.register("group_center")
-def group_center(rewards: torch.Tensor, *, group_size: int, eps: float = 1e-6) -> torch.Tensor:
-    """Dr. GRPO: Â_i = r_i − mean_G r (no std scaling, which biases towards easy/hard prompts).
-
-    Paper: Understanding R1-Zero-Like Training: A Critical Perspective (arXiv:2503.20783).
-    Differs from: `group_norm` (divides by the group std).
-    """
-    r = rewards.view(-1, group_size)  # [B, G]
-    return _centered(r).reshape(-1)  # [B*G]
-
-
-def _centered(r: torch.Tensor) -> torch.Tensor:
-    """r − mean_G r, set to exactly 0 in groups whose rewards are all equal: the float mean of equal values
-    can differ from them by one rounding step (e.g. 7 × 0.9 in fp32), and dividing that residue by the
-    near-zero std would give every completion of the group a spurious advantage of the same sign."""
-    tied = (r == r[:, :1]).all(dim=1, keepdim=True)  # [B, 1]
-    return (r - r.mean(dim=1, keepdim=True)).masked_fill(tied, 0.0)  # [B, G]
+    centred, pool = BASELINES.get(baseline)(r, **options)  # [B, G], [B, G']
+    adv = SCALES.get(scale)(centred, pool, rewards, eps=eps)  # [B, G]
+    if pos_weight != 1.0 or neg_weight != 1.0:
+        adv = torch.where(adv > 0, adv * pos_weight, adv * neg_weight)
+    return adv.reshape(-1)  # [N]

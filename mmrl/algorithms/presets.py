@@ -1,4 +1,9 @@
-"""Presets: named bundles of algorithm knobs (a recipe's `algorithm.preset`); recipe values override them."""
+"""Presets: named bundles of algorithm knobs (a recipe's `algorithm.preset`); recipe values override them.
+
+Each entry states its paper; values marked ≈ follow ../shared/reference/algorithms.md where the paper's exact
+numbers were not retrieved. A preset only sets `AlgorithmConfig` fields, so every method is a configuration of
+the same registered pieces.
+"""
 
 from __future__ import annotations
 
@@ -6,12 +11,56 @@ from mmrl.registry import Registry
 
 PRESETS: Registry = Registry("algorithm preset")
 
-# GRPO — DeepSeekMath (arXiv:2402.03300): group-normalised advantages, PPO clip, k3 KL to the reference.
-PRESETS.register("grpo")(dict(advantage="group_norm", policy_loss="ppo_clip", clip_low=0.2, clip_high=0.2,
-                              aggregation="seq_mean_token_mean", kl_coef=0.04, kl_estimator="k3"))
-# Dr. GRPO — arXiv:2503.20783: no std scaling; (the constant-normaliser aggregation comes with the algorithms issue).
-PRESETS.register("dr_grpo")(dict(advantage="group_center", policy_loss="ppo_clip", clip_low=0.2, clip_high=0.2,
-                                 aggregation="token_mean", kl_coef=0.0))
-# DAPO — arXiv:2503.14476: clip-higher (0.2 / 0.28), token-level mean, no KL.
-PRESETS.register("dapo")(dict(advantage="group_norm", policy_loss="ppo_clip", clip_low=0.2, clip_high=0.28,
-                              aggregation="token_mean", kl_coef=0.0))
+
+def _preset(name: str, **knobs) -> None:
+    PRESETS.register(name)(knobs)
+
+
+_GRPO = dict(baseline="group_mean", scale="group_std", ratio_level="token", policy_loss="ppo_clip",
+             clip_low=0.2, clip_high=0.2)
+
+# GRPO — DeepSeekMath (arXiv:2402.03300): group mean/std advantages, PPO clip, per-sequence token mean, k3 KL.
+_preset("grpo", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=0.04, kl_estimator="k3")
+# Dr. GRPO — "Understanding R1-Zero-Like Training" (arXiv:2503.20783): no std, constant normaliser N·L_max.
+_preset("dr_grpo", **dict(_GRPO, scale="none"), aggregation="seq_mean_token_sum_norm", kl_coef=0.0)
+# DAPO (arXiv:2503.14476): clip-higher 0.2 / 0.28, token mean over the batch, dynamic sampling, no KL.
+# (Its soft overlong penalty is the `overlong` reward.)
+_preset("dapo", **dict(_GRPO, clip_high=0.28), aggregation="token_mean", kl_coef=0.0,
+        group_filter="nonzero_std", max_gen_batches=3)
+# Lite PPO — "Tricks or Traps?" (arXiv:2508.08221 ≈): group-mean baseline, batch std, token mean.
+_preset("lite_ppo", **dict(_GRPO, scale="batch_std"), aggregation="token_mean", kl_coef=0.0)
+# RLOO — "Back to Basics" (arXiv:2402.14740): leave-one-out baseline, no scaling.
+_preset("rloo", **dict(_GRPO, baseline="leave_one_out", scale="none"), aggregation="seq_mean_token_mean",
+        kl_coef=0.0)
+# GSPO — Group Sequence Policy Optimization (arXiv:2507.18071): sequence ratio, tight clip 3e-4 / 4e-4.
+_preset("gspo", **dict(_GRPO, ratio_level="sequence", clip_low=3e-4, clip_high=4e-4),
+        aggregation="seq_mean_token_mean", kl_coef=0.0)
+# LUSPO — Length-Unbiased Sequence Policy Optimization (arXiv:2602.05261 ≈ verify): GSPO + length-weighted sum.
+_preset("luspo", **dict(_GRPO, ratio_level="sequence", clip_low=3e-4, clip_high=4e-4),
+        aggregation="seq_mean_token_sum", kl_coef=0.0)
+# SAPO — Soft Adaptive Policy Optimization (Qwen; arXiv:2511.20347 ≈ verify): sigmoid gate τ+ = 1.0, τ− = 1.05.
+_preset("sapo", **dict(_GRPO, policy_loss="sapo"), tau_pos=1.0, tau_neg=1.05, aggregation="seq_mean_token_mean",
+        kl_coef=0.0)
+# GPPO — Klear-Reasoner (arXiv:2508.07629 ≈ verify): gradient-preserving clip with DAPO's bounds.
+_preset("gppo", **dict(_GRPO, policy_loss="gppo", clip_high=0.28), aggregation="token_mean", kl_coef=0.0)
+# CISPO — MiniMax-M1 (arXiv:2506.13585): clipped, detached IS weight on every token; no lower bound.
+_preset("cispo", **dict(_GRPO, policy_loss="cispo", clip_low=10.0, clip_high=0.2), aggregation="token_mean",
+        kl_coef=0.0)
+# NGRPO — negative-enhanced GRPO (arXiv:2509.18851 ≈ verify): virtual max-reward sample, asymmetric clip, drop
+# all-correct groups only.
+_preset("ngrpo", **dict(_GRPO, baseline="virtual_max", clip_low=0.16, clip_high=0.24), virtual_reward=1.0,
+        virtual_count=1, aggregation="token_mean", kl_coef=0.0, group_filter="drop_all_correct",
+        correct_threshold=1.0)
+# W-REINFORCE / PSR / NSR — "The Surprising Effectiveness of Negative Reinforcement" (arXiv:2506.01347 ≈ verify):
+# Â = +λ for correct, −1 for wrong (λ = 0.1); PSR keeps only positives, NSR only negatives. Binary rewards.
+_SIGN = dict(_GRPO, baseline="sign", scale="none")
+_preset("w_reinforce", **_SIGN, pos_weight=0.1, neg_weight=1.0, aggregation="token_mean", kl_coef=0.0)
+_preset("psr", **_SIGN, pos_weight=1.0, neg_weight=0.0, aggregation="token_mean", kl_coef=0.0)
+_preset("nsr", **_SIGN, pos_weight=0.0, neg_weight=1.0, aggregation="token_mean", kl_coef=0.0)
+# ProRL (arXiv:2505.24864 ≈): DAPO knobs with ε_high 0.4, a small k3 KL and periodic reference resets (≈ values).
+_preset("prorl", **dict(_GRPO, clip_high=0.4), aggregation="token_mean", kl_coef=1e-4, kl_estimator="k3",
+        group_filter="nonzero_std", max_gen_batches=3, ref_reset_every=200)
+# PAPO — Perception-Aware Policy Optimization (arXiv:2507.06448 ≈ verify): GRPO + maximised KL between the policy on
+# the real and on the patch-masked image (γ ≈ 0.01, mask ratio ≈ 0.6) + double entropy penalty (≈ values).
+_preset("papo", **_GRPO, aggregation="token_mean", kl_coef=0.0, masked_kl_coef=0.01, mask_ratio=0.6,
+        masked_entropy_coef=0.03)

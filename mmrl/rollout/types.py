@@ -43,6 +43,7 @@ class Rollouts:
     parse_stats: dict[str, dict[str, float]] = field(default_factory=dict)  # per reward: truncated / parse_fail
     total: torch.Tensor | None = None  # [N]
     advantages: torch.Tensor | None = None  # [N]
+    kl_penalty: torch.Tensor | None = None  # [N] Σ_t k(π_old, π_ref) when the KL is placed in the reward
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -50,3 +51,43 @@ class Rollouts:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum())
+
+
+def _pad_cols(x: torch.Tensor, width: int) -> torch.Tensor:
+    return torch.nn.functional.pad(x, (0, width - x.shape[1])) if x.shape[1] < width else x
+
+
+def concat_rollouts(parts: list[Rollouts], prompt_offsets: list[int]) -> Rollouts:
+    """One `Rollouts` from several (same group size), completion tensors right-padded to the widest; each
+    part's `prompt_index` is shifted by its offset into the concatenated prompt list."""
+    if len(parts) == 1 and prompt_offsets == [0]:
+        return parts[0]
+    width = max(p.completion_ids.shape[1] for p in parts)
+    cat = lambda name: torch.cat([_pad_cols(getattr(p, name), width) for p in parts])  # noqa: E731
+    out = Rollouts(
+        prompt_index=torch.cat([p.prompt_index + off for p, off in zip(parts, prompt_offsets)]),
+        completion_ids=cat("completion_ids"), completion_mask=cat("completion_mask"),
+        sampling_logprobs=cat("sampling_logprobs"),
+        texts=[t for p in parts for t in p.texts], finish_reasons=[f for p in parts for f in p.finish_reasons],
+        group_size=parts[0].group_size,
+    )
+    names = list(parts[0].rewards)
+    out.rewards = {k: [v for p in parts for v in p.rewards[k]] for k in names}
+    if all(p.total is not None for p in parts):
+        out.total = torch.cat([p.total for p in parts])
+    return out
+
+
+def select_groups(ro: Rollouts, groups: list[int]) -> Rollouts:
+    """The completions of the given groups (indices of groups, in order); prompt indices are kept."""
+    g = ro.group_size
+    rows = torch.tensor([gi * g + j for gi in groups for j in range(g)], dtype=torch.long)
+    out = Rollouts(
+        prompt_index=ro.prompt_index[rows], completion_ids=ro.completion_ids[rows],
+        completion_mask=ro.completion_mask[rows], sampling_logprobs=ro.sampling_logprobs[rows],
+        texts=[ro.texts[i] for i in rows.tolist()], finish_reasons=[ro.finish_reasons[i] for i in rows.tolist()],
+        group_size=g, parse_stats=ro.parse_stats,
+    )
+    out.rewards = {k: [v[i] for i in rows.tolist()] for k, v in ro.rewards.items()}
+    out.total = ro.total[rows] if ro.total is not None else None
+    return out

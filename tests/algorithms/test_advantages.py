@@ -1,4 +1,4 @@
-"""Advantage estimators: hand values, Bessel-corrected std, exact zeros for tied groups, registry."""
+"""Advantages (baseline × scale × sign weights): hand values, Bessel-corrected std, exact zeros for tied groups."""
 
 from __future__ import annotations
 
@@ -7,12 +7,20 @@ import math
 import pytest
 import torch
 
-from mmrl.algorithms import ADVANTAGES
-from mmrl.algorithms.advantages import group_center, group_norm
+from mmrl.algorithms import BASELINES, SCALES, advantages
+
+
+def group_norm(r, *, group_size, eps=1e-6):
+    return advantages(r, group_size=group_size, eps=eps)  # the defaults: group_mean + group_std (GRPO)
+
+
+def group_center(r, *, group_size, eps=1e-6):
+    return advantages(r, group_size=group_size, scale="none")  # Dr. GRPO
 
 
 def test_registered():
-    assert ADVANTAGES.get("group_norm") is group_norm and ADVANTAGES.get("group_center") is group_center
+    assert BASELINES.names() == ["group_mean", "leave_one_out", "none", "sign", "virtual_max"]
+    assert SCALES.names() == ["batch_std", "group_std", "none"]
 
 
 def test_group_norm_g2_hand_values():
@@ -73,3 +81,41 @@ def test_group_norm_unit_sample_std():
     torch.manual_seed(0)
     adv = group_norm(torch.rand(4 * 6, dtype=torch.float64), group_size=6, eps=0.0).view(4, 6)
     torch.testing.assert_close(adv.std(1), torch.ones(4, dtype=torch.float64))
+
+
+def test_leave_one_out_hand_values():
+    # group [1, 0, 0, 1]: b_1 = (0 + 0 + 1) / 3 = ⅓ → Â_1 = ⅔; b_2 = (1 + 0 + 1) / 3 = ⅔ → Â_2 = −⅔
+    adv = advantages(torch.tensor([1.0, 0.0, 0.0, 1.0], dtype=torch.float64), group_size=4,
+                     baseline="leave_one_out", scale="none")
+    torch.testing.assert_close(adv, torch.tensor([2 / 3, -2 / 3, -2 / 3, 2 / 3], dtype=torch.float64))
+    with pytest.raises(ValueError, match="at least 2"):
+        advantages(torch.tensor([1.0]), group_size=1, baseline="leave_one_out")
+
+
+def test_virtual_max_hand_values():
+    # NGRPO: all-wrong group [0, 0, 0] + one virtual 1 → mean ¼, sample std √(3·(1/16) + 9/16)/√3 = ½
+    # → Â = (0 − ¼) / ½ = −½ for every real completion (plain GRPO would give 0)
+    r = torch.tensor([0.0, 0.0, 0.0, 1.0, 1.0, 1.0], dtype=torch.float64)
+    adv = advantages(r, group_size=3, baseline="virtual_max", eps=0.0)
+    torch.testing.assert_close(adv[:3], torch.full((3,), -0.5, dtype=torch.float64))
+    assert torch.equal(adv[3:], torch.zeros(3, dtype=torch.float64))  # all-correct: tied with the virtual max
+
+
+def test_sign_weights_w_reinforce_psr_nsr():
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    common = dict(group_size=4, baseline="sign", scale="none")
+    assert advantages(r, **common, pos_weight=0.1).tolist() == pytest.approx([0.1, -1.0, 0.1, -1.0])
+    assert advantages(r, **common, neg_weight=0.0).abs().tolist() == [1.0, 0.0, 1.0, 0.0]  # PSR
+    assert advantages(r, **common, pos_weight=0.0).tolist() == [0.0, -1.0, 0.0, -1.0]  # NSR
+
+
+def test_batch_std_uses_every_reward():
+    r = torch.tensor([1.0, 0.0, 3.0, 3.0], dtype=torch.float64)
+    adv = advantages(r, group_size=2, scale="batch_std", eps=0.0)
+    s = r.std().item()
+    torch.testing.assert_close(adv, torch.tensor([0.5 / s, -0.5 / s, 0.0, 0.0], dtype=torch.float64))
+
+
+def test_no_baseline_is_the_reward():
+    r = torch.tensor([0.3, 0.7])
+    assert torch.equal(advantages(r, group_size=2, baseline="none", scale="none"), r)

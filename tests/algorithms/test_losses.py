@@ -18,13 +18,14 @@ F64 = torch.float64
 
 def test_registered():
     assert POLICY_LOSSES.get("ppo_clip") is ppo_clip
-    assert AGGREGATIONS.names() == ["seq_mean_token_mean", "token_mean"]
+    assert AGGREGATIONS.names() == ["seq_mean_token_mean", "seq_mean_token_sum", "seq_mean_token_sum_norm", "token_mean"]
+    assert POLICY_LOSSES.names() == ["cispo", "gppo", "ppo_clip", "reinforce", "sapo"]
 
 
 def _one_token(ratio: float, adv: float, clip_low=0.2, clip_high=0.28):
     old = torch.zeros(1, 1, dtype=F64)
     logp = torch.full((1, 1), math.log(ratio), dtype=F64, requires_grad=True)
-    loss, clipped = ppo_clip(logp, old, torch.tensor([adv], dtype=F64), clip_low=clip_low, clip_high=clip_high)
+    loss, clipped = ppo_clip(logp - old, logp, torch.tensor([adv], dtype=F64), clip_low=clip_low, clip_high=clip_high)
     loss.sum().backward()
     return loss.item(), clipped.item(), logp.grad.item()
 
@@ -66,7 +67,7 @@ def _batch(n=5, t=7, seed=0):
 
 def test_ratio_one_clip_inactive_and_gradient_is_reinforce():
     logp, adv, mask = _batch()
-    loss, clipped = ppo_clip(logp, logp.detach(), adv, clip_low=0.2, clip_high=0.28)
+    loss, clipped = ppo_clip(logp - logp.detach(), logp, adv, clip_low=0.2, clip_high=0.28)
     assert clipped.sum() == 0
     torch.testing.assert_close(loss, -adv[:, None].expand_as(loss))
     tokens = int(mask.sum())
@@ -76,7 +77,7 @@ def test_ratio_one_clip_inactive_and_gradient_is_reinforce():
 
 def test_ratio_one_gradient_seq_mean_token_mean():
     logp, adv, mask = _batch()
-    loss, _ = ppo_clip(logp, logp.detach(), adv, clip_low=0.2, clip_high=0.2)
+    loss, _ = ppo_clip(logp - logp.detach(), logp, adv, clip_low=0.2, clip_high=0.2)
     seq_mean_token_mean(loss, mask, global_tokens=int(mask.sum()), global_seqs=5).backward()
     torch.testing.assert_close(logp.grad, -adv[:, None] * mask / mask.sum(1, keepdim=True) / 5)
 
@@ -85,7 +86,7 @@ def test_ratio_one_gradient_seq_mean_token_mean():
 def test_zero_advantage_zero_gradient(agg):
     logp, _, mask = _batch()
     old = logp.detach() + 0.3 * torch.randn(logp.shape, dtype=F64)  # ratios away from 1, some clipped
-    loss, clipped = ppo_clip(logp, old, torch.zeros(5, dtype=F64), clip_low=0.2, clip_high=0.28)
+    loss, clipped = ppo_clip(logp - old, logp, torch.zeros(5, dtype=F64), clip_low=0.2, clip_high=0.28)
     assert clipped.sum() == 0 and torch.equal(loss, torch.zeros_like(loss))
     agg(loss, mask, global_tokens=int(mask.sum()), global_seqs=5).backward()
     assert torch.equal(logp.grad, torch.zeros_like(logp))
@@ -95,7 +96,7 @@ def test_zero_advantage_zero_gradient(agg):
 def test_masked_tokens_get_no_gradient(agg):
     logp, adv, mask = _batch()
     old = logp.detach() + 0.1 * torch.randn(logp.shape, dtype=F64)
-    loss, _ = ppo_clip(logp, old, adv, clip_low=0.2, clip_high=0.28)
+    loss, _ = ppo_clip(logp - old, logp, adv, clip_low=0.2, clip_high=0.28)
     agg(loss, mask, global_tokens=int(mask.sum()), global_seqs=5).backward()
     assert torch.equal(logp.grad[mask == 0], torch.zeros(int((mask == 0).sum()), dtype=F64))
 
@@ -128,7 +129,8 @@ def batches(draw):
 
 
 @CI
-@given(batches(), st.sampled_from(["token_mean", "seq_mean_token_mean"]))
+@given(batches(), st.sampled_from(["token_mean", "seq_mean_token_mean", "seq_mean_token_sum",
+                                   "seq_mean_token_sum_norm"]))
 def test_micro_batch_split_invariance(batch, agg_name):
     n, t, seed, cuts, clip_high = batch
     agg = AGGREGATIONS.get(agg_name)
@@ -137,13 +139,13 @@ def test_micro_batch_split_invariance(batch, agg_name):
     old = logp + 0.4 * torch.randn(n, t, generator=g, dtype=F64)
     adv = torch.randn(n, generator=g, dtype=F64)
     mask = (torch.rand(n, t, generator=g) < 0.7).to(F64)  # may include empty completions
-    norms = dict(global_tokens=int(mask.sum()), global_seqs=n)
+    norms = dict(global_tokens=int(mask.sum()), global_seqs=n, max_tokens=t)
 
     def value_and_grad(bounds):
         x = logp.clone().requires_grad_()
         total = torch.zeros((), dtype=F64)
         for a, b in zip(bounds[:-1], bounds[1:]):
-            loss, _ = ppo_clip(x[a:b], old[a:b], adv[a:b], clip_low=0.2, clip_high=clip_high)
+            loss, _ = ppo_clip(x[a:b] - old[a:b], x[a:b], adv[a:b], clip_low=0.2, clip_high=clip_high)
             part = agg(loss, mask[a:b], **norms)
             part.backward()  # gradients accumulate as in the trainer
             total = total + part.detach()
@@ -153,3 +155,77 @@ def test_micro_batch_split_invariance(batch, agg_name):
     split_value, split_grad = value_and_grad([0, *cuts, n])
     torch.testing.assert_close(split_value, full_value, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(split_grad, full_grad, rtol=1e-12, atol=1e-12)
+
+
+# ---- the other surrogates, by hand ------------------------------------------------------------------------------
+def _token(name: str, ratio: float, adv: float, **kw):
+    logp = torch.full((1, 1), math.log(ratio), dtype=F64, requires_grad=True)
+    old = torch.zeros(1, 1, dtype=F64)
+    loss, clipped = POLICY_LOSSES.get(name)(logp - old, logp, torch.tensor([adv], dtype=F64), **kw)
+    loss.sum().backward()
+    return loss.item(), clipped.item(), logp.grad.item()
+
+
+def test_gppo_keeps_a_bounded_gradient_where_ppo_has_none():
+    # Â > 0, ρ = 1.5 > 1.28: PPO's value −1.28 and no gradient; GPPO's value −1.28 and gradient −1.28·Â
+    assert _token("ppo_clip", 1.5, 1.0, clip_low=0.2, clip_high=0.28)[2] == 0.0
+    value, clipped, grad = _token("gppo", 1.5, 1.0, clip_low=0.2, clip_high=0.28)
+    assert value == pytest.approx(-1.28) and clipped == 1.0 and grad == pytest.approx(-1.28)
+    # Â < 0, ρ = 0.5 < 0.8: value 0.8·|Â|, gradient −(0.8)·Â = 0.8·2
+    value, _, grad = _token("gppo", 0.5, -2.0, clip_low=0.2, clip_high=0.28)
+    assert value == pytest.approx(1.6) and grad == pytest.approx(1.6)
+    # inside the range it is PPO
+    assert _token("gppo", 1.1, 1.0, clip_low=0.2, clip_high=0.28) == pytest.approx(_token("ppo_clip", 1.1, 1.0, clip_low=0.2, clip_high=0.28))
+
+
+def test_dual_clip_caps_negative_advantage_loss():
+    # Â = −1, ρ = 5: PPO loss = 5, dual clip c = 3 caps it at 3 with no gradient
+    assert _token("ppo_clip", 5.0, -1.0, clip_low=0.2, clip_high=0.2)[0] == pytest.approx(5.0)
+    value, _, grad = _token("ppo_clip", 5.0, -1.0, clip_low=0.2, clip_high=0.2, clip_c=3.0)
+    assert value == pytest.approx(3.0) and grad == 0.0
+    assert _token("ppo_clip", 5.0, 1.0, clip_low=0.2, clip_high=0.2, clip_c=3.0)[0] == pytest.approx(-1.2)
+
+
+def test_cispo_detached_clipped_weight_times_logp():
+    # ρ = 1.5 clipped to 1.2; ℓ = −1.2·Â·log π, gradient −1.2·Â whatever the clipping
+    value, clipped, grad = _token("cispo", 1.5, 2.0, clip_low=10.0, clip_high=0.2)
+    assert value == pytest.approx(-1.2 * 2.0 * math.log(1.5)) and clipped == 1.0 and grad == pytest.approx(-2.4)
+    value, clipped, grad = _token("cispo", 0.9, -1.0, clip_low=10.0, clip_high=0.2)
+    assert clipped == 0.0 and grad == pytest.approx(0.9)
+
+
+def test_sapo_gate_hand_values():
+    # ρ = 1: ℓ = −(4/τ)·½·Â = −2Â/τ; gradient = −(4/τ)·σ'(0)·τ·ρ·Â = −Â
+    value, clipped, grad = _token("sapo", 1.0, 1.0, tau_pos=1.0, tau_neg=1.05)
+    assert value == pytest.approx(-2.0) and clipped == 0.0 and grad == pytest.approx(-1.0)
+    value, _, grad = _token("sapo", 1.0, -1.0, tau_pos=1.0, tau_neg=1.05)
+    assert value == pytest.approx(2.0 / 1.05) and grad == pytest.approx(1.0)
+    # far from 1 the gate closes: ρ = 3, τ = 1 → weight 4σ(2)(1 − σ(2)) ≈ 0.42
+    s = 1 / (1 + math.exp(-2.0))
+    assert _token("sapo", 3.0, 1.0, tau_pos=1.0, tau_neg=1.05)[2] == pytest.approx(-4 * s * (1 - s) * 3.0)
+
+
+def test_reinforce_is_importance_weighted_pg():
+    value, clipped, grad = _token("reinforce", 2.0, 0.5)
+    assert value == pytest.approx(-1.0) and clipped == 0.0 and grad == pytest.approx(-1.0)
+
+
+def test_sequence_ratio_is_the_geometric_mean_with_token_gradients():
+    from mmrl.algorithms.losses import sequence_ratio
+
+    logp = torch.tensor([[-1.0, -2.0, -3.0]], dtype=F64, requires_grad=True)
+    old = torch.tensor([[-1.5, -2.0, -3.0]], dtype=F64)
+    mask = torch.tensor([[1.0, 1.0, 0.0]], dtype=F64)
+    lr = sequence_ratio(logp, old, mask)
+    torch.testing.assert_close(lr.detach(), torch.full((1, 3), 0.25, dtype=F64))  # (0.5 + 0) / 2
+    lr.sum().backward()
+    torch.testing.assert_close(logp.grad, torch.ones(1, 3, dtype=F64))  # ∂/∂logp_t of (sg + logp − sg) = 1
+
+
+def test_new_aggregations_hand_values():
+    from mmrl.algorithms.losses import seq_mean_token_sum, seq_mean_token_sum_norm
+
+    loss = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], dtype=F64)
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=F64)
+    assert seq_mean_token_sum(loss, mask, global_tokens=5, global_seqs=2).item() == pytest.approx(18 / 2)
+    assert seq_mean_token_sum_norm(loss, mask, global_tokens=5, global_seqs=2, max_tokens=4).item() == pytest.approx(18 / 8)

@@ -1,0 +1,114 @@
+"""The RL update of one rollout batch: log-prob passes, mini-batches × epochs, micro-batch accumulation.
+
+Stages (each looked up by name in `mmrl.algorithms`, never by method): π_old and π_ref log-probs are computed
+once, before any weight changes, when the update needs them (several optimizer steps per batch, a KL term, the
+KL in the reward); each optimizer step then sums `objective` over micro-batches with the mini-batch's global
+normalisers, so the gradient does not depend on the micro-batch size. Shapes: N completions, C tokens.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from mmrl.algorithms import TokenTerms, objective
+from mmrl.perception.perturb import mask_patches
+from mmrl.rollout.types import Rollouts, row_seed
+
+
+def _chunks(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _inputs(policy, prompts, ro: Rollouts, rows: list[int]):
+    idx = torch.tensor(rows, dtype=torch.long)
+    mask = ro.completion_mask[idx]  # [n, C]
+    width = max(int(mask.sum(1).max()), 1)
+    batch = policy.collate([prompts[i] for i in ro.prompt_index[idx].tolist()])
+    return batch, ro.completion_ids[idx, :width], mask[:, :width], width
+
+
+@torch.no_grad()
+def logprob_pass(policy, prompts, ro: Rollouts, *, micro: int, temperature: float, model=None) -> torch.Tensor:
+    """Log-probs [N, C] of every completion under `model` (default: the policy as it is now), no gradient."""
+    out = torch.zeros(ro.completion_ids.shape, dtype=torch.float32)
+    for rows in _chunks(list(range(len(ro))), micro):
+        batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
+        logp, _ = policy.completion_logprobs(batch, ids, mask, temperature=temperature, model=model)
+        out[torch.tensor(rows), :width] = logp.float()
+    return out
+
+
+def needs_old_logp(algo) -> bool:
+    """π_old must be stored before updating when one batch feeds several optimizer steps or the KL is in the reward;
+    with a single step π_old = sg[π_θ] exactly (ratio 1) and no extra pass is needed."""
+    return algo.ppo_epochs * algo.mini_batches > 1 or (algo.kl_coef > 0 and algo.kl_placement == "reward")
+
+
+def masked_batch(policy, batch: dict[str, torch.Tensor], algo, seed: int) -> dict[str, torch.Tensor]:
+    """The same prompts with only the image pixels changed: a share `mask_ratio` of vision tokens masked."""
+    if "pixel_values" not in batch or "image_grid_thw" not in batch:
+        raise ValueError("algorithm.masked_kl_coef > 0 needs image prompts (pixel_values and image_grid_thw)")
+    merge = getattr(getattr(policy.processor, "image_processor", None), "merge_size", 2)
+    pixels = mask_patches(batch["pixel_values"], batch["image_grid_thw"], ratio=algo.mask_ratio,
+                          merge_size=merge, seed=seed)
+    return dict(batch, pixel_values=pixels)
+
+
+def rl_update(
+    policy, prompts, ro: Rollouts, algo, *, micro: int, temperature: float, max_tokens: int, seed: int, step: int,
+    optimizer_step: Callable[[bool], float], old_logp: torch.Tensor | None = None,
+) -> dict[str, float]:
+    """Run `ppo_epochs` × `mini_batches` optimizer steps on one rollout batch; returns `actor/*` metrics.
+
+    `optimizer_step(last)` clips, steps and zeroes the gradients (advancing the LR schedule when `last`).
+    """
+    use_ref = algo.kl_coef > 0 and algo.kl_placement == "loss"
+    ref_logp = None
+    if use_ref:
+        with policy.as_reference() as ref:
+            ref_logp = logprob_pass(policy, prompts, ro, micro=micro, temperature=temperature, model=ref)
+    if old_logp is None and needs_old_logp(algo):
+        old_logp = logprob_pass(policy, prompts, ro, micro=micro, temperature=temperature)
+    sums = {"loss": 0.0, "clip": 0.0, "entropy": 0.0, "kl": 0.0, "masked_kl": 0.0}
+    grad_norms: list[float] = []
+    total_steps = algo.ppo_epochs * algo.mini_batches
+    policy.train()
+    for epoch in range(algo.ppo_epochs):
+        order = list(range(len(ro)))
+        if algo.mini_batches > 1:  # a fresh, seeded split per epoch
+            gen = torch.Generator().manual_seed(row_seed(seed, "minibatch", step, epoch))
+            order = torch.randperm(len(ro), generator=gen).tolist()
+        size = -(-len(ro) // algo.mini_batches)
+        for k, mini in enumerate(_chunks(order, size)):
+            idx = torch.tensor(mini)
+            norms = dict(global_tokens=int(ro.completion_mask[idx].sum()), global_seqs=len(mini), max_tokens=max_tokens)
+            for rows in _chunks(mini, micro):
+                batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
+                r = torch.tensor(rows)
+                logp, ent = policy.completion_logprobs(batch, ids, mask, temperature=temperature, with_entropy=True)
+                terms = TokenTerms(
+                    logp=logp, old_logp=old_logp[r, :width] if old_logp is not None else logp.detach(), mask=mask,
+                    advantages=ro.advantages[r], entropy=ent,
+                    ref_logp=ref_logp[r, :width] if ref_logp is not None else None,
+                )
+                if algo.masked_kl_coef > 0:
+                    masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *rows[:1]))
+                    terms.masked_logp, terms.masked_entropy = policy.completion_logprobs(
+                        masked, ids, mask, temperature=temperature, with_entropy=True)
+                loss, stats = objective(terms, algo, norms)
+                loss.backward()
+                sums["loss"] += float(loss.detach()) / total_steps  # the mean optimizer step's loss
+                sums["entropy"] += float((ent.detach() * mask).sum()) / algo.ppo_epochs  # token sums per pass
+                for key, v in stats.items():
+                    sums[key] += v / algo.ppo_epochs
+            grad_norms.append(optimizer_step(epoch == algo.ppo_epochs - 1 and k == algo.mini_batches - 1))
+    tokens = max(ro.num_tokens, 1)
+    out = {"actor/loss": sums["loss"], "actor/clip_frac": sums["clip"] / tokens,
+           "actor/entropy": sums["entropy"] / tokens, "actor/grad_norm": sum(grad_norms) / len(grad_norms)}
+    if use_ref:
+        out["actor/kl"] = sums["kl"] / tokens
+    if algo.masked_kl_coef > 0:
+        out["actor/masked_kl"] = sums["masked_kl"] / tokens
+    return out

@@ -1,0 +1,150 @@
+"""The RL update on the tiny offline VLM: every preset trains, PAPO's masked pass, dynamic sampling with refills,
+several optimizer steps per batch, the KL in the reward, reference resets. One shared model (in-process)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from mmrl.algorithms import PRESETS
+from mmrl.config import AlgorithmConfig
+from mmrl.update import masked_batch
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("plugins") / "rewards.py"
+    path.write_text(
+        "def spread(completions, **columns):\n"
+        "    return [float(sum(map(ord, c)) % 97) / 97 for c in completions]\n\n"
+        "def odd_only(completions, prompt_index, **columns):\n"
+        "    return [float(sum(map(ord, c)) % 97) / 97 if p % 2 else 0.0 for c, p in zip(completions, prompt_index)]\n"
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def trainer(tmp_path_factory, tiny, plugin):
+    """One trainer on the tiny model, in the RL stage, with a frozen reference (so KL presets can run)."""
+    from mmrl.trainer import Trainer
+
+    run = tmp_path_factory.mktemp("update") / "run"
+    cfg = tiny(run, f"rewards=[{{fn: '{plugin}:spread', name: spread, isolate: never}}]", "algorithm.kl_coef=0.01",
+               "stages=[{name: rl, kind: rl, steps: 100}]", "trainer.threads=2", "trainer.log_rollouts_every=0")
+    t = Trainer(cfg, log=lambda *a: None)
+    t.policy.begin_rl(needs_reference=True, adapter_trained=False)
+    t._new_optimizer(cfg.stages[0])
+    yield t
+    for term in t.terms:
+        getattr(term.fn, "close", lambda: None)()
+
+
+def _with(trainer, **knobs):
+    trainer.cfg.algorithm = dataclasses.replace(AlgorithmConfig(), **knobs)
+
+
+def _weights(trainer) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in trainer.policy.parameters()]).clone()
+
+
+@pytest.mark.parametrize("preset", PRESETS.names())
+def test_every_preset_trains_two_steps(trainer, preset):
+    _with(trainer, **PRESETS.get(preset))
+    before = _weights(trainer)
+    for _ in range(2):
+        metrics = trainer.rl_step()
+        trainer.progress.step += 1
+        finite = {k: v for k, v in metrics.items() if isinstance(v, float)}
+        assert all(math.isfinite(v) for v in finite.values()), metrics
+    assert not torch.equal(before, _weights(trainer)), f"{preset} did not change the weights"
+    if PRESETS.get(preset).get("masked_kl_coef", 0) > 0:
+        assert metrics["actor/masked_kl"] >= 0.0
+
+
+def test_masked_pass_changes_only_pixels(trainer):
+    prompts = trainer.encode(trainer._batch(2))
+    batch = trainer.policy.collate(prompts, repeats=2)
+    algo = dataclasses.replace(AlgorithmConfig(), mask_ratio=0.5)
+    masked = masked_batch(trainer.policy, batch, algo, seed=3)
+    assert masked.keys() == batch.keys()
+    for k in batch:
+        if k != "pixel_values":
+            assert torch.equal(masked[k], batch[k]), k
+    changed = (masked["pixel_values"] != batch["pixel_values"]).any(dim=1)  # [P] rows
+    per_image = [int(t * h * w) for t, h, w in batch["image_grid_thw"].tolist()]
+    for rows in torch.split(changed, per_image):
+        groups = rows.numel() // 4
+        assert int(rows.sum()) == round(0.5 * groups) * 4  # whole merge groups (2×2 patches)
+    assert torch.equal(masked_batch(trainer.policy, batch, algo, seed=3)["pixel_values"], masked["pixel_values"])
+
+
+def test_dynamic_sampling_refills_filtered_groups(trainer, plugin):
+    from mmrl.rewards.isolation import make_term
+
+    terms = trainer.terms
+    trainer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
+    try:
+        _with(trainer, group_filter="nonzero_std", max_gen_batches=3)
+        prompts, kept, seen = trainer.generate()
+        metrics = trainer.rl_step()
+    finally:
+        trainer.terms = terms
+    assert len(seen) == 2 * 4 * 4 and len(kept) == 4 * 4  # even-indexed groups tie (all 0): two batches fill 4
+    assert metrics["rollout/kept_groups"] == 4 and metrics["rollout/generated_groups"] == 8
+    assert len(prompts) == 8 and all(seen.total[i] == 0 for i in range(4))  # group 0 of batch 1 is tied
+    kept_prompts = {int(i) for i in kept.prompt_index}
+    assert all(i % 2 == 1 for i in kept_prompts) and kept_prompts <= set(range(8))
+
+
+def test_all_groups_filtered_skips_the_update(trainer, plugin):
+    from mmrl.rewards.isolation import make_term
+
+    terms = trainer.terms
+    trainer.terms = [make_term("format", name="fmt")]  # an untrained policy never answers in format: all 0
+    try:
+        _with(trainer, group_filter="nonzero_std", max_gen_batches=2)
+        before = _weights(trainer)
+        metrics = trainer.rl_step()
+    finally:
+        trainer.terms = terms
+    assert metrics["actor/skipped"] == 1.0 and metrics["rollout/kept_groups"] == 0
+    assert metrics["rollout/generated_groups"] == 8 and torch.equal(before, _weights(trainer))
+
+
+def test_epochs_and_mini_batches_anchor_the_ratio_to_the_rollout_policy(trainer):
+    _with(trainer, ppo_epochs=2, mini_batches=2, clip_low=1e-4, clip_high=1e-4)
+    steps = []
+    trainer.optimizer.step = (lambda orig: (lambda *a, **k: (steps.append(1), orig(*a, **k))[1]))(trainer.optimizer.step)
+    lr_before = trainer.scheduler.last_epoch
+    try:
+        metrics = trainer.rl_step()
+    finally:
+        del trainer.optimizer.step  # back to the class method
+    assert len(steps) == 4 and trainer.scheduler.last_epoch == lr_before + 1  # one schedule step per RL step
+    assert metrics["actor/clip_frac"] > 0  # after the first step π_θ ≠ π_old: the tight clip engages
+
+
+def test_kl_in_the_reward_is_zero_against_an_identical_reference(trainer):
+    trainer.reset_reference(trainer.cfg.stages[0])
+    _with(trainer, kl_coef=0.5, kl_placement="reward", kl_estimator="k1")
+    metrics = trainer.rl_step()
+    assert metrics["actor/kl_in_reward"] == 0.0 and "actor/kl" not in metrics
+    metrics = trainer.rl_step()  # the policy moved: a non-zero penalty
+    assert metrics["actor/kl_in_reward"] != 0.0
+
+
+def test_reference_reset_copies_the_policy_and_clears_adam(trainer):
+    _with(trainer, kl_coef=0.01)
+    trainer.rl_step()
+    assert trainer.optimizer.state
+    ref = trainer.policy.reference.state_dict()
+    cur = trainer.policy.hf.state_dict()
+    assert any(not torch.equal(ref[k], cur[k]) for k in cur)
+    trainer.reset_reference(trainer.cfg.stages[0])
+    ref = trainer.policy.reference.state_dict()
+    assert all(torch.equal(ref[k], cur[k]) for k in cur) and not trainer.optimizer.state
