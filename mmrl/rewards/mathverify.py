@@ -6,7 +6,8 @@ which only works on a process's main thread — not inside a trainer's threads. 
 main thread of one persistent worker process (`IsolatedReward`), one completion per call: a comparison that
 outlives `timeout_s` gets the worker killed, scores 0.0, is counted (`reward/math/timed_out`), and the next
 comparison starts a fresh worker. Nothing here calls `eval`, `exec` or `sympify` on model text: parsing is
-math-verify's LaTeX / expression grammar.
+math-verify's LaTeX grammar only (its plain-expression mode, which uses SymPy's eval-based `parse_expr`, is
+not enabled; plain answers are parsed as `$…$`-wrapped LaTeX).
 """
 
 from __future__ import annotations
@@ -44,9 +45,12 @@ def _candidates(text: str, latex_first: bool) -> list[str]:
 
 
 def _parse(text: str, latex_first: bool = False) -> list:
+    """LaTeX extraction only: math-verify's plain-expression mode runs SymPy's `parse_expr`, which evaluates
+    Python; plain answers ("0.5", "1/2") are parsed through their `$…$`-wrapped LaTeX form instead."""
     mv = _require_math_verify()
+    latex_only = [mv.LatexExtractionConfig()]
     for candidate in _candidates(text, latex_first):
-        parsed = mv.parse(candidate, parsing_timeout=_INNER_TIMEOUT_S)
+        parsed = mv.parse(candidate, extraction_config=latex_only, parsing_timeout=_INNER_TIMEOUT_S)
         if parsed:
             return parsed
     return []

@@ -74,3 +74,10 @@ def test_works_off_the_main_thread():
 
 def test_registered():
     assert get("math") is math_reward
+
+
+def test_model_text_is_never_evaluated_as_python(tmp_path):
+    marker = tmp_path / "pwned"
+    payload = f"__import__('pathlib').Path({str(marker)!r}).touch()"
+    out = math_reward([f"<answer>{payload}</answer>", payload, f"\\boxed{{{payload}}}"], answer=["1"] * 3)
+    assert out == [0.0, 0.0, 0.0] and not marker.exists()
