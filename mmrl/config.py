@@ -139,6 +139,7 @@ class AlgorithmConfig:
     virtual_reward: float = 1.0  # virtual_max: the virtual samples' reward …
     virtual_count: int = 1  # … and how many
     sign_threshold: float = 0.5  # sign: r above it counts as correct
+    neg_length_rate: float = 0.0  # > 0: wrong answers longer than the group's correct ones get Â·(1 + 1 − e^{−rate·Δ})
     # ratio and surrogate
     ratio_level: str = "token"  # token | sequence (GSPO)
     policy_loss: str = "ppo_clip"  # ppo_clip | gppo | cispo | sapo | reinforce
@@ -152,15 +153,21 @@ class AlgorithmConfig:
     kl_coef: float = 0.0  # reference KL (0 disables the reference policy entirely)
     kl_estimator: str = "k3"
     kl_placement: Literal["loss", "reward"] = "loss"  # reward: r_i −= kl_coef · Σ_t k(π_old, π_ref)
+    kl_weighting: Literal["none", "difficulty"] = "none"  # difficulty: positives of hard prompts get a weaker KL
     entropy_coef: float = 0.0  # entropy bonus (negative: entropy minimisation)
     ref_reset_every: int = 0  # every N RL steps: π_ref ← π_θ and the optimizer state is reset (0 = never)
     masked_kl_coef: float = 0.0  # > 0: one extra forward on the patch-masked image; KL to it is maximised
     masked_kl_estimator: str = "k3"
     mask_ratio: float = 0.6  # share of vision patches masked in that pass
     masked_entropy_coef: float = 0.0  # entropy penalty on both the real and the masked pass
+    cov_mode: str = "none"  # none | clip_cov | kl_cov: act on the tokens whose log-prob/advantage covariance is high
+    cov_ratio: float = 2e-4  # share of valid tokens selected
+    cov_low: float = 1.0  # clip_cov: the covariance window (cov_low, cov_high)
+    cov_high: float = 5.0
+    cov_kl_coef: float = 1.0  # kl_cov: β on |log ρ|
     # sampling and updates
     group_filter: str = "none"  # none | nonzero_std | drop_all_correct
-    correct_threshold: float = 1.0  # drop_all_correct: a reward at or above it is correct
+    correct_threshold: float = 1.0  # a total reward at or above it counts as correct (filters, difficulty)
     max_gen_batches: int = 1  # rollout batches per step to refill filtered groups (then train on what is kept)
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass (the rollout batch is split into this many)
@@ -402,7 +409,7 @@ def _apply_preset(data: dict) -> dict:
 def validate(cfg: Config) -> None:
     """Cross-field checks and registry names (before any model loads)."""
     from mmrl.algorithms import (
-        AGGREGATIONS, BASELINES, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, RATIO_LEVELS, SCALES,
+        AGGREGATIONS, BASELINES, COV_MODES, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, RATIO_LEVELS, SCALES,
     )
     from mmrl.registry import UnknownNameError
 
@@ -416,6 +423,7 @@ def validate(cfg: Config) -> None:
         ("algorithm.kl_estimator", KL_ESTIMATORS, a.kl_estimator),
         ("algorithm.masked_kl_estimator", KL_ESTIMATORS, a.masked_kl_estimator),
         ("algorithm.group_filter", GROUP_FILTERS, a.group_filter),
+        ("algorithm.cov_mode", COV_MODES, a.cov_mode),
     ]
     for key, registry, name in checks:
         try:

@@ -23,7 +23,8 @@ import torch
 
 from mmrl import checkpoint
 from mmrl import config as config_mod
-from mmrl.algorithms import advantages, keep_groups, kl_penalty_per_sequence
+from mmrl.algorithms import keep_groups, kl_penalty_per_sequence
+from mmrl.algorithms.advantages import compute as compute_advantages
 from mmrl.config import Config, ConfigError, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
@@ -288,11 +289,10 @@ class Trainer:
             kl = kl_penalty_per_sequence(old, ref_logp, rollouts.completion_mask.float(), a.kl_estimator)  # [N]
             rewards = rewards - a.kl_coef * kl
             rollouts.kl_penalty = kl
-        rollouts.advantages = advantages(
-            rewards, group_size=rollouts.group_size, baseline=a.baseline, scale=a.scale, eps=a.adv_eps,
-            pos_weight=a.pos_weight, neg_weight=a.neg_weight, virtual_reward=a.virtual_reward,
-            virtual_count=a.virtual_count, sign_threshold=a.sign_threshold,
-        )  # [N]
+        lengths = rollouts.completion_mask.sum(dim=1)  # [N]
+        adv, rollouts.kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
+                                                     correctness=rollouts.total)
+        rollouts.advantages = adv
         return old
 
     def update_rl(self, prompts: list[PromptInputs], rollouts: Rollouts, old_logp=None) -> dict[str, float]:

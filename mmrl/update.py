@@ -8,6 +8,7 @@ normalisers, so the gradient does not depend on the micro-batch size. Shapes: N 
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Callable
 
 import torch
@@ -71,7 +72,7 @@ def rl_update(
             ref_logp = logprob_pass(policy, prompts, ro, micro=micro, temperature=temperature, model=ref)
     if old_logp is None and needs_old_logp(algo):
         old_logp = logprob_pass(policy, prompts, ro, micro=micro, temperature=temperature)
-    sums = {"loss": 0.0, "clip": 0.0, "entropy": 0.0, "kl": 0.0, "masked_kl": 0.0}
+    sums: dict[str, float] = defaultdict(float)
     grad_norms: list[float] = []
     total_steps = algo.ppo_epochs * algo.mini_batches
     policy.train()
@@ -92,6 +93,8 @@ def rl_update(
                     logp=logp, old_logp=old_logp[r, :width] if old_logp is not None else logp.detach(), mask=mask,
                     advantages=ro.advantages[r], entropy=ent,
                     ref_logp=ref_logp[r, :width] if ref_logp is not None else None,
+                    generator=torch.Generator().manual_seed(row_seed(seed, "cov", step, epoch, *rows[:1])),
+                    kl_weight=ro.kl_weight[r] if ro.kl_weight is not None else None,
                 )
                 if algo.masked_kl_coef > 0:
                     masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *rows[:1]))
@@ -111,4 +114,6 @@ def rl_update(
         out["actor/kl"] = sums["kl"] / tokens
     if algo.masked_kl_coef > 0:
         out["actor/masked_kl"] = sums["masked_kl"] / tokens
+    if algo.cov_mode != "none":
+        out["actor/cov_selected_frac"] = sums["cov_selected"] / tokens
     return out

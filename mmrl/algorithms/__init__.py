@@ -8,11 +8,11 @@ of those knobs. Dimension letters: B prompts, G group size, N = B·G completions
 from mmrl.algorithms.advantages import BASELINES, SCALES, advantages
 from mmrl.algorithms.divergences import KL_ESTIMATORS
 from mmrl.algorithms.losses import AGGREGATIONS, POLICY_LOSSES, RATIO_LEVELS
-from mmrl.algorithms.objective import TokenTerms, kl_penalty_per_sequence, objective
+from mmrl.algorithms.objective import COV_MODES, TokenTerms, kl_penalty_per_sequence, objective
 from mmrl.algorithms.presets import PRESETS
 from mmrl.algorithms.sampling import GROUP_FILTERS, keep_groups
 
 __all__ = [
-    "AGGREGATIONS", "BASELINES", "GROUP_FILTERS", "KL_ESTIMATORS", "POLICY_LOSSES", "PRESETS", "RATIO_LEVELS",
+    "AGGREGATIONS", "BASELINES", "COV_MODES", "GROUP_FILTERS", "KL_ESTIMATORS", "POLICY_LOSSES", "PRESETS", "RATIO_LEVELS",
     "SCALES", "TokenTerms", "advantages", "keep_groups", "kl_penalty_per_sequence", "objective",
 ]

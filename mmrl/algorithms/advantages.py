@@ -11,6 +11,8 @@ leave_one_out + none; NGRPO = virtual_max + group_std; W-REINFORCE / PSR / NSR =
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mmrl.registry import Registry
@@ -116,3 +118,56 @@ def advantages(
     if pos_weight != 1.0 or neg_weight != 1.0:
         adv = torch.where(adv > 0, adv * pos_weight, adv * neg_weight)
     return adv.reshape(-1)  # [N]
+
+
+def group_difficulty(rewards: torch.Tensor, group_size: int, correct_threshold: float) -> torch.Tensor:
+    """d = 1 − (#correct in the group) / G per completion [N] (correct: r ≥ threshold)."""
+    r = rewards.view(-1, group_size)  # [B, G]
+    d = 1.0 - (r >= correct_threshold).float().mean(dim=1, keepdim=True)  # [B, 1]
+    return d.expand_as(r).reshape(-1)
+
+
+def scale_long_negatives(
+    adv: torch.Tensor, rewards: torch.Tensor, lengths: torch.Tensor, *, group_size: int, correct_threshold: float,
+    rate: float,
+) -> torch.Tensor:
+    """APO's STCR ("Asymmetric Policy Optimization", View-R1; arXiv id not recorded in the reference): a wrong
+    completion longer than its group's mean correct length L̄⁺ by Δ > 0 gets Â ← Â·(1 + (1 − e^{−rate·Δ}))
+    (at most 2×; View-R1 uses base 1.00001, i.e. rate = ln 1.00001); no change in groups without a correct one."""
+    if rate <= 0:
+        return adv
+    r, a, lens = rewards.view(-1, group_size), adv.view(-1, group_size), lengths.view(-1, group_size).to(adv.dtype)
+    correct = r >= correct_threshold  # [B, G]
+    n_correct = correct.sum(dim=1, keepdim=True)  # [B, 1]
+    mean_correct = (lens * correct).sum(dim=1, keepdim=True) / n_correct.clamp(min=1)  # [B, 1]
+    delta = lens - mean_correct  # [B, G]
+    scale = 1.0 + (1.0 - torch.exp(-rate * delta.clamp(min=0)))
+    apply = (~correct) & (n_correct > 0) & (delta > 0)
+    return torch.where(apply, a * scale, a).reshape(-1)
+
+
+def difficulty_kl_weights(adv: torch.Tensor, difficulty: torch.Tensor) -> torch.Tensor:
+    """APO's DADS: per-completion KL weight w = 1 − exp(−e·(1 − d)) for Â > 0 with d ∈ (0, 1), else 1 — easy
+    prompts' positive samples keep a strong pull to the reference, hard ones are freed to explore."""
+    w = 1.0 - torch.exp(-math.e * (1.0 - difficulty))
+    inside = (difficulty > 0) & (difficulty < 1) & (adv > 0)
+    return torch.where(inside, w, torch.ones_like(w))
+
+
+def compute(rewards: torch.Tensor, lengths: torch.Tensor, algo, *, group_size: int,
+            correctness: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(Â [N], per-completion KL weight [N] or None) from an `AlgorithmConfig`: baseline, scale, sign weights,
+    then the length scaling of long wrong answers and the difficulty KL weights when enabled. `correctness` (the
+    rewards that decide right and wrong; default `rewards`) is compared with `algo.correct_threshold`."""
+    correctness = rewards if correctness is None else correctness
+    adv = advantages(
+        rewards, group_size=group_size, baseline=algo.baseline, scale=algo.scale, eps=algo.adv_eps,
+        pos_weight=algo.pos_weight, neg_weight=algo.neg_weight, virtual_reward=algo.virtual_reward,
+        virtual_count=algo.virtual_count, sign_threshold=algo.sign_threshold,
+    )
+    adv = scale_long_negatives(adv, correctness, lengths, group_size=group_size,
+                               correct_threshold=algo.correct_threshold, rate=algo.neg_length_rate)
+    weight = None
+    if algo.kl_weighting == "difficulty":
+        weight = difficulty_kl_weights(adv, group_difficulty(correctness, group_size, algo.correct_threshold))
+    return adv, weight

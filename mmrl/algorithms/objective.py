@@ -17,6 +17,9 @@ import torch
 
 from mmrl.algorithms.divergences import KL_ESTIMATORS
 from mmrl.algorithms.losses import AGGREGATIONS, POLICY_LOSSES, RATIO_LEVELS
+from mmrl.registry import Registry
+
+COV_MODES: Registry = Registry("covariance mode")
 
 
 @dataclass
@@ -31,6 +34,8 @@ class TokenTerms:
     ref_logp: torch.Tensor | None = None  # π_ref, no gradient
     masked_logp: torch.Tensor | None = None  # π_θ on the masked image, with gradient
     masked_entropy: torch.Tensor | None = None
+    generator: torch.Generator | None = None  # for random token selection (cov_mode: clip_cov)
+    kl_weight: torch.Tensor | None = None  # [N] per-completion weight of the KL term (kl_weighting)
 
 
 def objective(t: TokenTerms, algo, norms: dict[str, int]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -46,8 +51,11 @@ def objective(t: TokenTerms, algo, norms: dict[str, int]) -> tuple[torch.Tensor,
         tau_pos=algo.tau_pos, tau_neg=algo.tau_neg,
     )
     stats = {"clip": float((clipped.detach() * t.mask).sum())}
+    tok_loss, stats["cov_selected"] = COV_MODES.get(algo.cov_mode)(tok_loss, log_ratio, clipped, t, algo)
     if t.ref_logp is not None and algo.kl_coef > 0 and algo.kl_placement == "loss":
         kl = KL_ESTIMATORS.get(algo.kl_estimator)(t.logp, t.ref_logp)  # [N, T]
+        if t.kl_weight is not None:
+            kl = kl * t.kl_weight.unsqueeze(1)
         tok_loss = tok_loss + algo.kl_coef * kl
         stats["kl"] = float((kl.detach() * t.mask).sum())
     if t.entropy is not None and algo.entropy_coef:
@@ -66,3 +74,50 @@ def kl_penalty_per_sequence(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask
     """Σ_t k(π_old, π_ref) per completion [N], for the KL placed in the reward: r_i ← r_i − β·Σ_t k1 (the
     PPO / InstructGPT form, whose return carries the sequence-level reverse-KL gradient)."""
     return (KL_ESTIMATORS.get(estimator)(old_logp, ref_logp) * mask).sum(dim=1)
+
+
+def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """C_t = (log π_t − mean log π)(Â_t − mean Â) per token [N, T], means over the valid tokens (0 elsewhere)."""
+    valid = mask.bool()
+    adv = advantages.unsqueeze(1).expand_as(logp)
+    n = valid.sum().clamp(min=1)
+    lp_mean = (logp.detach() * mask).sum() / n
+    adv_mean = (adv * mask).sum() / n
+    return ((logp.detach() - lp_mean) * (adv - adv_mean)).masked_fill(~valid, 0.0)
+
+
+@COV_MODES.register("none")
+def no_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Tensor, float]:
+    """No covariance-based selection."""
+    return tok_loss, 0.0
+
+
+@COV_MODES.register("clip_cov")
+def clip_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Tensor, float]:
+    """Clip-Cov ("The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", Cui et al.,
+    arXiv:2505.22617 ≈ verify): among valid, not already clipped tokens with covariance in (ω_lo, ω_hi), a random
+    ⌊r·n⌋ (n = valid tokens) lose their gradient — the updates that collapse entropy fastest."""
+    cov = token_covariance(t.logp, t.advantages, t.mask)
+    lo, hi = algo.cov_low, algo.cov_high
+    candidates = (t.mask.bool() & (clipped == 0) & (cov > lo) & (cov < hi)).reshape(-1).nonzero().squeeze(1)
+    k = int(algo.cov_ratio * int(t.mask.sum()))
+    if k == 0 or candidates.numel() == 0:
+        return tok_loss, 0.0
+    pick = candidates[torch.randperm(candidates.numel(), generator=t.generator)[:k]]
+    keep = torch.ones(tok_loss.numel(), dtype=torch.bool)
+    keep[pick] = False
+    keep = keep.view_as(tok_loss)
+    return torch.where(keep, tok_loss, tok_loss.detach()), float(pick.numel())
+
+
+@COV_MODES.register("kl_cov")
+def kl_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Tensor, float]:
+    """KL-Cov (same paper): the top ⌊k·n⌋ valid tokens by covariance get + β·|log ρ_t| (a KL-like pull to π_old)."""
+    cov = token_covariance(t.logp, t.advantages, t.mask).masked_fill(~t.mask.bool(), float("-inf"))
+    k = int(algo.cov_ratio * int(t.mask.sum()))
+    if k == 0:
+        return tok_loss, 0.0
+    top = torch.topk(cov.reshape(-1), k).indices
+    chosen = torch.zeros(tok_loss.numel(), dtype=tok_loss.dtype)
+    chosen[top] = 1.0
+    return tok_loss + algo.cov_kl_coef * chosen.view_as(tok_loss) * log_ratio.abs(), float(k)

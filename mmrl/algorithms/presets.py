@@ -7,6 +7,8 @@ the same registered pieces.
 
 from __future__ import annotations
 
+import math
+
 from mmrl.registry import Registry
 
 PRESETS: Registry = Registry("algorithm preset")
@@ -64,3 +66,8 @@ _preset("prorl", **dict(_GRPO, clip_high=0.4), aggregation="token_mean", kl_coef
 # the real and on the patch-masked image (γ ≈ 0.01, mask ratio ≈ 0.6) + double entropy penalty (≈ values).
 _preset("papo", **_GRPO, aggregation="token_mean", kl_coef=0.0, masked_kl_coef=0.01, mask_ratio=0.6,
         masked_entropy_coef=0.03)
+# APO — Asymmetric Policy Optimization, View-R1 (arXiv id not recorded): GRPO with k3 KL β = 1e-3 whose weight on
+# positive samples shrinks with prompt difficulty (DADS), and longer-than-correct wrong answers penalised more
+# (STCR, base 1.00001 → rate ln 1.00001).
+_preset("apo", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=1e-3, kl_estimator="k3",
+        kl_weighting="difficulty", neg_length_rate=math.log(1.00001), correct_threshold=1.0)

@@ -44,6 +44,7 @@ class Rollouts:
     total: torch.Tensor | None = None  # [N]
     advantages: torch.Tensor | None = None  # [N]
     kl_penalty: torch.Tensor | None = None  # [N] Σ_t k(π_old, π_ref) when the KL is placed in the reward
+    kl_weight: torch.Tensor | None = None  # [N] per-completion KL weight (algorithm.kl_weighting)
 
     def __len__(self) -> int:
         return len(self.texts)

@@ -119,3 +119,29 @@ def test_batch_std_uses_every_reward():
 def test_no_baseline_is_the_reward():
     r = torch.tensor([0.3, 0.7])
     assert torch.equal(advantages(r, group_size=2, baseline="none", scale="none"), r)
+
+
+def test_long_wrong_answers_scaled_by_hand():
+    from mmrl.algorithms.advantages import scale_long_negatives
+
+    adv = torch.tensor([1.0, -1.0, -1.0, -1.0, -1.0, -1.0], dtype=torch.float64)
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=torch.float64)  # group 2 has no correct answer
+    lengths = torch.tensor([10, 30, 5, 40, 40, 40])
+    out = scale_long_negatives(adv, r, lengths, group_size=3, correct_threshold=1.0, rate=0.1)
+    # group 1: L̄⁺ = 10; completion 1 is 20 longer → −(1 + 1 − e^{−2}); completion 2 is shorter → unchanged
+    expected = [1.0, -(2 - math.exp(-2.0)), -1.0, -1.0, -1.0, -1.0]
+    torch.testing.assert_close(out, torch.tensor(expected, dtype=torch.float64))
+    assert torch.equal(scale_long_negatives(adv, r, lengths, group_size=3, correct_threshold=1.0, rate=0.0), adv)
+
+
+def test_difficulty_kl_weights_by_hand():
+    from mmrl.algorithms.advantages import difficulty_kl_weights, group_difficulty
+
+    r = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 0.0])  # G = 4: d = 0.75 and d = 0.25
+    d = group_difficulty(r, 4, 1.0)
+    assert d.tolist() == [0.75] * 4 + [0.25] * 4
+    adv = torch.tensor([1.0, -1.0, -1.0, -1.0, 1.0, 1.0, 1.0, -1.0])
+    w = difficulty_kl_weights(adv, d)
+    hard, easy = 1 - math.exp(-math.e * 0.25), 1 - math.exp(-math.e * 0.75)
+    torch.testing.assert_close(w, torch.tensor([hard, 1, 1, 1, easy, easy, easy, 1], dtype=torch.float32))
+    assert difficulty_kl_weights(torch.ones(4), torch.zeros(4)).tolist() == [1.0] * 4  # all correct: d = 0

@@ -229,3 +229,51 @@ def test_new_aggregations_hand_values():
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]], dtype=F64)
     assert seq_mean_token_sum(loss, mask, global_tokens=5, global_seqs=2).item() == pytest.approx(18 / 2)
     assert seq_mean_token_sum_norm(loss, mask, global_tokens=5, global_seqs=2, max_tokens=4).item() == pytest.approx(18 / 8)
+
+
+# ---- covariance-based token selection (Clip-Cov / KL-Cov) ---------------------------------------------------------
+def _cov_batch():
+    from mmrl.algorithms import TokenTerms
+
+    logp = torch.tensor([[-0.1, -3.0, -0.2], [-2.5, -0.3, -4.0]], dtype=F64, requires_grad=True)
+    old = logp.detach() - torch.tensor([[0.05, -0.02, 0.0], [0.01, 0.0, 0.03]], dtype=F64)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=F64)
+    adv = torch.tensor([2.0, -2.0], dtype=F64)
+    return TokenTerms(logp=logp, old_logp=old, mask=mask, advantages=adv, generator=torch.Generator().manual_seed(0))
+
+
+def test_token_covariance_by_hand():
+    from mmrl.algorithms.objective import token_covariance
+
+    t = _cov_batch()
+    cov = token_covariance(t.logp, t.advantages, t.mask)
+    lp = [-0.1, -3.0, -0.2, -2.5, -0.3]
+    a = [2.0, 2.0, 2.0, -2.0, -2.0]
+    mlp, ma = sum(lp) / 5, sum(a) / 5
+    expected = [(x - mlp) * (y - ma) for x, y in zip(lp, a)]
+    torch.testing.assert_close(cov[t.mask.bool()], torch.tensor(expected, dtype=F64))
+    assert cov[1, 2] == 0.0
+
+
+def test_kl_cov_adds_abs_log_ratio_on_top_tokens_and_clip_cov_detaches():
+    import dataclasses
+
+    from mmrl.algorithms import objective
+    from mmrl.config import AlgorithmConfig
+
+    base = dataclasses.replace(AlgorithmConfig(), clip_low=0.2, clip_high=0.2)
+    norms = dict(global_tokens=5, global_seqs=2, max_tokens=3)
+    plain, _ = objective(_cov_batch(), base, norms)
+    # k·n = 0.4·5 = 2 tokens. Covariances (see test_token_covariance_by_hand): (1,0) 3.072 (a low log-prob with a
+    # negative advantage) and (0,0) 1.792 are the top two; their |log ρ| are 0.01 and 0.05
+    kl = dataclasses.replace(base, cov_mode="kl_cov", cov_ratio=0.4, cov_kl_coef=1.0)
+    t = _cov_batch()
+    loss, stats = objective(t, kl, norms)
+    assert stats["cov_selected"] == 2.0
+    assert loss.item() == pytest.approx(plain.item() + (0.01 + 0.05) / 5)
+    clip = dataclasses.replace(base, cov_mode="clip_cov", cov_ratio=1.0, cov_low=-100.0, cov_high=100.0)
+    t = _cov_batch()
+    loss, stats = objective(t, clip, norms)
+    loss.backward()
+    assert stats["cov_selected"] == 5.0 and loss.item() == pytest.approx(plain.item())
+    assert torch.equal(t.logp.grad, torch.zeros_like(t.logp))  # every token selected: no gradient at all

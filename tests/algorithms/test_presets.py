@@ -23,6 +23,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mmrl.algorithms.advantages import compute as compute_advantages
 from mmrl.algorithms import (
     AGGREGATIONS,
     BASELINES,
@@ -104,11 +105,12 @@ def preset(name: str, **overrides) -> AlgorithmConfig:
 
 
 def mmrl_advantages(b: Batch, algo: AlgorithmConfig) -> torch.Tensor:
-    return advantages(
-        torch.tensor(b.rewards, dtype=F64), group_size=b.group, baseline=algo.baseline, scale=algo.scale,
-        eps=algo.adv_eps, pos_weight=algo.pos_weight, neg_weight=algo.neg_weight,
-        virtual_reward=algo.virtual_reward, virtual_count=algo.virtual_count, sign_threshold=algo.sign_threshold,
-    )
+    return mmrl_advantages_and_kl_weight(b, algo)[0]
+
+
+def mmrl_advantages_and_kl_weight(b: Batch, algo: AlgorithmConfig):
+    """As the trainer: baseline, scale, sign weights, long-negative scaling, difficulty KL weights."""
+    return compute_advantages(torch.tensor(b.rewards, dtype=F64), torch.tensor(b.lengths), algo, group_size=b.group)
 
 
 def global_norms(b: Batch) -> dict[str, int]:
@@ -117,13 +119,15 @@ def global_norms(b: Batch) -> dict[str, int]:
 
 def mmrl_loss(b: Batch, algo: AlgorithmConfig, adv: torch.Tensor | None = None, rows=None, norms=None):
     """objective(...) as the trainer calls it: the masked-image pass only exists when masked_kl_coef > 0."""
-    adv = mmrl_advantages(b, algo) if adv is None else adv
+    computed, kl_weight = mmrl_advantages_and_kl_weight(b, algo)
+    adv = computed if adv is None else adv
     r = slice(None) if rows is None else rows
     masked = algo.masked_kl_coef > 0
     terms = TokenTerms(
         logp=b.logp[r], old_logp=b.old[r], mask=b.mask[r], advantages=adv[r], entropy=b.entropy[r],
         ref_logp=b.ref[r], masked_logp=b.masked_logp[r] if masked else None,
         masked_entropy=b.masked_entropy[r] if masked else None,
+        kl_weight=kl_weight[r] if kl_weight is not None else None,
     )
     return objective(terms, algo, global_norms(b) if norms is None else norms)
 
@@ -387,7 +391,29 @@ def ref_papo(b, extra=no_extra):
                       + 0.03 * (b.entropy[i, t] + b.masked_entropy[i, t]) + extra(i, t))
 
 
+def ref_apo(b, extra=no_extra):
+    # APO — "Enhancing Reasoning Ability of MLLMs via Asymmetric Policy Optimization" (View-R1; arXiv id not
+    # recorded): GRPO advantages; STCR: a wrong answer i with Δ_i = L_i − mean(L of the group's correct answers) > 0
+    # gets Â_i·(1 + (1 − 1.00001^(−Δ_i))); DADS: with d = 1 − #correct/G, positives (Â > 0, 0 < d < 1) weight
+    # their k3 KL by 1 − exp(−e·(1 − d)); β = 1e-3; 1/G Σ_i 1/|o_i| Σ_t.
+    adv = grpo_adv(b)
+    weight = [1.0] * b.n
+    for g in groups(b):
+        correct = [i for i in g if b.rewards[i] >= 1.0]
+        d = 1 - len(correct) / len(g)
+        mean_len = mean([b.lengths[i] for i in correct]) if correct else None
+        for i in g:
+            delta = b.lengths[i] - mean_len if mean_len is not None else 0
+            if i not in correct and mean_len is not None and delta > 0:
+                adv[i] = adv[i] * (1 + (1 - 1.00001 ** (-delta)))
+            if adv[i] > 0 and 0 < d < 1:
+                weight[i] = 1 - math.exp(-math.e * (1 - d))
+    return seq_mean_token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.2)
+                               + 1e-3 * weight[i] * k3(b.logp[i, t], b.ref[i, t]) + extra(i, t))
+
+
 PAPER_REFERENCES = {
+    "apo": ref_apo,
     "grpo": ref_grpo, "dr_grpo": ref_dr_grpo, "dapo": ref_dapo, "lite_ppo": ref_lite_ppo, "rloo": ref_rloo,
     "gspo": ref_gspo, "luspo": ref_luspo, "sapo": ref_sapo, "gppo": ref_gppo, "cispo": ref_cispo,
     "ngrpo": ref_ngrpo, "w_reinforce": ref_w_reinforce, "psr": ref_psr, "nsr": ref_nsr, "prorl": ref_prorl,
