@@ -123,12 +123,21 @@ def cmd_data(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from mmrl.plots import plot_run
+    from mmrl.plots import COMPARE_METRICS, plot_compare, plot_run
 
-    if not (Path(args.run_dir) / "metrics.jsonl").exists():
-        return _fail(1, f"{args.run_dir} has no metrics.jsonl")
-    for p in plot_run(args.run_dir):
-        print(p)
+    for d in args.run_dir:
+        if not (Path(d) / "metrics.jsonl").exists():
+            return _fail(1, f"{d} has no metrics.jsonl")
+    if len(args.run_dir) == 1 and args.out is None:
+        for p in plot_run(args.run_dir[0]):
+            print(p)
+        return 0
+    if args.out is None:
+        return _fail(2, "comparing several runs needs --out FILE.png")
+    try:
+        print(plot_compare(args.run_dir, args.out, tuple(args.metric or COMPARE_METRICS)))
+    except ValueError as exc:
+        return _fail(1, str(exc))
     return 0
 
 
@@ -174,8 +183,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--out", required=True)
     d.set_defaults(fn=cmd_data)
 
-    p = sub.add_parser("plot", help="draw a run's curves into RUN_DIR/plots")
-    p.add_argument("run_dir")
+    p = sub.add_parser("plot", help="draw a run's curves into RUN_DIR/plots, or compare runs into --out")
+    p.add_argument("run_dir", nargs="+")
+    p.add_argument("--out", help="comparison figure (PNG) of all given runs")
+    p.add_argument("--metric", action="append", help="a metric to compare (repeatable; default: eval/accuracy, "
+                   "reward/total/mean, actor/entropy)")
     p.set_defaults(fn=cmd_plot)
     return ap
 

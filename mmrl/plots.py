@@ -1,4 +1,5 @@
-"""Curves of a run as PNG: rewards per component and held-out eval metrics (`mmrl plot RUN_DIR`)."""
+"""Curves as PNG: one run's rewards, eval and training metrics (`mmrl plot RUN_DIR`), or several runs side by
+side on chosen metrics (`mmrl plot RUN_A RUN_B … --out FILE`)."""
 
 from __future__ import annotations
 
@@ -46,3 +47,34 @@ def plot_run(run_dir: str | Path) -> list[Path]:
         plt.close(fig)
         written.append(out_dir / fname)
     return written
+
+
+COMPARE_METRICS = ("eval/accuracy", "reward/total/mean", "actor/entropy")
+
+
+def plot_compare(run_dirs: list[str | Path], out: str | Path, metrics: tuple[str, ...] = COMPARE_METRICS) -> Path:
+    """One panel per metric, one line per run (labelled by its directory name); metrics no run has are skipped."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {Path(d).name: read(Path(d) / "metrics.jsonl") for d in run_dirs}
+    present = [m for m in metrics if any(r.get(m) is not None for rows in runs.values() for r in rows)]
+    if not present:
+        raise ValueError(f"none of {list(metrics)} occurs in {[str(d) for d in run_dirs]}")
+    fig, axes = plt.subplots(1, len(present), figsize=(4.5 * len(present), 3.6), dpi=100, squeeze=False)
+    for ax, metric in zip(axes[0], present):
+        for name, rows in runs.items():
+            xs, ys = _series(rows, metric)
+            ax.plot(xs, ys, marker="o" if metric.startswith("eval/") else None, ms=3, label=name)
+        ax.set_title(metric)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out)
+    plt.close(fig)
+    return out

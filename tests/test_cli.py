@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -39,6 +40,16 @@ def test_train_eval_plot_commands(tmp_path, tiny):
     (run / "plots" / "rewards.png").unlink()
     out = mmrl("plot", str(run))
     assert out.returncode == 0 and (run / "plots" / "rewards.png").exists()
+
+    from mmrl.cli import main  # the comparison, in-process: two runs, one figure
+
+    twin = tmp_path / "twin"
+    twin.mkdir()
+    shutil.copy(run / "metrics.jsonl", twin / "metrics.jsonl")
+    assert main(["plot", str(run), str(twin), "--out", str(tmp_path / "cmp.png")]) == 0
+    assert (tmp_path / "cmp.png").stat().st_size > 1000
+    assert main(["plot", str(run), str(twin)]) == 2  # several runs need --out
+    assert main(["plot", str(run), "--out", str(tmp_path / "x.png"), "--metric", "nope/metric"]) == 1
 
 
 def test_zoo_and_data_commands(tmp_path, zoo_cache):
