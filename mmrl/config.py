@@ -21,6 +21,7 @@ Sections (every field is documented where it is declared):
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import types
 import typing
 from dataclasses import dataclass, field
@@ -86,6 +87,12 @@ class DataConfig:
 
 
 @dataclass
+class ExtraPassConfig:
+    kind: str = "shuffle_options"  # registered pass (mmrl.rollout.passes): shuffle_options | rethink
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the pass's options (e.g. ratio, column, max_new_tokens)
+
+
+@dataclass
 class RolloutConfig:
     engine: str = "hf"
     group_size: int = 8  # G completions per prompt
@@ -94,6 +101,9 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 32
     batch_prompts: int = 16  # prompts per generate() call (memory knob; results do not depend on it)
+    # re-generations on perturbed inputs after the main rollout, in order: ACRE's option-shuffled second answer
+    # (`shuffle_options`, fills the `pair` reward column), VL-Rethinker's forced rethinking (`rethink`)
+    extra_passes: list[ExtraPassConfig] = field(default_factory=list)
 
 
 @dataclass
@@ -438,6 +448,19 @@ def validate(cfg: Config) -> None:
     if a.kl_placement == "loss" and a.kl_estimator == "k1" and a.kl_coef > 0:
         raise ConfigError("algorithm.kl_estimator: k1 in the loss has zero expected gradient on-policy; use k2/k3 in"
                           " the loss, or kl_placement: reward with k1")
+    from mmrl.rollout.passes import EXTRA_PASSES
+
+    for i, xp in enumerate(cfg.rollout.extra_passes):
+        try:
+            fn = EXTRA_PASSES.get(xp.kind)
+        except UnknownNameError as e:
+            raise ConfigError(f"rollout.extra_passes[{i}].kind: {e}") from None
+        valid = [p for p in inspect.signature(fn).parameters if p not in ("ctx", "prompts", "ro")]
+        for key in xp.kwargs:
+            if key not in valid:
+                hint = closest(key, valid)
+                extra = f"; did you mean {hint!r}?" if hint else ""
+                raise ConfigError(f"rollout.extra_passes[{i}].kwargs.{key}: unknown option{extra} (valid: {', '.join(valid)})")
     if cfg.rollout.group_size < 2 and any(s.kind == "rl" for s in cfg.stages):
         raise ConfigError("rollout.group_size: GRPO needs at least 2 completions per prompt")
     for i, s in enumerate(cfg.stages):

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import copy
 import re
 from dataclasses import dataclass, field
@@ -213,6 +214,18 @@ class Policy:
         for im in images:
             im.close()
         return PromptInputs(sample=sample, tensors=tensors, geometry=geometry)
+
+    def with_prefix(self, prompt: PromptInputs, text: str, tag: str) -> PromptInputs:
+        """The prompt followed by `text` as the start of the assistant's answer (a forced prefix the model
+        continues); the sample id gets `#tag` so the continuation's sampling seeds differ from the original's."""
+        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)  # [1, K]
+        tensors = dict(prompt.tensors)
+        for k in TOKEN_KEYS:
+            if k in tensors:
+                ext = ids if k == "input_ids" else (torch.ones_like(ids) if k == "attention_mask" else torch.zeros_like(ids))
+                tensors[k] = torch.cat([tensors[k], ext.to(tensors[k].dtype)], dim=1)
+        sample = dataclasses.replace(prompt.sample, id=f"{prompt.sample.id}#{tag}")
+        return PromptInputs(sample=sample, tensors=tensors, geometry=prompt.geometry)
 
     def collate(self, prompts: list[PromptInputs], repeats: int = 1) -> dict[str, torch.Tensor]:
         """Batch prompts (each repeated `repeats` times, adjacent) with left padding; media concatenated."""

@@ -33,6 +33,7 @@ from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards.compose import score, summarize
 from mmrl.rewards.isolation import make_term
 from mmrl.rollout import Rollouts, SamplingParams, make_engine
+from mmrl.rollout.passes import EXTRA_PASSES, PassContext
 from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
 from mmrl.update import logprob_pass, rl_update
 
@@ -103,6 +104,7 @@ class Trainer:
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.progress = Progress()
+        self._pass_stats: dict[str, float] = {}
         self.terms = [
             make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
                       timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
@@ -233,6 +235,7 @@ class Trainer:
         for key in meta_columns([p.sample for p in prompts]):  # dataset fields beyond the schema, by name
             if key not in bound:
                 columns[key] = [p.sample.meta.get(key) for p in rows]
+        columns.update(rollouts.columns)  # filled by extra rollout passes (e.g. `pair`)
         columns["trainer_state"] = types.SimpleNamespace(
             global_step=self.progress.step, max_steps=sum(s.steps for s in self.cfg.stages), epoch=0.0
         )
@@ -258,6 +261,7 @@ class Trainer:
         for k in range(a.max_gen_batches):
             batch = self.encode(self._batch(want, refill=k))
             ro = self.rollout(batch, g)
+            self.extra_passes(batch, ro)
             self.score(ro, batch)
             keep = keep_groups(ro.total, g, a.group_filter, correct_threshold=a.correct_threshold)  # [B]
             base = sum(len(p) for p in parts) // g
@@ -272,6 +276,20 @@ class Trainer:
         seen = concat_rollouts(parts, offsets)
         seen.parse_stats = parts[-1].parse_stats
         return prompts, select_groups(seen, kept[:want]), seen
+
+    def extra_passes(self, prompts: list[PromptInputs], rollouts: Rollouts) -> None:
+        """Run `rollout.extra_passes` in order; their statistics go to `rollout/<kind>/<stat>` metrics."""
+        r = self.cfg.rollout
+        if not r.extra_passes:
+            return
+        params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
+                                max_new_tokens=r.max_new_tokens, seed=self.cfg.trainer.seed, step=self.progress.step)
+        ctx = PassContext(self.policy, self.engine, params, r.batch_prompts, self.score,
+                          self.cfg.algorithm.correct_threshold)
+        for xp in r.extra_passes:
+            stats = EXTRA_PASSES.get(xp.kind)(ctx, prompts, rollouts, **xp.kwargs)
+            for key, value in stats.items():
+                self._pass_stats[f"rollout/{xp.kind}/{key}"] = self._pass_stats.get(f"rollout/{xp.kind}/{key}", 0.0) + value
 
     def advantage(self, prompts: list[PromptInputs], rollouts: Rollouts) -> torch.Tensor | None:
         """Fill `rollouts.advantages` [N]; with the KL placed in the reward, r_i −= β·Σ_t k(π_old, π_ref) first.
@@ -308,7 +326,8 @@ class Trainer:
 
     def rl_step(self) -> dict[str, Any]:
         t0 = time.perf_counter()
-        prompts, rollouts, seen = self.generate()  # rollout → score → filter
+        self._pass_stats: dict[str, float] = {}
+        prompts, rollouts, seen = self.generate()  # rollout (+ extra passes) → score → filter
         t_roll = time.perf_counter()
         old_logp = self.advantage(prompts, rollouts)
         metrics = self.update_rl(prompts, rollouts, old_logp)
@@ -324,6 +343,7 @@ class Trainer:
             "perf/rollout_s": t_roll - t0, "perf/update_s": t_end - t_roll, "perf/step_s": t_end - t0,
             "perf/tokens_per_s": seen.num_tokens / max(t_end - t0, 1e-9),
         })
+        metrics.update(self._pass_stats)
         if rollouts.kl_penalty is not None:
             metrics["actor/kl_in_reward"] = float(rollouts.kl_penalty.mean())
         if self.cfg.trainer.log_rollouts_every and self.progress.stage_step % self.cfg.trainer.log_rollouts_every == 0:

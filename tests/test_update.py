@@ -148,3 +148,29 @@ def test_reference_reset_copies_the_policy_and_clears_adam(trainer):
     trainer.reset_reference(trainer.cfg.stages[0])
     ref = trainer.policy.reference.state_dict()
     assert all(torch.equal(ref[k], cur[k]) for k in cur) and not trainer.optimizer.state
+
+
+@pytest.mark.parametrize("recipe", ["acre", "vl_rethinker"])
+def test_extra_pass_recipes_train(tmp_path, tiny, recipe):
+    """The method recipes whose extra passes change the rollout run end to end (2 RL steps, tiny sizes)."""
+    import json
+    from pathlib import Path
+
+    from mmrl import config
+    from mmrl.trainer import Trainer
+
+    path = Path(__file__).resolve().parent.parent / "recipes" / "algorithms" / f"{recipe}.yaml"
+    overrides = [o for o in tiny.overrides(tmp_path / "run") if not o.startswith("stages=")]
+    cfg = config.load(path, [*overrides, "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.threads=2",
+                             "rollout.max_new_tokens=8"])
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rows if r.get("train/stage") == "rl"]
+    assert len(rl) == 2
+    if recipe == "acre":
+        assert all(r["rollout/shuffle_options/asked"] == 16 for r in rl)  # 4 prompts × G 4
+        assert all("reward/acre/mean" in r and "reward/accuracy/mean" in r for r in rl)
+        assert "eval/accuracy" in trainer.summary["eval_after"]
+    else:
+        assert all(r["rollout/rethink/tried"] >= 0 and "rollout/rethink/accepted" in r for r in rl)

@@ -71,3 +71,11 @@ _preset("papo", **_GRPO, aggregation="token_mean", kl_coef=0.0, masked_kl_coef=0
 # (STCR, base 1.00001 → rate ln 1.00001).
 _preset("apo", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=1e-3, kl_estimator="k3",
         kl_weighting="difficulty", neg_length_rate=math.log(1.00001), correct_threshold=1.0)
+# ACRE — "Answer-Consistent Chain-of-thought Reinforcement Learning for Multi-modal LLMs" (arXiv id not
+# recorded): GRPO; the method is its second pass and reward — recipes/algorithms/acre.yaml adds
+# `rollout.extra_passes: [{kind: shuffle_options}]` and the `acre` reward.
+_preset("acre", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=0.0)
+# VL-Rethinker — "Incentivizing Self-Reflection of Vision-Language Models with RL" (arXiv id not recorded):
+# mean-only advantages as in its released trainer, no KL; forced rethinking is the recipe's
+# `rollout.extra_passes: [{kind: rethink}]` (selective sample replay: not yet).
+_preset("vl_rethinker", **dict(_GRPO, scale="none"), aggregation="seq_mean_token_mean", kl_coef=0.0)

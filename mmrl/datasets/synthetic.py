@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
+from mmrl.datasets import mcq
 from mmrl.datasets.sample import Sample
 from mmrl.registry import Registry, closest
 
@@ -104,14 +105,18 @@ _TRANSPOSE = {
 }
 
 
-def _draw_rotation(rng: random.Random, size: int = 56, prompt: str | None = None) -> tuple[Image.Image, str, str]:
+def _draw_rotation(
+    rng: random.Random, size: int = 56, prompt: str | None = None, choices: bool = False
+) -> tuple[Image.Image, str, Any]:
     """The label-free rotation puzzle of Puzzle Curriculum GRPO (PC-GRPO) and SSL4RL.
 
     A light up-pointing arrow (shaft + triangular head, 40-90 % of the canvas tall, grey level 200-255) is
     drawn centred on a dark (grey level 0-30) `size` x `size` canvas and turned by an angle drawn uniformly
     from {0, 90, 180, 270} degrees,
     *counter-clockwise* (PIL's convention: at "90" the arrow points left). The answer is the angle as a
-    string; `prompt` replaces the default question (`ROTATION_PROMPT`). The arrow is mirror-symmetric but has no rotational symmetry, so the four answers are
+    string; `prompt` replaces the default question (`ROTATION_PROMPT`). With `choices`, the question is multiple
+    choice over the four angles in a random order (`mmrl.datasets.mcq`), and the answer is
+    `{"choice": letter, "options": [...], "question": ...}`. The arrow is mirror-symmetric but has no rotational symmetry, so the four answers are
     distinguishable; rotations are exact pixel transposes, so no interpolation hints at the angle.
     """
     if size < 16:
@@ -134,15 +139,22 @@ def _draw_rotation(rng: random.Random, size: int = 56, prompt: str | None = None
     ImageDraw.Draw(image).polygon(arrow, fill=(fg, fg, fg))
     if _TRANSPOSE[angle] is not None:
         image = image.transpose(_TRANSPOSE[angle])
+    if choices:
+        options = list(ANGLES)
+        rng.shuffle(options)
+        question = prompt or "By how many degrees (counter-clockwise) has the arrow been rotated?"
+        letter = "ABCD"[options.index(angle)]
+        return image, mcq.render(question, options), {"choice": letter, "options": options, "question": question}
     return image, prompt or ROTATION_PROMPT, angle
 
 
 def _rotation_target(sample: Sample, geometry: Any = None) -> str:
-    return f"<answer>{sample.answer}</answer>"
+    gt = sample.answer
+    return f"<answer>{gt['choice'] if isinstance(gt, dict) else gt}</answer>"
 
 
 def _rotation_random_target(sample: Sample, rng: random.Random, geometry: Any = None) -> str:
-    return f"<answer>{rng.choice(ANGLES)}</answer>"
+    return f"<answer>{rng.choice('ABCD' if isinstance(sample.answer, dict) else ANGLES)}</answer>"
 
 
 TASKS.register("rotation")(SyntheticTask(task="puzzle/rotation", draw=_draw_rotation))

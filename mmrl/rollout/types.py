@@ -45,6 +45,7 @@ class Rollouts:
     advantages: torch.Tensor | None = None  # [N]
     kl_penalty: torch.Tensor | None = None  # [N] Σ_t k(π_old, π_ref) when the KL is placed in the reward
     kl_weight: torch.Tensor | None = None  # [N] per-completion KL weight (algorithm.kl_weighting)
+    columns: dict[str, list] = field(default_factory=dict)  # extra per-completion reward columns (extra passes)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -74,6 +75,7 @@ def concat_rollouts(parts: list[Rollouts], prompt_offsets: list[int]) -> Rollout
     )
     names = list(parts[0].rewards)
     out.rewards = {k: [v for p in parts for v in p.rewards[k]] for k in names}
+    out.columns = {k: [v for p in parts for v in p.columns.get(k, [None] * len(p))] for k in parts[0].columns}
     if all(p.total is not None for p in parts):
         out.total = torch.cat([p.total for p in parts])
     return out
@@ -90,5 +92,6 @@ def select_groups(ro: Rollouts, groups: list[int]) -> Rollouts:
         group_size=g, parse_stats=ro.parse_stats,
     )
     out.rewards = {k: [v[i] for i in rows.tolist()] for k, v in ro.rewards.items()}
+    out.columns = {k: [v[i] for i in rows.tolist()] for k, v in ro.columns.items()}
     out.total = ro.total[rows] if ro.total is not None else None
     return out

@@ -412,7 +412,22 @@ def ref_apo(b, extra=no_extra):
                                + 1e-3 * weight[i] * k3(b.logp[i, t], b.ref[i, t]) + extra(i, t))
 
 
+def ref_acre(b, extra=no_extra):
+    # ACRE (arXiv id not recorded): plain GRPO (DeepSeekMath eq. 3) without a KL term; the method lives in its
+    # option-shuffled second pass and four-way reward, which the loss never sees.
+    adv = grpo_adv(b)
+    return seq_mean_token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.2) + extra(i, t))
+
+
+def ref_vl_rethinker(b, extra=no_extra):
+    # VL-Rethinker (arXiv id not recorded): advantage r − mean(r) without std (its released trainer), PPO clip
+    # 0.2, per-sequence token mean, no KL; forced rethinking changes the rollouts, not the loss.
+    adv = centred_adv(b)
+    return seq_mean_token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.2) + extra(i, t))
+
+
 PAPER_REFERENCES = {
+    "acre": ref_acre, "vl_rethinker": ref_vl_rethinker,
     "apo": ref_apo,
     "grpo": ref_grpo, "dr_grpo": ref_dr_grpo, "dapo": ref_dapo, "lite_ppo": ref_lite_ppo, "rloo": ref_rloo,
     "gspo": ref_gspo, "luspo": ref_luspo, "sapo": ref_sapo, "gppo": ref_gppo, "cispo": ref_cispo,
