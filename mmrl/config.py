@@ -179,6 +179,8 @@ class AlgorithmConfig:
     group_filter: str = "none"  # none | nonzero_std | drop_all_correct
     correct_threshold: float = 1.0  # a total reward at or above it counts as correct (filters, difficulty)
     max_gen_batches: int = 1  # rollout batches per step to refill filtered groups (then train on what is kept)
+    replay_capacity: int = 0  # > 0: keep up to N past groups with non-zero advantages and replay them to fill
+    replay_alpha: float = 1.0  # … a step the filters left short, drawn ∝ (mean |Â|)^alpha (VL-Rethinker's SSR)
     ppo_epochs: int = 1  # passes over each rollout batch
     mini_batches: int = 1  # optimizer steps per pass (the rollout batch is split into this many)
 

@@ -34,6 +34,8 @@ from mmrl.rewards.compose import score, summarize
 from mmrl.rewards.isolation import make_term
 from mmrl.rollout import Rollouts, SamplingParams, make_engine
 from mmrl.rollout.passes import EXTRA_PASSES, PassContext
+from mmrl.rollout.replay import ReplayBuffer
+from mmrl.rollout.replay import merge as merge_replay
 from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
 from mmrl.update import logprob_pass, rl_update
 
@@ -105,6 +107,7 @@ class Trainer:
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.progress = Progress()
         self._pass_stats: dict[str, float] = {}
+        self.replay = ReplayBuffer(cfg.algorithm.replay_capacity, cfg.algorithm.replay_alpha)
         self.terms = [
             make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
                       timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
@@ -313,6 +316,23 @@ class Trainer:
         rollouts.advantages = adv
         return old
 
+    def replay_fill(self, prompts: list[PromptInputs], rollouts: Rollouts, old_logp):
+        """With a replay buffer: fill the groups the filters dropped from it, then keep this step's informative
+        groups for later. Returns (prompts, rollouts, π_old log-probs or None, number of replayed groups)."""
+        if not self.cfg.algorithm.replay_capacity:
+            return prompts, rollouts, old_logp, 0
+        deficit = self.cfg.trainer.prompts_per_step - len(rollouts) // rollouts.group_size
+        gen = torch.Generator().manual_seed(row_seed(self.cfg.trainer.seed, "replay", self.progress.step))
+        replayed = self.replay.sample(deficit, gen)
+        self.replay.add(prompts, rollouts)
+        if not replayed:
+            return prompts, rollouts, old_logp, 0
+        if old_logp is None:  # fresh rows: π_old = the policy now; replayed rows: their sampling log-probs
+            old_logp = logprob_pass(self.policy, prompts, rollouts, micro=self.cfg.trainer.micro_batch_size,
+                                    temperature=self.cfg.rollout.temperature)
+        prompts, rollouts, old_logp = merge_replay(prompts, rollouts, old_logp, replayed)
+        return prompts, rollouts, old_logp, len(replayed)
+
     def update_rl(self, prompts: list[PromptInputs], rollouts: Rollouts, old_logp=None) -> dict[str, float]:
         if not len(rollouts):
             return {"actor/skipped": 1.0}
@@ -330,6 +350,7 @@ class Trainer:
         prompts, rollouts, seen = self.generate()  # rollout (+ extra passes) → score → filter
         t_roll = time.perf_counter()
         old_logp = self.advantage(prompts, rollouts)
+        prompts, rollouts, old_logp, replayed = self.replay_fill(prompts, rollouts, old_logp)
         metrics = self.update_rl(prompts, rollouts, old_logp)
         t_end = time.perf_counter()
         lengths = seen.completion_mask.sum(1).float()
@@ -344,6 +365,8 @@ class Trainer:
             "perf/tokens_per_s": seen.num_tokens / max(t_end - t0, 1e-9),
         })
         metrics.update(self._pass_stats)
+        if self.cfg.algorithm.replay_capacity:
+            metrics.update({"rollout/replayed_groups": replayed, "rollout/replay_size": len(self.replay)})
         if rollouts.kl_penalty is not None:
             metrics["actor/kl_in_reward"] = float(rollouts.kl_penalty.mean())
         if self.cfg.trainer.log_rollouts_every and self.progress.stage_step % self.cfg.trainer.log_rollouts_every == 0:

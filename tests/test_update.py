@@ -174,3 +174,24 @@ def test_extra_pass_recipes_train(tmp_path, tiny, recipe):
         assert "eval/accuracy" in trainer.summary["eval_after"]
     else:
         assert all(r["rollout/rethink/tried"] >= 0 and "rollout/rethink/accepted" in r for r in rl)
+
+
+def test_replay_fills_groups_the_filter_dropped(trainer, plugin):
+    from mmrl.rewards.isolation import make_term
+    from mmrl.rollout.replay import ReplayBuffer
+
+    terms = trainer.terms
+    trainer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]  # half the groups tie
+    trainer.replay = ReplayBuffer(capacity=8)
+    try:
+        _with(trainer, group_filter="nonzero_std", max_gen_batches=1, replay_capacity=8)
+        first = trainer.rl_step()
+        trainer.progress.step += 1
+        second = trainer.rl_step()
+    finally:
+        trainer.terms = terms
+        trainer.replay = ReplayBuffer(0)
+    assert first["rollout/kept_groups"] == 2 and first["rollout/replayed_groups"] == 0  # the buffer was empty
+    assert first["rollout/replay_size"] == 2
+    assert second["rollout/replayed_groups"] == 2 and second["rollout/replay_size"] == 4
+    assert math.isfinite(second["actor/loss"])

@@ -76,6 +76,8 @@ _preset("apo", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=1e-3, kl_esti
 # `rollout.extra_passes: [{kind: shuffle_options}]` and the `acre` reward.
 _preset("acre", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=0.0)
 # VL-Rethinker — "Incentivizing Self-Reflection of Vision-Language Models with RL" (arXiv id not recorded):
-# mean-only advantages as in its released trainer, no KL; forced rethinking is the recipe's
-# `rollout.extra_passes: [{kind: rethink}]` (selective sample replay: not yet).
-_preset("vl_rethinker", **dict(_GRPO, scale="none"), aggregation="seq_mean_token_mean", kl_coef=0.0)
+# mean-only advantages as in its released trainer, no KL; selective sample replay = drop groups whose
+# advantages vanish and fill the batch from a buffer of past informative groups (∝ |Â|); forced rethinking is
+# the recipe's `rollout.extra_passes: [{kind: rethink}]`.
+_preset("vl_rethinker", **dict(_GRPO, scale="none"), aggregation="seq_mean_token_mean", kl_coef=0.0,
+        group_filter="nonzero_std", max_gen_batches=1, replay_capacity=256, replay_alpha=1.0)

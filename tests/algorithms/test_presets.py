@@ -527,7 +527,8 @@ def test_group_filters():
     r = torch.tensor([1, 0, 0, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0.5, 0.5, 0.5, 0.5, 0, 1, 1, 1], dtype=F64)
     expect = {"nonzero_std": [True, False, False, False, True], "drop_all_correct": [True, False, True, True, True],
               "none": [True] * 5}
-    papers = {"dapo": "nonzero_std", "prorl": "nonzero_std", "ngrpo": "drop_all_correct"}
+    papers = {"dapo": "nonzero_std", "prorl": "nonzero_std", "ngrpo": "drop_all_correct",
+              "vl_rethinker": "nonzero_std"}  # SSR drops vanishing-advantage groups (and replays others)
     for name in PRESETS.names():
         algo = preset(name)
         assert algo.group_filter == papers.get(name, "none"), name
