@@ -179,6 +179,8 @@ class AlgorithmConfig:
     group_filter: str = "none"  # none | nonzero_std | drop_all_correct
     correct_threshold: float = 1.0  # a total reward at or above it counts as correct (filters, difficulty)
     max_gen_batches: int = 1  # rollout batches per step to refill filtered groups (then train on what is kept)
+    prompt_weighting: str = "uniform"  # uniform | variance (MMR1) | difficulty_peak (PC-GRPO curriculum)
+    prompt_weight_mix: float = 0.5  # share of each batch drawn by weight (the rest: the uniform stream)
     replay_capacity: int = 0  # > 0: keep up to N past groups with non-zero advantages and replay them to fill
     replay_alpha: float = 1.0  # … a step the filters left short, drawn ∝ (mean |Â|)^alpha (VL-Rethinker's SSR)
     ppo_epochs: int = 1  # passes over each rollout batch
@@ -421,7 +423,8 @@ def _apply_preset(data: dict) -> dict:
 def validate(cfg: Config) -> None:
     """Cross-field checks and registry names (before any model loads)."""
     from mmrl.algorithms import (
-        AGGREGATIONS, BASELINES, COV_MODES, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, RATIO_LEVELS, SCALES,
+        AGGREGATIONS, BASELINES, COV_MODES, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, PROMPT_WEIGHTS,
+        RATIO_LEVELS, SCALES,
     )
     from mmrl.registry import UnknownNameError
 
@@ -436,6 +439,7 @@ def validate(cfg: Config) -> None:
         ("algorithm.masked_kl_estimator", KL_ESTIMATORS, a.masked_kl_estimator),
         ("algorithm.group_filter", GROUP_FILTERS, a.group_filter),
         ("algorithm.cov_mode", COV_MODES, a.cov_mode),
+        ("algorithm.prompt_weighting", PROMPT_WEIGHTS, a.prompt_weighting),
     ]
     for key, registry, name in checks:
         try:
@@ -445,6 +449,8 @@ def validate(cfg: Config) -> None:
     for key in ("ppo_epochs", "mini_batches", "max_gen_batches", "virtual_count"):
         if getattr(a, key) < 1:
             raise ConfigError(f"algorithm.{key}: must be >= 1, got {getattr(a, key)}")
+    if not 0.0 <= a.prompt_weight_mix <= 1.0:
+        raise ConfigError(f"algorithm.prompt_weight_mix: must be in [0, 1], got {a.prompt_weight_mix}")
     if not 0.0 < a.mask_ratio < 1.0:
         raise ConfigError(f"algorithm.mask_ratio: must be in (0, 1), got {a.mask_ratio}")
     if a.kl_placement == "loss" and a.kl_estimator == "k1" and a.kl_coef > 0:

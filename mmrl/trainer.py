@@ -15,7 +15,7 @@ import json
 import random
 import time
 import types
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from mmrl import checkpoint
 from mmrl import config as config_mod
 from mmrl.algorithms import keep_groups, kl_penalty_per_sequence
 from mmrl.algorithms.advantages import compute as compute_advantages
+from mmrl.algorithms.prompts import PROMPT_WEIGHTS, group_accuracy, mix_count, weighted_draw
 from mmrl.config import Config, ConfigError, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
@@ -50,6 +51,7 @@ class Progress:
     skipped: int = 0  # bad samples skipped so far
     rl_started: bool = False
     adapter_trained: bool = False  # lora: the current adapter has been trained (merge it at the RL boundary)
+    prompt_accuracy: dict[str, float] = field(default_factory=dict)  # last group accuracy per prompt id
 
 
 def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
@@ -158,10 +160,18 @@ class Trainer:
             raise BadSampleError(samples[0].id if samples else "?", "every sample of the batch was bad")
         return out
 
-    def _batch(self, size: int, refill: int = 0) -> list[Sample]:
-        """The step's prompts; refill k > 0 draws from a separate seeded stream (dynamic sampling)."""
+    def _batch(self, size: int, refill: int = 0, weighted: bool = False) -> list[Sample]:
+        """The step's prompts; refill k > 0 draws from a separate seeded stream (dynamic sampling). `weighted`
+        (RL steps): a share `prompt_weight_mix` is drawn by `algorithm.prompt_weighting` instead."""
+        a = self.cfg.algorithm
         seed = self.cfg.trainer.seed if refill == 0 else row_seed(self.cfg.trainer.seed, "refill", refill)
-        idx = batch_indices(len(self.train_data), size, self.progress.step, seed)
+        k = mix_count(size, a.prompt_weight_mix) if weighted and a.prompt_weighting != "uniform" else 0
+        idx = batch_indices(len(self.train_data), size - k, self.progress.step, seed)
+        if k:
+            seen = self.progress.prompt_accuracy
+            acc = torch.tensor([seen.get(s.id, float("nan")) for s in self.train_data])  # [M]
+            gen = torch.Generator().manual_seed(row_seed(seed, "weighted", self.progress.step))
+            idx += weighted_draw(PROMPT_WEIGHTS.get(a.prompt_weighting)(acc), k, gen, exclude=set(idx))
         return [self.train_data[i] for i in idx]
 
     # ------------------------------------------------------------------------------------ optimisation
@@ -262,10 +272,12 @@ class Trainer:
         parts: list[Rollouts] = []
         kept: list[int] = []  # group indices into the concatenation
         for k in range(a.max_gen_batches):
-            batch = self.encode(self._batch(want, refill=k))
+            batch = self.encode(self._batch(want, refill=k, weighted=True))
             ro = self.rollout(batch, g)
             self.extra_passes(batch, ro)
             self.score(ro, batch)
+            for p, acc in zip(batch, group_accuracy(ro.total, g, a.correct_threshold)):
+                self.progress.prompt_accuracy[p.sample.id] = acc
             keep = keep_groups(ro.total, g, a.group_filter, correct_threshold=a.correct_threshold)  # [B]
             base = sum(len(p) for p in parts) // g
             kept += [base + i for i in range(len(keep)) if keep[i]]

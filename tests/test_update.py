@@ -195,3 +195,23 @@ def test_replay_fills_groups_the_filter_dropped(trainer, plugin):
     assert first["rollout/replay_size"] == 2
     assert second["rollout/replayed_groups"] == 2 and second["rollout/replay_size"] == 4
     assert math.isfinite(second["actor/loss"])
+
+
+def test_prompt_weighting_records_accuracy_and_draws_part_of_the_batch(trainer):
+    _with(trainer, prompt_weighting="variance", prompt_weight_mix=0.5)
+    trainer.progress.prompt_accuracy.clear()
+    trainer.rl_step()
+    seen = dict(trainer.progress.prompt_accuracy)
+    assert len(seen) == 4 and all(0.0 <= v <= 1.0 for v in seen.values())
+    trainer.progress.step += 1
+    batch = trainer._batch(4, weighted=True)
+    assert len({s.id for s in batch}) == 4  # two from the uniform stream, two drawn by weight, all distinct
+    from mmrl.trainer import batch_indices
+
+    stream = batch_indices(len(trainer.train_data), 2, trainer.progress.step, trainer.cfg.trainer.seed)
+    assert [s.id for s in batch[:2]] == [trainer.train_data[i].id for i in stream]
+    import json
+
+    from mmrl.trainer import Progress
+
+    assert Progress(**json.loads(json.dumps(vars(trainer.progress)))).prompt_accuracy == trainer.progress.prompt_accuracy
