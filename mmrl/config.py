@@ -175,6 +175,10 @@ class AlgorithmConfig:
     cov_low: float = 1.0  # clip_cov: the covariance window (cov_low, cov_high)
     cov_high: float = 5.0
     cov_kl_coef: float = 1.0  # kl_cov: β on |log ρ|
+    rehearsal_coef: float = 0.0  # > 0: f-divergence to π₀ on its own perfect samples (DPH-RL), this coefficient
+    rehearsal_divergence: str = "js"  # js | forward_kl
+    rehearsal_prompts: int = 64  # training prompts π₀ is sampled on at the start of RL (G completions each)
+    rehearsal_batch: int = 16  # stored π₀ completions per optimizer step
     # sampling and updates
     group_filter: str = "none"  # none | nonzero_std | drop_all_correct
     correct_threshold: float = 1.0  # a total reward at or above it counts as correct (filters, difficulty)
@@ -426,6 +430,7 @@ def validate(cfg: Config) -> None:
         AGGREGATIONS, BASELINES, COV_MODES, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, PROMPT_WEIGHTS,
         RATIO_LEVELS, SCALES,
     )
+    from mmrl.algorithms.divergences import F_DIVERGENCES
     from mmrl.registry import UnknownNameError
 
     a = cfg.algorithm
@@ -440,6 +445,7 @@ def validate(cfg: Config) -> None:
         ("algorithm.group_filter", GROUP_FILTERS, a.group_filter),
         ("algorithm.cov_mode", COV_MODES, a.cov_mode),
         ("algorithm.prompt_weighting", PROMPT_WEIGHTS, a.prompt_weighting),
+        ("algorithm.rehearsal_divergence", F_DIVERGENCES, a.rehearsal_divergence),
     ]
     for key, registry, name in checks:
         try:

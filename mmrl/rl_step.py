@@ -24,6 +24,7 @@ from mmrl.policy import PromptInputs
 from mmrl.rewards.compose import score, summarize
 from mmrl.rollout import Rollouts, SamplingParams
 from mmrl.rollout.passes import EXTRA_PASSES, PassContext
+from mmrl.rollout.rehearsal import build as build_rehearsal
 from mmrl.rollout.replay import merge as merge_replay
 from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
 from mmrl.update import logprob_pass, rl_update
@@ -190,15 +191,36 @@ class RLSteps:
         prompts, rollouts, old_logp = merge_replay(prompts, rollouts, old_logp, replayed)
         return prompts, rollouts, old_logp, len(replayed)
 
+    def build_rehearsal(self) -> None:
+        """Sample π₀ (the policy as RL starts) on `rehearsal_prompts` training prompts and keep the ones it solves
+        in all G completions (`mmrl.rollout.rehearsal`)."""
+        a, t = self.cfg.algorithm, self.cfg.trainer
+        gen = torch.Generator().manual_seed(row_seed(t.seed, "rehearsal-prompts"))
+        picks = torch.randperm(len(self.train_data), generator=gen)[: a.rehearsal_prompts].tolist()
+        prompts = self.encode([self.train_data[i] for i in picks])
+        ro = self.rollout(prompts, self.cfg.rollout.group_size)
+        self.score(ro, prompts)
+        logprobs = lambda p, r: logprob_pass(self.policy, p, r, micro=t.micro_batch_size,  # noqa: E731
+                                             temperature=self.cfg.rollout.temperature)
+        self.rehearsal = build_rehearsal(prompts, ro, logprobs, a.correct_threshold)
+        n = len(self.rehearsal) if self.rehearsal else 0
+        self.log(f"rehearsal: π₀ solves {n // ro.group_size} of {len(prompts)} prompts perfectly; {n} completions kept")
+
     def update_rl(self, prompts: list[PromptInputs], rollouts: Rollouts, old_logp=None) -> dict[str, float]:
         if not len(rollouts):
             return {"actor/skipped": 1.0}
         r = self.cfg.rollout
+        a = self.cfg.algorithm
+        rehearsal = None
+        if a.rehearsal_coef > 0 and self.rehearsal is not None:
+            gen = torch.Generator().manual_seed(row_seed(self.cfg.trainer.seed, "rehearsal", self.progress.step))
+            sub, logp0 = self.rehearsal.draw(a.rehearsal_batch, gen)
+            rehearsal = (self.rehearsal.prompts, sub, logp0)
         return rl_update(
             self.policy, prompts, rollouts, self.cfg.algorithm, micro=self.cfg.trainer.micro_batch_size,
             temperature=r.temperature, max_tokens=r.max_new_tokens, seed=self.cfg.trainer.seed,
             step=self.progress.step, optimizer_step=lambda last: self._optimizer_step(step_scheduler=last),
-            old_logp=old_logp,
+            old_logp=old_logp, rehearsal=rehearsal,
         )
 
     def rl_step(self) -> dict[str, Any]:

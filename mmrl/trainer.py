@@ -31,6 +31,8 @@ from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards.isolation import make_term
 from mmrl.rl_step import RLSteps, check_reward_columns
 from mmrl.rollout import make_engine
+from mmrl.rollout.rehearsal import Rehearsal
+from mmrl.rollout.rehearsal import from_state as rehearsal_from_state
 from mmrl.rollout.replay import ReplayBuffer
 from mmrl.rollout.types import row_seed
 
@@ -70,6 +72,7 @@ class Trainer(RLSteps):
         self.progress = Progress()
         self._pass_stats: dict[str, float] = {}
         self.replay = ReplayBuffer(cfg.algorithm.replay_capacity, cfg.algorithm.replay_alpha)
+        self.rehearsal: Rehearsal | None = None  # π₀'s perfect samples (algorithm.rehearsal_coef > 0)
         self.terms = [
             make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
                       timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
@@ -250,7 +253,8 @@ class Trainer(RLSteps):
         if p.reference is not None:
             ref = {k: v for k, v in p.reference.state_dict().items()}
         state = {"progress": vars(self.progress), "summary": self.summary,
-                 "scheduler": self.scheduler.state_dict() if self.scheduler else None}
+                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                 "rehearsal": self.rehearsal.state() if self.rehearsal is not None else None}
         return checkpoint.save(
             self.ckpt_dir, self.progress.step, weights=p.state_for_checkpoint(),
             optimizer=self.optimizer.state_dict() if self.optimizer else None, state=state,
@@ -270,6 +274,10 @@ class Trainer(RLSteps):
         ck = self.load_weights(path)
         state = ck["state"]
         self.progress = Progress(**state["progress"])
+        if state.get("rehearsal"):
+            by_id = {smp.id: smp for smp in self.train_data}
+            self.rehearsal = rehearsal_from_state(
+                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id)
         self.summary = state.get("summary", {})
         stage = self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)]
         if self.progress.rl_started and self.policy.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
@@ -339,6 +347,8 @@ class Trainer(RLSteps):
                 self.progress.rl_started = True
                 self.progress.adapter_trained = False
                 fresh_stage = True
+                if cfg.algorithm.rehearsal_coef > 0:
+                    self.build_rehearsal()
                 self.summary["eval_before"] = self.evaluate()
                 self.log(f"eval before RL: {self._fmt(self.summary['eval_before'])}")
                 logger.log({"train/step": self.progress.step, "train/event": "eval_before", **self.summary["eval_before"]},

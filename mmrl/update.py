@@ -14,6 +14,7 @@ from typing import Callable
 import torch
 
 from mmrl.algorithms import TokenTerms, objective
+from mmrl.algorithms.divergences import F_DIVERGENCES
 from mmrl.perception.perturb import mask_patches
 from mmrl.rollout.types import Rollouts, row_seed
 
@@ -57,9 +58,24 @@ def masked_batch(policy, batch: dict[str, torch.Tensor], algo, seed: int) -> dic
     return dict(batch, pixel_values=pixels)
 
 
+def rehearsal_backward(policy, prompts, ro: Rollouts, logp0: torch.Tensor, algo, *, micro: int,
+                       temperature: float) -> float:
+    """Accumulate the gradient of coef · mean_t f(π_θ / π₀) over stored π₀ completions; return mean_t f."""
+    f = F_DIVERGENCES.get(algo.rehearsal_divergence)
+    tokens = max(int(ro.completion_mask.sum()), 1)
+    total = 0.0
+    for rows in _chunks(list(range(len(ro))), micro):
+        batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
+        logp, _ = policy.completion_logprobs(batch, ids, mask, temperature=temperature)
+        div = (f(logp - logp0[torch.tensor(rows), :width].to(logp.dtype)) * mask).sum() / tokens
+        (algo.rehearsal_coef * div).backward()
+        total += float(div.detach())
+    return total
+
+
 def rl_update(
     policy, prompts, ro: Rollouts, algo, *, micro: int, temperature: float, max_tokens: int, seed: int, step: int,
-    optimizer_step: Callable[[bool], float], old_logp: torch.Tensor | None = None,
+    optimizer_step: Callable[[bool], float], old_logp: torch.Tensor | None = None, rehearsal=None,
 ) -> dict[str, float]:
     """Run `ppo_epochs` × `mini_batches` optimizer steps on one rollout batch; returns `actor/*` metrics.
 
@@ -106,6 +122,9 @@ def rl_update(
                 sums["entropy"] += float((ent.detach() * mask).sum()) / algo.ppo_epochs  # token sums per pass
                 for key, v in stats.items():
                     sums[key] += v / algo.ppo_epochs
+            if rehearsal is not None:
+                sums["rehearsal"] += rehearsal_backward(policy, *rehearsal, algo, micro=micro,
+                                                        temperature=temperature) / total_steps
             grad_norms.append(optimizer_step(epoch == algo.ppo_epochs - 1 and k == algo.mini_batches - 1))
     tokens = max(ro.num_tokens, 1)
     out = {"actor/loss": sums["loss"], "actor/clip_frac": sums["clip"] / tokens,
@@ -114,6 +133,8 @@ def rl_update(
         out["actor/kl"] = sums["kl"] / tokens
     if algo.masked_kl_coef > 0:
         out["actor/masked_kl"] = sums["masked_kl"] / tokens
+    if rehearsal is not None:
+        out["actor/rehearsal_div"] = sums["rehearsal"]
     if algo.cov_mode != "none":
         out["actor/cov_selected_frac"] = sums["cov_selected"] / tokens
     return out

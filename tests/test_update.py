@@ -215,3 +215,23 @@ def test_prompt_weighting_records_accuracy_and_draws_part_of_the_batch(trainer):
     from mmrl.trainer import Progress
 
     assert Progress(**json.loads(json.dumps(vars(trainer.progress)))).prompt_accuracy == trainer.progress.prompt_accuracy
+
+
+def test_rehearsal_divergence_to_the_initial_policy(trainer):
+    from mmrl.rollout.rehearsal import from_state
+
+    _with(trainer, rehearsal_coef=0.5, rehearsal_divergence="forward_kl", correct_threshold=0.0,
+          rehearsal_prompts=2, rehearsal_batch=4)  # threshold 0: π₀ "solves" every prompt
+    trainer.build_rehearsal()
+    reh = trainer.rehearsal
+    assert len(reh) == 2 * 4 and len(reh.prompts) == 2
+    first = trainer.rl_step()
+    assert abs(first["actor/rehearsal_div"]) < 1e-5  # π_θ = π₀ at the first step: f(1) = 0
+    trainer.progress.step += 1
+    second = trainer.rl_step()
+    assert second["actor/rehearsal_div"] > 1e-6  # the policy moved away from π₀ and is pulled back
+    state = reh.state()
+    by_id = {s.id: s for s in trainer.train_data}
+    again = from_state(state, lambda ids: [trainer.policy.encode(by_id[i]) for i in ids], trainer.policy.pad_id)
+    assert again.state() == state
+    trainer.rehearsal = None

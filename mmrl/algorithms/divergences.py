@@ -7,6 +7,8 @@ All three are 0 when the two log-probs are equal.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from mmrl.registry import Registry
@@ -36,3 +38,25 @@ def k3(logp: torch.Tensor, target_logp: torch.Tensor) -> torch.Tensor:
     """
     delta = (target_logp - logp).clamp(-20.0, 20.0)
     return torch.expm1(delta) - delta
+
+
+# f-divergences on samples from a fixed policy π₀ (DPH-RL): with u = π_θ(y_t) / π₀(y_t) for y ~ π₀,
+# E_{π₀}[f(u)] = D_f(π_θ ‖ π₀). Each function takes log u [N, T] and returns f(u) ≥ 0, 0 at u = 1.
+F_DIVERGENCES: Registry = Registry("f-divergence")
+
+
+@F_DIVERGENCES.register("forward_kl")
+def forward_kl(log_u: torch.Tensor) -> torch.Tensor:
+    """KL(π₀ ‖ π_θ) per sample: f(u) = u − log u − 1 (−log u plus the zero-mean control variate u − 1);
+    mass-covering: it keeps π_θ from dropping what π₀ could already do. DPH-RL, "The Choice of Divergence"
+    (arXiv id not recorded in the reference). log u is clamped to ±20 so exp stays finite."""
+    log_u = log_u.clamp(-20.0, 20.0)
+    return torch.expm1(log_u) - log_u
+
+
+@F_DIVERGENCES.register("js")
+def js(log_u: torch.Tensor) -> torch.Tensor:
+    """Jensen–Shannon generator f(u) = u log u − (u + 1) log((u + 1) / 2) (same paper); bounded growth."""
+    log_u = log_u.clamp(-20.0, 20.0)
+    u = torch.exp(log_u)
+    return u * log_u - (u + 1.0) * (torch.log1p(u) - math.log(2.0))

@@ -81,3 +81,8 @@ _preset("acre", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=0.0)
 # the recipe's `rollout.extra_passes: [{kind: rethink}]`.
 _preset("vl_rethinker", **dict(_GRPO, scale="none"), aggregation="seq_mean_token_mean", kl_coef=0.0,
         group_filter="nonzero_std", max_gen_batches=1, replay_capacity=256, replay_alpha=1.0)
+# DPH-RL — "The Choice of Divergence: A Neglected Key to Mitigating Diversity Collapse in RLVR" (arXiv id not
+# recorded): DAPO-style clip-higher without a reference KL, plus a mass-covering f-divergence (JS; forward KL
+# is the other choice) to π₀ on the samples π₀ already solves, coefficient 0.01.
+_preset("dph_rl", **dict(_GRPO, clip_high=0.28), aggregation="token_mean", kl_coef=0.0,
+        rehearsal_coef=0.01, rehearsal_divergence="js")

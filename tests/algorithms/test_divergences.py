@@ -78,3 +78,24 @@ def test_k3_gradient_matches_closed_form():
     target = torch.tensor([-2.0, -1.0, -0.5], dtype=torch.float64)
     k3(logp, target).sum().backward()
     torch.testing.assert_close(logp.grad, 1 - torch.exp(target - logp.detach()))
+
+
+def test_f_divergences_by_hand_and_their_gradients():
+    from mmrl.algorithms.divergences import F_DIVERGENCES
+
+    assert F_DIVERGENCES.names() == ["forward_kl", "js"]
+    log_u = torch.tensor([0.0, 1.0, -1.0], dtype=torch.float64, requires_grad=True)
+    fkl = F_DIVERGENCES.get("forward_kl")(log_u)
+    e = math.e
+    torch.testing.assert_close(fkl, torch.tensor([0.0, e - 2.0, 1 / e], dtype=torch.float64))
+    u = torch.exp(log_u.detach())
+    js = F_DIVERGENCES.get("js")(log_u)
+    expected = u * log_u.detach() - (u + 1) * torch.log((u + 1) / 2)
+    torch.testing.assert_close(js, expected)
+    # gradients w.r.t. log u: forward KL u − 1; JS u·log(2u / (u + 1)); both 0 at u = 1
+    (gk,) = torch.autograd.grad(fkl.sum(), log_u, retain_graph=True)
+    torch.testing.assert_close(gk, u - 1)
+    (gj,) = torch.autograd.grad(js.sum(), log_u)
+    torch.testing.assert_close(gj, u * torch.log(2 * u / (u + 1)))
+    huge = F_DIVERGENCES.get("js")(torch.tensor([500.0, -500.0]))
+    assert torch.isfinite(huge).all() and (huge >= 0).all()

@@ -426,7 +426,16 @@ def ref_vl_rethinker(b, extra=no_extra):
     return seq_mean_token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.2) + extra(i, t))
 
 
+def ref_dph_rl(b, extra=no_extra):
+    # DPH-RL ("The Choice of Divergence", arXiv id not recorded): the RL part is DAPO-style clip-higher
+    # (ε_high = 0.28), token-level mean, no reference KL; its f-divergence to π₀ acts on stored π₀ samples in a
+    # separate term (tests/algorithms/test_divergences.py, tests/test_update.py).
+    adv = grpo_adv(b)
+    return token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.28) + extra(i, t))
+
+
 PAPER_REFERENCES = {
+    "dph_rl": ref_dph_rl,
     "acre": ref_acre, "vl_rethinker": ref_vl_rethinker,
     "apo": ref_apo,
     "grpo": ref_grpo, "dr_grpo": ref_dr_grpo, "dapo": ref_dapo, "lite_ppo": ref_lite_ppo, "rloo": ref_rloo,
