@@ -150,7 +150,7 @@ def test_reference_reset_copies_the_policy_and_clears_adam(trainer):
     assert all(torch.equal(ref[k], cur[k]) for k in cur) and not trainer.optimizer.state
 
 
-@pytest.mark.parametrize("recipe", ["acre", "vl_rethinker"])
+@pytest.mark.parametrize("recipe", ["acre", "vl_rethinker", "t_grpo"])
 def test_extra_pass_recipes_train(tmp_path, tiny, recipe):
     """The method recipes whose extra passes change the rollout run end to end (2 RL steps, tiny sizes)."""
     import json
@@ -172,6 +172,8 @@ def test_extra_pass_recipes_train(tmp_path, tiny, recipe):
         assert all(r["rollout/shuffle_options/asked"] == 16 for r in rl)  # 4 prompts × G 4
         assert all("reward/acre/mean" in r and "reward/accuracy/mean" in r for r in rl)
         assert "eval/accuracy" in trainer.summary["eval_after"]
+    elif recipe == "t_grpo":
+        assert all(r["rollout/shuffle_frames/prompts"] == 4 and "reward/temporal_bonus/mean" in r for r in rl)
     else:
         assert all(r["rollout/rethink/tried"] >= 0 and "rollout/rethink/accepted" in r for r in rl)
 

@@ -86,3 +86,6 @@ _preset("vl_rethinker", **dict(_GRPO, scale="none"), aggregation="seq_mean_token
 # is the other choice) to π₀ on the samples π₀ already solves, coefficient 0.01.
 _preset("dph_rl", **dict(_GRPO, clip_high=0.28), aggregation="token_mean", kl_coef=0.0,
         rehearsal_coef=0.01, rehearsal_divergence="js")
+# T-GRPO — Video-R1 (arXiv:2503.21776 ≈ verify): GRPO; its temporal contrast is the recipe's
+# `rollout.extra_passes: [{kind: shuffle_frames}]` and the `temporal_bonus` reward (α = 0.3, μ = 0.8).
+_preset("t_grpo", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=0.04, kl_estimator="k3")

@@ -26,7 +26,8 @@ from mmrl.registry import Registry, closest
 
 @dataclass(frozen=True)
 class SyntheticTask:
-    """A generator: `draw(rng, **kwargs) -> (image, prompt, answer)`; `task` is the samples' `Sample.task`."""
+    """A generator: `draw(rng, **kwargs) -> (image or [frames], prompt, answer)`; `task` is the samples'
+    `Sample.task`. A list of images becomes that many image parts, in order (a multi-frame prompt)."""
 
     task: str
     draw: Callable[..., tuple[Image.Image, str, Any]]
@@ -58,7 +59,7 @@ def make(task: str, n: int, *, seed: int, split: str = "train", **kwargs: Any) -
             Sample(
                 id=f"{task}-{split}-{i:06d}",
                 messages=[{"role": "user", "content": [
-                    {"type": "image", "image": image},
+                    *({"type": "image", "image": im} for im in (image if isinstance(image, list) else [image])),
                     {"type": "text", "text": prompt},
                 ]}],
                 answer=answer,
@@ -278,3 +279,43 @@ def _image_size(sample: Sample) -> tuple[int, int]:
 
 TASKS.register("grounding")(SyntheticTask(task="grounding", draw=_draw_grounding))
 TARGETS.register("grounding")(TargetFormat(_grounding_target, _grounding_random_target))
+
+
+# ------------------------------------------------------------------------------------------- motion (frames)
+
+MOTION_PROMPT = "The images are frames in time order. Which way does the dot move: left or right?"
+
+
+def _draw_motion(
+    rng: random.Random, size: int = 28, frames: int = 3, prompt: str | None = None
+) -> tuple[list[Image.Image], str, str]:
+    """A multi-frame temporal task whose answer depends on the frames' order (the setting of Video-R1's T-GRPO).
+
+    A light dot (radius 3-5 px, grey 200-255) on a dark canvas (0-30) moves horizontally by a constant step
+    across `frames` frames of `size` x `size`, at a random height; the answer is its direction, "left" or
+    "right"; `prompt` replaces the default question. Shown in shuffled order, the frames no longer determine
+    the answer.
+    """
+    if frames < 2 or size < 16:
+        raise ValueError(f"motion: need frames >= 2 and size >= 16, got {frames}, {size}")
+    direction = rng.choice(("left", "right"))
+    r = rng.randint(3, 5)
+    fg, bg = rng.randint(200, 255), rng.randint(0, 30)
+    y = rng.uniform(r + 1, size - r - 2)
+    span = size - 2 * r - 3
+    xs = [r + 1 + span * k / (frames - 1) for k in range(frames)]
+    if direction == "left":
+        xs = xs[::-1]
+    images = []
+    for x in xs:
+        im = Image.new("RGB", (size, size), (bg, bg, bg))
+        ImageDraw.Draw(im).ellipse([x - r, y - r, x + r, y + r], fill=(fg, fg, fg))
+        images.append(im)
+    return images, prompt or MOTION_PROMPT, direction
+
+
+TASKS.register("motion")(SyntheticTask(task="temporal/motion", draw=_draw_motion))
+TARGETS.register("temporal/motion")(TargetFormat(
+    lambda sample, geometry=None: f"<answer>{sample.answer}</answer>",
+    lambda sample, rng, geometry=None: f"<answer>{rng.choice(('left', 'right'))}</answer>",
+))

@@ -40,3 +40,23 @@ def mask_patches(
     if start != pixel_values.shape[0]:
         raise ValueError(f"grid_thw covers {start} patches but pixel_values has {pixel_values.shape[0]} rows")
     return out
+
+
+def shuffle_frames(sample, perm: list[int]):
+    """The same sample with its image parts (frames, in prompt order) reordered: shown frame i = original
+    frame perm[i]; text parts stay where they are. T-GRPO's shuffled-frame input (Video-R1, arXiv:2503.21776 ≈
+    verify). Raises ValueError when `perm` does not permute the sample's frames."""
+    from dataclasses import replace
+
+    frames = sample.media("image")
+    if sorted(perm) != list(range(len(frames))) or len(frames) < 2:
+        raise ValueError(f"{sample.id}: {perm} is not a permutation of its {len(frames)} frames (need >= 2)")
+    order = iter([frames[j] for j in perm])
+    messages = []
+    for msg in sample.messages:
+        content = msg.get("content")
+        if isinstance(content, list):
+            content = [dict(part, image=next(order)) if isinstance(part, dict) and part.get("type") == "image"
+                       else part for part in content]
+        messages.append(dict(msg, content=content))
+    return replace(sample, messages=messages)

@@ -329,3 +329,27 @@ def temporal_iou(completions: list[str], *, answer: Sequence[Any] | None = None,
         pred = parse_span(answer_text(text))
         out.append(0.0 if pred is None else temporal_iou_of(pred, (vals[0], vals[1])))
     return out
+
+
+@register("temporal_bonus", range=lambda alpha=0.3, **_: (0.0, max(0.0, float(alpha))))
+def temporal_bonus(completions: list[str], *, temporal: Sequence[Any] | None = None, alpha: float = 0.3,
+                   mu: float = 0.8, **kwargs: Any) -> list[float | None]:
+    """T-GRPO's temporal reward (Video-R1, arXiv:2503.21776 ≈ verify). Range [0, α]; None = no contrast pass.
+
+    r = α when the completion is correct and its prompt's accuracy on ordered frames p reaches μ·p̃, p̃ the
+    accuracy on shuffled frames; else 0. The `temporal` column (`{"correct", "ordered_acc", "shuffled_acc"}`)
+    comes from the `shuffle_frames` rollout pass. Defaults α = 0.3, μ = 0.8 (Video-R1's code).
+
+    >>> temporal_bonus(["a", "b", "c"], temporal=[{"correct": True, "ordered_acc": 0.5, "shuffled_acc": 0.25},
+    ...     {"correct": False, "ordered_acc": 0.5, "shuffled_acc": 0.25}, None])
+    [0.3, 0.0, None]
+    """
+    out: list[float | None] = []
+    for t in column(temporal, "temporal", len(completions)):
+        if not isinstance(t, dict) or not all(k in t for k in ("correct", "ordered_acc", "shuffled_acc")):
+            out.append(None)
+            continue
+        ok = bool(t["correct"]) and _finite(t["ordered_acc"]) is not None and _finite(t["shuffled_acc"]) is not None \
+            and float(t["ordered_acc"]) >= mu * float(t["shuffled_acc"])
+        out.append(float(alpha) if ok else 0.0)
+    return out

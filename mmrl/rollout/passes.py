@@ -16,6 +16,7 @@ from typing import Any, Callable
 import torch
 
 from mmrl.datasets.mcq import shuffle_options
+from mmrl.perception.perturb import shuffle_frames
 from mmrl.registry import Registry
 from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
 
@@ -153,3 +154,47 @@ def replace_rows(ro: Rollouts, rows: list[int], cand: Rollouts, src: list[int], 
     for i, j in zip(rows, src):
         ro.completion_ids[i], ro.completion_mask[i], ro.sampling_logprobs[i] = c_ids[j], c_mask[j], c_lp[j]
         ro.texts[i], ro.finish_reasons[i] = cand.texts[j], cand.finish_reasons[j]
+
+
+@EXTRA_PASSES.register("shuffle_frames")
+def shuffled_frames_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, column: str = "temporal",
+                         samples: int | None = None) -> dict[str, float]:
+    """T-GRPO's contrast (Video-R1, arXiv:2503.21776 ≈ verify): each multi-frame prompt is also answered with its
+    frames shuffled (`samples` completions, default G/2); the column gets, per completion, whether it is correct
+    and its prompt's accuracy on ordered and on shuffled frames, for the `temporal_bonus` reward. Correctness is
+    the run's total reward ≥ `algorithm.correct_threshold`, scored here on both sets."""
+    g = ro.group_size
+    k = samples or max(1, g // 2)
+    ordered = side_copy(ro)
+    ctx.score(ordered, prompts)
+    correct = [bool(v >= ctx.correct_threshold) for v in ordered.total.tolist()]
+    shuffled_inputs, which = [], []
+    for pi, p in enumerate(prompts):
+        n = len(p.sample.media("image"))
+        if n < 2:
+            continue
+        rng = random.Random(row_seed(ctx.params.seed, "frames", ctx.params.step, p.sample.id))
+        perm = list(range(n))
+        while perm == sorted(perm):  # a shuffle that keeps the order tests nothing
+            rng.shuffle(perm)
+        shuffled_inputs.append(ctx.policy.with_prefix(ctx.policy.encode(shuffle_frames(p.sample, perm)), "", "frames"))
+        which.append(pi)
+    values: list[Any] = [None] * len(ro)
+    if which:
+        contrast = ctx.engine.generate(shuffled_inputs, k, ctx.params, batch_prompts=ctx.batch_prompts)
+        contrast.prompt_index = torch.tensor(which).repeat_interleave(k)
+        ctx.score(contrast, prompts)
+        for j, pi in enumerate(which):
+            shuffled_acc = float((contrast.total[j * k : (j + 1) * k] >= ctx.correct_threshold).float().mean())
+            rows = [i for i in range(len(ro)) if int(ro.prompt_index[i]) == pi]
+            ordered_acc = sum(correct[i] for i in rows) / len(rows)
+            for i in rows:
+                values[i] = {"correct": correct[i], "ordered_acc": ordered_acc, "shuffled_acc": shuffled_acc}
+    ro.columns[column] = values
+    return {"prompts": float(len(which))}
+
+
+def side_copy(ro: Rollouts) -> Rollouts:
+    """A copy of `ro` for scoring on the side (its rewards and total do not touch `ro`)."""
+    return Rollouts(ro.prompt_index.clone(), ro.completion_ids, ro.completion_mask, ro.sampling_logprobs,
+                    list(ro.texts), list(ro.finish_reasons), ro.group_size, columns=dict(ro.columns))

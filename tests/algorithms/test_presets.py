@@ -434,7 +434,14 @@ def ref_dph_rl(b, extra=no_extra):
     return token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.28) + extra(i, t))
 
 
+def ref_t_grpo(b, extra=no_extra):
+    # T-GRPO (Video-R1, arXiv:2503.21776 ≈ verify): the GRPO loss itself (DeepSeekMath eq. 3, k3 KL 0.04); its
+    # temporal contrast only changes rewards (shuffled-frame pass + temporal_bonus).
+    return ref_grpo(b, extra=extra)
+
+
 PAPER_REFERENCES = {
+    "t_grpo": ref_t_grpo,
     "dph_rl": ref_dph_rl,
     "acre": ref_acre, "vl_rethinker": ref_vl_rethinker,
     "apo": ref_apo,

@@ -48,3 +48,26 @@ def test_rotation_choices():
     import random
 
     assert random_target_text(mc[0], random.Random(0)) in {f"<answer>{c}</answer>" for c in "ABCD"}
+
+
+def test_motion_frames_and_shuffle():
+    from mmrl.perception.perturb import shuffle_frames
+
+    s = make("motion", 6, seed=0)
+    assert {x.answer for x in s} <= {"left", "right"} and s[0].task == "temporal/motion"
+    for smp in s:
+        frames = smp.media("image")
+        assert len(frames) == 3 and frames[0].size == (28, 28)
+        cols = []
+        for im in frames:  # the dot's column: where the bright pixels are
+            px = im.convert("L").load()
+            bright = [x for x in range(28) for y in range(28) if px[x, y] > 150]
+            cols.append(sum(bright) / len(bright))
+        assert (cols[0] < cols[1] < cols[2]) == (smp.answer == "right")
+        assert (cols[0] > cols[1] > cols[2]) == (smp.answer == "left")
+    t = shuffle_frames(s[0], [2, 0, 1])
+    assert [im.tobytes() for im in t.media("image")] == [s[0].media("image")[j].tobytes() for j in (2, 0, 1)]
+    assert t.messages[0]["content"][-1] == s[0].messages[0]["content"][-1]  # the text stays
+    with pytest.raises(ValueError, match="permutation"):
+        shuffle_frames(s[0], [0, 1])
+    assert target_text(s[0]) == f"<answer>{s[0].answer}</answer>"

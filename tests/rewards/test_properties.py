@@ -275,6 +275,7 @@ GROUND_TRUTH: dict[str, Any] = {  # name -> a ground truth that applies (None: t
     "rotation_exact": 90,
     "salience_iou": BOXES_GT,
     "temporal_iou": {"span": [10.0, 20.0]},
+    "temporal_bonus": None,
     "token_f1": "the red car",
     "union_iou": BOXES_GT,
     "vlmr1_det": BOXES_GT,
@@ -296,6 +297,11 @@ GEOMETRIES = [
 
 
 PERMUTATIONS = [[2, 0, 1], [1, 0], [0, 1, 2, 3], [], [5, "x"], None, [True, 0], [-1, 99, 0]]
+TEMPORAL = [  # the contrast column of the shuffle_frames pass, valid and malformed
+    {"correct": True, "ordered_acc": 0.5, "shuffled_acc": 0.25}, {"correct": False, "ordered_acc": 1, "shuffled_acc": 0},
+    None, {"correct": True}, {"correct": True, "ordered_acc": float("nan"), "shuffled_acc": 0.1}, "text",
+    {"correct": True, "ordered_acc": "x", "shuffled_acc": 0.2}, {"correct": 1, "ordered_acc": 1e308, "shuffled_acc": -1e308},
+]
 
 
 def columns(batch: list[str], start: int, gt: Any) -> dict[str, list]:
@@ -311,6 +317,7 @@ def columns(batch: list[str], start: int, gt: Any) -> dict[str, list]:
         "completion_ids": [None if i % 23 == 0 else [7] * (len(s) % 100) for i, s in zip(idx, batch)],
         "prompt_index": [i // 4 for i in idx],
         "pair": pairs,
+        "temporal": [TEMPORAL[i % len(TEMPORAL)] for i in idx],
     }
 
 
@@ -638,6 +645,19 @@ def _acre(rng):
         if perm1:
             gt["permutation"] = perm1
         c.add(first, gt, pair={"completion": second, "permutation": perm2})
+    return [c]
+
+
+@control("temporal_bonus")
+def _temporal_bonus(rng):
+    # The value comes from the frame-contrast column: a correct completion whose prompt did at least μ = 0.8 times
+    # as well on ordered as on shuffled frames gets α; the completion text (noise here) is not read.
+    c = Control()
+    for i in range(120):
+        shuffled = rng.random()
+        ordered = min(1.0, 0.8 * shuffled + rng.random() * (1 - 0.8 * shuffled))
+        text = wrap(rng, f"{rng.choice(['left', 'right'])} {i}") + (LONG_REASONING if i % 20 == 0 else "")
+        c.add(text, temporal={"correct": True, "ordered_acc": ordered, "shuffled_acc": shuffled})
     return [c]
 
 
@@ -1027,7 +1047,8 @@ def blank_answer(text: str) -> str:
     return text if start < 0 else f"{text[:start]}<answer>none</answer>{text[end + len('</answer>'):]}"
 
 
-ANSWER_FREE = {"format", "format_template", "overlong", "repetition", "group_agreement"}  # no twin check
+ANSWER_FREE = {"format", "format_template", "overlong", "repetition", "group_agreement",  # no twin check
+               "temporal_bonus"}  # reads the contrast pass's column, not the completion
 # layout/word rewards whose controls carry no long reasoning (`format_template` documents that text past
 # `MAX_CHARS` fails its template)
 NO_LONG_REASONING = {"format", "format_template", "repetition"}
