@@ -175,6 +175,9 @@ class AlgorithmConfig:
     cov_low: float = 1.0  # clip_cov: the covariance window (cov_low, cov_high)
     cov_high: float = 5.0
     cov_kl_coef: float = 1.0  # kl_cov: β on |log ρ|
+    lp_reg_coef: float = 0.0  # > 0: Lp-Reg on low-probability tokens of negative samples (one extra forward)
+    lp_reg_kappa: float = 0.02  # the min-p proxy's κ
+    lp_reg_share: float = 0.01  # share of negative tokens (lowest log-prob) regularised
     rehearsal_coef: float = 0.0  # > 0: f-divergence to π₀ on its own perfect samples (DPH-RL), this coefficient
     rehearsal_divergence: str = "js"  # js | forward_kl
     rehearsal_prompts: int = 64  # training prompts π₀ is sampled on at the start of RL (G completions each)

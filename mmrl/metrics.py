@@ -14,6 +14,8 @@ Metric names are namespaced and stable:
 | `actor/kl` | token-mean KL estimate to the reference (when a KL term is in the loss) |
 | `actor/kl_in_reward` | mean per-sequence KL penalty subtracted from the reward (`kl_placement: reward`) |
 | `actor/masked_kl` | token-mean KL between the policy on the real and on the masked image (`masked_kl_coef` > 0) |
+| `actor/rehearsal_div`, `actor/lp_reg_frac`, `actor/cov_selected_frac` | DPH-RL's f-divergence to π₀ on its samples; share of tokens Lp-Reg / Clip-Cov / KL-Cov acted on |
+| `rollout/<pass>/<stat>`, `rollout/replayed_groups`, `rollout/replay_size` | extra rollout passes' counts (e.g. `rollout/rethink/accepted`); replayed groups and buffer size |
 | `actor/ref_reset`, `actor/skipped` | 1 at a step that reset the reference / that trained on nothing (every group filtered) |
 | `actor/clip_frac` | fraction of completion tokens where the clip was active |
 | `actor/entropy` | token-mean entropy of the policy on its completions |

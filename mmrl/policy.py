@@ -26,7 +26,7 @@ import torch
 from mmrl import zoo
 from mmrl.config import ModelConfig
 from mmrl.datasets.sample import BadSampleError, Sample
-from mmrl.kernels import token_logprobs
+from mmrl.kernels import minp_log_mass, token_logprobs
 from mmrl.perception.geometry import Geometry, convention_for
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -242,12 +242,9 @@ class Policy:
         return {k: torch.cat(v, dim=0) for k, v in batch.items()}
 
     # --------------------------------------------------------------------------------------- log-probs
-    def completion_logprobs(
-        self, batch: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor, *,
-        temperature: float = 1.0, with_entropy: bool = False, model: torch.nn.Module | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs [N, C] of the completion tokens given the (collated) prompts; masked positions are 0."""
-        model = model if model is not None else self.hf
+    def _completion_hidden(self, batch, completion_ids, completion_mask, model):
+        """Last hidden states of the completion positions [N·C, H], their targets [N·C] (−100 where masked)
+        and the lm_head weight [V, H]."""
         prompt_len = batch["input_ids"].shape[1]
         inputs = dict(batch)
         for k in TOKEN_KEYS:
@@ -260,11 +257,30 @@ class Policy:
         hidden = hidden[:, prompt_len - 1 : -1]  # [N, C, H]: position t predicts completion token t
         n, c, h = hidden.shape
         targets = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, -100))
-        weight = model.get_output_embeddings().weight  # [V, H]
-        logp, ent = token_logprobs(
-            hidden.reshape(n * c, h), weight, targets.reshape(-1), temperature=temperature, with_entropy=with_entropy
-        )
+        return hidden.reshape(n * c, h), targets.reshape(-1), model.get_output_embeddings().weight
+
+    def completion_logprobs(
+        self, batch: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor, *,
+        temperature: float = 1.0, with_entropy: bool = False, model: torch.nn.Module | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Log-probs [N, C] of the completion tokens given the (collated) prompts; masked positions are 0."""
+        model = model if model is not None else self.hf
+        hidden, targets, weight = self._completion_hidden(batch, completion_ids, completion_mask, model)
+        n, c = completion_ids.shape
+        logp, ent = token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy)
         return logp.view(n, c), (ent.view(n, c) if ent is not None else None)
+
+    @torch.no_grad()
+    def completion_minp_mass(
+        self, batch: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor, *,
+        kappa: float, temperature: float = 1.0,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per completion token [N, C]: log of the probability mass a min-p filter at `kappa` keeps, and whether
+        the sampled token survives it (`mmrl.kernels.minp_log_mass`); no gradient."""
+        hidden, targets, weight = self._completion_hidden(batch, completion_ids, completion_mask, self.hf)
+        n, c = completion_ids.shape
+        log_mass, kept = minp_log_mass(hidden, weight, targets, kappa=kappa, temperature=temperature)
+        return log_mass.view(n, c), kept.view(n, c)
 
     def train(self) -> None:
         self.model.train()

@@ -112,6 +112,9 @@ def rl_update(
                     generator=torch.Generator().manual_seed(row_seed(seed, "cov", step, epoch, *rows[:1])),
                     kl_weight=ro.kl_weight[r] if ro.kl_weight is not None else None,
                 )
+                if algo.lp_reg_coef > 0:
+                    terms.proxy_log_mass, terms.proxy_kept = policy.completion_minp_mass(
+                        batch, ids, mask, kappa=algo.lp_reg_kappa, temperature=temperature)
                 if algo.masked_kl_coef > 0:
                     masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *rows[:1]))
                     terms.masked_logp, terms.masked_entropy = policy.completion_logprobs(
@@ -135,6 +138,8 @@ def rl_update(
         out["actor/masked_kl"] = sums["masked_kl"] / tokens
     if rehearsal is not None:
         out["actor/rehearsal_div"] = sums["rehearsal"]
+    if algo.lp_reg_coef > 0:
+        out["actor/lp_reg_frac"] = sums["lp_reg_tokens"] / tokens
     if algo.cov_mode != "none":
         out["actor/cov_selected_frac"] = sums["cov_selected"] / tokens
     return out

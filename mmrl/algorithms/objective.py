@@ -36,6 +36,8 @@ class TokenTerms:
     masked_entropy: torch.Tensor | None = None
     generator: torch.Generator | None = None  # for random token selection (cov_mode: clip_cov)
     kl_weight: torch.Tensor | None = None  # [N] per-completion weight of the KL term (kl_weighting)
+    proxy_log_mass: torch.Tensor | None = None  # [N, T] log of the min-p-kept mass (lp_reg_coef > 0), no gradient
+    proxy_kept: torch.Tensor | None = None  # [N, T] the sampled token survives the min-p filter
 
 
 def objective(t: TokenTerms, algo, norms: dict[str, int]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -58,6 +60,10 @@ def objective(t: TokenTerms, algo, norms: dict[str, int]) -> tuple[torch.Tensor,
             kl = kl * t.kl_weight.unsqueeze(1)
         tok_loss = tok_loss + algo.kl_coef * kl
         stats["kl"] = float((kl.detach() * t.mask).sum())
+    if t.proxy_log_mass is not None and algo.lp_reg_coef > 0:
+        reg, selected = low_probability_regulariser(t, algo)
+        tok_loss = tok_loss + algo.lp_reg_coef * reg
+        stats["lp_reg_tokens"] = selected
     if t.entropy is not None and algo.entropy_coef:
         tok_loss = tok_loss - algo.entropy_coef * t.entropy
     if t.masked_logp is not None:
@@ -121,3 +127,20 @@ def kl_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Ten
     chosen = torch.zeros(tok_loss.numel(), dtype=tok_loss.dtype)
     chosen[top] = 1.0
     return tok_loss + algo.cov_kl_coef * chosen.view_as(tok_loss) * log_ratio.abs(), float(k)
+
+
+def low_probability_regulariser(t: TokenTerms, algo) -> tuple[torch.Tensor, float]:
+    """Lp-Reg (arXiv id not recorded in the reference): on the tokens of negative-advantage completions whose
+    log-prob is among the lowest `lp_reg_share` of such tokens (this micro-batch) and that a min-p filter at κ keeps,
+    k3(π_θ, π_proxy) with the proxy π_proxy(o_t) = sg[π_θ(o_t)] / Z_κ — it stops negative updates from driving
+    plausible low-probability tokens to zero. Returns (per-token term [N, T], number of tokens selected)."""
+    negative = (t.advantages < 0).unsqueeze(1) & t.mask.bool()  # [N, T]
+    n_neg = int(negative.sum())
+    k = int(algo.lp_reg_share * n_neg + 0.5)
+    if k == 0:
+        return torch.zeros_like(t.logp), 0.0
+    threshold = torch.kthvalue(t.logp.detach()[negative], k).values
+    selected = negative & (t.logp.detach() <= threshold) & t.proxy_kept & (t.proxy_log_mass < 0)
+    proxy = t.logp.detach() - t.proxy_log_mass  # log π_proxy(o_t) ≥ log π_θ(o_t)
+    reg = KL_ESTIMATORS.get("k3")(t.logp, proxy)
+    return torch.where(selected, reg, torch.zeros_like(reg)), float(selected.sum())

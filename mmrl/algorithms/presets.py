@@ -89,3 +89,7 @@ _preset("dph_rl", **dict(_GRPO, clip_high=0.28), aggregation="token_mean", kl_co
 # T-GRPO — Video-R1 (arXiv:2503.21776 ≈ verify): GRPO; its temporal contrast is the recipe's
 # `rollout.extra_passes: [{kind: shuffle_frames}]` and the `temporal_bonus` reward (α = 0.3, μ = 0.8).
 _preset("t_grpo", **_GRPO, aggregation="seq_mean_token_mean", kl_coef=0.04, kl_estimator="k3")
+# Lp-Reg — low-probability regularisation (arXiv id not recorded): on-policy, clipping effectively off
+# (ε_low 1.0, ε_high 9.0, dual clip 10), k3 to a min-p proxy (κ = 0.02) on the lowest 1 % of negative tokens, β = 1.
+_preset("lp_reg", **dict(_GRPO, clip_low=1.0, clip_high=9.0), clip_c=10.0, aggregation="token_mean", kl_coef=0.0,
+        lp_reg_coef=1.0, lp_reg_kappa=0.02, lp_reg_share=0.01)

@@ -5,6 +5,6 @@ reference used by tests and benchmarks. Triton kernels and the fully fused custo
 (issue: fused loss kernels); they will keep this signature.
 """
 
-from mmrl.kernels.logprobs import naive_token_logprobs, token_logprobs
+from mmrl.kernels.logprobs import minp_log_mass, naive_token_logprobs, token_logprobs
 
-__all__ = ["token_logprobs", "naive_token_logprobs"]
+__all__ = ["minp_log_mass", "token_logprobs", "naive_token_logprobs"]

@@ -53,3 +53,31 @@ def token_logprobs(
         if with_entropy:
             outs_ent.append(res[1])
     return torch.cat(outs_lp), (torch.cat(outs_ent) if with_entropy else None)
+
+
+@torch.no_grad()
+def minp_log_mass(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, kappa: float, temperature: float = 1.0,
+    chunk_size: int = 1024,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each position [N]: log Z_κ = log Σ_{a: p(a) ≥ κ·max p} p(a), the mass a min-p filter keeps, and
+    whether the target survives the filter; positions with target −100 give (0, False). Chunked like
+    `token_logprobs` (O(chunk·V) memory), no gradient. Lp-Reg's min-p proxy π_proxy(a) = p(a)/Z_κ for kept a."""
+    if not 0.0 < kappa <= 1.0:
+        raise ValueError(f"kappa must be in (0, 1], got {kappa}")
+    log_mass = torch.zeros(hidden.shape[0], dtype=torch.float32 if hidden.dtype != torch.float64 else torch.float64)
+    kept = torch.zeros(hidden.shape[0], dtype=torch.bool)
+    log_kappa = torch.log(torch.tensor(kappa, dtype=log_mass.dtype))
+    for start in range(0, hidden.shape[0], chunk_size):
+        sl = slice(start, start + chunk_size)
+        logits = (hidden[sl] @ weight.T).to(log_mass.dtype) / temperature  # [n, V]
+        lse = torch.logsumexp(logits, dim=-1)  # [n]
+        threshold = logits.max(dim=-1, keepdim=True).values + log_kappa  # [n, 1]
+        inside = logits >= threshold
+        mass = torch.logsumexp(logits.masked_fill(~inside, -float("inf")), dim=-1) - lse  # [n]
+        valid = targets[sl] != IGNORE
+        safe = torch.where(valid, targets[sl], torch.zeros_like(targets[sl]))
+        hit = inside.gather(1, safe.unsqueeze(1)).squeeze(1) & valid
+        log_mass[sl] = torch.where(valid, mass, torch.zeros_like(mass))
+        kept[sl] = hit
+    return log_mass, kept

@@ -277,3 +277,29 @@ def test_kl_cov_adds_abs_log_ratio_on_top_tokens_and_clip_cov_detaches():
     loss.backward()
     assert stats["cov_selected"] == 5.0 and loss.item() == pytest.approx(plain.item())
     assert torch.equal(t.logp.grad, torch.zeros_like(t.logp))  # every token selected: no gradient at all
+
+
+def test_lp_reg_selects_low_probability_negative_tokens_and_pushes_them_up():
+    import dataclasses
+
+    from mmrl.algorithms import TokenTerms, objective
+    from mmrl.config import AlgorithmConfig
+
+    logp = torch.tensor([[-0.1, -6.0, -5.0, -0.2], [-7.0, -0.3, -0.4, -0.5]], dtype=F64, requires_grad=True)
+    mask = torch.ones(2, 4, dtype=F64)
+    adv = torch.tensor([-1.0, 1.0], dtype=F64)  # only row 0 is negative
+    log_mass = torch.full((2, 4), -0.5, dtype=F64)
+    kept = torch.tensor([[True, False, True, True], [True, True, True, True]])
+    algo = dataclasses.replace(AlgorithmConfig(), lp_reg_coef=1.0, lp_reg_share=0.5)  # k = 0.5·4 = 2 lowest
+    t = TokenTerms(logp=logp, old_logp=logp.detach(), mask=mask, advantages=adv, proxy_log_mass=log_mass,
+                   proxy_kept=kept)
+    norms = dict(global_tokens=8, global_seqs=2, max_tokens=4)
+    loss, stats = objective(t, algo, norms)
+    # negative tokens (row 0) by log-prob: −6.0, −5.0 are the lowest two; −6.0 is filtered out by min-p → one token
+    assert stats["lp_reg_tokens"] == 1.0
+    plain, _ = objective(dataclasses.replace(t, proxy_log_mass=None), algo, norms)
+    k3 = math.exp(0.5) - 0.5 - 1  # δ = log π_proxy − log π = −log Z = 0.5
+    assert loss.item() == pytest.approx(plain.item() + k3 / 8)
+    (g,) = torch.autograd.grad(loss - plain, logp)
+    assert g[0, 2].item() == pytest.approx((1 - math.exp(0.5)) / 8) and g[0, 2] < 0  # descent raises log π
+    assert torch.count_nonzero(g) == 1

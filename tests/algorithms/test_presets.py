@@ -440,7 +440,15 @@ def ref_t_grpo(b, extra=no_extra):
     return ref_grpo(b, extra=extra)
 
 
+def ref_lp_reg(b, extra=no_extra):
+    # Lp-Reg (arXiv id not recorded): on-policy with clipping effectively off (ε_low 1.0, ε_high 9.0, dual clip 10),
+    # token mean, no KL; its min-p proxy term needs the full distribution and is checked by hand in test_losses.py.
+    adv = grpo_adv(b)
+    return token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 1.0, 9.0, 10.0) + extra(i, t))
+
+
 PAPER_REFERENCES = {
+    "lp_reg": ref_lp_reg,
     "t_grpo": ref_t_grpo,
     "dph_rl": ref_dph_rl,
     "acre": ref_acre, "vl_rethinker": ref_vl_rethinker,

@@ -120,3 +120,25 @@ def test_bfloat16_inputs_give_fp32_close_to_reference():
     out, _ = token_logprobs(hidden.bfloat16(), weight.bfloat16(), targets, chunk_size=8)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=0.15, rtol=0.02)
+
+
+def test_minp_log_mass_matches_the_full_distribution():
+    from mmrl.kernels import minp_log_mass
+
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 8, generator=g, dtype=torch.float64)
+    w = torch.randn(50, 8, generator=g, dtype=torch.float64)
+    t = torch.randint(0, 50, (37,), generator=g)
+    t[5] = -100
+    for kappa, temp in ((0.02, 1.0), (0.5, 0.7), (1.0, 1.3)):
+        log_mass, kept = minp_log_mass(h, w, t, kappa=kappa, temperature=temp, chunk_size=8)
+        p = torch.softmax(h @ w.T / temp, dim=-1)
+        inside = p >= kappa * p.max(dim=-1, keepdim=True).values
+        expected = torch.log((p * inside).sum(-1))
+        expected[5] = 0.0
+        torch.testing.assert_close(log_mass, expected)
+        hit = inside.gather(1, t.clamp(min=0)[:, None]).squeeze(1)
+        hit[5] = False
+        assert torch.equal(kept, hit)
+    with pytest.raises(ValueError, match="kappa"):
+        minp_log_mass(h, w, t, kappa=0.0)
