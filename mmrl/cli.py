@@ -113,6 +113,24 @@ def cmd_data(args) -> int:
     from mmrl.datasets.synthetic import TASKS, make
     from mmrl.registry import UnknownNameError
 
+    if args.images:  # puzzles from a folder of real images
+        from mmrl.datasets.folder import PUZZLES, from_folder
+        from mmrl.errors import BadSampleError
+
+        if args.task not in PUZZLES:
+            return _fail(2, f"--images makes {', '.join(sorted(PUZZLES))} puzzles, not {args.task!r}")
+        try:
+            samples, skipped = from_folder(args.task, args.images, seed=args.seed, per_image=args.per_image,
+                                           size=args.size, on_bad_sample=args.on_bad_sample)
+        except (FileNotFoundError, BadSampleError) as e:
+            return _fail(1, str(e))
+        for line in skipped:
+            print(f"skipped {line}", file=sys.stderr)
+        if not samples:
+            return _fail(1, f"no usable image in {args.images} ({len(skipped)} skipped)")
+        print(write_jsonl(samples, args.out))
+        print(f"{len(samples)} samples, {len(skipped)} files skipped", file=sys.stderr)
+        return 0
     try:
         TASKS.get(args.task)
     except UnknownNameError as e:
@@ -181,6 +199,11 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--split", default="train")
     dm.add_argument("--out", required=True)
+    dm.add_argument("--images", help="a folder of images: make rotation / jigsaw puzzles from them")
+    dm.add_argument("--per-image", type=int, default=1, help="puzzles per image (--images)")
+    dm.add_argument("--size", type=int, default=112, help="longer side of each picture in pixels (--images)")
+    dm.add_argument("--on-bad-sample", choices=("skip", "raise"), default="skip",
+                    help="an unreadable image: report and skip it, or stop (--images)")
     d.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("plot", help="draw a run's curves into RUN_DIR/plots, or compare runs into --out")

@@ -162,6 +162,20 @@ TASKS.register("rotation")(SyntheticTask(task="puzzle/rotation", draw=_draw_rota
 TARGETS.register("puzzle/rotation")(TargetFormat(_rotation_target, _rotation_random_target))
 
 
+def _jigsaw_target(sample: Sample, geometry: Any = None) -> str:
+    return f"<answer>{sample.answer['order']}</answer>"
+
+
+def _jigsaw_random_target(sample: Sample, rng: random.Random, geometry: Any = None) -> str:
+    order = list(range(len(sample.answer["order"])))
+    rng.shuffle(order)
+    return f"<answer>{order}</answer>"
+
+
+# jigsaw puzzles come from folders of images (mmrl.datasets.folder); their SFT targets live with the others
+TARGETS.register("puzzle/jigsaw")(TargetFormat(_jigsaw_target, _jigsaw_random_target))
+
+
 # ------------------------------------------------------------------------------------------- grounding
 
 COLOURS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "yellow": (255, 255, 0)}

@@ -1,0 +1,100 @@
+"""Self-supervised puzzles from any folder of images: the label comes from the transformation (SSL4RL, PC-GRPO).
+
+`from_folder(task, directory, …)` reads every image file of a folder (sorted, recursively), each through the
+safe loader (`mmrl.perception.images.load_image`: header pixel guard, EXIF orientation, RGB), shrinks it to
+`size` pixels on its longer side and draws the puzzle with a generator seeded by (task, seed, file name, k):
+- `rotation`: the photo turned by 0, 90, 180 or 270 degrees (counter-clockwise); answer the angle as a string;
+- `jigsaw`: the photo cut into a `grid` × `grid` grid whose tiles are shuffled; answer `{"order": [...]}`, the
+  original index of the tile now at each position in reading order (scored by the `jigsaw` reward).
+A file that cannot be read is reported by name and skipped (`on_bad_sample: skip`, the default here) or stops
+the build (`raise`); the skipped names are returned with the samples.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from PIL import Image
+
+from mmrl.datasets.sample import BadSampleError, Sample
+from mmrl.datasets.synthetic import _TRANSPOSE, ANGLES, ROTATION_PROMPT
+from mmrl.perception.images import load_image
+
+EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+JIGSAW_PROMPT = (
+    "This picture was cut into a {g}x{g} grid and the tiles were shuffled. For each position in reading order, "
+    "which original tile is there (0 = top-left, counting across then down)? Answer like <answer>{example}</answer>."
+)
+
+
+def image_files(directory: str | Path) -> list[Path]:
+    """Image files below `directory` (by extension, case-insensitive), sorted; a missing folder is an error."""
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"image folder {str(root)!r} does not exist")
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in EXTENSIONS)
+
+
+def _shrink(image: Image.Image, size: int) -> Image.Image:
+    image = image.copy()
+    image.thumbnail((size, size))
+    return image
+
+
+def _rotation(image: Image.Image, rng: random.Random, **_) -> tuple[Image.Image, str, str]:
+    angle = rng.choice(ANGLES)
+    turned = image.transpose(_TRANSPOSE[angle]) if _TRANSPOSE[angle] is not None else image
+    return turned, ROTATION_PROMPT, angle
+
+
+def _jigsaw(image: Image.Image, rng: random.Random, grid: int = 2) -> tuple[Image.Image, str, dict]:
+    tw, th = image.width // grid, image.height // grid
+    if tw < 2 or th < 2:
+        raise ValueError(f"image {image.width}x{image.height} is too small for a {grid}x{grid} jigsaw")
+    tiles = [image.crop((c * tw, r * th, (c + 1) * tw, (r + 1) * th)) for r in range(grid) for c in range(grid)]
+    order = list(range(grid * grid))
+    while order == sorted(order):  # a jigsaw already solved teaches nothing
+        rng.shuffle(order)
+    out = Image.new("RGB", (tw * grid, th * grid))
+    for pos, src in enumerate(order):
+        out.paste(tiles[src], ((pos % grid) * tw, (pos // grid) * th))
+    example = str(list(range(grid * grid))[::-1])
+    return out, JIGSAW_PROMPT.format(g=grid, example=example), {"order": order}
+
+
+PUZZLES = {"rotation": ("puzzle/rotation", _rotation), "jigsaw": ("puzzle/jigsaw", _jigsaw)}
+
+
+def from_folder(
+    task: str, directory: str | Path, *, seed: int = 0, per_image: int = 1, size: int = 112, grid: int = 2,
+    on_bad_sample: str = "skip", max_pixels: int | None = None,
+) -> tuple[list[Sample], list[str]]:
+    """(samples, names of the skipped files). Sample ids are `f"{task}-{file stem}-{k}"`."""
+    if task not in PUZZLES:
+        raise ValueError(f"unknown folder puzzle {task!r} (valid: {', '.join(sorted(PUZZLES))})")
+    if on_bad_sample not in ("skip", "raise"):
+        raise ValueError(f"on_bad_sample must be skip or raise, got {on_bad_sample!r}")
+    sample_task, draw = PUZZLES[task]
+    samples, skipped = [], []
+    root = Path(directory)
+    for path in image_files(root):
+        rel = path.relative_to(root).as_posix()
+        try:
+            kw = {"max_pixels": max_pixels} if max_pixels else {}
+            image = _shrink(load_image(path, sample_id=rel, **kw), size)
+        except BadSampleError as exc:
+            if on_bad_sample == "raise":
+                raise
+            skipped.append(f"{rel}: {exc}")
+            continue
+        for k in range(per_image):
+            rng = random.Random(f"{task}/{seed}/{rel}/{k}")
+            picture, prompt, answer = draw(image, rng, grid=grid)
+            samples.append(Sample(
+                id=f"{task}-{path.stem}-{k}",
+                messages=[{"role": "user", "content": [{"type": "image", "image": picture},
+                                                        {"type": "text", "text": prompt}]}],
+                answer=answer, task=sample_task, meta={"source": rel, "seed": seed},
+            ))
+    return samples, skipped
