@@ -348,13 +348,16 @@ EXCLUSIVE = {("data", "train"): ("task", "path"), ("data", "eval"): ("task", "pa
 
 def merge_layer(base: dict, over: dict) -> dict:
     """`deep_merge`, except that setting one of a mutually exclusive pair (a data source's `task` / `path`)
-    in a higher layer removes the other one inherited from below."""
+    in a higher layer removes the other one inherited from below, and a data source that names a different
+    `task` (or a `path`) starts its `kwargs` afresh: options belong to the task they were written for."""
     base = dict(base)
     for (sec, sub), keys in EXCLUSIVE.items():
         new = over.get(sec, {}).get(sub) if isinstance(over.get(sec), dict) else None
         old = base.get(sec, {}).get(sub) if isinstance(base.get(sec), dict) else None
         if isinstance(new, dict) and isinstance(old, dict) and any(k in new for k in keys):
             cleared = {k: v for k, v in old.items() if k not in keys or k in new}
+            if new.get("task", old.get("task")) != old.get("task") or "path" in new:
+                cleared.pop("kwargs", None)
             base[sec] = dict(base[sec], **{sub: cleared})
     return deep_merge(base, over)
 

@@ -5,7 +5,8 @@ SOURCE may be
 - a checkpoint directory (`RUN/checkpoints/step_N`; the run's `config.yaml` two levels up),
 - a model directory with `config.json` (a zoo model, an export, or a real checkpoint) — evaluated with the
   default recipe's rewards unless overrides say otherwise.
-The report goes to `eval/<name>/report.json` (metrics, settings, a few completions).
+The report goes to `eval/<name>/report.json` (metrics, settings, a few completions); for box answers a
+picture, `eval/<name>/boxes.png`, shows ground-truth (green) and predicted (red) boxes on the first images.
 """
 
 from __future__ import annotations
@@ -76,6 +77,13 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
     root.mkdir(parents=True, exist_ok=True)
     report = {"source": str(source), "checkpoint": str(ck) if ck else None, "metrics": metrics,
               "data": {"eval": vars(cfg.data.eval)}, "model": cfg.model.path}
+    if any(isinstance(smp.answer, dict) and "boxes" in smp.answer for smp in trainer.eval_data):
+        from mmrl.plots import box_grid
+
+        geos = [p.geometry[0] if p.geometry else None for p in trainer._eval_inputs]
+        report["boxes_png"] = str(box_grid(trainer.eval_data, trainer.last_eval_texts, geos, root / "boxes.png"))
+    report["completions"] = [{"id": smp.id, "answer": smp.answer, "completion": t}
+                             for smp, t in list(zip(trainer.eval_data, trainer.last_eval_texts))[:8]]
     path = root / "report.json"
     path.write_text(json.dumps(report, indent=1, default=str))
     report["path"] = str(path)

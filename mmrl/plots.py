@@ -78,3 +78,45 @@ def plot_compare(run_dirs: list[str | Path], out: str | Path, metrics: tuple[str
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+GT_COLOUR, PRED_COLOUR = (0, 200, 0), (230, 0, 0)
+
+
+def box_grid(samples: list, texts: list[str], geometries: list, out: str | Path, *, columns: int = 4,
+             scale: int = 3, limit: int = 16) -> Path:
+    """A grid of the first `limit` samples' images (each enlarged `scale`× without smoothing) with their
+    ground-truth boxes (green) and the boxes parsed from the model's answers (red), mapped to original pixels
+    through each prompt's `Geometry`. Boxes are drawn 1 enlarged pixel wide on their edges."""
+    from PIL import Image, ImageDraw
+
+    from mmrl.perception.images import load_image
+    from mmrl.rewards.parsing import parse_objects
+
+    tiles = []
+    for sample, text, geo in list(zip(samples, texts, geometries))[:limit]:
+        image = load_image(sample.media("image")[0], sample_id=sample.id)
+        big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
+        draw = ImageDraw.Draw(big)
+        gt = sample.answer.get("boxes", []) if isinstance(sample.answer, dict) else []
+        pred = parse_objects(text).boxes
+        if geo is not None and pred:
+            try:
+                pred = geo.to_original(pred)
+            except (ValueError, TypeError, OverflowError):
+                pred = []
+        for boxes, colour in ((gt, GT_COLOUR), (pred, PRED_COLOUR)):
+            for x1, y1, x2, y2 in boxes:
+                draw.rectangle([x1 * scale, y1 * scale, x2 * scale - 1, y2 * scale - 1], outline=colour)
+        tiles.append(big)
+    if not tiles:
+        raise ValueError("no samples to draw")
+    w, h = max(t.width for t in tiles), max(t.height for t in tiles)
+    rows = -(-len(tiles) // columns)
+    sheet = Image.new("RGB", (w * min(columns, len(tiles)), h * rows), (255, 255, 255))
+    for i, tile in enumerate(tiles):
+        sheet.paste(tile, ((i % columns) * w, (i // columns) * h))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -244,6 +244,7 @@ class Trainer(RLSteps):
                 out[f"eval/{k}"] = sum(vals) / len(vals)
         out["eval/total"] = sum(totals) / len(totals)
         out["eval/n"] = len(inputs)
+        self.last_eval_texts = texts  # aligned with self.eval_data (for pictures of the predictions)
         return out
 
     # ------------------------------------------------------------------------------------ checkpoints

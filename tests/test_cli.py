@@ -37,6 +37,11 @@ def test_train_eval_plot_commands(tmp_path, tiny):
     assert report["metrics"]["eval/n"] == 6 and 0.0 <= report["metrics"]["eval/accuracy"] <= 1.0
     assert report["checkpoint"].endswith("step_000005")
 
+    from mmrl.evaluation import run_eval  # in-process: a grounding eval draws its boxes
+
+    grounding = run_eval(str(run), task="grounding", n=4)
+    assert Path(grounding["boxes_png"]).exists() and len(grounding["completions"]) == 4
+
     (run / "plots" / "rewards.png").unlink()
     out = mmrl("plot", str(run))
     assert out.returncode == 0 and (run / "plots" / "rewards.png").exists()

@@ -372,3 +372,13 @@ def test_every_preset_has_a_recipe_that_uses_it():
         assert path.exists(), f"preset {name!r} has no recipe"
         assert f"preset: {name}" in path.read_text()
         assert config.load(path).algorithm == config.load(None, [f"algorithm.preset={name}"]).algorithm
+
+
+def test_a_new_task_starts_its_kwargs_afresh():
+    demo = config.load(DEMO)
+    assert demo.data.eval.kwargs  # the rotation prompt and size
+    other = config.load(DEMO, ["data.eval={task: grounding, n: 4}"])
+    assert other.data.eval.task == "grounding" and other.data.eval.kwargs == {}
+    same = config.load(DEMO, ["data.eval={task: rotation, n: 4}"])
+    assert same.data.eval.kwargs == demo.data.eval.kwargs  # the same task keeps its options
+    assert config.load(DEMO, ["data.eval={path: x.jsonl}"]).data.eval.kwargs == {}

@@ -1,0 +1,41 @@
+"""Pictures: the eval grid of ground-truth and predicted boxes (pixel colours along the edges), run comparisons."""
+
+from __future__ import annotations
+
+import pytest
+
+from mmrl.datasets.synthetic import make
+from mmrl.perception.geometry import Geometry
+from mmrl.plots import GT_COLOUR, PRED_COLOUR, box_grid
+
+
+def _edges(box, scale):
+    x1, y1, x2, y2 = (int(v) for v in box)
+    xs = range(x1 * scale + 1, x2 * scale - 2)
+    ys = range(y1 * scale + 1, y2 * scale - 2)
+    return ([(x, y1 * scale) for x in xs] + [(x, y2 * scale - 1) for x in xs]
+            + [(x1 * scale, y) for y in ys] + [(x2 * scale - 1, y) for y in ys])
+
+
+def test_box_grid_draws_ground_truth_and_predictions_where_they_are(tmp_path):
+    from PIL import Image
+
+    samples = make("grounding", 3, seed=5)
+    geos = [Geometry(112, 84, 224, 168, "qwen2_5_vl") for _ in samples]  # model pixels = 2 × original
+    preds = [[5, 5, 30, 25], [60, 40, 100, 80], [10, 50, 40, 75]]  # original pixels
+    texts = [f"<answer>{geos[i].from_original([preds[i]])[0]}</answer>" for i in range(3)]
+    texts[2] = "no box at all"
+    out = box_grid(samples, texts, geos, tmp_path / "grid.png", columns=2, scale=3)
+    sheet = Image.open(out).convert("RGB")
+    assert sheet.size == (2 * 112 * 3, 2 * 84 * 3)
+    for i, s in enumerate(samples):
+        ox, oy = (i % 2) * 112 * 3, (i // 2) * 84 * 3
+        gt = s.answer["boxes"][0]
+        on_gt = [sheet.getpixel((ox + x, oy + y)) for x, y in _edges(gt, 3)]
+        assert sum(p == GT_COLOUR for p in on_gt) >= 0.9 * len(on_gt), i  # (a crossing red edge may cover a few)
+        if i < 2:  # the prediction, written in the model's pixels, lands on its original-pixel box
+            on_pred = [sheet.getpixel((ox + x, oy + y)) for x, y in _edges(preds[i], 3)]
+            assert sum(p == PRED_COLOUR for p in on_pred) >= 0.9 * len(on_pred), i
+    assert PRED_COLOUR not in {sheet.getpixel((112 * 3 * 0 + x, 84 * 3 + y)) for x in range(0, 336, 3) for y in range(0, 252, 3)}
+    with pytest.raises(ValueError, match="no samples"):
+        box_grid([], [], [], tmp_path / "none.png")
