@@ -79,11 +79,23 @@ class DataSource:
 
 
 @dataclass
+class VideoConfig:
+    """How video parts are decoded and sampled before the processor (mmrl.perception.video)."""
+
+    fps: float | None = 2.0  # sample at this rate …
+    num_frames: int | None = None  # … or this many frames over the whole video (set fps: null)
+    max_frames: int = 32
+    max_pixels: int | None = None  # per frame; larger frames are shrunk
+    backend: Literal["auto", "decord", "pyav"] = "auto"
+
+
+@dataclass
 class DataConfig:
     train: DataSource = field(default_factory=lambda: DataSource(task="rotation", n=4096))
     eval: DataSource = field(default_factory=lambda: DataSource(task="rotation", n=200, seed=1))
     on_bad_sample: Literal["raise", "skip"] = "raise"
     system_prompt: str | None = None
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass

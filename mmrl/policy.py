@@ -47,6 +47,7 @@ class PromptInputs:
     sample: Sample
     tensors: dict[str, torch.Tensor]
     geometry: list[Geometry] = field(default_factory=list)
+    clips: list[list[float]] = field(default_factory=list)  # per video: its sampled frames' times in seconds
 
     @property
     def length(self) -> int:
@@ -55,6 +56,29 @@ class PromptInputs:
 
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
+
+
+def _frames_clip(frames, sample_id: str, video):
+    """A video given as a list of frames (paths or images), taken to be `video.fps` apart (1 s without a rate)."""
+    from mmrl.perception.images import load_image
+    from mmrl.perception.video import Clip
+
+    if not frames:
+        raise BadSampleError(sample_id, "a video given as frames has none")
+    images = [load_image(f, sample_id=sample_id) for f in frames]
+    rate = video.fps or 1.0
+    return Clip(images, [i / rate for i in range(len(images))], rate, len(images) / rate, "frames")
+
+
+def _metadata(clip):
+    """transformers' VideoMetadata for already-sampled frames: their own rate, indices 0…T−1, so the processor's
+    time positions (Qwen2.5-VL's seconds per grid, Qwen3-VL's timestamps) match the clip's seconds."""
+    from transformers.video_utils import VideoMetadata
+
+    t = clip.timestamps
+    rate = (len(t) - 1) / (t[-1] - t[0]) if len(t) > 1 and t[-1] > t[0] else (clip.fps or 1.0)
+    return VideoMetadata(total_num_frames=len(t), fps=rate, frames_indices=list(range(len(t))),
+                         duration=len(t) / rate)
 
 
 class Policy:
@@ -192,28 +216,47 @@ class Policy:
             self._add_adapter()
 
     # ----------------------------------------------------------------------------------------- inputs
-    def encode(self, sample: Sample, system_prompt: str | None = None) -> PromptInputs:
-        """Chat template + processor for one prompt; media loaded here and released on return."""
+    def encode(self, sample: Sample, system_prompt: str | None = None, video=None) -> PromptInputs:
+        """Chat template + processor for one prompt; media loaded here and released on return.
+
+        Video parts (a file path) are decoded and sampled by `mmrl.perception.video.load_video` with the options
+        of `video` (a `VideoConfig`; defaults when None) and handed to the processor as frames with their
+        metadata (rate of the sampled frames), never as a path; `PromptInputs.clips` keeps each video's frame
+        timestamps in seconds.
+        """
+        from mmrl.config import VideoConfig
         from mmrl.perception.images import load_image
+        from mmrl.perception.video import load_video
 
         images = [load_image(src, sample_id=sample.id) for src in sample.media("image")]
+        video = video or VideoConfig()
+        clips = [_frames_clip(src, sample.id, video) if isinstance(src, (list, tuple)) else
+                 load_video(src, sample_id=sample.id, fps=video.fps, num_frames=video.num_frames,
+                            max_frames=video.max_frames, max_pixels=video.max_pixels, backend=video.backend)
+                 for src in sample.media("video")]
         messages = sample.messages
         if system_prompt and not any(m.get("role") == "system" for m in messages):
             messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] + messages
+        extra = {}
+        if clips:
+            extra = dict(videos=[c.frames for c in clips], video_metadata=[_metadata(c) for c in clips],
+                         do_sample_frames=False)
         try:
             text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            out = self.processor(text=[text], images=images or None, return_tensors="pt")
-        except (ValueError, TypeError, KeyError) as e:
+            out = self.processor(text=[text], images=images or None, return_tensors="pt", **extra)
+        except (ValueError, TypeError, KeyError, IndexError) as e:
             raise BadSampleError(sample.id, f"the processor rejected it: {e}") from e
         tensors = {k: v for k, v in out.items() if isinstance(v, torch.Tensor)}
-        if "pixel_values" in tensors:
-            tensors["pixel_values"] = tensors["pixel_values"].to(self.hf.dtype)
+        for key in ("pixel_values", "pixel_values_videos"):
+            if key in tensors:
+                tensors[key] = tensors[key].to(self.hf.dtype)
         geometry = [
             Geometry.for_image(self.processor, im.width, im.height, self.convention) for im in images
         ] if self.convention != "pixel" else [Geometry.identity(im.width, im.height) for im in images]
-        for im in images:
+        for im in images + [f for c in clips for f in c.frames]:
             im.close()
-        return PromptInputs(sample=sample, tensors=tensors, geometry=geometry)
+        return PromptInputs(sample=sample, tensors=tensors, geometry=geometry,
+                            clips=[list(c.timestamps) for c in clips])
 
     def with_prefix(self, prompt: PromptInputs, text: str, tag: str) -> PromptInputs:
         """The prompt followed by `text` as the start of the assistant's answer (a forced prefix the model

@@ -114,7 +114,7 @@ class Trainer(RLSteps):
         out = []
         for s in samples:
             try:
-                out.append(self.policy.encode(s, self.cfg.data.system_prompt))
+                out.append(self.policy.encode(s, self.cfg.data.system_prompt, self.cfg.data.video))
             except BadSampleError:
                 if self.cfg.data.on_bad_sample == "raise":
                     raise

@@ -22,11 +22,13 @@ def load_source(
 
 
 def _media_keys(sample: Sample) -> set[str]:
-    """Identity of a sample's images: pixel hashes for in-memory images, resolved paths for files."""
+    """Identity of a sample's images and videos: pixel hashes for in-memory images, resolved paths for files
+    (a video given as frames counts by each frame)."""
     import hashlib
 
     keys = set()
-    for src in sample.media("image"):
+    videos = [f for v in sample.media("video") for f in (v if isinstance(v, (list, tuple)) else [v])]
+    for src in sample.media("image") + videos:
         if hasattr(src, "tobytes"):
             keys.add(hashlib.sha1(src.tobytes() + str(src.size).encode()).hexdigest())
         else:
