@@ -76,6 +76,13 @@ class DataSource:
     n: int = 1000  # number of synthetic samples (ignored for files)
     seed: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the synthetic task
+    # files (`path`: .jsonl, .json, .parquet or a saved `datasets` directory): the records' format (auto-detected
+    # per record: native | vlm_r1_rec | easyr1 | llava), a field mapping {mmrl key: file key}, the folder relative
+    # image paths start from (default: the file's), and a question template with `{problem}`
+    format: str = "auto"
+    fields: dict[str, str] = field(default_factory=dict)
+    image_root: str | None = None
+    template: str | None = None
 
 
 @dataclass
@@ -498,10 +505,17 @@ def validate(cfg: Config) -> None:
     for i, s in enumerate(cfg.stages):
         if s.steps < 0:
             raise ConfigError(f"stages[{i}].steps: must be >= 0")
+    from mmrl.datasets.formats import FORMATS
+
     for i, src in enumerate((cfg.data.train, cfg.data.eval)):
         key = ("data.train", "data.eval")[i]
         if (src.task is None) == (src.path is None):
-            raise ConfigError(f"{key}: set exactly one of `task` (synthetic) or `path` (JSONL file)")
+            raise ConfigError(f"{key}: set exactly one of `task` (synthetic) or `path` (a data file)")
+        if src.format != "auto":
+            try:
+                FORMATS.get(src.format)
+            except UnknownNameError as e:
+                raise ConfigError(f"{key}.format: {e}") from None
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume: checkpoint {cfg.resume!r} does not exist")
     from mmrl.rewards.registry import default_name

@@ -103,7 +103,8 @@ class Trainer(RLSteps):
         src = getattr(self.cfg.data, split)
         samples, skipped = load_source(
             task=src.task, path=src.path, n=src.n, seed=src.seed, split=split, kwargs=src.kwargs,
-            on_bad_sample=self.cfg.data.on_bad_sample,
+            on_bad_sample=self.cfg.data.on_bad_sample, format=src.format, fields=src.fields,
+            image_root=src.image_root, template=src.template,
         )
         if not samples:
             raise BadSampleError(f"data.{split}", "no usable samples")

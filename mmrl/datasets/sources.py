@@ -9,16 +9,19 @@ from mmrl.datasets.sample import Sample
 
 def load_source(
     *, task: str | None, path: str | None, n: int, seed: int, split: str, kwargs: dict[str, Any],
-    on_bad_sample: str = "raise",
+    on_bad_sample: str = "raise", format: str = "auto", fields: dict[str, str] | None = None,
+    image_root: str | None = None, template: str | None = None,
 ) -> tuple[list[Sample], int]:
-    """(samples, skipped) from `task` (synthetic generator, `n` samples) or `path` (JSONL)."""
+    """(samples, skipped) from `task` (synthetic generator, `n` samples) or `path` (a data file or saved data set
+    directory in mmrl's or a peer's format; `mmrl.datasets.formats`)."""
     if task is not None:
         from mmrl.datasets.synthetic import make
 
         return make(task, n, seed=seed, split=split, **kwargs), 0
-    from mmrl.datasets.jsonl import load_jsonl
+    from mmrl.datasets.formats import load_file
 
-    return load_jsonl(path, on_bad_sample=on_bad_sample)
+    return load_file(path, format=format, fields=fields, image_root=image_root, template=template,
+                     on_bad_sample=on_bad_sample)
 
 
 def _media_keys(sample: Sample) -> set[str]:
