@@ -62,3 +62,32 @@ def tiny(zoo_cache):
 
     make.overrides = _tiny_overrides
     return make
+
+
+def _write_video(path, *, frames: int, fps: int, width: int, height: int, event: tuple[int, int],
+                 background=lambda i: 40 + 8 * i):
+    """An MPEG-4 clip written with PyAV: grey frames (level `background(i)`) with a red square in frames
+    [event[0], event[1]) — the "event" temporal tests look for."""
+    import av
+    import numpy as np
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.options = {"qscale": "2"}
+        for i in range(frames):
+            img = np.full((height, width, 3), background(i), dtype=np.uint8)
+            if event[0] <= i < event[1]:
+                img[height // 4 : 3 * height // 4, width // 4 : 3 * width // 4] = (255, 0, 0)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="session")
+def write_video():
+    """`write_video(path, frames=, fps=, width=, height=, event=(start, end))` writes a test clip (needs PyAV)."""
+    pytest.importorskip("av")
+    return _write_video

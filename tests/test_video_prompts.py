@@ -8,42 +8,27 @@ import gc
 import json
 import weakref
 
-import numpy as np
 import pytest
 
 av = pytest.importorskip("av")
 pytestmark = pytest.mark.integration
 
 
-def _write(path, frames=20, fps=10):
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 56, 56, "yuv420p"
-        for i in range(frames):
-            img = np.full((56, 56, 3), 30, dtype=np.uint8)
-            if 8 <= i < 14:
-                img[14:42, 14:42] = (255, 0, 0)  # the event: 0.8 s – 1.4 s
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+@pytest.fixture(scope="module")
+def video_data(tmp_path_factory, write_video):
+    return _dataset(tmp_path_factory.mktemp("videos"), range(4), write_video)
 
 
 @pytest.fixture(scope="module")
-def video_data(tmp_path_factory):
-    return _dataset(tmp_path_factory.mktemp("videos"), range(4))
+def held_out(tmp_path_factory, write_video):
+    return _dataset(tmp_path_factory.mktemp("held_out"), range(4, 6), write_video)
 
 
-@pytest.fixture(scope="module")
-def held_out(tmp_path_factory):
-    return _dataset(tmp_path_factory.mktemp("held_out"), range(4, 6))
-
-
-def _dataset(root, ids):
+def _dataset(root, ids, write_video):
     rows = []
-    for k in ids:
-        _write(root / f"clip{k}.mp4")
+    for k in ids:  # 2 s at 10 fps; the red square from 0.8 s to 1.4 s
+        write_video(root / f"clip{k}.mp4", frames=20, fps=10, width=56, height=56, event=(8, 14),
+                    background=lambda i: 30)
         rows.append({"id": f"v{k}", "task": "temporal/grounding", "answer": {"span": [0.8, 1.4]}, "messages": [
             {"role": "user", "content": [{"type": "video", "video": f"clip{k}.mp4"},
                                          {"type": "text", "text": "When is the red square shown? [start, end]"}]}]})

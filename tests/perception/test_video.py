@@ -13,26 +13,11 @@ av = pytest.importorskip("av")
 FPS, N = 10, 25  # 2.5 s
 
 
-def _write(path, frames=N, fps=FPS, event=(10, 15)):
-    """Grey frames getting brighter; frames in [event) carry a red square (the "event")."""
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("mpeg4", rate=fps)
-        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        stream.options = {"qscale": "2"}
-        for i in range(frames):
-            img = np.full((48, 64, 3), 40 + 8 * i, dtype=np.uint8)
-            if event[0] <= i < event[1]:
-                img[12:36, 16:48] = (255, 0, 0)
-            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
-def clip_path(tmp_path_factory):
-    return _write(tmp_path_factory.mktemp("video") / "clip.mp4")
+def clip_path(tmp_path_factory, write_video):
+    """2.5 s at 10 fps, getting brighter; a red square from 1.0 s to 1.5 s."""
+    return write_video(tmp_path_factory.mktemp("video") / "clip.mp4", frames=N, fps=FPS, width=64, height=48,
+                       event=(10, 15))
 
 
 def _backends():
@@ -75,7 +60,7 @@ def test_event_seconds_reach_the_temporal_reward(clip_path):
     from mmrl.rewards import get
 
     clip = load_video(clip_path, sample_id="v", backend="pyav")
-    red = [np.asarray(f, dtype=np.int16)[20:28, 24:40] for f in clip.frames]
+    red = [np.asarray(f, dtype=np.int16)[18:30, 20:44] for f in clip.frames]
     lit = [t for r, t in zip(red, clip.timestamps) if (r[..., 0] - r[..., 1]).mean() > 100]
     span = [lit[0], lit[-1] + 1 / clip.fps]  # the event's seconds, read off the decoded frames
     assert span == pytest.approx([1.0, 1.5], abs=1e-3)
