@@ -85,3 +85,34 @@ def test_prompt_tensors_are_reused_not_recomputed(policy):
     assert batch["pixel_values"].shape[0] == 5 * pix.shape[0]
     assert torch.equal(batch["pixel_values"][: pix.shape[0]], pix)
     assert batch["input_ids"].shape == (5, prompt.length)
+
+
+def test_images_loaded_for_a_prompt_are_released_after_processing(policy, tmp_path):
+    import gc
+    import shutil
+    import weakref
+    from pathlib import Path
+
+    from mmrl.datasets.sample import Sample
+    from mmrl.perception import images as images_module
+
+    photo = tmp_path / "chelsea.jpg"
+    shutil.copy(Path(__file__).resolve().parent / "fixtures" / "photos" / "chelsea.jpg", photo)
+    sample = Sample(id="p", messages=[{"role": "user", "content": [{"type": "image", "image": str(photo)},
+                                                                   {"type": "text", "text": "What is it?"}]}])
+    refs = []
+    real = images_module.load_image
+
+    def recording(*a, **k):
+        im = real(*a, **k)
+        refs.append(weakref.ref(im))
+        return im
+
+    images_module.load_image = recording
+    try:
+        inputs = policy.encode(sample)
+    finally:
+        images_module.load_image = real
+    gc.collect()
+    assert len(refs) == 1 and refs[0]() is None  # only processed tensors remain
+    assert "pixel_values" in inputs.tensors
