@@ -86,6 +86,11 @@ class DataSource:
 
 
 @dataclass
+class MixSource(DataSource):
+    weight: float = 1.0  # share of each training batch drawn from this source (normalised over the mix)
+
+
+@dataclass
 class VideoConfig:
     """How video parts are decoded and sampled before the processor (mmrl.perception.video)."""
 
@@ -103,6 +108,11 @@ class DataConfig:
     on_bad_sample: Literal["raise", "skip"] = "raise"
     system_prompt: str | None = None
     video: VideoConfig = field(default_factory=VideoConfig)
+    # prompts longer than this many tokens after processing (vision tokens included) are dropped and counted in
+    # `data/too_long` — never truncated, which would cut through image placeholders; null = no limit
+    max_prompt_tokens: int | None = None
+    # several training sources mixed by weight (each batch split across them in proportion); replaces `train`
+    mix: list[MixSource] = field(default_factory=list)
 
 
 @dataclass
@@ -221,6 +231,8 @@ class StageConfig:
     lr: float | None = None  # default: trainer.lr
     lr_schedule: Literal["constant", "linear", "cosine"] | None = None  # default: trainer.lr_schedule
     labels: Literal["true", "random"] = "true"  # sft only: `random` = format-only warm start at chance
+    # sft only: with this probability a target's reasoning is replaced by an empty thought (TON's thought dropout)
+    thought_dropout: float = 0.0
 
 
 @dataclass
@@ -505,10 +517,18 @@ def validate(cfg: Config) -> None:
     for i, s in enumerate(cfg.stages):
         if s.steps < 0:
             raise ConfigError(f"stages[{i}].steps: must be >= 0")
+        if not 0.0 <= s.thought_dropout <= 1.0:
+            raise ConfigError(f"stages[{i}].thought_dropout: must be in [0, 1], got {s.thought_dropout}")
     from mmrl.datasets.formats import FORMATS
 
-    for i, src in enumerate((cfg.data.train, cfg.data.eval)):
-        key = ("data.train", "data.eval")[i]
+    sources = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
+    sources += [(f"data.mix[{i}]", m) for i, m in enumerate(cfg.data.mix)]
+    for i, m in enumerate(cfg.data.mix):
+        if not m.weight > 0:
+            raise ConfigError(f"data.mix[{i}].weight: must be > 0, got {m.weight}")
+    if cfg.data.mix and a.prompt_weighting != "uniform":
+        raise ConfigError("algorithm.prompt_weighting: not supported together with data.mix (yet)")
+    for key, src in sources:
         if (src.task is None) == (src.path is None):
             raise ConfigError(f"{key}: set exactly one of `task` (synthetic) or `path` (a data file)")
         if src.format != "auto":

@@ -27,6 +27,7 @@ Metric names are namespaced and stable:
 | `eval/<reward name>`, `eval/total` | held-out greedy means (e.g. `eval/accuracy`) |
 | `perf/step_s`, `perf/rollout_s`, `perf/update_s`, `perf/tokens_per_s` | timing |
 | `data/skipped` | bad samples skipped so far (`data.on_bad_sample: skip`) |
+| `data/too_long` | prompts dropped so far for exceeding `data.max_prompt_tokens` (never truncated) |
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +38,21 @@ from mmrl.rollout.replay import ReplayBuffer
 from mmrl.rollout.types import row_seed
 
 
+_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
+
+
+def drop_thought(text: str) -> str:
+    r"""The target with its reasoning replaced by an empty thought (TON, "Think or Not? Selective Reasoning via
+    Reinforcement Learning for Vision-Language Models", arXiv id not recorded): `<think>\n\n</think>` stands where
+    the `<think>` block was, or is put first when there was none.
+
+    >>> drop_thought("<think>it points up</think><answer>0</answer>"), drop_thought("<answer>0</answer>")
+    ('<think>\n\n</think><answer>0</answer>', '<think>\n\n</think><answer>0</answer>')
+    """
+    empty = "<think>\n\n</think>"
+    return _THINK.sub(empty, text, count=1) if _THINK.search(text) else empty + text
+
+
 @dataclass
 class Progress:
     """Where the run stands (saved in every checkpoint)."""
@@ -45,6 +61,7 @@ class Progress:
     stage_step: int = 0  # optimizer steps done in this stage
     step: int = 0  # optimizer steps done in the whole run
     skipped: int = 0  # bad samples skipped so far
+    too_long: int = 0  # prompts dropped for exceeding data.max_prompt_tokens
     rl_started: bool = False
     adapter_trained: bool = False  # lora: the current adapter has been trained (merge it at the RL boundary)
     prompt_accuracy: dict[str, float] = field(default_factory=dict)  # last group accuracy per prompt id
@@ -100,28 +117,41 @@ class Trainer(RLSteps):
 
     # ------------------------------------------------------------------------------------------- data
     def _load_split(self, split: str) -> tuple[list[Sample], int]:
-        src = getattr(self.cfg.data, split)
+        if split == "train" and self.cfg.data.mix:  # several weighted sources: kept apart for batching
+            parts = [self._load_source(m, split) for m in self.cfg.data.mix]
+            self.mix_parts = [samples for samples, _ in parts]
+            return [s for samples, _ in parts for s in samples], sum(k for _, k in parts)
+        return self._load_source(getattr(self.cfg.data, split), split)
+
+    def _load_source(self, src, split: str) -> tuple[list[Sample], int]:
         samples, skipped = load_source(
             task=src.task, path=src.path, n=src.n, seed=src.seed, split=split, kwargs=src.kwargs,
             on_bad_sample=self.cfg.data.on_bad_sample, format=src.format, fields=src.fields,
             image_root=src.image_root, template=src.template,
         )
         if not samples:
-            raise BadSampleError(f"data.{split}", "no usable samples")
+            raise BadSampleError(f"data.{split}", f"no usable samples in {src.path or src.task}")
         return samples, skipped
 
     def encode(self, samples: list[Sample]) -> list[PromptInputs]:
         """Process each prompt once; bad samples raise or, with `on_bad_sample: skip`, are counted and dropped."""
         out = []
+        limit = self.cfg.data.max_prompt_tokens
         for s in samples:
             try:
-                out.append(self.policy.encode(s, self.cfg.data.system_prompt, self.cfg.data.video))
+                p = self.policy.encode(s, self.cfg.data.system_prompt, self.cfg.data.video)
             except BadSampleError:
                 if self.cfg.data.on_bad_sample == "raise":
                     raise
                 self.progress.skipped += 1
+                continue
+            if limit is not None and p.length > limit:  # dropped whole: truncating would cut vision tokens
+                self.progress.too_long += 1
+                continue
+            out.append(p)
         if not out:
-            raise BadSampleError(samples[0].id if samples else "?", "every sample of the batch was bad")
+            raise BadSampleError(samples[0].id if samples else "?",
+                                 "every sample of the batch was bad or longer than data.max_prompt_tokens")
         return out
 
     def _batch(self, size: int, refill: int = 0, weighted: bool = False) -> list[Sample]:
@@ -129,6 +159,8 @@ class Trainer(RLSteps):
         (RL steps): a share `prompt_weight_mix` is drawn by `algorithm.prompt_weighting` instead."""
         a = self.cfg.algorithm
         seed = self.cfg.trainer.seed if refill == 0 else row_seed(self.cfg.trainer.seed, "refill", refill)
+        if self.cfg.data.mix:
+            return self._mixed_batch(size, seed)
         k = mix_count(size, a.prompt_weight_mix) if weighted and a.prompt_weighting != "uniform" else 0
         idx = batch_indices(len(self.train_data), size - k, self.progress.step, seed)
         if k:
@@ -139,6 +171,20 @@ class Trainer(RLSteps):
         return [self.train_data[i] for i in idx]
 
     # ------------------------------------------------------------------------------------ optimisation
+    def _mixed_batch(self, size: int, seed: int) -> list[Sample]:
+        """`size` prompts split across the mixed sources by weight (largest remainder), each source drawn from its
+        own seeded per-epoch stream, so a source's share does not depend on the others' sizes."""
+        weights = [m.weight for m in self.cfg.data.mix]
+        exact = [size * w / sum(weights) for w in weights]
+        counts = [int(e) for e in exact]
+        for j in sorted(range(len(exact)), key=lambda j: exact[j] - counts[j], reverse=True)[: size - sum(counts)]:
+            counts[j] += 1
+        out: list[Sample] = []
+        for j, (part, k) in enumerate(zip(self.mix_parts, counts)):
+            idx = batch_indices(len(part), k, self.progress.step, row_seed(seed, "mix", j)) if k else []
+            out += [part[i] for i in idx]
+        return out
+
     def _new_optimizer(self, stage: StageConfig) -> None:
         t = self.cfg.trainer
         lr = stage.lr if stage.lr is not None else t.lr
@@ -192,11 +238,14 @@ class Trainer(RLSteps):
         out = []
         for p in prompts:
             geometry = p.geometry[0] if p.geometry else None
+            rng = random.Random(row_seed(self.cfg.trainer.seed, "sft-label", self.progress.step, p.sample.id))
             if stage.labels == "random":
-                rng = random.Random(row_seed(self.cfg.trainer.seed, "sft-label", self.progress.step, p.sample.id))
-                out.append(random_target_text(p.sample, rng))
+                text = random_target_text(p.sample, rng)
+            elif isinstance(p.sample.meta.get("response"), str):  # a data set's own full response
+                text = p.sample.meta["response"]
             else:
-                out.append(target_text(p.sample, geometry))
+                text = target_text(p.sample, geometry)
+            out.append(drop_thought(text) if rng.random() < stage.thought_dropout else text)
         return out
 
     def sft_step(self, stage: StageConfig) -> dict[str, Any]:
@@ -366,7 +415,8 @@ class Trainer(RLSteps):
                     self.reset_reference(stage)
                     metrics["actor/ref_reset"] = 1.0
                 metrics.update({"train/step": self.progress.step, "train/stage": stage.name,
-                                "actor/lr": self.scheduler.get_last_lr()[0], "data/skipped": self.progress.skipped})
+                                "actor/lr": self.scheduler.get_last_lr()[0], "data/skipped": self.progress.skipped,
+                                "data/too_long": self.progress.too_long})
                 last_rl = si == rl_stages[-1] if rl_stages else False
                 done_stage = self.progress.stage_step == stage.steps
                 every = cfg.trainer.eval_every

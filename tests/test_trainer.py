@@ -9,6 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmrl import checkpoint
+from mmrl.errors import BadSampleError
 from mmrl.trainer import Trainer, batch_indices
 
 pytestmark = pytest.mark.integration
@@ -139,3 +140,52 @@ def test_bf16_and_gradient_checkpointing_knobs_train(tmp_path, tiny, length_rewa
     assert any(not torch.equal(before[k], after[k]) for k in before)
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert all(r["actor/loss"] == r["actor/loss"] for r in rows if "actor/loss" in r)  # finite (not NaN)
+
+
+def test_over_long_prompts_are_dropped_whole_and_counted(tmp_path, tiny):
+    from mmrl.datasets.synthetic import make
+    from mmrl.trainer import Trainer
+
+    trainer = Trainer(tiny(tmp_path / "run"), log=lambda *a: None)
+    short, long = make("rotation", 2, seed=0)[0], make("rotation", 2, seed=0, choices=True)[0]
+    lengths = [trainer.policy.encode(s).length for s in (short, long)]
+    assert lengths[0] < lengths[1]
+    trainer.cfg.data.max_prompt_tokens = lengths[0]
+    kept = trainer.encode([short, long])
+    assert [p.sample.id for p in kept] == [short.id] and trainer.progress.too_long == 1
+    assert kept[0].length == lengths[0]  # kept prompts are untouched, never truncated
+    trainer.cfg.data.max_prompt_tokens = lengths[0] - 1
+    with pytest.raises(BadSampleError, match="max_prompt_tokens"):
+        trainer.encode([short, long])
+
+
+def test_weighted_mix_of_sources_splits_each_batch(tmp_path, tiny):
+    cfg = tiny(tmp_path / "run", "data.mix=[{task: rotation, n: 16, weight: 3}, {task: motion, n: 16, weight: 1}]",
+               "stages=[{name: rl, kind: rl, steps: 2}]")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    assert len(trainer.train_data) == 32
+    for step in range(3):
+        trainer.progress.step = step
+        batch = trainer._batch(4)
+        assert sorted(s.task for s in batch) == ["puzzle/rotation"] * 3 + ["temporal/motion"]
+    trainer.progress.step = 0
+    trainer.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("train/stage") == "rl" for r in rows) == 2
+
+
+def test_thought_dropout_in_sft_targets(tmp_path, tiny):
+    import doctest
+
+    import mmrl.trainer as trainer_module
+    from mmrl.config import StageConfig
+
+    assert doctest.testmod(trainer_module).failed == 0
+    trainer = Trainer(tiny(tmp_path / "run"), log=lambda *a: None)
+    prompts = trainer.encode(trainer._batch(4))
+    for p in prompts:
+        p.sample.meta["response"] = f"<think>because {p.sample.answer}</think><answer>{p.sample.answer}</answer>"
+    kept = trainer.sft_targets(prompts, StageConfig(kind="sft", thought_dropout=0.0))
+    dropped = trainer.sft_targets(prompts, StageConfig(kind="sft", thought_dropout=1.0))
+    assert all(t.startswith("<think>because") for t in kept)
+    assert all(t.startswith("<think>\n\n</think><answer>") for t in dropped)

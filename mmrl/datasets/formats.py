@@ -187,8 +187,9 @@ def llava(record: dict, *, root: Path, sample_id: str, template: str | None = No
     prompt = _text(human.get("value"), "conversations[human].value")
     if template:
         prompt = template.format(problem=prompt)
-    return Sample(id=sample_id, messages=_user(_with_images(prompt, images)),
-                  answer=_text(reply.get("value"), "conversations[gpt].value").strip(), task=str(record.get("task", "")))
+    response = _text(reply.get("value"), "conversations[gpt].value").strip()
+    return Sample(id=sample_id, messages=_user(_with_images(prompt, images)), answer=response,
+                  task=str(record.get("task", "")), meta={"response": response})  # the SFT target as written
 
 
 # ---------------------------------------------------------------------------------------------- loading
