@@ -216,13 +216,15 @@ class Policy:
             self._add_adapter()
 
     # ----------------------------------------------------------------------------------------- inputs
-    def encode(self, sample: Sample, system_prompt: str | None = None, video=None) -> PromptInputs:
+    def encode(self, sample: Sample, system_prompt: str | None = None, video=None,
+               frame_seed: int | None = None) -> PromptInputs:
         """Chat template + processor for one prompt; media loaded here and released on return.
 
         Video parts (a file path) are decoded and sampled by `mmrl.perception.video.load_video` with the options
         of `video` (a `VideoConfig`; defaults when None) and handed to the processor as frames with their
         metadata (rate of the sampled frames), never as a path; `PromptInputs.clips` keeps each video's frame
-        timestamps in seconds.
+        timestamps in seconds. `frame_seed` shuffles each video's sampled frames (never keeping their order) — the
+        temporal contrast of T-GRPO.
         """
         from mmrl.config import VideoConfig
         from mmrl.perception.images import load_image
@@ -234,6 +236,12 @@ class Policy:
                  load_video(src, sample_id=sample.id, fps=video.fps, num_frames=video.num_frames,
                             max_frames=video.max_frames, max_pixels=video.max_pixels, backend=video.backend)
                  for src in sample.media("video")]
+        if frame_seed is not None:
+            from mmrl.perception.perturb import derangement
+
+            for c in clips:
+                perm = derangement(len(c.frames), frame_seed)
+                c.frames = [c.frames[j] for j in perm]
         messages = sample.messages
         if system_prompt and not any(m.get("role") == "system" for m in messages):
             messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] + messages

@@ -146,7 +146,7 @@ class RLSteps:
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
                                 max_new_tokens=r.max_new_tokens, seed=self.cfg.trainer.seed, step=self.progress.step)
         ctx = PassContext(self.policy, self.engine, params, r.batch_prompts, self.score,
-                          self.cfg.algorithm.correct_threshold)
+                          self.cfg.algorithm.correct_threshold, self.cfg.data.video)
         for xp in r.extra_passes:
             stats = EXTRA_PASSES.get(xp.kind)(ctx, prompts, rollouts, **xp.kwargs)
             for key, value in stats.items():

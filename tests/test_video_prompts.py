@@ -9,6 +9,7 @@ import json
 import weakref
 
 import pytest
+import torch
 
 av = pytest.importorskip("av")
 pytestmark = pytest.mark.integration
@@ -28,7 +29,7 @@ def _dataset(root, ids, write_video):
     rows = []
     for k in ids:  # 2 s at 10 fps; the red square from 0.8 s to 1.4 s
         write_video(root / f"clip{k}.mp4", frames=20, fps=10, width=56, height=56, event=(8, 14),
-                    background=lambda i: 30)
+                    background=lambda i: 30 + 5 * i)
         rows.append({"id": f"v{k}", "task": "temporal/grounding", "answer": {"span": [0.8, 1.4]}, "messages": [
             {"role": "user", "content": [{"type": "video", "video": f"clip{k}.mp4"},
                                          {"type": "text", "text": "When is the red square shown? [start, end]"}]}]})
@@ -83,3 +84,25 @@ def test_two_grpo_steps_on_videos_with_temporal_iou(video_data, held_out, tmp_pa
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rows if r.get("train/stage") == "rl"]
     assert len(rl) == 2 and all("reward/temporal_iou/mean" in r for r in rl)
+
+
+def test_t_grpo_contrast_on_real_videos(video_data, held_out, tmp_path, tiny):
+    from mmrl.config import VideoConfig
+    from mmrl.datasets.jsonl import load_jsonl
+    from mmrl.trainer import Trainer
+
+    cfg = tiny(tmp_path / "run", f"data.train={{path: '{video_data}'}}", f"data.eval={{path: '{held_out}'}}",
+               "rewards=[{fn: temporal_iou}, {fn: temporal_bonus}]", "data.video.max_frames=4",
+               "rollout.extra_passes=[{kind: shuffle_frames}]", "algorithm.correct_threshold=0.0",
+               "stages=[{name: rl, kind: rl, steps: 1}]", "trainer.threads=2")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    sample = load_jsonl(video_data)[0][0]
+    ordered = trainer.policy.encode(sample, video=VideoConfig(max_frames=4))
+    shuffled = trainer.policy.encode(sample, video=VideoConfig(max_frames=4), frame_seed=7)
+    a, b = ordered.tensors["pixel_values_videos"], shuffled.tensors["pixel_values_videos"]
+    assert a.shape == b.shape and not torch.equal(a, b)  # the same frames, another order
+    assert torch.equal(ordered.tensors["input_ids"], shuffled.tensors["input_ids"])
+    trainer.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rows if r.get("train/stage") == "rl"]
+    assert rl[0]["rollout/shuffle_frames/prompts"] == 4 and "reward/temporal_bonus/mean" in rl[0]

@@ -60,3 +60,18 @@ def shuffle_frames(sample, perm: list[int]):
                        else part for part in content]
         messages.append(dict(msg, content=content))
     return replace(sample, messages=messages)
+
+
+def derangement(n: int, seed: int) -> list[int]:
+    """A seeded shuffle of range(n) that is not the identity (for n ≥ 2): keeping the order would test nothing.
+
+    >>> derangement(3, 0) != [0, 1, 2] and sorted(derangement(3, 0)) == [0, 1, 2]
+    True
+    """
+    import random
+
+    rng = random.Random(seed)
+    perm = list(range(n))
+    while n >= 2 and perm == sorted(perm):
+        rng.shuffle(perm)
+    return perm

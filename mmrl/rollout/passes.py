@@ -16,7 +16,7 @@ from typing import Any, Callable
 import torch
 
 from mmrl.datasets.mcq import shuffle_options
-from mmrl.perception.perturb import shuffle_frames
+from mmrl.perception.perturb import derangement, shuffle_frames
 from mmrl.registry import Registry
 from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
 
@@ -33,6 +33,7 @@ class PassContext:
     batch_prompts: int
     score: Callable[[Rollouts, list], None]  # fills rewards and total of a Rollouts for these prompts
     correct_threshold: float = 1.0
+    video: Any = None  # the run's VideoConfig, for passes that re-encode videos
 
 
 def _params(ctx: PassContext, max_new_tokens: int | None, greedy: bool) -> SamplingParams:
@@ -170,14 +171,14 @@ def shuffled_frames_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, colum
     correct = [bool(v >= ctx.correct_threshold) for v in ordered.total.tolist()]
     shuffled_inputs, which = [], []
     for pi, p in enumerate(prompts):
-        n = len(p.sample.media("image"))
-        if n < 2:
+        seed = row_seed(ctx.params.seed, "frames", ctx.params.step, p.sample.id)
+        if p.sample.media("video"):  # a video: its decoded frames are shuffled before the processor sees them
+            encoded = ctx.policy.encode(p.sample, video=ctx.video, frame_seed=seed)
+        elif len(p.sample.media("image")) >= 2:  # frames given as images
+            encoded = ctx.policy.encode(shuffle_frames(p.sample, derangement(len(p.sample.media("image")), seed)))
+        else:
             continue
-        rng = random.Random(row_seed(ctx.params.seed, "frames", ctx.params.step, p.sample.id))
-        perm = list(range(n))
-        while perm == sorted(perm):  # a shuffle that keeps the order tests nothing
-            rng.shuffle(perm)
-        shuffled_inputs.append(ctx.policy.with_prefix(ctx.policy.encode(shuffle_frames(p.sample, perm)), "", "frames"))
+        shuffled_inputs.append(ctx.policy.with_prefix(encoded, "", "frames"))
         which.append(pi)
     values: list[Any] = [None] * len(ro)
     if which:
