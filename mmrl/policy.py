@@ -70,6 +70,17 @@ def _frames_clip(frames, sample_id: str, video):
     return Clip(images, [i / rate for i in range(len(images))], rate, len(images) / rate, "frames")
 
 
+def _in_memory_clip(clip, video):
+    """A copy of an in-memory `Clip` (synthetic video tasks) thinned to `video.max_frames` evenly."""
+    from mmrl.perception.video import Clip
+
+    n = len(clip.frames)
+    k = min(n, video.max_frames)
+    idx = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
+    return Clip([clip.frames[i].copy() for i in idx], [clip.timestamps[i] for i in idx], clip.fps, clip.duration,
+                "memory")
+
+
 def _metadata(clip):
     """transformers' VideoMetadata for already-sampled frames: their own rate, indices 0…T−1, so the processor's
     time positions (Qwen2.5-VL's seconds per grid, Qwen3-VL's timestamps) match the clip's seconds."""
@@ -228,11 +239,12 @@ class Policy:
         """
         from mmrl.config import VideoConfig
         from mmrl.perception.images import load_image
-        from mmrl.perception.video import load_video
+        from mmrl.perception.video import Clip, load_video
 
         images = [load_image(src, sample_id=sample.id) for src in sample.media("image")]
         video = video or VideoConfig()
-        clips = [_frames_clip(src, sample.id, video) if isinstance(src, (list, tuple)) else
+        clips = [_in_memory_clip(src, video) if isinstance(src, Clip) else
+                 _frames_clip(src, sample.id, video) if isinstance(src, (list, tuple)) else
                  load_video(src, sample_id=sample.id, fps=video.fps, num_frames=video.num_frames,
                             max_frames=video.max_frames, max_pixels=video.max_pixels, backend=video.backend)
                  for src in sample.media("video")]

@@ -8,6 +8,7 @@ import gc
 import json
 import weakref
 
+import numpy as np
 import pytest
 import torch
 
@@ -106,3 +107,34 @@ def test_t_grpo_contrast_on_real_videos(video_data, held_out, tmp_path, tiny):
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rows if r.get("train/stage") == "rl"]
     assert rl[0]["rollout/shuffle_frames/prompts"] == 4 and "reward/temporal_bonus/mean" in rl[0]
+
+
+def test_synthetic_event_task_in_memory_on_disk_and_in_training(tmp_path, tiny, capsys):
+    from mmrl.cli import main
+    from mmrl.config import VideoConfig
+    from mmrl.datasets.jsonl import load_jsonl
+    from mmrl.datasets.synthetic import make
+    from mmrl.perception.video import load_video
+    from mmrl.trainer import Trainer
+
+    sample = make("event", 1, seed=3)[0]
+    a, b = sample.answer["span"]
+    trainer = Trainer(tiny(tmp_path / "run", "data.train={task: event, n: 8}", "data.eval={task: event, n: 4}",
+                           "rewards=[{fn: temporal_iou}]", "stages=[{name: rl, kind: rl, steps: 2}]",
+                           "trainer.threads=2"), log=lambda *x: None)
+    encoded = trainer.policy.encode(sample, video=VideoConfig(max_frames=16))
+    assert encoded.clips == [pytest.approx([k / 4 for k in range(16)])] and "pixel_values_videos" in encoded.tensors
+    trainer.run()  # two GRPO steps on in-memory clips
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert sum(r.get("train/stage") == "rl" and "reward/temporal_iou/mean" in r for r in rows) == 2
+
+    out = tmp_path / "event" / "train.jsonl"
+    assert main(["data", "make", "event", "--n", "2", "--seed", "3", "--out", str(out)]) == 0
+    written = load_jsonl(out)[0][0]
+    path = written.media("video")[0]
+    assert path.endswith(".mp4") and written.answer == sample.answer
+    clip = load_video(path, sample_id=written.id, backend="pyav")
+    assert len(clip.frames) == 16 and clip.timestamps == pytest.approx([k / 4 for k in range(16)], abs=1e-3)
+    red = [t for f, t in zip(clip.frames, clip.timestamps)
+           if (np.asarray(f, dtype=np.int16)[..., 0] - np.asarray(f, dtype=np.int16)[..., 1]).max() > 150]
+    assert [red[0], red[-1] + 0.25] == pytest.approx([a, b], abs=1e-3)  # the seconds in the answer are the video's

@@ -267,6 +267,12 @@ def _export_media(media: Any, root: Path, name: str) -> Any:
         return rel.as_posix()
     if isinstance(media, list):
         return [_export_media(frame, root, f"{name}_{f}") for f, frame in enumerate(media)]
+    from mmrl.perception.video import Clip, write_video
+
+    if isinstance(media, Clip):  # an in-memory clip (synthetic video tasks) → a real video file
+        rel = Path("videos") / f"{name}.mp4"
+        write_video(media, root / rel)
+        return rel.as_posix()
     if isinstance(media, (str, os.PathLike)):
         absolute = Path(media).resolve()
         return absolute.relative_to(root).as_posix() if absolute.is_relative_to(root) else str(absolute)

@@ -59,7 +59,7 @@ def make(task: str, n: int, *, seed: int, split: str = "train", **kwargs: Any) -
             Sample(
                 id=f"{task}-{split}-{i:06d}",
                 messages=[{"role": "user", "content": [
-                    *({"type": "image", "image": im} for im in (image if isinstance(image, list) else [image])),
+                    *(_media_parts(image)),
                     {"type": "text", "text": prompt},
                 ]}],
                 answer=answer,
@@ -68,6 +68,15 @@ def make(task: str, n: int, *, seed: int, split: str = "train", **kwargs: Any) -
             )
         )
     return samples
+
+
+def _media_parts(media: Any) -> list[dict]:
+    """An image, a list of frames (one image part each) or a `Clip` (one video part)."""
+    from mmrl.perception.video import Clip
+
+    if isinstance(media, Clip):
+        return [{"type": "video", "video": media}]
+    return [{"type": "image", "image": im} for im in (media if isinstance(media, list) else [media])]
 
 
 def _check_kwargs(task: str, draw: Callable, kwargs: dict) -> None:
@@ -332,4 +341,42 @@ TASKS.register("motion")(SyntheticTask(task="temporal/motion", draw=_draw_motion
 TARGETS.register("temporal/motion")(TargetFormat(
     lambda sample, geometry=None: f"<answer>{sample.answer}</answer>",
     lambda sample, rng, geometry=None: f"<answer>{rng.choice(('left', 'right'))}</answer>",
+))
+
+
+# ------------------------------------------------------------------------------------------- event (video)
+
+EVENT_PROMPT = "When is the red square shown? Answer [start, end] in seconds inside <answer></answer>."
+
+
+def _draw_event(rng: random.Random, frames: int = 16, fps: float = 4.0, size: int = 56,
+                prompt: str | None = None) -> tuple[Any, str, dict]:
+    """Temporal grounding of an event in a video (Time-R1 / TimeZero-style tIoU tasks): a dark clip of `frames`
+    frames at `fps` in which a red square is shown from frame a to frame b − 1 (at least 2 frames, a random
+    place and size); the answer is `{"span": [a / fps, b / fps]}` in seconds. In-memory as a `Clip`; written
+    to a real MPEG-4 file by `mmrl data make event` (PyAV)."""
+    from mmrl.perception.video import Clip
+
+    if frames < 4 or fps <= 0:
+        raise ValueError(f"event: need frames >= 4 and fps > 0, got {frames}, {fps}")
+    a = rng.randint(0, frames - 2)
+    b = rng.randint(a + 2, frames)
+    side = rng.randint(size // 4, size // 2)
+    x, y = rng.randint(0, size - side), rng.randint(0, size - side)
+    bg = rng.randint(0, 40)
+    images = []
+    for k in range(frames):
+        im = Image.new("RGB", (size, size), (bg, bg, bg))
+        if a <= k < b:
+            ImageDraw.Draw(im).rectangle([x, y, x + side - 1, y + side - 1], fill=(230, 20, 20))
+        images.append(im)
+    clip = Clip(images, [k / fps for k in range(frames)], float(fps), frames / fps, "synthetic")
+    return clip, prompt or EVENT_PROMPT, {"span": [a / fps, b / fps]}
+
+
+TASKS.register("event")(SyntheticTask(task="temporal/event", draw=_draw_event))
+TARGETS.register("temporal/event")(TargetFormat(
+    lambda sample, geometry=None: f"<answer>[{sample.answer['span'][0]:g}, {sample.answer['span'][1]:g}]</answer>",
+    lambda sample, rng, geometry=None: "<answer>[{:g}, {:g}]</answer>".format(*sorted(
+        round(rng.uniform(0, 4), 1) for _ in range(2))),
 ))

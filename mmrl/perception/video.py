@@ -123,3 +123,30 @@ def load_video(
         duration = times[-1] + (1.0 / rate if rate > 0 else 0.0)
         return Clip(frames, [times[i] for i in idx], rate, duration, name)
     raise BadSampleError(sample_id, f"video file {str(path)!r} cannot be decoded ({'; '.join(errors)})")
+
+
+def write_video(clip: Clip, path: str | os.PathLike) -> Path:
+    """Write a clip's frames as an MPEG-4 file at its rate (PyAV); frames are padded to even sizes, as the codec
+    needs. Reading it back with `load_video` gives the same frame count and timestamps k / fps."""
+    try:
+        import av
+    except ImportError as exc:
+        raise ImportError("writing videos needs PyAV: pip install 'mmrl[video]'") from exc
+    import numpy as np
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    w, h = clip.frames[0].size
+    w2, h2 = w + w % 2, h + h % 2
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("mpeg4", rate=max(1, round(clip.fps)))
+        stream.width, stream.height, stream.pix_fmt = w2, h2, "yuv420p"
+        stream.options = {"qscale": "2"}
+        for frame in clip.frames:
+            arr = np.zeros((h2, w2, 3), dtype=np.uint8)
+            arr[:h, :w] = np.asarray(frame.convert("RGB"))
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
