@@ -18,7 +18,8 @@ from pathlib import Path
 from PIL import Image
 
 from mmrl.datasets.sample import BadSampleError, Sample
-from mmrl.datasets.synthetic import _TRANSPOSE, ANGLES, ROTATION_PROMPT
+from mmrl.datasets.synthetic import ANGLES, ROTATION_PROMPT
+from mmrl.perception import perturb
 from mmrl.perception.images import load_image
 
 EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -44,23 +45,16 @@ def _shrink(image: Image.Image, size: int) -> Image.Image:
 
 def _rotation(image: Image.Image, rng: random.Random, **_) -> tuple[Image.Image, str, str]:
     angle = rng.choice(ANGLES)
-    turned = image.transpose(_TRANSPOSE[angle]) if _TRANSPOSE[angle] is not None else image
-    return turned, ROTATION_PROMPT, angle
+    return perturb.rotate(image, int(angle)), ROTATION_PROMPT, angle
 
 
 def _jigsaw(image: Image.Image, rng: random.Random, grid: int = 2) -> tuple[Image.Image, str, dict]:
-    tw, th = image.width // grid, image.height // grid
-    if tw < 2 or th < 2:
+    if image.width // grid < 2 or image.height // grid < 2:
         raise ValueError(f"image {image.width}x{image.height} is too small for a {grid}x{grid} jigsaw")
-    tiles = [image.crop((c * tw, r * th, (c + 1) * tw, (r + 1) * th)) for r in range(grid) for c in range(grid)]
-    order = list(range(grid * grid))
-    while order == sorted(order):  # a jigsaw already solved teaches nothing
-        rng.shuffle(order)
-    out = Image.new("RGB", (tw * grid, th * grid))
-    for pos, src in enumerate(order):
-        out.paste(tiles[src], ((pos % grid) * tw, (pos // grid) * th))
+    order = perturb.derangement(grid * grid, rng.getrandbits(63))  # a jigsaw already solved teaches nothing
     example = str(list(range(grid * grid))[::-1])
-    return out, JIGSAW_PROMPT.format(g=grid, example=example), {"order": order}
+    return perturb.jigsaw(image.convert("RGB"), grid, order), JIGSAW_PROMPT.format(g=grid, example=example), \
+        {"order": order}
 
 
 PUZZLES = {"rotation": ("puzzle/rotation", _rotation), "jigsaw": ("puzzle/jigsaw", _jigsaw)}

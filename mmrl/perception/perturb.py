@@ -23,6 +23,9 @@ def mask_patches(
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
+    total = int(sum(int(t * h * w) for t, h, w in grid_thw.tolist()))
+    if total != pixel_values.shape[0]:
+        raise ValueError(f"grid_thw covers {total} patches but pixel_values has {pixel_values.shape[0]} rows")
     out = pixel_values.clone()
     group = merge_size * merge_size
     start = 0
@@ -37,8 +40,6 @@ def mask_patches(
         rows = (chosen.unsqueeze(1) * group + torch.arange(group)).reshape(-1) + start  # [k·group]
         out[rows] = fill
         start += n
-    if start != pixel_values.shape[0]:
-        raise ValueError(f"grid_thw covers {start} patches but pixel_values has {pixel_values.shape[0]} rows")
     return out
 
 
@@ -75,3 +76,56 @@ def derangement(n: int, seed: int) -> list[int]:
     while n >= 2 and perm == sorted(perm):
         rng.shuffle(perm)
     return perm
+
+
+# ---- image perturbations (PIL in, PIL out; pure) -------------------------------------------------------------------
+ROTATIONS = {0: None, 90: 2, 180: 3, 270: 4}  # counter-clockwise degrees → PIL.Image.Transpose values
+
+
+def rotate(image, angle: int):
+    """`image` turned counter-clockwise by 0, 90, 180 or 270 degrees, exactly (a pixel transpose, no
+    interpolation): the rotation puzzle of SSL4RL / PC-GRPO."""
+    from PIL import Image
+
+    if angle not in ROTATIONS:
+        raise ValueError(f"rotation angle must be one of {sorted(ROTATIONS)}, got {angle!r}")
+    return image.copy() if ROTATIONS[angle] is None else image.transpose(Image.Transpose(ROTATIONS[angle]))
+
+
+def jigsaw(image, grid: int, order: list[int]):
+    """The image cut into `grid` × `grid` tiles (the right / bottom remainder dropped) and reassembled so the tile
+    at position k (reading order) is original tile `order[k]`. SSL4RL / PC-GRPO's jigsaw puzzle."""
+    from PIL import Image
+
+    if sorted(order) != list(range(grid * grid)):
+        raise ValueError(f"{order} is not a permutation of {grid * grid} tiles")
+    tw, th = image.width // grid, image.height // grid
+    if tw < 1 or th < 1:
+        raise ValueError(f"image {image.width}x{image.height} is too small for a {grid}x{grid} jigsaw")
+    box = lambda k: ((k % grid) * tw, (k // grid) * th, (k % grid + 1) * tw, (k // grid + 1) * th)  # noqa: E731
+    out = Image.new(image.mode, (tw * grid, th * grid))
+    for pos, src in enumerate(order):
+        out.paste(image.crop(box(src)), box(pos)[:2])
+    return out
+
+
+def crop_zoom(image, box: tuple[int, int, int, int]):
+    """The region `box` = (x1, y1, x2, y2) (pixels, x2/y2 exclusive) enlarged back to the image's size (bilinear).
+    A point (x, y) of the region lands at ((x − x1)·W/(x2 − x1), (y − y1)·H/(y2 − y1))."""
+    from PIL import Image
+
+    x1, y1, x2, y2 = box
+    if not (0 <= x1 < x2 <= image.width and 0 <= y1 < y2 <= image.height):
+        raise ValueError(f"crop box {box} is not inside the {image.width}x{image.height} image")
+    return image.crop(box).resize(image.size, Image.BILINEAR)
+
+
+def random_crop_box(width: int, height: int, *, scale: tuple[float, float], seed: int) -> tuple[int, int, int, int]:
+    """A seeded crop box keeping the aspect ratio, its side a random share in `scale` of the image's."""
+    import random
+
+    rng = random.Random(seed)
+    s = rng.uniform(*scale)
+    w, h = max(1, round(width * s)), max(1, round(height * s))
+    x, y = rng.randint(0, width - w), rng.randint(0, height - h)
+    return x, y, x + w, y + h
