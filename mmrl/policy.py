@@ -72,11 +72,9 @@ def _frames_clip(frames, sample_id: str, video):
 
 def _in_memory_clip(clip, video):
     """A copy of an in-memory `Clip` (synthetic video tasks) thinned to `video.max_frames` evenly."""
-    from mmrl.perception.video import Clip
+    from mmrl.perception.video import Clip, pick_frames
 
-    n = len(clip.frames)
-    k = min(n, video.max_frames)
-    idx = sorted({round(i * (n - 1) / max(k - 1, 1)) for i in range(k)}) if k > 1 else [0]
+    idx = pick_frames(clip.timestamps, fps=None, num_frames=None, max_frames=video.max_frames)
     return Clip([clip.frames[i].copy() for i in idx], [clip.timestamps[i] for i in idx], clip.fps, clip.duration,
                 "memory")
 

@@ -24,7 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from mmrl.datasets.jsonl import _check_media, _LineError, _to_sample
+from mmrl.datasets.jsonl import _check_media, _LineError, _resolve, _to_sample
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.perception.images import load_image
 from mmrl.registry import Registry
@@ -97,8 +97,7 @@ def _media(value: Any, root: Path, sample_id: str, field: str) -> Any:
     if isinstance(value, (bytes, bytearray)):
         return load_image(bytes(value), sample_id=sample_id)
     if isinstance(value, str) and value:
-        value = value[len("file://"):] if value.startswith("file://") else value
-        return str((root / value).resolve()) if not os.path.isabs(value) else value
+        return _resolve(value, root)
     if hasattr(value, "convert"):  # a PIL image
         return value
     raise _LineError(field, f"expected an image path, bytes or image, got {type(value).__name__}")

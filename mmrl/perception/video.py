@@ -31,7 +31,7 @@ class Clip:
     backend: str
 
 
-def _pick(times: list[float], *, fps: float | None, num_frames: int | None, max_frames: int) -> list[int]:
+def pick_frames(times: list[float], *, fps: float | None, num_frames: int | None, max_frames: int) -> list[int]:
     """Indices into the decoded frames (presentation times `times`) to keep."""
     n = len(times)
     if fps is not None and num_frames is not None:
@@ -118,7 +118,7 @@ def load_video(
         except Exception as exc:  # noqa: BLE001 - any decoder failure is this sample's bad file
             errors.append(f"{name}: {exc}")
             continue
-        idx = _pick(times, fps=fps, num_frames=num_frames, max_frames=max_frames)
+        idx = pick_frames(times, fps=fps, num_frames=num_frames, max_frames=max_frames)
         frames = [_shrink(f.convert("RGB"), max_pixels) for f in fetch(idx)]
         duration = times[-1] + (1.0 / rate if rate > 0 else 0.0)
         return Clip(frames, [times[i] for i in idx], rate, duration, name)

@@ -65,12 +65,7 @@ def shuffled_options_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, colu
         if not isinstance(opts, list) or len(opts) < 2 or not isinstance(gt.get("question"), str):
             perms[pi] = None
             continue
-        rng = random.Random(row_seed(ctx.params.seed, "options", ctx.params.step, p.sample.id))
-        perm = list(range(len(opts)))
-        rng.shuffle(perm)
-        if perm == sorted(perm):  # a shuffle that changes nothing tests nothing
-            perm = perm[1:] + perm[:1]
-        perms[pi] = perm
+        perms[pi] = derangement(len(opts), row_seed(ctx.params.seed, "options", ctx.params.step, p.sample.id))
     shuffled = {pi: ctx.policy.encode(shuffle_options(prompts[pi].sample, perm)) for pi, perm in perms.items() if perm}
     rows = [i for i in range(len(ro)) if perms[int(ro.prompt_index[i])]]
     prefixes = {i: think_block(ro.texts[i]) for i in rows}
