@@ -82,7 +82,8 @@ class DataSource:
     format: str = "auto"
     fields: dict[str, str] = field(default_factory=dict)
     image_root: str | None = None
-    template: str | None = None
+    template: str | None = None  # any source: the question rewritten as template.format(problem=question)
+    system_prompt: str | None = None  # this source's system turn (overrides data.system_prompt for its samples)
 
 
 @dataclass
@@ -489,6 +490,16 @@ def validate(cfg: Config) -> None:
             registry.get(name)
         except UnknownNameError as e:
             raise ConfigError(f"{key}: {e}") from None
+    from mmrl.datasets.sample import check_template
+
+    sources = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
+    sources += [(f"data.mix[{i}]", m) for i, m in enumerate(cfg.data.mix)]
+    for key, src in sources:
+        if src.template is not None:
+            try:
+                check_template(src.template)
+            except ValueError as e:
+                raise ConfigError(f"{key}.template: {e}") from None
     for key in ("ppo_epochs", "mini_batches", "max_gen_batches", "virtual_count"):
         if getattr(a, key) < 1:
             raise ConfigError(f"algorithm.{key}: must be >= 1, got {getattr(a, key)}")

@@ -80,10 +80,11 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
     if any(isinstance(smp.answer, dict) and "boxes" in smp.answer for smp in trainer.eval_data):
         from mmrl.plots import box_grid
 
-        geos = [p.geometry[0] if p.geometry else None for p in trainer._eval_inputs]
-        report["boxes_png"] = str(box_grid(trainer.eval_data, trainer.last_eval_texts, geos, root / "boxes.png"))
+        inputs = trainer._eval_inputs  # the encoded ones (a skipped sample has no completion)
+        report["boxes_png"] = str(box_grid([p.sample for p in inputs], trainer.last_eval_texts,
+                                           [p.answer_geometry for p in inputs], root / "boxes.png"))
     report["completions"] = [{"id": smp.id, "answer": smp.answer, "completion": t}
-                             for smp, t in list(zip(trainer.eval_data, trainer.last_eval_texts))[:8]]
+                             for smp, t in list(zip([p.sample for p in trainer._eval_inputs], trainer.last_eval_texts))[:8]]
     path = root / "report.json"
     path.write_text(json.dumps(report, indent=1, default=str))
     report["path"] = str(path)

@@ -83,6 +83,24 @@ def plot_compare(run_dirs: list[str | Path], out: str | Path, metrics: tuple[str
 GT_COLOUR, PRED_COLOUR = (0, 200, 0), (230, 0, 0)
 
 
+def _answer_picture(sample) -> "Image.Image":
+    """The image the answer's boxes refer to (`answer["media"]`, else the first); for a video, its first frame."""
+    from mmrl.perception.images import load_image
+    from mmrl.perception.video import Clip, load_video
+    from mmrl.policy import answer_media
+
+    k = answer_media(sample)
+    kind = sample.media_kinds()[k]
+    src = sample.media(kind)[sample.media_kinds()[:k].count(kind)]
+    if kind == "image":
+        return load_image(src, sample_id=sample.id)
+    if isinstance(src, Clip):
+        return src.frames[0].copy()
+    if isinstance(src, (list, tuple)):
+        return load_image(src[0], sample_id=sample.id)
+    return load_video(src, sample_id=sample.id, fps=None, num_frames=1).frames[0]
+
+
 def box_grid(samples: list, texts: list[str], geometries: list, out: str | Path, *, columns: int = 4,
              scale: int = 3, limit: int = 16) -> Path:
     """A grid of the first `limit` samples' images (each enlarged `scale`× without smoothing) with their
@@ -90,12 +108,11 @@ def box_grid(samples: list, texts: list[str], geometries: list, out: str | Path,
     through each prompt's `Geometry`. Boxes are drawn 1 enlarged pixel wide on their edges."""
     from PIL import Image, ImageDraw
 
-    from mmrl.perception.images import load_image
     from mmrl.rewards.parsing import parse_objects
 
     tiles = []
     for sample, text, geo in list(zip(samples, texts, geometries))[:limit]:
-        image = load_image(sample.media("image")[0], sample_id=sample.id)
+        image = _answer_picture(sample)
         big = image.resize((image.width * scale, image.height * scale), Image.NEAREST)
         draw = ImageDraw.Draw(big)
         gt = sample.answer.get("boxes", []) if isinstance(sample.answer, dict) else []

@@ -27,7 +27,7 @@ from mmrl import zoo
 from mmrl.config import ModelConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.kernels import minp_log_mass, token_logprobs
-from mmrl.perception.geometry import Geometry, convention_for
+from mmrl.perception.geometry import Geometry, convention_for, processed_size
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 VISION_MODULE_WORDS = ("visual", "vision_tower", "vision_model")
@@ -42,7 +42,8 @@ class ModelLoadError(RuntimeError):
 
 @dataclass
 class PromptInputs:
-    """One prompt, processed once: token tensors [1, P] and media tensors, plus per-image geometry."""
+    """One prompt, processed once: token tensors [1, P] and media tensors, plus the geometry of each image and
+    video in prompt order (a video's is its frames')."""
 
     sample: Sample
     tensors: dict[str, torch.Tensor]
@@ -52,6 +53,22 @@ class PromptInputs:
     @property
     def length(self) -> int:
         return int(self.tensors["input_ids"].shape[1])
+
+    @property
+    def answer_geometry(self) -> Geometry | None:
+        """The geometry the answer's coordinates refer to: that of the image or video `answer["media"]` indexes
+        (0-based, images and videos counted together in prompt order), else the first; None without media."""
+        k = answer_media(self.sample)
+        return self.geometry[k] if k < len(self.geometry) else None
+
+
+def answer_media(sample: Sample) -> int:
+    """`answer["media"]` checked: an int in range of the sample's media parts (0 when absent)."""
+    k = sample.answer.get("media", 0) if isinstance(sample.answer, dict) else 0
+    n = len(sample.media_kinds())
+    if isinstance(k, bool) or not isinstance(k, int) or not (0 <= k < max(n, 1)):
+        raise BadSampleError(sample.id, f"answer['media']={k!r} must index one of its {n} images/videos (0-based)")
+    return k
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -76,7 +93,7 @@ def _in_memory_clip(clip, video):
 
     idx = pick_frames(clip.timestamps, fps=None, num_frames=None, max_frames=video.max_frames)
     return Clip([clip.frames[i].copy() for i in idx], [clip.timestamps[i] for i in idx], clip.fps, clip.duration,
-                "memory")
+                "memory", clip.source_size)
 
 
 def _metadata(clip):
@@ -268,13 +285,33 @@ class Policy:
         for key in ("pixel_values", "pixel_values_videos"):
             if key in tensors:
                 tensors[key] = tensors[key].to(self.hf.dtype)
-        geometry = [
-            Geometry.for_image(self.processor, im.width, im.height, self.convention) for im in images
-        ] if self.convention != "pixel" else [Geometry.identity(im.width, im.height) for im in images]
+        geometry = self._geometry(sample, images, clips, tensors)
         for im in images + [f for c in clips for f in c.frames]:
             im.close()
         return PromptInputs(sample=sample, tensors=tensors, geometry=geometry,
                             clips=[list(c.timestamps) for c in clips])
+
+    def _geometry(self, sample: Sample, images, clips, tensors) -> list[Geometry]:
+        """One `Geometry` per image and video, in prompt order. A video's original size is its source frames'
+        (before any `max_pixels` shrink); its processed size is read from `video_grid_thw` × the patch size."""
+        answer_media(sample)  # a bad index fails here, naming the sample
+        if self.convention == "pixel":
+            sizes = iter([im.size for im in images]), iter([c.source_size for c in clips])
+            return [Geometry.identity(*next(sizes[kind == "video"])) for kind in sample.media_kinds()]
+        per_image = iter([Geometry.for_image(self.processor, im.width, im.height, self.convention) for im in images])
+        patch = getattr(getattr(self.processor, "video_processor", None), "patch_size", None)
+        grids = tensors.get("video_grid_thw")
+        per_video = []
+        for j, c in enumerate(clips):
+            w, h = c.source_size
+            if grids is not None and patch and j < len(grids):
+                _, gh, gw = (int(v) for v in grids[j])
+                per_video.append(Geometry(w, h, gw * patch, gh * patch, self.convention))
+            else:  # no grid to read: the image processor's resize of one frame
+                pw, ph = processed_size(self.processor, *c.frames[0].size)
+                per_video.append(Geometry(w, h, pw, ph, self.convention))
+        videos = iter(per_video)
+        return [next(videos) if kind == "video" else next(per_image) for kind in sample.media_kinds()]
 
     def with_prefix(self, prompt: PromptInputs, text: str, tag: str) -> PromptInputs:
         """The prompt followed by `text` as the start of the assistant's answer (a forced prefix the model
@@ -286,7 +323,7 @@ class Policy:
                 ext = ids if k == "input_ids" else (torch.ones_like(ids) if k == "attention_mask" else torch.zeros_like(ids))
                 tensors[k] = torch.cat([tensors[k], ext.to(tensors[k].dtype)], dim=1)
         sample = dataclasses.replace(prompt.sample, id=f"{prompt.sample.id}#{tag}")
-        return PromptInputs(sample=sample, tensors=tensors, geometry=prompt.geometry)
+        return PromptInputs(sample=sample, tensors=tensors, geometry=prompt.geometry, clips=prompt.clips)
 
     def collate(self, prompts: list[PromptInputs], repeats: int = 1) -> dict[str, torch.Tensor]:
         """Batch prompts (each repeated `repeats` times, adjacent) with left padding; media concatenated."""

@@ -42,7 +42,7 @@ def _prompt_text(sample) -> str:
     return "\n".join(parts)
 
 
-COLUMNS = ("answer", "task", "prompts", "samples", "geometry", "completion_ids", "finish_reason", "prompt_index",
+COLUMNS = ("answer", "task", "prompts", "samples", "geometry", "geometries", "completion_ids", "finish_reason", "prompt_index",
            "trainer_state")  # what `Trainer.score` passes every reward, besides the samples' meta fields
 
 
@@ -85,7 +85,8 @@ class RLSteps:
             "task": [p.sample.task for p in rows],
             "prompts": [texts[i] for i in rollouts.prompt_index.tolist()],
             "samples": [p.sample for p in rows],
-            "geometry": [p.geometry[0] if p.geometry else None for p in rows],
+            "geometry": [p.answer_geometry for p in rows],
+            "geometries": [p.geometry for p in rows],
             "completion_ids": [ids[: int(m.sum())].tolist() for ids, m in zip(rollouts.completion_ids, rollouts.completion_mask)],
             "finish_reason": rollouts.finish_reasons,
             "prompt_index": rollouts.prompt_index.tolist(),

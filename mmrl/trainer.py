@@ -127,7 +127,7 @@ class Trainer(RLSteps):
         samples, skipped = load_source(
             task=src.task, path=src.path, n=src.n, seed=src.seed, split=split, kwargs=src.kwargs,
             on_bad_sample=self.cfg.data.on_bad_sample, format=src.format, fields=src.fields,
-            image_root=src.image_root, template=src.template,
+            image_root=src.image_root, template=src.template, system_prompt=src.system_prompt,
         )
         if not samples:
             raise BadSampleError(f"data.{split}", f"no usable samples in {src.path or src.task}")
@@ -237,7 +237,7 @@ class Trainer(RLSteps):
 
         out = []
         for p in prompts:
-            geometry = p.geometry[0] if p.geometry else None
+            geometry = p.answer_geometry
             rng = random.Random(row_seed(self.cfg.trainer.seed, "sft-label", self.progress.step, p.sample.id))
             if stage.labels == "random":
                 text = random_target_text(p.sample, rng)
@@ -294,7 +294,7 @@ class Trainer(RLSteps):
                 out[f"eval/{k}"] = sum(vals) / len(vals)
         out["eval/total"] = sum(totals) / len(totals)
         out["eval/n"] = len(inputs)
-        self.last_eval_texts = texts  # aligned with self.eval_data (for pictures of the predictions)
+        self.last_eval_texts = texts  # aligned with self._eval_inputs (skipped samples have none)
         return out
 
     # ------------------------------------------------------------------------------------ checkpoints

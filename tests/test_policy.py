@@ -39,6 +39,30 @@ def test_grounding_targets_are_rendered_in_the_model_convention(policy):
     assert all(abs(a - b) <= 97 / 1000 + 1e-9 for a, b in zip(back, sample.answer["boxes"][0]))
 
 
+def test_multi_image_answers_use_the_geometry_of_the_image_they_name(policy):
+    from PIL import Image
+
+    from mmrl.datasets.sample import BadSampleError, Sample
+
+    def sample(media):
+        return Sample(id="two", task="grounding", answer={"boxes": [[10, 5, 60, 40]], "media": media},
+                      messages=[{"role": "user", "content": [
+                          {"type": "image", "image": Image.new("RGB", (56, 56))},
+                          {"type": "image", "image": Image.new("RGB", (200, 90))},
+                          {"type": "text", "text": "Locate it in the second picture."}]}])
+
+    prompt = policy.encode(sample(1))
+    first, second = prompt.geometry
+    assert (first.orig_w, first.orig_h, second.orig_w, second.orig_h) == (56, 56, 200, 90)
+    grids = prompt.tensors["image_grid_thw"]
+    assert (second.proc_w, second.proc_h) == (int(grids[1][2]) * 14, int(grids[1][1]) * 14)
+    assert prompt.answer_geometry is second
+    box = [int(v) for v in re.findall(r"-?\d+", target_text(prompt.sample, prompt.answer_geometry))]
+    assert box == [50, 56, 300, 444]  # 1000-grid of the 200x90 image, not of the 56x56 one
+    with pytest.raises(BadSampleError, match=r"'two'.*media.*2 images/videos"):
+        policy.encode(sample(2))
+
+
 def test_sampling_never_emits_vision_tokens_and_is_seeded_per_prompt(policy):
     engine = make_engine("hf", policy)
     samples = make("rotation", 3, seed=0)

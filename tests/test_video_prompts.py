@@ -58,7 +58,7 @@ def test_video_parts_reach_the_processor_as_frames_with_times(video_data, zoo_ca
 
     video_module.load_video = recording
     try:
-        inputs = policy.encode(samples[0], video=VideoConfig(fps=5.0, max_frames=10))
+        inputs = policy.encode(samples[0], video=VideoConfig(fps=5.0, max_frames=10, max_pixels=2000))
     finally:
         video_module.load_video = real
     assert inputs.clips == [pytest.approx([0.2 * k for k in range(10)], abs=1e-3)]  # 2 s at 5 fps
@@ -66,6 +66,14 @@ def test_video_parts_reach_the_processor_as_frames_with_times(video_data, zoo_ca
     assert "pixel_values_videos" in t and t["video_grid_thw"].tolist()[0][0] == 5  # 10 frames / temporal patch 2
     if family == "qwen2_5_vl":
         assert t["second_per_grid_ts"].tolist() == pytest.approx([0.4])  # 2 frames at 5 fps
+    # spatial answers on a video refer to its source frames (56x56), though frames were shrunk to <= 2000 px
+    (geo,) = inputs.geometry
+    _, gh, gw = t["video_grid_thw"].tolist()[0]
+    patch = policy.processor.video_processor.patch_size
+    assert (geo.orig_w, geo.orig_h, geo.proc_w, geo.proc_h) == (56, 56, gw * patch, gh * patch)
+    assert inputs.answer_geometry is geo and geo.convention == family
+    box = geo.from_original([[14, 28, 42, 56]])
+    assert geo.to_original(box)[0] == pytest.approx([14, 28, 42, 56], abs=56 / 1000 * 2 if family != "qwen2_5_vl" else 56 / geo.proc_w)
     gc.collect()
     assert refs and all(r() is None for r in refs)  # decoded frames are released after processing
 

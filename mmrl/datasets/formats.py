@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from mmrl.datasets.jsonl import _check_media, _LineError, _resolve, _to_sample
-from mmrl.datasets.sample import BadSampleError, Sample
+from mmrl.datasets.sample import BadSampleError, Sample, with_template
 from mmrl.perception.images import load_image
 from mmrl.registry import Registry
 
@@ -131,8 +131,9 @@ def _with_images(text: str, images: list[Any]) -> list[dict]:
 
 # ----------------------------------------------------------------------------------------------- formats
 @FORMATS.register("native")
-def native(record: dict, *, root: Path, sample_id: str, **_) -> Sample:
-    return _to_sample(record, root, sample_id)
+def native(record: dict, *, root: Path, sample_id: str, template: str | None = None, **_) -> Sample:
+    sample = _to_sample(record, root, sample_id)
+    return with_template(sample, template) if template else sample
 
 
 @FORMATS.register("vlm_r1_rec")

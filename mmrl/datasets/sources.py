@@ -4,24 +4,33 @@ from __future__ import annotations
 
 from typing import Any
 
-from mmrl.datasets.sample import Sample
+from mmrl.datasets.sample import Sample, check_template, with_system, with_template
 
 
 def load_source(
     *, task: str | None, path: str | None, n: int, seed: int, split: str, kwargs: dict[str, Any],
     on_bad_sample: str = "raise", format: str = "auto", fields: dict[str, str] | None = None,
-    image_root: str | None = None, template: str | None = None,
+    image_root: str | None = None, template: str | None = None, system_prompt: str | None = None,
 ) -> tuple[list[Sample], int]:
     """(samples, skipped) from `task` (synthetic generator, `n` samples) or `path` (a data file or saved data set
-    directory in mmrl's or a peer's format; `mmrl.datasets.formats`)."""
+    directory in mmrl's or a peer's format; `mmrl.datasets.formats`). `template` (with `{problem}`) rewrites
+    each question; `system_prompt` becomes the system turn of every sample without one (per-source, so each
+    task of a mix can have its own; `data.system_prompt` is the fallback for all)."""
+    if template is not None:
+        check_template(template)
     if task is not None:
         from mmrl.datasets.synthetic import make
 
-        return make(task, n, seed=seed, split=split, **kwargs), 0
-    from mmrl.datasets.formats import load_file
+        samples = make(task, n, seed=seed, split=split, **kwargs)
+        samples, skipped = ([with_template(s, template) for s in samples] if template else samples), 0
+    else:
+        from mmrl.datasets.formats import load_file
 
-    return load_file(path, format=format, fields=fields, image_root=image_root, template=template,
-                     on_bad_sample=on_bad_sample)
+        samples, skipped = load_file(path, format=format, fields=fields, image_root=image_root, template=template,
+                                     on_bad_sample=on_bad_sample)
+    if system_prompt:
+        samples = [with_system(s, system_prompt) for s in samples]
+    return samples, skipped
 
 
 def _media_keys(sample: Sample) -> set[str]:

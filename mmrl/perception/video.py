@@ -4,7 +4,8 @@
 (never hands a path to a processor), samples frames either at a target rate (`fps`: t = 0, 1/fps, 2/fps, …)
 or `num_frames` spread evenly over the duration, caps the count at `max_frames` (evenly thinned), and shrinks
 frames above `max_pixels`. It returns a `Clip`: RGB frames as PIL images, each frame's presentation time in
-seconds (what temporal rewards compare against), the source's average frame rate and duration. Every failure
+seconds (what temporal rewards compare against), the source's average frame rate, duration and frame size
+(what spatial ground truth on a video refers to, however the frames were shrunk). Every failure
 (missing file, undecodable or zero-length video, unknown backend) is a `BadSampleError` naming the sample and
 file. Frames are decoded into memory the clip owns; nothing stays open.
 """
@@ -29,6 +30,12 @@ class Clip:
     fps: float  # the source's average frame rate
     duration: float  # seconds
     backend: str
+    size: tuple[int, int] | None = None  # (width, height) of the source's frames before any shrinking
+
+    @property
+    def source_size(self) -> tuple[int, int]:
+        """The frame size ground-truth coordinates refer to: the source's, else the frames' own."""
+        return self.size or self.frames[0].size
 
 
 def pick_frames(times: list[float], *, fps: float | None, num_frames: int | None, max_frames: int) -> list[int]:
@@ -119,9 +126,11 @@ def load_video(
             errors.append(f"{name}: {exc}")
             continue
         idx = pick_frames(times, fps=fps, num_frames=num_frames, max_frames=max_frames)
-        frames = [_shrink(f.convert("RGB"), max_pixels) for f in fetch(idx)]
+        decoded = fetch(idx)
+        size = decoded[0].size
+        frames = [_shrink(f.convert("RGB"), max_pixels) for f in decoded]
         duration = times[-1] + (1.0 / rate if rate > 0 else 0.0)
-        return Clip(frames, [times[i] for i in idx], rate, duration, name)
+        return Clip(frames, [times[i] for i in idx], rate, duration, name, size)
     raise BadSampleError(sample_id, f"video file {str(path)!r} cannot be decoded ({'; '.join(errors)})")
 
 

@@ -25,3 +25,36 @@ def test_load_source_synthetic_is_deterministic():
     b, _ = load_source(task="rotation", path=None, n=3, seed=0, split="eval", kwargs={})
     assert skipped == 0 and [s.id for s in a] == [s.id for s in b]
     assert all(x.media()[0].tobytes() == y.media()[0].tobytes() for x, y in zip(a, b))
+
+
+def test_templates_and_system_prompts_apply_per_source(tmp_path):
+    import json
+
+    import pytest
+
+    a, _ = load_source(task="rotation", path=None, n=2, seed=0, split="train", kwargs={},
+                       template="Puzzle: {problem} Think first.", system_prompt="You solve puzzles.")
+    assert a[0].messages[0] == {"role": "system", "content": [{"type": "text", "text": "You solve puzzles."}]}
+    text = a[0].messages[1]["content"][-1]["text"]
+    assert text.startswith("Puzzle: In which direction") and text.endswith("Think first.")
+    Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
+    row = {"id": "n1", "answer": "cat", "messages": [
+        {"role": "system", "content": "Own system turn."},
+        {"role": "user", "content": [{"type": "image", "image": "x.png"}, {"type": "text", "text": "What is it?"}]}]}
+    (tmp_path / "d.jsonl").write_text(json.dumps(row) + "\n")
+    b, _ = load_source(task=None, path=str(tmp_path / "d.jsonl"), n=0, seed=0, split="train", kwargs={},
+                       template="Q: {problem}", system_prompt="Ignored: the record has its own.")
+    assert b[0].messages[0]["content"][0]["text"] == "Own system turn." and len(b[0].messages) == 2
+    assert b[0].messages[1]["content"][1]["text"] == "Q: What is it?"
+    for bad in ("no placeholder", "{problem} {other}"):
+        with pytest.raises(ValueError, match="template"):
+            load_source(task="rotation", path=None, n=1, seed=0, split="train", kwargs={}, template=bad)
+
+
+def test_a_bad_template_is_a_config_error_naming_the_source():
+    import pytest
+
+    from mmrl.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match=r"data\.mix\[1\]\.template: .*no \{problem\}"):
+        load(None, ["data.mix=[{task: rotation, n: 4}, {task: grounding, n: 4, template: 'Find it.'}]"])
