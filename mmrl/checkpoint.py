@@ -8,6 +8,10 @@ Layout of `RUN/checkpoints/step_000040/`:
   rng.pt                 torch RNG state
   trainer_state.json     stage index, step counters, data cursor, best metric — written last
 
+A run of several processes (mmrl.distributed) writes instead `dcp/` — each process's shards of the trainable
+weights and the optimizer state (and the KL reference), through torch.distributed.checkpoint — plus rng.pt and
+trainer_state.json; it loads into any number of processes, one included (`load_sharded`).
+
 Everything is written into a hidden temporary folder which is then renamed into place (an atomic rename on
 POSIX), so a kill at any moment leaves either the complete new checkpoint or none; `latest()` only returns
 complete checkpoints.
@@ -59,9 +63,15 @@ def save(
         torch.save(optimizer, tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
-    for f in tmp.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
+    return _finish(tmp, final, root, keep)
+
+
+def _finish(tmp: Path, final: Path, root: Path, keep: int) -> Path:
+    """fsync every file of `tmp`, move it into place as `final` (atomic rename), prune to the newest `keep`."""
+    for f in tmp.rglob("*"):
+        if f.is_file():
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it
         shutil.rmtree(final)
     os.replace(tmp, final)
@@ -72,11 +82,102 @@ def save(
     return final
 
 
+# ---------------------------------------------------------------------------------- across processes
+SHARDED = "dcp"  # the torch.distributed.checkpoint folder of a checkpoint written by several processes
+
+
+def is_sharded(path: Path) -> bool:
+    return (Path(path) / SHARDED / ".metadata").exists()
+
+
+def _options(frozen: bool):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=not frozen)
+
+
+def save_sharded(root: Path, step: int, *, root_module, optimizer, state: dict[str, Any], main: bool, barrier,
+                 extra_models: dict[str, Any] = (), keep: int = 2) -> Path:
+    """Every process writes its shards of the (trainable) weights and optimizer state, and of `extra_models` (e.g.
+    the KL reference, whole), with torch.distributed.checkpoint into `step_N/dcp/`; rank 0 adds the trainer state
+    and RNG and renames the folder into place once all are done. Loading reshards to any number of processes."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
+
+    final, tmp = root / f"step_{step:06d}", root / f".tmp-step_{step:06d}"
+    if main:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    barrier()
+    model, optim = get_state_dict(root_module, optimizer, options=_options(frozen=False))
+    tensors = {"model": model, "optim": optim}
+    tensors.update({name: get_model_state_dict(m, options=_options(frozen=True)) for name, m in dict(extra_models).items()})
+    dcp.save(tensors, checkpoint_id=str(tmp / SHARDED))
+    if main:
+        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
+        _finish(tmp, final, root, keep)
+    barrier()
+    return final
+
+
+def load_sharded(path: Path, root_module, *, optimizer=None, extra_models: dict[str, Any] = ()) -> dict[str, Any]:
+    """Read a sharded checkpoint into `root_module` (an FSDP root, or `mmrl.distributed.Root` around an unsharded
+    model in one process), and into `optimizer` / `extra_models` when given; returns the trainer state and RNG
+    (`weights` etc. are None: they are already in place)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import (
+        get_model_state_dict, get_state_dict, set_model_state_dict, set_state_dict,
+    )
+
+    path = Path(path)
+    if optimizer is not None:
+        model, optim = get_state_dict(root_module, optimizer, options=_options(frozen=False))
+        tensors = {"model": model, "optim": optim}
+    else:
+        tensors = {"model": get_model_state_dict(root_module, options=_options(frozen=False))}
+    tensors.update({name: get_model_state_dict(m, options=_options(frozen=True)) for name, m in dict(extra_models).items()})
+    dcp.load(tensors, checkpoint_id=str(path / SHARDED))
+    if optimizer is not None:
+        set_state_dict(root_module, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"],
+                       options=_options(frozen=False))
+    else:
+        set_model_state_dict(root_module, tensors["model"], options=_options(frozen=False))
+    for name, m in dict(extra_models).items():
+        set_model_state_dict(m, tensors[name], options=_options(frozen=True))
+    return {"weights": None, "merged": [], "reference": None, "optimizer": None, "sharded": True,
+            "rng": torch.load(path / "rng.pt", weights_only=True), "state": read_state(path)}
+
+
+def full_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's (trainable) weights as one dict of whole tensors under the model's own parameter names,
+    whichever way it was written (one process: model.safetensors; several: gathered from the shards)."""
+    path = Path(path)
+    if not is_sharded(path):
+        return load_file(str(path / "model.safetensors"))
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    meta = dcp.FileSystemReader(str(path / SHARDED)).read_metadata().state_dict_metadata
+    prefix = "model.module."  # {"model": Root(model).state_dict()} flattened
+    skeleton = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+                if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+    dcp.load(skeleton, checkpoint_id=str(path / SHARDED), no_dist=True)
+    return {k[len(prefix):]: v for k, v in skeleton.items()}
+
+
+def read_state(path: Path) -> dict[str, Any]:
+    """The trainer state of a complete checkpoint (JSON), without reading any tensor."""
+    return json.loads((Path(path) / STATE_FILE).read_text())
+
+
 def list_complete(root: Path) -> list[Path]:
-    """Complete checkpoints under `root`, oldest first."""
+    """Complete checkpoints under `root`, oldest first (written by one process or by several)."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step_*") if (p / STATE_FILE).exists() and (p / "model.safetensors").exists())
+    return sorted(p for p in root.glob("step_*")
+                  if (p / STATE_FILE).exists() and ((p / "model.safetensors").exists() or is_sharded(p)))
 
 
 def latest(root: Path) -> Path | None:

@@ -108,20 +108,48 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _options(pairs: list[str]) -> dict:
+    """`--option KEY=VALUE` pairs → {key: yaml.safe_load(VALUE)} ("3" → 3, "[1, 2]" → [1, 2], "all" → "all")."""
+    import yaml
+
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--option {pair!r} is not KEY=VALUE")
+        try:
+            out[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError as exc:
+            raise ValueError(f"--option {pair!r}: the value is not valid YAML ({exc})") from None
+    return out
+
+
+FOLDER_OPTIONS = ("grid",)  # from_folder keywords that --option may set (the rest have their own flags)
+
+
 def cmd_data(args) -> int:
     from mmrl.datasets.jsonl import write_jsonl
     from mmrl.datasets.synthetic import TASKS, make
-    from mmrl.registry import UnknownNameError
+    from mmrl.registry import UnknownNameError, closest
 
+    try:
+        options = _options(args.option or [])
+    except ValueError as e:
+        return _fail(2, str(e))
     if args.images:  # puzzles from a folder of real images
         from mmrl.datasets.folder import PUZZLES, from_folder
         from mmrl.errors import BadSampleError
 
         if args.task not in PUZZLES:
             return _fail(2, f"--images makes {', '.join(sorted(PUZZLES))} puzzles, not {args.task!r}")
+        for key in options:
+            if key not in FOLDER_OPTIONS:
+                hint = closest(key, FOLDER_OPTIONS)
+                extra = f"; did you mean {hint!r}?" if hint else ""
+                return _fail(2, f"folder puzzles have no option {key!r}{extra} (valid: {', '.join(FOLDER_OPTIONS)})")
         try:
             samples, skipped = from_folder(args.task, args.images, seed=args.seed, per_image=args.per_image,
-                                           size=args.size, on_bad_sample=args.on_bad_sample)
+                                           size=args.size, on_bad_sample=args.on_bad_sample, **options)
         except (FileNotFoundError, BadSampleError) as e:
             return _fail(1, str(e))
         for line in skipped:
@@ -133,9 +161,9 @@ def cmd_data(args) -> int:
         return 0
     try:
         TASKS.get(args.task)
-    except UnknownNameError as e:
+        samples = make(args.task, args.n, seed=args.seed, split=args.split, **options)
+    except (UnknownNameError, TypeError, ValueError) as e:  # unknown task or option, bad option value
         return _fail(2, str(e))
-    samples = make(args.task, args.n, seed=args.seed, split=args.split)
     print(write_jsonl(samples, args.out))
     return 0
 
@@ -199,11 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--seed", type=int, default=0)
     dm.add_argument("--split", default="train")
     dm.add_argument("--out", required=True)
-    dm.add_argument("--images", help="a folder of images: make rotation / jigsaw puzzles from them")
+    dm.add_argument("--option", action="append", metavar="KEY=VALUE",
+                    help="a task option (repeatable; VALUE is YAML), e.g. --option targets=all "
+                         "--option 'distractors=[2, 4]'; unknown keys fail with the valid ones")
+    dm.add_argument("--images", help="a folder of images: make rotation / jigsaw / position puzzles from them")
     dm.add_argument("--per-image", type=int, default=1, help="puzzles per image (--images)")
     dm.add_argument("--size", type=int, default=112, help="longer side of each picture in pixels (--images)")
     dm.add_argument("--on-bad-sample", choices=("skip", "raise"), default="skip",
-                    help="an unreadable image: report and skip it, or stop (--images)")
+                    help="an unreadable or too small image: report and skip it, or stop (--images)")
     d.set_defaults(fn=cmd_data)
 
     p = sub.add_parser("plot", help="draw a run's curves into RUN_DIR/plots, or compare runs into --out")

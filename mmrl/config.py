@@ -65,8 +65,22 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
     attn_implementation: str = "sdpa"  # `flash_attention_2` on GPU with the `flash` extra
+    # padding-free packing of prompt+completion sequences in log-prob passes (mmrl.packing): `auto` packs with
+    # flash_attention_2 (varlen kernel); with sdpa/eager the exact block-diagonal mask costs more than padding
+    packing: Literal["auto", "always", "never"] = "auto"
+    autocast: Literal["none", "bfloat16"] = "none"  # bf16 autocast of the log-prob forwards (weights keep dtype)
     # Box convention of the model's outputs: `auto` (from the model type) or qwen2_vl|qwen2_5_vl|qwen3_vl|pixel|norm
     box_convention: str = "auto"
+
+
+@dataclass
+class KernelsConfig:
+    """Token log-prob / entropy kernels (mmrl.kernels): never the full [tokens, vocab] logits."""
+
+    # auto: triton on CUDA, else torch (fused custom autograd); naive: full logits (reference, debugging);
+    # checkpoint: chunked activation checkpointing of the naive path
+    backend: Literal["auto", "torch", "triton", "naive", "checkpoint"] = "auto"
+    chunk_size: int = 1024  # rows per [rows × 4096] logits tile
 
 
 @dataclass
@@ -134,6 +148,20 @@ class RolloutConfig:
     # re-generations on perturbed inputs after the main rollout, in order: ACRE's option-shuffled second answer
     # (`shuffle_options`, fills the `pair` reward column), VL-Rethinker's forced rethinking (`rethink`)
     extra_passes: list[ExtraPassConfig] = field(default_factory=list)
+    # `engine: vllm` (mmrl.rollout.vllm; vLLM 0.11, CUDA only). Share of GPU memory vLLM may take: it shares the
+    # GPU with training, so keep it well below 1
+    vllm_gpu_memory_utilization: float = 0.3
+    vllm_max_model_len: int | None = None  # KV-cache context per sequence (prompt + completion); null: the model's
+    # between rollouts: 0 = stay resident; 1 = free the KV cache, offload weights to CPU; 2 = also drop the weights
+    # (pushed again before the next rollout)
+    vllm_sleep_level: int = 1
+    # LoRA weights reach vLLM as `merged` full weights (base + B·A at every sync) or as the saved peft `adapter`
+    # served with a LoRARequest (language-model adapters only: needs model.freeze_vision: true)
+    vllm_lora_sync: Literal["merged", "adapter"] = "merged"
+    vllm_enforce_eager: bool = False  # no CUDA-graph capture: faster start, slower decoding
+    # truncated importance sampling against the sampler/trainer mismatch: each token's policy-gradient loss
+    # × min(π_old / π_sampler, tis_cap) (Yao et al. 2025, mmrl.algorithms.objective.tis_weights); null = off
+    tis_cap: float | None = None
 
 
 @dataclass
@@ -258,6 +286,14 @@ class TrainerConfig:
 
 
 @dataclass
+class DistributedConfig:
+    """Multi-process runs (`torchrun --nproc_per_node=K -m mmrl train …`; mmrl.distributed). One process ignores it."""
+
+    mixed_precision: Literal["none", "bfloat16"] = "none"  # FSDP2 compute dtype (gradients reduced in fp32)
+    reshard_after_forward: bool = True  # ZeRO-3 style; false keeps gathered weights between forward and backward
+
+
+@dataclass
 class RunConfig:
     dir: str = "runs/{name}"
     name: str = "demo"
@@ -268,12 +304,14 @@ class RunConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    kernels: KernelsConfig = field(default_factory=KernelsConfig)
     data: DataConfig = field(default_factory=DataConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     rewards: list[RewardConfig] = field(default_factory=lambda: [RewardConfig()])
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     resume: str = "none"  # none | auto | path to a checkpoint directory
     description: str = ""
@@ -490,6 +528,8 @@ def validate(cfg: Config) -> None:
             registry.get(name)
         except UnknownNameError as e:
             raise ConfigError(f"{key}: {e}") from None
+    if cfg.kernels.chunk_size < 1:
+        raise ConfigError(f"kernels.chunk_size: must be >= 1, got {cfg.kernels.chunk_size}")
     from mmrl.datasets.sample import check_template
 
     sources = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
@@ -525,6 +565,16 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"rollout.extra_passes[{i}].kwargs.{key}: unknown option{extra} (valid: {', '.join(valid)})")
     if cfg.rollout.group_size < 2 and any(s.kind == "rl" for s in cfg.stages):
         raise ConfigError("rollout.group_size: GRPO needs at least 2 completions per prompt")
+    r = cfg.rollout
+    if not 0.0 < r.vllm_gpu_memory_utilization <= 1.0:
+        raise ConfigError(f"rollout.vllm_gpu_memory_utilization: must be in (0, 1], got "
+                          f"{r.vllm_gpu_memory_utilization}")
+    if r.vllm_sleep_level not in (0, 1, 2):
+        raise ConfigError(f"rollout.vllm_sleep_level: must be 0, 1 or 2, got {r.vllm_sleep_level}")
+    if r.vllm_max_model_len is not None and r.vllm_max_model_len < 1:
+        raise ConfigError(f"rollout.vllm_max_model_len: must be >= 1, got {r.vllm_max_model_len}")
+    if r.tis_cap is not None and not r.tis_cap > 0:
+        raise ConfigError(f"rollout.tis_cap: must be > 0 (e.g. 2), got {r.tis_cap}")
     for i, s in enumerate(cfg.stages):
         if s.steps < 0:
             raise ConfigError(f"stages[{i}].steps: must be >= 0")

@@ -114,5 +114,18 @@ class MetricsLogger:
             sink.close() if kind == "tb" else sink.finish()
 
 
+class NullLogger:
+    """What processes other than rank 0 log to: nothing."""
+
+    def truncate_after(self, step: int, *, drop_events_at_step: bool = False) -> None:
+        pass
+
+    def log(self, metrics: dict[str, Any], advance: bool = True) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def read(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]

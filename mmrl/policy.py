@@ -8,7 +8,8 @@
   LoRA mode a stage boundary merges the trained adapter into the base and starts a fresh one, so the reference
   is "adapters disabled" (no second copy); in full mode a frozen copy is taken, only if a KL term needs it.
 - Prompts are processed once (`encode`), and their tensors reused for every completion and pass (`collate`).
-- Log-probs come from the last hidden states through `mmrl.kernels.token_logprobs` — never full logits.
+- Log-probs and entropies come from the last hidden states through `mmrl.kernels.token_logprobs` (`kernels.backend`),
+  which never holds the [tokens, vocab] logits; `model.packing` drops padding (`mmrl.packing`).
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from typing import Any
 import torch
 
 from mmrl import zoo
-from mmrl.config import ModelConfig
+from mmrl.config import KernelsConfig, ModelConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.kernels import minp_log_mass, token_logprobs
+from mmrl.packing import pack, rope_index_of
 from mmrl.perception.geometry import Geometry, convention_for, processed_size
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
@@ -108,8 +110,9 @@ def _metadata(clip):
 
 
 class Policy:
-    def __init__(self, cfg: ModelConfig, hf_model, processor, path: str):
+    def __init__(self, cfg: ModelConfig, hf_model, processor, path: str, kernels: KernelsConfig | None = None):
         self.cfg = cfg
+        self.kernels = kernels or KernelsConfig()
         self.hf = hf_model  # the transformers model (peft, if any, injects adapters into it in place)
         self.model = hf_model  # what is trained: the PeftModel in lora mode, else the same as `hf`
         self.processor = processor
@@ -122,11 +125,14 @@ class Policy:
         vocab = self.tokenizer.get_vocab()
         self.never_sample = sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} - {self.eos_id})
         self.reference: torch.nn.Module | None = None  # full mode with KL: a frozen copy
+        self.dist = None  # mmrl.distributed.Dist when sharded across processes
+        self.root = None  # its FSDP2 root over `hf` (and `ref_root` over the reference)
+        self.ref_root = None
         self.merged_adapters: list[dict[str, torch.Tensor]] = []  # lora: adapters merged at stage boundaries
 
     # ------------------------------------------------------------------------------------------ loading
     @classmethod
-    def load(cls, cfg: ModelConfig) -> "Policy":
+    def load(cls, cfg: ModelConfig, kernels: KernelsConfig | None = None) -> "Policy":
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         path = zoo.resolve(cfg.path)
@@ -142,7 +148,7 @@ class Policy:
             )
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"model.path: cannot load {path}: {e}") from e
-        policy = cls(cfg, model, processor, path)
+        policy = cls(cfg, model, processor, path, kernels)
         policy._setup_trainable()
         return policy
 
@@ -175,16 +181,43 @@ class Policy:
         )
         self.model = get_peft_model(self.hf, lcfg)
 
+    # -------------------------------------------------------------------------------------- processes
+    def shard(self, dist, *, needs_reference: bool, mixed_precision: str = "none",
+              reshard_after_forward: bool = True) -> None:
+        """FSDP2-shard the policy across the processes of `dist` (`mmrl.distributed`). In full mode with a KL term
+        the frozen reference is copied now and sharded alike; `begin_rl` then copies the weights into it."""
+        from mmrl.distributed import shard
+
+        if self.cfg.mode == "full" and needs_reference:
+            self.reference = copy.deepcopy(self.hf).eval().requires_grad_(False)
+            self.ref_root = shard(self.reference, mixed_precision=mixed_precision,
+                                  reshard_after_forward=reshard_after_forward)
+        self.root = shard(self.hf, mixed_precision=mixed_precision, reshard_after_forward=reshard_after_forward)
+        self.dist = dist
+
+    def call(self, fn, model: torch.nn.Module | None = None):
+        """`fn(model)` (default: the policy's transformers model) — through its FSDP root when sharded."""
+        model = self.hf if model is None else model
+        if self.root is None:
+            return fn(model)
+        return (self.ref_root if model is self.reference else self.root)(fn)
+
     # ------------------------------------------------------------------------------ stages / reference
     def begin_rl(self, needs_reference: bool, adapter_trained: bool) -> None:
         """Fix the reference policy at the start of the first RL stage (KL is exactly 0 at its first step)."""
         if self.cfg.mode == "lora":
             if adapter_trained:  # an SFT stage trained the adapter: fold it into the base, start fresh
+                if self.root is not None:
+                    raise RuntimeError("merging a LoRA adapter between stages is not supported across processes")
                 self.merged_adapters.append(self.adapter_state())
                 self.hf = self.model.merge_and_unload()
                 self._add_adapter()
             return
-        if needs_reference:
+        if needs_reference and self.ref_root is not None:  # sharded alike: copy shard by shard
+            with torch.no_grad():
+                for ref, cur in zip(self.reference.parameters(), self.hf.parameters()):
+                    ref.copy_(cur)
+        elif needs_reference:
             self.reference = copy.deepcopy(self.hf).eval().requires_grad_(False)
 
     def reset_reference(self) -> None:
@@ -193,7 +226,7 @@ class Policy:
         if self.cfg.mode == "lora":
             self.begin_rl(needs_reference=True, adapter_trained=True)
         elif self.reference is not None:
-            self.reference.load_state_dict(self.hf.state_dict())
+            self.begin_rl(needs_reference=True, adapter_trained=False)
 
     @contextlib.contextmanager
     def as_reference(self):
@@ -340,9 +373,16 @@ class Policy:
         return {k: torch.cat(v, dim=0) for k, v in batch.items()}
 
     # --------------------------------------------------------------------------------------- log-probs
+    @property
+    def packs(self) -> bool:
+        """Whether log-prob passes pack sequences without padding (`model.packing`; auto = with flash-attention)."""
+        if self.cfg.packing == "auto":
+            return self.cfg.attn_implementation.startswith("flash_attention")
+        return self.cfg.packing == "always"
+
     def _completion_hidden(self, batch, completion_ids, completion_mask, model):
         """Last hidden states of the completion positions [N·C, H], their targets [N·C] (−100 where masked)
-        and the lm_head weight [V, H]."""
+        and the lm_head weight [V, H]. Packed (`mmrl.packing`) or padded, the same numbers."""
         prompt_len = batch["input_ids"].shape[1]
         inputs = dict(batch)
         for k in TOKEN_KEYS:
@@ -351,8 +391,15 @@ class Policy:
                     completion_mask.to(inputs[k].dtype) if k == "attention_mask" else torch.zeros_like(completion_ids)
                 )
                 inputs[k] = torch.cat([inputs[k], ext.to(inputs[k].dtype)], dim=1)  # [N, P+C]
-        hidden = model.model(**inputs, use_cache=False).last_hidden_state  # [N, P+C, H]
-        hidden = hidden[:, prompt_len - 1 : -1]  # [N, C, H]: position t predicts completion token t
+        device = next(model.parameters()).device.type
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bfloat16"):
+            if self.packs:
+                packed = pack(inputs, prompt_len, completion_mask, rope_index_of(model))
+                flat = model.model(**packed.inputs, use_cache=False).last_hidden_state[0]  # [ΣL, H]
+                hidden = flat[packed.index]  # [N, C, H]
+            else:
+                hidden = model.model(**inputs, use_cache=False).last_hidden_state  # [N, P+C, H]
+                hidden = hidden[:, prompt_len - 1 : -1]  # [N, C, H]: position t predicts completion token t
         n, c, h = hidden.shape
         targets = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, -100))
         return hidden.reshape(n * c, h), targets.reshape(-1), model.get_output_embeddings().weight
@@ -362,10 +409,15 @@ class Policy:
         temperature: float = 1.0, with_entropy: bool = False, model: torch.nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Log-probs [N, C] of the completion tokens given the (collated) prompts; masked positions are 0."""
-        model = model if model is not None else self.hf
-        hidden, targets, weight = self._completion_hidden(batch, completion_ids, completion_mask, model)
+        def compute(m):
+            hidden, targets, weight = self._completion_hidden(batch, completion_ids, completion_mask, m)
+            if weight.dtype != hidden.dtype:  # bf16 autocast: the kernel takes one dtype (fp32 accumulation inside)
+                weight = weight.to(hidden.dtype)
+            return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy,
+                                  backend=self.kernels.backend, chunk_size=self.kernels.chunk_size)
+
         n, c = completion_ids.shape
-        logp, ent = token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy)
+        logp, ent = self.call(compute, model)
         return logp.view(n, c), (ent.view(n, c) if ent is not None else None)
 
     @torch.no_grad()
@@ -375,9 +427,12 @@ class Policy:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per completion token [N, C]: log of the probability mass a min-p filter at `kappa` keeps, and whether
         the sampled token survives it (`mmrl.kernels.minp_log_mass`); no gradient."""
-        hidden, targets, weight = self._completion_hidden(batch, completion_ids, completion_mask, self.hf)
+        def compute(m):
+            hidden, targets, weight = self._completion_hidden(batch, completion_ids, completion_mask, m)
+            return minp_log_mass(hidden, weight, targets, kappa=kappa, temperature=temperature)
+
         n, c = completion_ids.shape
-        log_mass, kept = minp_log_mass(hidden, weight, targets, kappa=kappa, temperature=temperature)
+        log_mass, kept = self.call(compute)
         return log_mass.view(n, c), kept.view(n, c)
 
     def train(self) -> None:

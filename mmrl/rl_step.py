@@ -221,7 +221,7 @@ class RLSteps:
             self.policy, prompts, rollouts, self.cfg.algorithm, micro=self.cfg.trainer.micro_batch_size,
             temperature=r.temperature, max_tokens=r.max_new_tokens, seed=self.cfg.trainer.seed,
             step=self.progress.step, optimizer_step=lambda last: self._optimizer_step(step_scheduler=last),
-            old_logp=old_logp, rehearsal=rehearsal,
+            old_logp=old_logp, rehearsal=rehearsal, tis_cap=r.tis_cap,
         )
 
     def rl_step(self) -> dict[str, Any]:

@@ -21,16 +21,17 @@ from typing import Any
 
 import torch
 
-from mmrl import checkpoint
+from mmrl import checkpoint, distributed
 from mmrl import config as config_mod
 from mmrl.algorithms.prompts import PROMPT_WEIGHTS, mix_count, weighted_draw
 from mmrl.config import Config, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
-from mmrl.metrics import MetricsLogger
+from mmrl.metrics import MetricsLogger, NullLogger
 from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards.isolation import make_term
 from mmrl.rl_step import RLSteps, check_reward_columns
+from mmrl.update import local_rows
 from mmrl.rollout import make_engine
 from mmrl.rollout.rehearsal import Rehearsal
 from mmrl.rollout.rehearsal import from_state as rehearsal_from_state
@@ -108,12 +109,36 @@ class Trainer(RLSteps):
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
         torch.manual_seed(cfg.trainer.seed)
-        self.policy = Policy.load(cfg.model)
-        self.engine = make_engine(cfg.rollout.engine, self.policy)
+        self.policy = Policy.load(cfg.model, cfg.kernels)
+        self.engine = make_engine(cfg.rollout.engine, self.policy, cfg.rollout, cfg.data.video)
+        self.dist = distributed.from_env()
+        if self.dist is not None:
+            self._shard(cfg)
         self.optimizer: torch.optim.Optimizer | None = None
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
         self._eval_inputs: list[PromptInputs] | None = None
         self.summary: dict[str, Any] = {}
+
+    def _shard(self, cfg: Config) -> None:
+        """Across processes: FSDP2 over the policy, generation split by prompt, logs from rank 0 only."""
+        lora_merges = cfg.model.mode == "lora" and (
+            cfg.algorithm.ref_reset_every or any(s.kind == "sft" for s in cfg.stages[:1]))
+        if lora_merges:
+            raise config_mod.ConfigError("model.mode=lora with an SFT stage before RL (or ref_reset_every) merges "
+                                         "adapters between stages, which is not supported across processes yet")
+        if cfg.rollout.engine != "hf":
+            raise config_mod.ConfigError(f"rollout.engine={cfg.rollout.engine} is not supported across processes yet")
+        d = cfg.distributed
+        self.policy.shard(self.dist, needs_reference=cfg.algorithm.kl_coef > 0, mixed_precision=d.mixed_precision,
+                          reshard_after_forward=d.reshard_after_forward)
+        self.engine = distributed.ShardedEngine(self.engine, self.dist)
+        if not self.dist.main:
+            self.log = lambda *a, **k: None
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes the run directory (rank 0, or the only process)."""
+        return self.dist is None or self.dist.main
 
     # ------------------------------------------------------------------------------------------- data
     def _load_split(self, split: str) -> tuple[list[Sample], int]:
@@ -225,11 +250,7 @@ class Trainer(RLSteps):
         if step_scheduler:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
-        return float(grad_norm)
-
-    def _micro_batches(self, n: int) -> list[slice]:
-        m = self.cfg.trainer.micro_batch_size
-        return [slice(i, min(i + m, n)) for i in range(0, n, m)]
+        return distributed.full_norm(grad_norm)
 
     # ---------------------------------------------------------------------------------------- SFT step
     def sft_targets(self, prompts: list[PromptInputs], stage: StageConfig) -> list[str]:
@@ -260,12 +281,17 @@ class Trainer(RLSteps):
         total = int(mask.sum())
         self.policy.train()
         loss_sum = 0.0
-        for mb in self._micro_batches(len(prompts)):
-            batch = self.policy.collate(prompts[mb])
-            logp, _ = self.policy.completion_logprobs(batch, ids[mb], mask[mb])
-            loss = -(logp * mask[mb]).sum() / total
+        rows = local_rows(self.policy, list(range(len(prompts))))  # all, or this process's block (padded)
+        for chunk in [rows[i : i + self.cfg.trainer.micro_batch_size]
+                      for i in range(0, len(rows), self.cfg.trainer.micro_batch_size)]:
+            idx = [0 if r is None else r for r in chunk]
+            m = mask[idx] * torch.tensor([[r is not None] for r in chunk])  # padding rows weigh nothing
+            logp, _ = self.policy.completion_logprobs(self.policy.collate([prompts[i] for i in idx]), ids[idx], m)
+            loss = -(logp * m).sum() / total
             loss.backward()
             loss_sum += float(loss.detach())
+        if self.dist is not None:
+            loss_sum = self.dist.sum({"loss": loss_sum})["loss"]
         grad_norm = self._optimizer_step()
         self.progress.adapter_trained = True
         return {"sft/loss": loss_sum, "actor/grad_norm": grad_norm, "perf/step_s": time.perf_counter() - t0}
@@ -299,21 +325,38 @@ class Trainer(RLSteps):
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
+        if self.dist is not None:
+            return self._save_sharded()
         p = self.policy
         ref = None
         if p.reference is not None:
             ref = {k: v for k, v in p.reference.state_dict().items()}
-        state = {"progress": vars(self.progress), "summary": self.summary,
-                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                 "rehearsal": self.rehearsal.state() if self.rehearsal is not None else None}
+        state = self._state()
         return checkpoint.save(
             self.ckpt_dir, self.progress.step, weights=p.state_for_checkpoint(),
             optimizer=self.optimizer.state_dict() if self.optimizer else None, state=state,
             merged=p.merged_adapters, reference=ref, keep=self.cfg.trainer.keep_checkpoints,
         )
 
+    def _state(self) -> dict[str, Any]:
+        return {"progress": vars(self.progress), "summary": self.summary,
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "rehearsal": self.rehearsal.state() if self.rehearsal is not None else None}
+
+    def _save_sharded(self) -> Path:
+        """Across processes: each writes its shards of the weights and optimizer (torch.distributed.checkpoint);
+        rank 0 adds the trainer state and moves the folder into place."""
+        p = self.policy
+        extra = {"reference": p.ref_root} if p.ref_root is not None and self.progress.rl_started else {}
+        return checkpoint.save_sharded(
+            self.ckpt_dir, self.progress.step, root_module=p.root, optimizer=self.optimizer, extra_models=extra,
+            state=self._state(), main=self.dist.main, barrier=self.dist.barrier,
+            keep=self.cfg.trainer.keep_checkpoints)
+
     def load_weights(self, path: Path) -> dict[str, Any]:
         """Put checkpoint `path`'s weights into the policy (replaying merged LoRA stages); return it."""
+        if checkpoint.is_sharded(path):  # written across processes: read back into this policy's own layout
+            return checkpoint.load_sharded(path, self.policy.root or distributed.Root(self.policy.hf))
         ck = checkpoint.load(path)
         if ck["merged"]:
             self.policy.replay_merged_adapters(ck["merged"])
@@ -322,6 +365,10 @@ class Trainer(RLSteps):
 
     def restore(self, path: Path) -> None:
         """Resume: weights, reference, optimizer, scheduler, RNG and progress from checkpoint `path`."""
+        if checkpoint.is_sharded(path):
+            return self._restore_sharded(path)
+        if self.dist is not None:
+            raise ValueError(f"{path} was written by one process; resuming it across processes is not supported yet")
         ck = self.load_weights(path)
         state = ck["state"]
         self.progress = Progress(**state["progress"])
@@ -344,37 +391,66 @@ class Trainer(RLSteps):
         torch.set_rng_state(ck["rng"]["torch"])
         self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage})")
 
+    def _restore_sharded(self, path: Path) -> None:
+        """Resume from a checkpoint written across processes, with this run's number of processes (one included)."""
+        state = checkpoint.read_state(path)
+        self.progress = Progress(**state["progress"])
+        self.summary = state.get("summary", {})
+        if state.get("rehearsal"):
+            by_id = {smp.id: smp for smp in self.train_data}
+            self.rehearsal = rehearsal_from_state(
+                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id)
+        p, extra = self.policy, {}
+        if self.progress.rl_started and p.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
+            if p.reference is None:
+                p.begin_rl(needs_reference=True, adapter_trained=False)
+            extra["reference"] = p.ref_root or distributed.Root(p.reference)
+        self._new_optimizer(self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)])
+        ck = checkpoint.load_sharded(path, p.root or distributed.Root(p.hf), optimizer=self.optimizer,
+                                     extra_models=extra)
+        if state.get("scheduler"):
+            self.scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(ck["rng"]["torch"])
+        self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage}, sharded)")
+
     # -------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        config_mod.dump(cfg, self.run_dir / "config.yaml")
-        checkpoint.clean_partial(self.ckpt_dir)
         resume_from = None
         if cfg.resume == "auto":
             resume_from = checkpoint.latest(self.ckpt_dir)
         elif cfg.resume != "none":
             resume_from = Path(cfg.resume)
-        else:  # a fresh run: start clean logs
-            for name in ("metrics.jsonl", "rollouts.jsonl"):
-                (self.run_dir / name).unlink(missing_ok=True)
+        if self.main:  # one writer of the run directory
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            config_mod.dump(cfg, self.run_dir / "config.yaml")
+            checkpoint.clean_partial(self.ckpt_dir)
+            if cfg.resume == "none":  # a fresh run: start clean logs
+                for name in ("metrics.jsonl", "rollouts.jsonl"):
+                    (self.run_dir / name).unlink(missing_ok=True)
+        if self.dist is not None:
+            self.dist.barrier()
         total = sum(s.steps for s in cfg.stages)
-        logger = MetricsLogger(self.run_dir, cfg.run.backends, total, progress=cfg.run.progress)
+        logger = MetricsLogger(self.run_dir, cfg.run.backends, total, progress=cfg.run.progress) if self.main \
+            else NullLogger()
         if resume_from is not None:
             self.restore(resume_from)
             logger.truncate_after(self.progress.step, drop_events_at_step=not self.progress.rl_started)
-            self._truncate_rollouts(self.progress.step)
-        self.log(f"mmrl: {self.policy.describe()} → {self.run_dir}")
+            if self.main:
+                self._truncate_rollouts(self.progress.step)
+        world = f" × {self.dist.size} processes" if self.dist is not None else ""
+        self.log(f"mmrl: {self.policy.describe()}{world} → {self.run_dir}")
         start = time.perf_counter()
         try:
             self._run_stages(logger)
         finally:
             logger.close()
         self.summary["wall_s"] = self.summary.get("wall_s", 0.0) + time.perf_counter() - start
-        (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
-        from mmrl.plots import plot_run
+        if self.main:
+            (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
+            from mmrl.plots import plot_run
 
-        plot_run(self.run_dir)
+            plot_run(self.run_dir)
         return self.summary
 
     def _truncate_rollouts(self, step: int) -> None:

@@ -14,18 +14,30 @@ from typing import Callable
 import torch
 
 from mmrl.algorithms import TokenTerms, objective
+from mmrl.algorithms.objective import tis_weights
 from mmrl.algorithms.divergences import F_DIVERGENCES
 from mmrl.perception.perturb import mask_patches
 from mmrl.rollout.types import Rollouts, row_seed
 
 
-def _chunks(rows: list[int], size: int) -> list[list[int]]:
+def _chunks(rows: list, size: int) -> list[list]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def _inputs(policy, prompts, ro: Rollouts, rows: list[int]):
-    idx = torch.tensor(rows, dtype=torch.long)
-    mask = ro.completion_mask[idx]  # [n, C]
+def local_rows(policy, rows: list[int]) -> list[int | None]:
+    """The rows this process computes: all of them in one process; across processes its contiguous block, padded
+    with `None` (a zero-weight row) so every rank runs the same number of passes (`mmrl.distributed`)."""
+    if policy.dist is None:
+        return list(rows)
+    idx, pad = policy.dist.block(len(rows))
+    return [rows[i] for i in idx] + [None] * pad
+
+
+def _inputs(policy, prompts, ro: Rollouts, rows: list[int | None]):
+    """Collated prompts, completion ids and mask of `rows` (a `None` row repeats a real one with an empty mask)."""
+    fill = next((r for r in rows if r is not None), 0)
+    idx = torch.tensor([fill if r is None else r for r in rows], dtype=torch.long)
+    mask = ro.completion_mask[idx] * torch.tensor([[r is not None] for r in rows])  # [n, C]
     width = max(int(mask.sum(1).max()), 1)
     batch = policy.collate([prompts[i] for i in ro.prompt_index[idx].tolist()])
     return batch, ro.completion_ids[idx, :width], mask[:, :width], width
@@ -33,12 +45,19 @@ def _inputs(policy, prompts, ro: Rollouts, rows: list[int]):
 
 @torch.no_grad()
 def logprob_pass(policy, prompts, ro: Rollouts, *, micro: int, temperature: float, model=None) -> torch.Tensor:
-    """Log-probs [N, C] of every completion under `model` (default: the policy as it is now), no gradient."""
+    """Log-probs [N, C] of every completion under `model` (default: the policy as it is now), no gradient; across
+    processes each computes its block of rows and all receive the whole."""
     out = torch.zeros(ro.completion_ids.shape, dtype=torch.float32)
-    for rows in _chunks(list(range(len(ro))), micro):
+    for rows in _chunks(local_rows(policy, list(range(len(ro)))), micro):
         batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
         logp, _ = policy.completion_logprobs(batch, ids, mask, temperature=temperature, model=model)
-        out[torch.tensor(rows), :width] = logp.float()
+        real = [k for k, r in enumerate(rows) if r is not None]
+        out[torch.tensor([rows[k] for k in real], dtype=torch.long), :width] = logp.float()[real]
+    if policy.dist is not None:
+        mine = local_rows(policy, list(range(len(ro))))
+        for rows, part in policy.dist.gather(([r for r in mine if r is not None], out[[r for r in mine if r is not None]])):
+            if rows:
+                out[torch.tensor(rows)] = part
     return out
 
 
@@ -64,22 +83,25 @@ def rehearsal_backward(policy, prompts, ro: Rollouts, logp0: torch.Tensor, algo,
     f = F_DIVERGENCES.get(algo.rehearsal_divergence)
     tokens = max(int(ro.completion_mask.sum()), 1)
     total = 0.0
-    for rows in _chunks(list(range(len(ro))), micro):
+    for rows in _chunks(local_rows(policy, list(range(len(ro)))), micro):
         batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
         logp, _ = policy.completion_logprobs(batch, ids, mask, temperature=temperature)
-        div = (f(logp - logp0[torch.tensor(rows), :width].to(logp.dtype)) * mask).sum() / tokens
+        r = torch.tensor([0 if i is None else i for i in rows])
+        div = (f(logp - logp0[r, :width].to(logp.dtype)) * mask).sum() / tokens
         (algo.rehearsal_coef * div).backward()
         total += float(div.detach())
-    return total
+    return total  # this process's rows (across processes, `rl_update` sums the ranks' values)
 
 
 def rl_update(
     policy, prompts, ro: Rollouts, algo, *, micro: int, temperature: float, max_tokens: int, seed: int, step: int,
     optimizer_step: Callable[[bool], float], old_logp: torch.Tensor | None = None, rehearsal=None,
+    tis_cap: float | None = None,
 ) -> dict[str, float]:
     """Run `ppo_epochs` × `mini_batches` optimizer steps on one rollout batch; returns `actor/*` metrics.
 
-    `optimizer_step(last)` clips, steps and zeroes the gradients (advancing the LR schedule when `last`).
+    `optimizer_step(last)` clips, steps and zeroes the gradients (advancing the LR schedule when `last`);
+    `tis_cap` turns on truncated importance weights min(π_old / π_sampler, cap) on the policy term.
     """
     use_ref = algo.kl_coef > 0 and algo.kl_placement == "loss"
     ref_logp = None
@@ -101,22 +123,24 @@ def rl_update(
         for k, mini in enumerate(_chunks(order, size)):
             idx = torch.tensor(mini)
             norms = dict(global_tokens=int(ro.completion_mask[idx].sum()), global_seqs=len(mini), max_tokens=max_tokens)
-            for rows in _chunks(mini, micro):
+            for rows in _chunks(local_rows(policy, mini), micro):
                 batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
-                r = torch.tensor(rows)
+                r = torch.tensor([0 if i is None else i for i in rows])
                 logp, ent = policy.completion_logprobs(batch, ids, mask, temperature=temperature, with_entropy=True)
                 terms = TokenTerms(
                     logp=logp, old_logp=old_logp[r, :width] if old_logp is not None else logp.detach(), mask=mask,
                     advantages=ro.advantages[r], entropy=ent,
                     ref_logp=ref_logp[r, :width] if ref_logp is not None else None,
-                    generator=torch.Generator().manual_seed(row_seed(seed, "cov", step, epoch, *rows[:1])),
+                    generator=torch.Generator().manual_seed(row_seed(seed, "cov", step, epoch, *r[:1].tolist())),
                     kl_weight=ro.kl_weight[r] if ro.kl_weight is not None else None,
                 )
+                if tis_cap is not None:  # the sampler's numerics differ from ours (vLLM): reweight its tokens
+                    terms.is_weight = tis_weights(terms.old_logp, ro.sampling_logprobs[r, :width], mask, tis_cap)
                 if algo.lp_reg_coef > 0:
                     terms.proxy_log_mass, terms.proxy_kept = policy.completion_minp_mass(
                         batch, ids, mask, kappa=algo.lp_reg_kappa, temperature=temperature)
                 if algo.masked_kl_coef > 0:
-                    masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *rows[:1]))
+                    masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *r[:1].tolist()))
                     terms.masked_logp, terms.masked_entropy = policy.completion_logprobs(
                         masked, ids, mask, temperature=temperature, with_entropy=True)
                 loss, stats = objective(terms, algo, norms)
@@ -129,6 +153,8 @@ def rl_update(
                 sums["rehearsal"] += rehearsal_backward(policy, *rehearsal, algo, micro=micro,
                                                         temperature=temperature) / total_steps
             grad_norms.append(optimizer_step(epoch == algo.ppo_epochs - 1 and k == algo.mini_batches - 1))
+    if policy.dist is not None:  # each process summed its own rows
+        sums = defaultdict(float, policy.dist.sum(dict(sums)))
     tokens = max(ro.num_tokens, 1)
     out = {"actor/loss": sums["loss"], "actor/clip_frac": sums["clip"] / tokens,
            "actor/entropy": sums["entropy"] / tokens, "actor/grad_norm": sum(grad_norms) / len(grad_norms)}

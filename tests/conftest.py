@@ -19,6 +19,18 @@ def pytest_configure(config):
     hf_logging.disable_progress_bar()
 
 
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests run only where CUDA is available (`pytest -m gpu` on a GPU machine); elsewhere they skip."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def zoo_cache(tmp_path_factory) -> Path:
     """Every test (and subprocess) shares one zoo cache, built at most once per family."""

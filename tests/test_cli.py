@@ -70,6 +70,48 @@ def test_zoo_and_data_commands(tmp_path, zoo_cache):
     assert len(lines) == 3 and json.loads(lines[0])["task"] == "grounding"
 
 
+def test_data_make_new_tasks_options_and_multi_image_puzzles(tmp_path, capsys):
+    """One real subprocess for `--option` through argparse; the rest in-process."""
+    rows = lambda path: [json.loads(x) for x in path.read_text().splitlines()]  # noqa: E731
+    out = mmrl("data", "make", "grounding", "--n", "3", "--option", "targets=all", "--option", "salience=true",
+               "--option", "distractors=[0, 1]", "--out", str(tmp_path / "g" / "all.jsonl"))
+    assert out.returncode == 0, out.stderr
+    for row in rows(tmp_path / "g" / "all.jsonl"):
+        assert len(row["answer"]["salience"]) == len(row["answer"]["boxes"]) >= 1
+
+    fo = tmp_path / "fo" / "train.jsonl"  # a video task: real MPEG-4 files, as for `event`
+    assert main(["data", "make", "frame_order", "--n", "2", "--option", "frames=5", "--out", str(fo)]) == 0
+    from mmrl.perception.video import load_video
+
+    for row in rows(fo):
+        (video,) = [p["video"] for p in row["messages"][0]["content"] if p["type"] == "video"]
+        assert len(load_video(fo.parent / video, sample_id=row["id"], fps=None).frames) == 5
+        assert row["task"] == "temporal/frame_order" and sorted(row["answer"]["order"]) == [1, 2, 3, 4, 5]
+
+    pos = tmp_path / "pos" / "train.jsonl"  # a two-image folder puzzle: both images written
+    photos = REPO / "tests" / "fixtures" / "photos"
+    assert main(["data", "make", "position", "--images", str(photos), "--out", str(pos), "--size", "60"]) == 0
+    for row in rows(pos):
+        images = [p["image"] for p in row["messages"][0]["content"] if p["type"] == "image"]
+        assert len(images) == 2 and all((pos.parent / im).is_file() for im in images) and len(set(images)) == 2
+
+    counts = tmp_path / "c.jsonl"
+    assert main(["data", "make", "counting", "--n", "8", "--option", "max_count=2", "--option", "kind=pair",
+                 "--out", str(counts)]) == 0
+    assert all(r["answer"]["count"] <= 2 and r["task"] == "counting" for r in rows(counts))
+    assert main(["data", "make", "classify", "--n", "2", "--option", "label=both", "--out", str(counts)]) == 0
+    capsys.readouterr()
+    for argv, message in [
+        (["grounding", "--option", "tragets=all"], "did you mean 'targets'"),
+        (["grounding", "--option", "targets=some"], "targets must be 'one' or 'all'"),
+        (["counting", "--option", "max_count"], "is not KEY=VALUE"),
+        (["position", "--images", str(photos), "--option", "gird=3"], "did you mean 'grid'"),
+    ]:
+        assert main(["data", "make", *argv, "--out", str(tmp_path / "bad.jsonl")]) == 2
+        assert message in capsys.readouterr().err
+    assert not (tmp_path / "bad.jsonl").exists()
+
+
 def _policy_logprobs(policy, trainer) -> torch.Tensor:
     prompts = [policy.encode(s) for s in trainer.eval_data[:3]]
     batch = policy.collate(prompts)

@@ -38,6 +38,7 @@ class TokenTerms:
     kl_weight: torch.Tensor | None = None  # [N] per-completion weight of the KL term (kl_weighting)
     proxy_log_mass: torch.Tensor | None = None  # [N, T] log of the min-p-kept mass (lp_reg_coef > 0), no gradient
     proxy_kept: torch.Tensor | None = None  # [N, T] the sampled token survives the min-p filter
+    is_weight: torch.Tensor | None = None  # [N, T] truncated importance weights on the policy term (`tis_weights`)
 
 
 def objective(t: TokenTerms, algo, norms: dict[str, int]) -> tuple[torch.Tensor, dict[str, float]]:
@@ -54,6 +55,8 @@ def objective(t: TokenTerms, algo, norms: dict[str, int]) -> tuple[torch.Tensor,
     )
     stats = {"clip": float((clipped.detach() * t.mask).sum())}
     tok_loss, stats["cov_selected"] = COV_MODES.get(algo.cov_mode)(tok_loss, log_ratio, clipped, t, algo)
+    if t.is_weight is not None:  # sampler ≠ trainer correction: the policy-gradient term only
+        tok_loss = tok_loss * t.is_weight
     if t.ref_logp is not None and algo.kl_coef > 0 and algo.kl_placement == "loss":
         kl = KL_ESTIMATORS.get(algo.kl_estimator)(t.logp, t.ref_logp)  # [N, T]
         if t.kl_weight is not None:
@@ -144,3 +147,21 @@ def low_probability_regulariser(t: TokenTerms, algo) -> tuple[torch.Tensor, floa
     proxy = t.logp.detach() - t.proxy_log_mass  # log π_proxy(o_t) ≥ log π_θ(o_t)
     reg = KL_ESTIMATORS.get("k3")(t.logp, proxy)
     return torch.where(selected, reg, torch.zeros_like(reg)), float(selected.sum())
+
+
+def tis_weights(old_logprobs: torch.Tensor, sampling_logprobs: torch.Tensor, mask: torch.Tensor,
+                cap: float) -> torch.Tensor:
+    """Truncated importance sampling weights [N, C]: w_t = min(exp(log π_old − log π_sampler), cap) on real tokens,
+    0 elsewhere; no gradient. Multiplies the per-token policy-gradient loss (`rollout.tis_cap`). Tokens the
+    sampler did not choose (a forced prefix, recorded with sampling log-prob 0) get weight 1.
+
+    "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", Yao et al. 2025
+    (fengyao.notion.site; no arXiv id ≈ verify). Differs from: PPO's ratio π_θ/π_old (that one is clipped and
+    carries the gradient; this one corrects the sampler's distribution, which differs from the trainer's).
+    """
+    if not cap > 0:
+        raise ValueError(f"tis cap must be > 0, got {cap}")
+    log_w = (old_logprobs.detach().float() - sampling_logprobs.detach().float()) * mask  # [N, C]
+    w = torch.exp(log_w).clamp(max=cap)
+    w = torch.where(sampling_logprobs == 0, torch.ones_like(w), w)  # no sampler log-prob (forced tokens): 1
+    return w * mask

@@ -1,14 +1,17 @@
-"""Token log-probs (and entropy) from hidden states and the lm_head weight.
+"""Token log-probs (and entropy) from hidden states and the lm_head weight: the backend switch, the plain reference
+and the min-p mass.
 
 Shapes: hidden [N, H], weight [V, H], targets [N] (−100 = ignored: log-prob 0, entropy 0, no gradient).
 """
 
 from __future__ import annotations
 
+import difflib
+
 import torch
 from torch.utils.checkpoint import checkpoint
 
-IGNORE = -100
+from mmrl.kernels.fused import IGNORE, fused_token_logprobs
 
 
 def naive_token_logprobs(
@@ -33,16 +36,12 @@ def _chunk(hidden, weight, targets, temperature: float, with_entropy: bool):
     return (logp, ent) if with_entropy else (logp,)
 
 
-def token_logprobs(
+def checkpoint_token_logprobs(
     hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
     chunk_size: int = 1024, with_entropy: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Chunked log-probs: each chunk's [chunk, V] logits live only inside that chunk's forward and are
-    recomputed in backward (activation checkpointing), so peak memory is O(chunk·V) instead of O(N·V).
-
-    Returns (logprobs [N] fp32, entropy [N] fp32 or None; fp64 for fp64 inputs). Equal to
-    `naive_token_logprobs` up to float rounding; differentiable w.r.t. hidden and weight.
-    """
+    """Row chunks of the reference under activation checkpointing: each chunk's [chunk, V] logits are recomputed
+    in backward, so peak memory is O(chunk·V) — but autograd still holds several [chunk, V] temporaries at once."""
     if hidden.shape[0] <= chunk_size:
         return naive_token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy)
     outs_lp, outs_ent = [], []
@@ -53,6 +52,51 @@ def token_logprobs(
         if with_entropy:
             outs_ent.append(res[1])
     return torch.cat(outs_lp), (torch.cat(outs_ent) if with_entropy else None)
+
+
+def _naive(hidden, weight, targets, *, temperature, chunk_size, with_entropy):
+    return naive_token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy)
+
+
+def _triton(hidden, weight, targets, **kw):
+    from mmrl.kernels.triton_logprobs import triton_token_logprobs
+
+    return triton_token_logprobs(hidden, weight, targets, **kw)
+
+
+BACKENDS = {"torch": fused_token_logprobs, "triton": _triton, "naive": _naive, "checkpoint": checkpoint_token_logprobs}
+
+
+def resolve_backend(backend: str, hidden: torch.Tensor) -> str:
+    """"auto" → "triton" for CUDA tensors when triton imports (fp64 excepted), else "torch"; others are checked."""
+    if backend == "auto":
+        from mmrl.kernels import triton_logprobs
+
+        use_triton = hidden.is_cuda and hidden.dtype != torch.float64 and triton_logprobs.available()
+        return "triton" if use_triton else "torch"
+    if backend not in BACKENDS:
+        close = difflib.get_close_matches(backend, list(BACKENDS), n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ValueError(f"unknown token_logprobs backend {backend!r}: valid are 'auto', {sorted(BACKENDS)}{hint}")
+    return backend
+
+
+def token_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, *, temperature: float = 1.0,
+    chunk_size: int = 1024, with_entropy: bool = False, backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of `targets` under softmax(hidden · weightᵀ / T), optionally the entropy, never holding [N, V].
+
+    Returns (logprobs [N] fp32, entropy [N] fp32 or None; fp64 for fp64 inputs), equal to `naive_token_logprobs`
+    up to float rounding and differentiable w.r.t. hidden and weight through both outputs. `backend`:
+    "auto" (triton for CUDA tensors when triton imports, else torch), "torch" (`fused.FusedTokenLogprobs`),
+    "triton" (`triton_logprobs`), "naive" (the reference; materialises [N, V]), "checkpoint" (chunked reference
+    under activation checkpointing). `chunk_size` = rows per tile.
+    """
+    name = resolve_backend(backend, hidden)
+    return BACKENDS[name](
+        hidden, weight, targets, temperature=temperature, chunk_size=chunk_size, with_entropy=with_entropy
+    )
 
 
 @torch.no_grad()

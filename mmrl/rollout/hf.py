@@ -82,7 +82,9 @@ class HFEngine:
         )
         was_training = policy.model.training
         policy.eval()
-        out = policy.hf.generate(**batch, generation_config=gen_cfg, logits_processor=LogitsProcessorList([sampler]))
+        out = policy.call(lambda hf: hf.generate(  # across processes: in lock-step until every rank is done
+            **batch, generation_config=gen_cfg, logits_processor=LogitsProcessorList([sampler]),
+            synced_gpus=policy.dist is not None))
         if was_training:
             policy.train()
         ids = out[:, batch["input_ids"].shape[1] :]  # [N, C]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from mmrl.algorithms import AGGREGATIONS, POLICY_LOSSES
 from mmrl.algorithms.losses import ppo_clip, seq_mean_token_mean, token_mean
+from mmrl.algorithms.objective import tis_weights
 
 CI = settings(max_examples=40, deadline=None, derandomize=True, database=None)  # small, reproducible
 F64 = torch.float64
@@ -303,3 +304,36 @@ def test_lp_reg_selects_low_probability_negative_tokens_and_pushes_them_up():
     (g,) = torch.autograd.grad(loss - plain, logp)
     assert g[0, 2].item() == pytest.approx((1 - math.exp(0.5)) / 8) and g[0, 2] < 0  # descent raises log π
     assert torch.count_nonzero(g) == 1
+
+def test_tis_weights():
+    old = torch.tensor([[-1.0, -2.0, -0.5], [-0.1, -3.0, 0.0]], requires_grad=True)
+    samp = torch.tensor([[-1.5, -1.0, -0.5], [-2.0, -3.0, -7.0]])
+    mask = torch.tensor([[1, 1, 1], [1, 1, 0]])
+    w = tis_weights(old, samp, mask, cap=2.0)
+    oracle = [[min(math.exp(o - s), 2.0) * m for o, s, m in zip(*rows)]
+              for rows in zip(old.tolist(), samp.tolist(), mask.tolist())]
+    assert torch.allclose(w, torch.tensor(oracle)) and not w.requires_grad
+    assert w[0, 0] == pytest.approx(math.exp(0.5)) and w[1, 0] == 2.0 and w[1, 2] == 0.0  # capped; masked
+    assert torch.equal(tis_weights(samp, samp, mask, cap=2.0), mask.float())  # on-policy: weight 1
+    forced = tis_weights(torch.tensor([[-6.0, -1.0]]), torch.tensor([[0.0, -1.0]]), torch.tensor([[1, 1]]), cap=2.0)
+    assert forced.tolist() == [[1.0, 1.0]]  # a forced token (no sampler log-prob) keeps weight 1
+    with pytest.raises(ValueError, match="> 0"):
+        tis_weights(old, samp, mask, cap=0.0)
+
+
+def test_tis_weights_scale_only_the_policy_gradient_term():
+    from types import SimpleNamespace
+
+    from mmrl.algorithms import TokenTerms, objective
+
+    algo = SimpleNamespace(aggregation="token_mean", ratio_level="token", policy_loss="ppo_clip", clip_low=0.2,
+                           clip_high=0.2, clip_c=None, cov_mode="none", kl_coef=0.0, lp_reg_coef=0.0,
+                           entropy_coef=0.0, masked_kl_coef=0.0, masked_entropy_coef=0.0, tau_pos=1.0, tau_neg=1.0)
+    logp = torch.tensor([[-1.0, -2.0]], requires_grad=True)
+    base = dict(old_logp=logp.detach(), mask=torch.ones(1, 2), advantages=torch.tensor([1.0]))
+    norms = dict(global_tokens=2, global_seqs=1, max_tokens=2)
+    plain, _ = objective(TokenTerms(logp=logp, **base), algo, norms)
+    weighted, _ = objective(TokenTerms(logp=logp, is_weight=torch.tensor([[2.0, 0.0]]), **base), algo, norms)
+    g_plain, = torch.autograd.grad(plain, logp)
+    g_w, = torch.autograd.grad(weighted, logp)
+    assert torch.allclose(g_w, g_plain * torch.tensor([[2.0, 0.0]]))

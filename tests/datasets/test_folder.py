@@ -104,3 +104,39 @@ def test_cli_folder_puzzles_then_grpo_steps(folder, tmp_path, tiny, capsys):
     Trainer(cfg, log=lambda *a: None).run()
     rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert sum(r.get("train/stage") == "rl" for r in rows) == 2
+
+
+def test_position_shows_the_centre_tile_then_the_named_neighbour(folder):
+    import random
+
+    from mmrl.datasets.synthetic import POSITIONS
+    from mmrl.rewards.puzzles import relative_position
+
+    samples, skipped = from_folder("position", folder, size=90, per_image=3)
+    assert len(samples) == 30 and len(skipped) == 2 and {s.task for s in samples} == {"puzzle/position"}
+    assert {s.answer["relation"] for s in samples} == set(POSITIONS.values())  # all 8 neighbours occur
+    offsets = {name: rc for rc, name in POSITIONS.items()}
+    for s in samples:
+        assert [p["type"] for p in s.messages[0]["content"]] == ["image", "image", "text"]
+        centre, neighbour = s.media("image")
+        original = Image.open(folder / s.meta["source"]).convert("RGB")
+        original.thumbnail((90, 90))
+        tw, th = original.width // 3, original.height // 3
+        tile = lambda r, c: original.crop((c * tw, r * th, (c + 1) * tw, (r + 1) * th)).tobytes()  # noqa: E731
+        dr, dc = offsets[s.answer["relation"]]
+        assert centre.tobytes() == tile(1, 1) and neighbour.tobytes() == tile(1 + dr, 1 + dc)
+        assert relative_position([target_text(s)], answer=[s.answer]) == [1.0]
+    rng = random.Random(0)
+    scores = relative_position([random_target_text(s, rng) for s in samples], answer=[s.answer for s in samples])
+    assert sum(scores) / len(scores) < 0.5
+
+
+def test_images_too_small_for_the_puzzle_are_skipped_or_stop_the_build(tmp_path):
+    d = tmp_path / "small"
+    d.mkdir()
+    shutil.copy(PHOTOS / "astronaut.jpg", d / "astronaut.jpg")
+    Image.new("RGB", (5, 5), "red").save(d / "tiny.png")
+    samples, skipped = from_folder("position", d)
+    assert len(samples) == 1 and len(skipped) == 1 and skipped[0].startswith("tiny.png: ") and "too small" in skipped[0]
+    with pytest.raises(BadSampleError, match="tiny.png.*too small"):
+        from_folder("position", d, on_bad_sample="raise")

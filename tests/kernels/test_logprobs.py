@@ -1,4 +1,5 @@
-"""Chunked `token_logprobs` against the plain `naive_token_logprobs` reference: values, entropy, gradients."""
+"""`token_logprobs` (default backend, and the checkpoint backend) against the plain `naive_token_logprobs`
+reference: values, entropy, gradients; `minp_log_mass` against the full distribution."""
 
 from __future__ import annotations
 
@@ -50,10 +51,11 @@ def rel_close(actual, expected, rtol):
 )
 @pytest.mark.parametrize("chunk_size", [1, 8, 36])
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_chunked_matches_reference(dtype, atol, grad_rtol, chunk_size, temperature):
+@pytest.mark.parametrize("backend", ["auto", "checkpoint"])
+def test_chunked_matches_reference(dtype, atol, grad_rtol, chunk_size, temperature, backend):
     hidden, weight, targets = make(dtype)
     ref = run(naive_token_logprobs, hidden, weight, targets, temperature=temperature)
-    out = run(token_logprobs, hidden, weight, targets, temperature=temperature, chunk_size=chunk_size)
+    out = run(token_logprobs, hidden, weight, targets, temperature=temperature, chunk_size=chunk_size, backend=backend)
     assert out[0].dtype == out[1].dtype == dtype  # fp32 out for fp32 in, fp64 for fp64
     torch.testing.assert_close(out[0], ref[0], atol=atol, rtol=0)  # log-probs
     torch.testing.assert_close(out[1], ref[1], atol=atol, rtol=0)  # entropy
