@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -138,7 +139,9 @@ def load_sharded(path: Path, root_module, *, optimizer=None, extra_models: dict[
     else:
         tensors = {"model": get_model_state_dict(root_module, options=_options(frozen=False))}
     tensors.update({name: get_model_state_dict(m, options=_options(frozen=True)) for name, m in dict(extra_models).items()})
-    dcp.load(tensors, checkpoint_id=str(path / SHARDED))
+    with warnings.catch_warnings():  # in one process: "assuming the intent is to load in a single process"
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(tensors, checkpoint_id=str(path / SHARDED))
     if optimizer is not None:
         set_state_dict(root_module, optimizer, model_state_dict=tensors["model"], optim_state_dict=tensors["optim"],
                        options=_options(frozen=False))
@@ -163,7 +166,9 @@ def full_weights(path: Path) -> dict[str, torch.Tensor]:
     prefix = "model.module."  # {"model": Root(model).state_dict()} flattened
     skeleton = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
                 if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
-    dcp.load(skeleton, checkpoint_id=str(path / SHARDED), no_dist=True)
+    with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
+        warnings.simplefilter("ignore", UserWarning)
+        dcp.load(skeleton, checkpoint_id=str(path / SHARDED), no_dist=True)
     return {k[len(prefix):]: v for k, v in skeleton.items()}
 
 

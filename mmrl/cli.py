@@ -50,6 +50,8 @@ def cmd_train(args) -> int:
         summary = Trainer(cfg).run()
     except (BadSampleError, ModelLoadError, FileNotFoundError) as e:
         return _fail(1, str(e))
+    if os.environ.get("RANK", "0") != "0":  # several processes: rank 0 reports
+        return 0
     before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
     print("held-out (greedy):")
     for key in sorted(set(before) | set(after)):

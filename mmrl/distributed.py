@@ -109,6 +109,7 @@ def shard(model: torch.nn.Module, *, mixed_precision: str = "none", reshard_afte
     for module in root.modules():
         if isinstance(module, FSDPModule):
             module.set_gradient_divide_factor(1.0)  # sum: each rank's loss has the global normalisers
+            module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
     return root
 
 

@@ -83,7 +83,7 @@ def plot_compare(run_dirs: list[str | Path], out: str | Path, metrics: tuple[str
 GT_COLOUR, PRED_COLOUR = (0, 200, 0), (230, 0, 0)
 
 
-def _answer_picture(sample) -> "Image.Image":
+def _answer_picture(sample):
     """The image the answer's boxes refer to (`answer["media"]`, else the first); for a video, its first frame."""
     from mmrl.perception.images import load_image
     from mmrl.perception.video import Clip, load_video

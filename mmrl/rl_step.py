@@ -249,7 +249,8 @@ class RLSteps:
             metrics.update({"rollout/replayed_groups": replayed, "rollout/replay_size": len(self.replay)})
         if rollouts.kl_penalty is not None:
             metrics["actor/kl_in_reward"] = float(rollouts.kl_penalty.mean())
-        if self.cfg.trainer.log_rollouts_every and self.progress.stage_step % self.cfg.trainer.log_rollouts_every == 0:
+        every = self.cfg.trainer.log_rollouts_every
+        if self.main and every and self.progress.stage_step % every == 0:
             self._log_rollouts(prompts, rollouts)
         return metrics
 

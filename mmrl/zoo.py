@@ -136,10 +136,11 @@ def build(name: str, out_dir: str | os.PathLike) -> Path:
         tokenizer = _train_tokenizer(dims["vocab"], special)
         processor = _make_processor(spec.family, tokenizer)
         config = _make_config(spec.family, dims, tokenizer)
-        torch.manual_seed(0)
         from transformers import AutoModelForImageTextToText
 
-        model = AutoModelForImageTextToText.from_config(config)
+        with torch.random.fork_rng():  # a fixed init that leaves the caller's RNG as it was (a cached model
+            torch.manual_seed(0)  # consumes none, so a first run must not either: LoRA init follows)
+            model = AutoModelForImageTextToText.from_config(config)
         model.generation_config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         model.save_pretrained(tmp)

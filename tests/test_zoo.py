@@ -84,6 +84,15 @@ def test_build_leaves_no_temp_dirs_and_overwrites(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m"]
 
 
+def test_build_leaves_the_callers_random_state_alone(tmp_path):
+    """A first run (which builds the zoo model) and a later one (cached) must draw the same LoRA init after it."""
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    zoo.build("qwen2_vl", tmp_path / "m")
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_resolve_builds_once_and_caches(tmp_path, monkeypatch):
     first = zoo.resolve("zoo:qwen2_vl")
     assert first == str(tmp_path / "zoo-cache" / f"v{zoo.ZOO_VERSION}" / "qwen2_vl-tiny")

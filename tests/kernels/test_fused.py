@@ -17,15 +17,6 @@ N, H, V = 37, 16, 53  # odd N and V: no chunk or block size below divides them
 MASKED = (3, 17, 36)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster and does not fight a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(dtype, seed=0, n=N, h=H, v=V, masked=MASKED):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, h, generator=g, dtype=torch.float64).to(dtype)

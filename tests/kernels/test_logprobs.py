@@ -12,15 +12,6 @@ from mmrl.kernels.logprobs import IGNORE
 N, H, V = 37, 16, 53  # odd N, not a multiple of any chunk size below
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These tensors are tiny: one intra-op thread is faster and does not fight a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def make(dtype, seed=0, n=N, masked=(3, 17, 36)):
     g = torch.Generator().manual_seed(seed)
     hidden = torch.randn(n, H, generator=g, dtype=dtype)

@@ -1,0 +1,151 @@
+"""Multi-process training (mmrl.distributed) on CPU with gloo: `torchrun --nproc_per_node=2 -m mmrl train` gives the
+losses and final weights of one process with the same global batch; a SIGKILLed 2-process run resumed with
+`resume=auto` — by 2 processes or by 1 — ends where the uninterrupted run ends; the sharded checkpoint exports to a
+directory `from_pretrained` loads."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mmrl import checkpoint
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parent.parent
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+STEPS = "stages=[{name: warm, kind: sft, steps: 2, lr: 1.0e-3, labels: random}, {name: rl, kind: rl, steps: 4}]"
+
+
+def _cmd(tiny, run_dir: Path, procs: int, *extra: str) -> list[str]:
+    launcher = TORCHRUN if procs == 2 else [sys.executable]
+    return [*launcher, "-m", "mmrl", "train", str(REPO / "recipes" / "demo.yaml"),
+            *tiny.overrides(run_dir, "trainer.checkpoint_every=1", "trainer.threads=1", STEPS,
+                            "algorithm.kl_coef=0.05", *extra)]
+
+
+def _run(cmd: list[str]) -> None:
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def _final(run_dir: Path) -> dict[str, torch.Tensor]:
+    return checkpoint.full_weights(checkpoint.latest(run_dir / "checkpoints"))
+
+
+def _close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], tol: float = 1e-5) -> None:
+    assert a.keys() == b.keys()
+    worst = max((a[k].float() - b[k].float()).abs().max().item() for k in a)
+    assert worst < tol, worst
+
+
+def _same_rows(a: list[dict], b: list[dict], tol: float = 1e-5) -> None:
+    assert [r.get("train/step") for r in a] == [r.get("train/step") for r in b]
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys()
+        for k, v in x.items():
+            if isinstance(v, float):
+                assert y[k] == pytest.approx(v, rel=tol, abs=tol), (x.get("train/step"), k)
+            else:
+                assert y[k] == v, (x.get("train/step"), k)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, tiny):
+    root = tmp_path_factory.mktemp("dist")
+    _run(_cmd(tiny, root / "one", 1))
+    _run(_cmd(tiny, root / "two", 2))
+    return root
+
+
+def test_two_processes_give_the_losses_and_weights_of_one(runs):
+    one, two = runs / "one", runs / "two"
+    assert checkpoint.is_sharded(checkpoint.latest(two / "checkpoints"))
+    assert not checkpoint.is_sharded(checkpoint.latest(one / "checkpoints"))
+    a, b = _rows(one), _rows(two)
+    assert any("sft/loss" in r for r in a) and sum("actor/loss" in r for r in a) == 4
+    _same_rows(a, b)
+    _close(_final(one), _final(two))
+    assert [json.loads(x)["completion"] for x in (one / "rollouts.jsonl").read_text().splitlines()] == \
+           [json.loads(x)["completion"] for x in (two / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_killed_two_process_run_resumes_with_two_or_one(runs, tiny):
+    killed = runs / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(_cmd(tiny, killed, 2), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        done = checkpoint.list_complete(killed / "checkpoints")
+        if done and checkpoint.read_state(done[-1])["progress"]["step"] >= 3:
+            break
+        time.sleep(0.01)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)  # torchrun and both workers, mid-step
+    proc.wait()
+    at = checkpoint.read_state(checkpoint.latest(killed / "checkpoints"))["progress"]["step"]
+    assert 3 <= at < 6
+    shutil.copytree(killed, runs / "killed_one")
+    _run(_cmd(tiny, killed, 2, "resume=auto"))
+    _run(_cmd(tiny, runs / "killed_one", 1, "resume=auto"))
+    reference = _final(runs / "two")
+    _close(reference, _final(killed))
+    _close(reference, _final(runs / "killed_one"))
+    _same_rows(_rows(runs / "two"), _rows(killed))
+    _same_rows(_rows(runs / "two"), _rows(runs / "killed_one"))
+
+
+def test_sharded_checkpoint_exports_for_from_pretrained(runs, zoo_cache):
+    from transformers import AutoModelForImageTextToText
+
+    from mmrl.datasets.synthetic import make
+    from mmrl.evaluation import load_trainer
+    from mmrl.export import export
+
+    out = export(str(runs / "two"), str(runs / "export"))
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    trainer, _, _ = load_trainer(str(runs / "two"))
+    policy = trainer.policy
+    _close(_final(runs / "two"), {k: v for k, v in model.state_dict().items() if k in _final(runs / "two")})
+    prompt = policy.encode(make("rotation", 1, seed=9)[0])
+    batch = policy.collate([prompt])
+    ids = torch.randint(20, 200, (1, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        trained, _ = policy.completion_logprobs(batch, ids, mask)
+        policy.hf = model
+        exported, _ = policy.completion_logprobs(batch, ids, mask)
+    assert torch.allclose(trained, exported, atol=1e-5)
+
+
+def test_lora_under_fsdp2_matches_one_process(tmp_path, tiny, length_reward):
+    """LoRA adapters sharded with their layers: the same losses and adapter weights with 2 processes as with 1."""
+    extra = ("model.mode=lora", "trainer.lr=1.0e-3", "stages=[{name: rl, kind: rl, steps: 3}]",
+             f"rewards=[{{fn: '{length_reward}', name: len}}]")
+    _run(_cmd(tiny, tmp_path / "one", 1, *extra))
+    _run(_cmd(tiny, tmp_path / "two", 2, *extra))
+    a, b = _rows(tmp_path / "one"), _rows(tmp_path / "two")
+    assert any(abs(r.get("actor/loss") or 0.0) > 1e-4 for r in a)
+    _same_rows(a, b)
+
+    def names(w):  # peft's adapter-state names (one process) vs the module's own (shards)
+        return {k.removeprefix("base_model.model.").replace(".default.", "."): v for k, v in w.items()}
+
+    one, two = names(_final(tmp_path / "one")), names(_final(tmp_path / "two"))
+    assert one and all("lora_" in k for k in one)
+    _close(one, two)
