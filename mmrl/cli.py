@@ -70,13 +70,18 @@ def cmd_eval(args) -> int:
     _quiet_hub()
     try:
         report = run_eval(args.source, data=args.data, task=args.task, n=args.n, overrides=args.overrides,
-                          out=args.out)
+                          out=args.out, k=args.k, temperature=args.temperature, correct=args.correct)
     except config.ConfigError as e:
         return _fail(2, str(e))
     except (EvalError, FileNotFoundError) as e:
         return _fail(1, str(e))
+    print("greedy:")
     for k, v in report["metrics"].items():
         print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
+    if "sampled" in report:
+        print(f"sampled (k={args.k}, T={args.temperature:g}):")
+        for k, v in report["sampled"].items():
+            print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
     print(f"report: {report['path']}")
     return 0
 
@@ -204,6 +209,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--task", help="synthetic task to evaluate on")
     e.add_argument("--n", type=int, default=None, help="number of synthetic samples")
     e.add_argument("--out", default=None, help="report folder (default: SOURCE_RUN/eval/NAME)")
+    e.add_argument("--k", type=int, default=0, help="also sample each prompt K times: avg@K, pass@K, pass@1")
+    e.add_argument("--temperature", type=float, default=1.0, help="sampling temperature for --k")
+    e.add_argument("--correct", default=None,
+                   help="reward NAME that decides correctness for pass@k (default: the total reward)")
     e.add_argument("overrides", nargs="*")
     e.set_defaults(fn=cmd_eval)
 

@@ -5,13 +5,16 @@ SOURCE may be
 - a checkpoint directory (`RUN/checkpoints/step_N`; the run's `config.yaml` two levels up),
 - a model directory with `config.json` (a zoo model, an export, or a real checkpoint) — evaluated with the
   default recipe's rewards unless overrides say otherwise.
-The report goes to `eval/<name>/report.json` (metrics, settings, a few completions); for box answers a
-picture, `eval/<name>/boxes.png`, shows ground-truth (green) and predicted (red) boxes on the first images.
+The report goes to `eval/<name>/report.json` (greedy metrics, settings, a few completions); for box answers a
+picture, `eval/<name>/boxes.png`, shows ground-truth (green) and predicted (red) boxes on the first images. With
+`k`, each prompt is also sampled k times at `temperature`: avg@k per reward, pass@k and pass@1 (overall and per
+task) go to the report's `sampled` block, and the pass@j curve (j = 1 … k) to `eval/<name>/pass_at_k.png`.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +64,69 @@ def load_trainer(source: str | Path, overrides: list[str] = (), *, build: bool =
     return trainer, cfg, ck
 
 
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct: 1 − C(n−c, k) / C(n, k) (Chen et al. 2021,
+    "Evaluating Large Language Models Trained on Code", arXiv:2107.03374).
+
+    >>> pass_at_k(4, 0, 2), pass_at_k(4, 4, 1), round(pass_at_k(4, 1, 2), 4)
+    (0.0, 1.0, 0.5)
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sampled_metrics(trainer, k: int, *, temperature: float, seed: int = 0,
+                    correct: str | None = None) -> tuple[dict[str, float], dict[int, float]]:
+    """avg@k and pass@k of the held-out prompts with k samples each at `temperature` (seeded per prompt).
+
+    A completion is correct when the total reward reaches `algorithm.correct_threshold` (as in training), or —
+    with `correct: NAME` — when reward NAME does. Returns (metrics, the pass@j curve for j = 1 … k): `avg@k/<reward>`
+    (mean over every sample), `pass@k`, `pass@1` (unbiased, = mean accuracy), and the same per `Sample.task` as
+    `<task>/pass@k` and `<task>/avg@k/total` when the data mixes tasks.
+    """
+    from mmrl.rollout import SamplingParams
+
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    inputs = trainer._eval_inputs if trainer._eval_inputs is not None else trainer.encode(trainer.eval_data)
+    trainer._eval_inputs = inputs
+    r, threshold = trainer.cfg.rollout, trainer.cfg.algorithm.correct_threshold
+    params = SamplingParams(temperature=temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
+                            seed=seed, step=-1)
+    values: dict[str, list[float]] = {}
+    correct_counts: list[int] = []
+    for i in range(0, len(inputs), trainer.cfg.trainer.eval_batch):
+        chunk = inputs[i : i + trainer.cfg.trainer.eval_batch]
+        ro = trainer.engine.generate(chunk, k, params, batch_prompts=r.batch_prompts)
+        trainer.score(ro, chunk)
+        if correct is not None and correct not in ro.rewards:
+            raise ValueError(f"correct={correct!r} is not one of the rewards ({', '.join(ro.rewards)})")
+        judged = ro.total.tolist() if correct is None else [v if v is not None else 0.0 for v in ro.rewards[correct]]
+        for g in range(len(chunk)):
+            correct_counts.append(sum(v >= threshold for v in judged[g * k : (g + 1) * k]))
+        values.setdefault("total", []).extend(ro.total.tolist())
+        for name, vals in ro.rewards.items():
+            values.setdefault(name, []).extend(v for v in vals if v is not None)
+    out = {f"avg@{k}/{name}": sum(v) / len(v) for name, v in values.items() if v}
+    curve = {j: sum(pass_at_k(k, c, j) for c in correct_counts) / len(correct_counts) for j in range(1, k + 1)}
+    out.update({f"pass@{k}": curve[k], "pass@1": curve[1], "n_prompts": len(inputs), "k": k,
+                "temperature": temperature})
+    tasks = [p.sample.task or "-" for p in inputs]
+    if len(set(tasks)) > 1:
+        for task in sorted(set(tasks)):
+            rows = [j for j, t in enumerate(tasks) if t == task]
+            out[f"{task}/pass@{k}"] = sum(pass_at_k(k, correct_counts[j], k) for j in rows) / len(rows)
+            totals = [values["total"][j * k + g] for j in rows for g in range(k)]
+            out[f"{task}/avg@{k}/total"] = sum(totals) / len(totals)
+    return out, curve
+
+
 def run_eval(source: str, *, data: str | None = None, task: str | None = None, n: int | None = None,
-             overrides: list[str] = (), out: str | None = None) -> dict[str, Any]:
+             overrides: list[str] = (), out: str | None = None, k: int = 0, temperature: float = 1.0,
+             correct: str | None = None) -> dict[str, Any]:
     over = list(overrides)
     if data:
         over.append(f"data.eval={{path: {json.dumps(str(Path(data).resolve()))}}}")
@@ -83,6 +147,12 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
         inputs = trainer._eval_inputs  # the encoded ones (a skipped sample has no completion)
         report["boxes_png"] = str(box_grid([p.sample for p in inputs], trainer.last_eval_texts,
                                            [p.answer_geometry for p in inputs], root / "boxes.png"))
+    if k:
+        sampled, curve = sampled_metrics(trainer, k, temperature=temperature, seed=cfg.trainer.seed, correct=correct)
+        report["sampled"] = sampled
+        from mmrl.plots import pass_curve
+
+        report["pass_at_k_png"] = str(pass_curve(curve, root / "pass_at_k.png", title=f"{name}, T = {temperature:g}"))
     report["completions"] = [{"id": smp.id, "answer": smp.answer, "completion": t}
                              for smp, t in list(zip([p.sample for p in trainer._eval_inputs], trainer.last_eval_texts))[:8]]
     path = root / "report.json"

@@ -83,6 +83,27 @@ def plot_compare(run_dirs: list[str | Path], out: str | Path, metrics: tuple[str
 GT_COLOUR, PRED_COLOUR = (0, 200, 0), (230, 0, 0)
 
 
+def pass_curve(curve: dict[int, float], out: str | Path, *, title: str = "") -> Path:
+    """pass@j against j (j = 1 … k) as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ks = sorted(curve)
+    fig, ax = plt.subplots(figsize=(4.5, 3.2))
+    ax.plot(ks, [curve[j] for j in ks], marker="o")
+    ax.set(xlabel="k (samples per prompt)", ylabel="pass@k", ylim=(0, 1.02), title=title)
+    ax.set_xticks(ks)
+    ax.grid(alpha=0.3)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
+
+
 def _answer_picture(sample):
     """The image the answer's boxes refer to (`answer["media"]`, else the first); for a video, its first frame."""
     from mmrl.perception.images import load_image

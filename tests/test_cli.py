@@ -31,11 +31,15 @@ def test_train_eval_plot_commands(tmp_path, tiny):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval_before"]["eval/n"] == 8
 
-    out = mmrl("eval", str(run), "--task", "rotation", "--n", "6")
+    out = mmrl("eval", str(run), "--task", "rotation", "--n", "6", "--k", "4", "--temperature", "1.0")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((run / "eval" / "rotation" / "report.json").read_text())
     assert report["metrics"]["eval/n"] == 6 and 0.0 <= report["metrics"]["eval/accuracy"] <= 1.0
     assert report["checkpoint"].endswith("step_000005")
+    sampled = report["sampled"]
+    assert sampled["k"] == 4 and sampled["n_prompts"] == 6 and "avg@4/accuracy" in sampled
+    assert 0.0 <= sampled["pass@1"] <= sampled["pass@4"] <= 1.0
+    assert Path(report["pass_at_k_png"]).stat().st_size > 1000 and "pass@4" in out.stdout
 
     from mmrl.evaluation import run_eval  # in-process: a grounding eval draws its boxes
 
