@@ -149,3 +149,13 @@ def test_lora_under_fsdp2_matches_one_process(tmp_path, tiny, length_reward):
     one, two = names(_final(tmp_path / "one")), names(_final(tmp_path / "two"))
     assert one and all("lora_" in k for k in one)
     _close(one, two)
+
+
+def test_bf16_mixed_precision_policy_trains(tmp_path, tiny, length_reward):
+    """`distributed.mixed_precision: bfloat16` (bf16 compute, fp32 gradient reduction) runs two processes through
+    RL steps with nonzero gradients and finite losses."""
+    extra = ("stages=[{name: rl, kind: rl, steps: 2}]", f"rewards=[{{fn: '{length_reward}', name: len}}]")
+    _run(_cmd(tiny, tmp_path / "bf16", 2, *extra, "distributed.mixed_precision=bfloat16"))
+    rows = [r for r in _rows(tmp_path / "bf16") if "actor/loss" in r]
+    assert len(rows) == 2 and all(r["actor/grad_norm"] > 0 for r in rows)
+    assert all(abs(r["actor/loss"]) < 10 and r["actor/entropy"] > 0 for r in rows)

@@ -140,3 +140,22 @@ def test_images_loaded_for_a_prompt_are_released_after_processing(policy, tmp_pa
     gc.collect()
     assert len(refs) == 1 and refs[0]() is None  # only processed tensors remain
     assert "pixel_values" in inputs.tensors
+
+
+def test_bf16_autocast_logprobs_track_fp32_and_carry_gradients(policy):
+    prompts = [policy.encode(s) for s in make("rotation", 2, seed=4)]
+    batch = policy.collate(prompts, repeats=2)
+    ids = torch.randint(20, 200, (4, 7), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    exact, _ = policy.completion_logprobs(batch, ids, mask)
+    policy.cfg.autocast = "bfloat16"
+    try:
+        approx, ent = policy.completion_logprobs(batch, ids, mask, with_entropy=True)
+        (approx.sum() + ent.sum()).backward()
+    finally:
+        policy.cfg.autocast = "none"
+    assert approx.dtype == torch.float32 and not torch.equal(approx, exact)  # bf16 matmuls did run
+    assert torch.allclose(approx, exact.detach(), atol=0.1)
+    grads = [p.grad for p in policy.parameters() if p.grad is not None]
+    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
+    policy.hf.zero_grad(set_to_none=True)

@@ -24,6 +24,7 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from mmrl.datasets.answers import answer_problem
 from mmrl.datasets.jsonl import _check_media, _LineError, _resolve, _to_sample
 from mmrl.datasets.sample import BadSampleError, Sample, with_template
 from mmrl.perception.images import load_image
@@ -239,6 +240,9 @@ def _convert(where, record, format, fields, root, template, check_media, seen) -
         sample = FORMATS.get(fmt)(record, root=root, sample_id=sample_id, template=template)
         if sample.id in seen:
             raise _LineError("id", "duplicate id")
+        problem = answer_problem(sample.task, sample.answer)
+        if problem:
+            raise _LineError("answer", f"{problem} (task {sample.task!r})")
         if check_media:
             _check_media(sample)
     except _LineError as err:

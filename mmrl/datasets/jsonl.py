@@ -24,6 +24,7 @@ from typing import Any, Iterable
 
 from PIL import Image
 
+from mmrl.datasets.answers import answer_problem
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.perception import images as _images  # module import: tolerates perception ↔ datasets cycles
 from mmrl.registry import closest
@@ -91,6 +92,9 @@ def _parse_line(line: str, path: Path, lineno: int, check_media: bool) -> Sample
     sample_id = sample_id if isinstance(sample_id, str) and sample_id else fallback_id
     try:
         sample = _to_sample(obj, path.parent, sample_id)
+        problem = answer_problem(sample.task, sample.answer)
+        if problem:
+            raise _LineError("answer", f"{problem} (task {sample.task!r})")
         if check_media:
             _check_media(sample)
         return sample

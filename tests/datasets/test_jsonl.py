@@ -105,6 +105,11 @@ BAD_LINES = [  # (line, expected id, words the message must contain)
     ({"id": "k", "messages": [{"role": "user", "content": [{"type": "audio"}]}]}, "k",
      ["messages[0].content[0].type"]),
     ({"id": "i", "prompt": "x", "image": "img/missing.png"}, "i", ["missing.png", "not found"]),
+    ({"id": "b", "prompt": "x", "task": "grounding", "answer": {"boxes": [[1, 2, "3", 4]]}}, "b",
+     ["'answer'", "boxes[0]", "grounding"]),
+    ({"id": "b2", "prompt": "x", "task": "grounding", "answer": {"boxes": [[5, 2, 3, 4]]}}, "b2", ["x2 < x1"]),
+    ({"id": "s", "prompt": "x", "task": "temporal/event", "answer": {"span": [3.0, 1.0]}}, "s", ["start <= end"]),
+    ({"id": "n", "prompt": "x", "task": "counting", "answer": {"count": -1}}, "n", ["'answer'", "count"]),
 ]
 
 
