@@ -262,6 +262,10 @@ class StageConfig:
     labels: Literal["true", "random"] = "true"  # sft only: `random` = format-only warm start at chance
     # sft only: with this probability a target's reasoning is replaced by an empty thought (TON's thought dropout)
     thought_dropout: float = 0.0
+    # this stage's own training data and reward terms (perception RL → reasoning RL); null = `data.train` / `data.mix`
+    # and the top-level `rewards`. Held-out evaluation always uses `data.eval` and the top-level `rewards`.
+    data: DataSource | None = None
+    rewards: list[RewardConfig] | None = None
 
 
 @dataclass
@@ -599,27 +603,37 @@ def validate(cfg: Config) -> None:
                 raise ConfigError(f"{key}.format: {e}") from None
     if cfg.resume not in ("none", "auto") and not Path(cfg.resume).exists():
         raise ConfigError(f"resume: checkpoint {cfg.resume!r} does not exist")
+    _check_rewards(cfg.rewards, "rewards")
+    for i, stage in enumerate(cfg.stages):
+        if stage.rewards is not None:
+            _check_rewards(stage.rewards, f"stages[{i}].rewards")
+        if stage.data is not None and (stage.data.task is None) == (stage.data.path is None):
+            raise ConfigError(f"stages[{i}].data: give exactly one of task or path")
+
+
+def _check_rewards(rewards: list[RewardConfig], key: str) -> None:
+    """Names unique, functions known, gates pointing at other rewards of the same list, one adding term."""
+    from mmrl.registry import UnknownNameError
+    from mmrl.rewards import REWARDS
     from mmrl.rewards.registry import default_name
 
-    names = [r.name or default_name(r.fn) for r in cfg.rewards]
+    names = [r.name or default_name(r.fn) for r in rewards]
     if len(set(names)) != len(names):
-        raise ConfigError(f"rewards: duplicate reward names {names}; give each a distinct `name`")
-    from mmrl.rewards import REWARDS
-
-    for i, r in enumerate(cfg.rewards):
+        raise ConfigError(f"{key}: duplicate reward names {names}; give each a distinct `name`")
+    for i, r in enumerate(rewards):
         if ":" not in r.fn:
             try:
                 REWARDS.get(r.fn)
             except UnknownNameError as e:
-                raise ConfigError(f"rewards[{i}].fn: {e}; plug-ins are 'pkg.module:function' or 'file.py:function'") from None
+                raise ConfigError(f"{key}[{i}].fn: {e}; plug-ins are 'pkg.module:function' or 'file.py:function'") from None
         if r.workers < 1:
-            raise ConfigError(f"rewards[{i}].workers: must be >= 1, got {r.workers}")
+            raise ConfigError(f"{key}[{i}].workers: must be >= 1, got {r.workers}")
         if r.gate is not None and (r.gate not in names or r.gate == names[i]):
             hint = closest(r.gate, [n for n in names if n != names[i]])
             extra = f"; did you mean {hint!r}?" if hint else ""
-            raise ConfigError(f"rewards[{i}].gate: {r.gate!r} is not another reward of this run{extra} (rewards: {names})")
-    if cfg.rewards and all(r.mode == "gate" for r in cfg.rewards):
-        raise ConfigError("rewards: every reward is in `mode: gate`; at least one must add to the total")
+            raise ConfigError(f"{key}[{i}].gate: {r.gate!r} is not another reward of this run{extra} (rewards: {names})")
+    if rewards and all(r.mode == "gate" for r in rewards):
+        raise ConfigError(f"{key}: every reward is in `mode: gate`; at least one must add to the total")
 
 
 def to_dict(cfg: Config) -> dict:

@@ -91,17 +91,23 @@ class Trainer(RLSteps):
         self._pass_stats: dict[str, float] = {}
         self.replay = ReplayBuffer(cfg.algorithm.replay_capacity, cfg.algorithm.replay_alpha)
         self.rehearsal: Rehearsal | None = None  # π₀'s perfect samples (algorithm.rehearsal_coef > 0)
-        self.terms = [
-            make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
-                      timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
-                      gate_min=r.gate_min, gate_penalty=r.gate_penalty, workers=r.workers)
-            for r in cfg.rewards
-        ]
+        self.mix_parts: list[list[Sample]] | None = None  # data.mix: each source's samples, for batching
+        self.base_terms = self.terms = self._terms(cfg.rewards)
         self.train_data, skipped_train = self._load_split("train")
         self.eval_data, skipped_eval = self._load_split("eval")
-        check_reward_columns(self.terms, self.train_data + self.eval_data)
+        self.base_train = (self.train_data, self.mix_parts)
+        # stages with their own data / rewards (e.g. perception RL → reasoning RL)
+        self.stage_terms = {i: self._terms(s.rewards) for i, s in enumerate(cfg.stages) if s.rewards is not None}
+        self.stage_train: dict[int, list[Sample]] = {}
+        for i, s in enumerate(cfg.stages):
+            if s.data is not None:
+                self.stage_train[i], skipped = self._load_source(s.data, "train")
+                skipped_train += skipped
+        every_train = self.train_data + [x for samples in self.stage_train.values() for x in samples]
+        for terms in [self.base_terms, *self.stage_terms.values()]:
+            check_reward_columns(terms, every_train + self.eval_data)
         self.progress.skipped = skipped_train + skipped_eval
-        self.eval_data, overlap = drop_overlap(self.train_data, self.eval_data)
+        self.eval_data, overlap = drop_overlap(every_train, self.eval_data)
         if overlap:
             log(f"data.eval: dropped {overlap} held-out samples whose images also occur in training")
         if not self.eval_data:
@@ -139,6 +145,23 @@ class Trainer(RLSteps):
     def main(self) -> bool:
         """Whether this process writes the run directory (rank 0, or the only process)."""
         return self.dist is None or self.dist.main
+
+    @staticmethod
+    def _terms(rewards) -> list:
+        return [make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
+                          timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
+                          gate_min=r.gate_min, gate_penalty=r.gate_penalty, workers=r.workers) for r in rewards]
+
+    def _every_train_sample(self) -> list[Sample]:
+        return [*self.base_train[0], *(x for samples in self.stage_train.values() for x in samples)]
+
+    def _enter_stage(self, si: int) -> None:
+        """Stage `si`'s training data and reward terms (its own, or the run's)."""
+        self.terms = self.stage_terms.get(si, self.base_terms)
+        if si in self.stage_train:
+            self.train_data, self.mix_parts = self.stage_train[si], None
+        else:
+            self.train_data, self.mix_parts = self.base_train
 
     # ------------------------------------------------------------------------------------------- data
     def _load_split(self, split: str) -> tuple[list[Sample], int]:
@@ -184,7 +207,7 @@ class Trainer(RLSteps):
         (RL steps): a share `prompt_weight_mix` is drawn by `algorithm.prompt_weighting` instead."""
         a = self.cfg.algorithm
         seed = self.cfg.trainer.seed if refill == 0 else row_seed(self.cfg.trainer.seed, "refill", refill)
-        if self.cfg.data.mix:
+        if self.mix_parts:
             return self._mixed_batch(size, seed)
         k = mix_count(size, a.prompt_weight_mix) if weighted and a.prompt_weighting != "uniform" else 0
         idx = batch_indices(len(self.train_data), size - k, self.progress.step, seed)
@@ -303,6 +326,7 @@ class Trainer(RLSteps):
         if self._eval_inputs is None:
             self._eval_inputs = self.encode(self.eval_data)
         inputs = self._eval_inputs
+        stage_terms, self.terms = self.terms, self.base_terms  # held-out metrics: always the run's rewards
         size = self.cfg.trainer.eval_batch
         texts, components, totals = [], {}, []
         for i in range(0, len(inputs), size):
@@ -321,6 +345,7 @@ class Trainer(RLSteps):
         out["eval/total"] = sum(totals) / len(totals)
         out["eval/n"] = len(inputs)
         self.last_eval_texts = texts  # aligned with self._eval_inputs (skipped samples have none)
+        self.terms = stage_terms
         return out
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -373,7 +398,7 @@ class Trainer(RLSteps):
         state = ck["state"]
         self.progress = Progress(**state["progress"])
         if state.get("rehearsal"):
-            by_id = {smp.id: smp for smp in self.train_data}
+            by_id = {smp.id: smp for smp in self._every_train_sample()}
             self.rehearsal = rehearsal_from_state(
                 state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id)
         self.summary = state.get("summary", {})
@@ -397,7 +422,7 @@ class Trainer(RLSteps):
         self.progress = Progress(**state["progress"])
         self.summary = state.get("summary", {})
         if state.get("rehearsal"):
-            by_id = {smp.id: smp for smp in self.train_data}
+            by_id = {smp.id: smp for smp in self._every_train_sample()}
             self.rehearsal = rehearsal_from_state(
                 state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id)
         p, extra = self.policy, {}
@@ -464,6 +489,7 @@ class Trainer(RLSteps):
         rl_stages = [i for i, s in enumerate(cfg.stages) if s.kind == "rl"]
         for si in range(self.progress.stage, len(cfg.stages)):
             stage = cfg.stages[si]
+            self._enter_stage(si)
             fresh_stage = self.progress.stage != si or self.optimizer is None
             if self.progress.stage != si:
                 self.progress.stage, self.progress.stage_step = si, 0

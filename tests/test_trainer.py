@@ -189,3 +189,32 @@ def test_thought_dropout_in_sft_targets(tmp_path, tiny):
     dropped = trainer.sft_targets(prompts, StageConfig(kind="sft", thought_dropout=1.0))
     assert all(t.startswith("<think>because") for t in kept)
     assert all(t.startswith("<think>\n\n</think><answer>") for t in dropped)
+
+
+def test_stages_with_their_own_data_and_rewards(tmp_path, tiny, length_reward):
+    """Perception RL → reasoning RL in one recipe: each stage trains on its own data with its own rewards, and
+    held-out evaluation keeps the run's top-level rewards throughout."""
+    cfg = tiny(tmp_path / "run", f"rewards=[{{fn: '{length_reward}', name: len}}]",
+               "stages=[{name: perceive, kind: rl, steps: 2, data: {task: grounding, n: 8},"
+               " rewards: [{fn: iou}, {fn: format}]},"
+               " {name: reason, kind: rl, steps: 2, rewards: [{fn: rotation_exact, name: angle}]}]")
+    trainer = Trainer(cfg, log=lambda *a: None)
+    trainer.run()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    perceive = [r for r in rows if r.get("train/stage") == "perceive"]
+    reason = [r for r in rows if r.get("train/stage") == "reason"]
+    assert len(perceive) == len(reason) == 2
+    assert all("reward/iou/mean" in r and "reward/angle/mean" not in r for r in perceive)
+    assert all("reward/angle/mean" in r and "reward/iou/mean" not in r for r in reason)
+    rollouts = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    assert {r["sample_id"].split("-")[0] for r in rollouts if r["train/step"] < 2} == {"grounding"}
+    assert {r["sample_id"].split("-")[0] for r in rollouts if r["train/step"] >= 2} == {"rotation"}
+    assert "eval/len" in trainer.summary["eval_before"] and "eval/len" in trainer.summary["eval_after"]
+    assert "eval/iou" not in trainer.summary["eval_after"]
+
+
+def test_stage_rewards_are_validated_like_the_top_level_ones(tmp_path, tiny):
+    from mmrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"stages\[0\]\.rewards\[0\]\.fn: .*ioo"):
+        tiny(tmp_path, "stages=[{name: rl, kind: rl, steps: 1, rewards: [{fn: ioo}]}]")
