@@ -127,8 +127,9 @@ class Trainer(RLSteps):
 
     def _shard(self, cfg: Config) -> None:
         """Across processes: FSDP2 over the policy, generation split by prompt, logs from rank 0 only."""
+        first_rl = next((i for i, s in enumerate(cfg.stages) if s.kind == "rl"), len(cfg.stages))
         lora_merges = cfg.model.mode == "lora" and (
-            cfg.algorithm.ref_reset_every or any(s.kind == "sft" for s in cfg.stages[:1]))
+            cfg.algorithm.ref_reset_every or any(s.kind == "sft" for s in cfg.stages[:first_rl]))
         if lora_merges:
             raise config_mod.ConfigError("model.mode=lora with an SFT stage before RL (or ref_reset_every) merges "
                                          "adapters between stages, which is not supported across processes yet")
