@@ -1,0 +1,578 @@
+"""mmrl against TRL's `GRPOTrainer`: seconds per RL step and generated tokens per second on the same work.
+
+    python benchmarks/vs_trl.py                   # tiny + medium, 3 + 20 steps (medium 1 + 6), 2 rounds: ~8 min
+    python benchmarks/vs_trl.py --quick           # tiny only, 1 warm-up + 4 timed steps, 1 round (~30 s)
+    python benchmarks/vs_trl.py --profile mmrl    # cProfile of the tiny mmrl child instead of the comparison
+
+Every (size, framework) runs in a FRESH subprocess with torch.set_num_threads(--threads, default 2): its peak RSS
+(ru_maxrss, read at the end) is that process's, imports, model, data and optimizer state included.
+
+Sizes
+- tiny:   `zoo:qwen2_vl` (hidden 128, 2 layers, vision 64 × 2; ~0.8 M parameters), 56² images → 4 vision tokens.
+- medium: built here from the zoo's own pieces (`mmrl.zoo._train_tokenizer/_make_processor/_make_config`, the same
+  recipe as `zoo:qwen2_vl-small` with larger dims; mmrl.zoo has no medium size): 18.1 M parameters, text hidden 512,
+  4 layers, 8 heads / 4 KV heads, MLP 1536, vocab 1526 (2048 asked; the zoo's BPE corpus yields no more); vision
+  width 256, depth 4, 4 heads; the image processor's max_pixels raised to 448² so a 448² image stays 448²
+  (32 × 32 patches → 256 vision tokens after the 2×2 merge; 293 prompt tokens). Cached under the zoo cache
+  directory (`bench-qwen2_vl-medium`).
+
+One RL step = 4 prompts × G 4 completions × exactly 32 new tokens = 512 generated tokens, then ONE optimizer step.
+What makes the two sides do the same work:
+- model, weights, processor and chat template: the same directory, loaded fp32 with sdpa attention on both sides
+  (TRL: `AutoModelForImageTextToText.from_pretrained(..., dtype=float32)` passed in; `bf16=False`, `use_cpu=True`).
+- data: mmrl's rotation task; TRL's dataset is `mmrl.datasets.synthetic.make("rotation", n, seed=0, size=S)`: the
+  same images and prompt text, as conversational prompts with an `image` column. Every rotation prompt has the same
+  token count, so the per-step work does not depend on which prompts are drawn (the orders differ: mmrl's seeded
+  permutation vs TRL's RepeatSampler).
+- group size and batch: mmrl `trainer.prompts_per_step=4, rollout.group_size=4, micro_batch_size=16`,
+  `algorithm.ppo_epochs=1, mini_batches=1`. TRL `num_generations=4, per_device_train_batch_size=16,
+  gradient_accumulation_steps=1, steps_per_generation=1` (generation batch = 16 = one optimizer step),
+  `num_iterations=1`. Both therefore generate once per optimizer step and need no π_old pass (mmrl: ratio 1 with
+  one step per batch; TRL: `gradient_accumulation_steps % (steps_per_generation · num_iterations) == 0`), and run
+  one forward + backward over the 16 completions. The children count generate calls to check it (1 per step).
+- exactly 32 tokens: EOS can never be sampled on either side. TRL: `generation_kwargs.suppress_tokens` = the vision
+  special ids + `<|im_end|>` (EOS); mmrl: the same ids in `Policy.never_sample` (mmrl has no ignore-EOS knob; the
+  child adds the EOS id to that instance attribute — see `_mmrl_trainer`). The children check every completion is 32.
+- sampling: temperature 1, top_p 1, top_k 0 on both (TRL: HF multinomial sampling; mmrl: its seeded Gumbel-max
+  sampler, also inside HF `generate`), max 32 new tokens, KV cache on both.
+- objective: GRPO, no KL (`beta=0` / `kl_coef=0`, no reference model on either side), clip 0.2 / 0.2, group
+  mean/std advantages, per-sequence token mean (TRL `loss_type="grpo"`, mmrl preset `grpo`).
+- reward: `length_reward` below, written once in TRL's calling convention; TRL gets it directly, mmrl through
+  `style: trl` in-process (`isolate: never`).
+- optimisation: full fine-tune of every weight (vision tower included: mmrl `model.freeze_vision=false`), AdamW
+  (torch.optim.AdamW on both: TRL `optim="adamw_torch"`), lr 1e-5 constant, no warm-up, weight decay 0, betas
+  (0.9, 0.999), grad-norm clip 1.0, no gradient checkpointing (TRL's default is on: set off).
+- overheads switched off: TRL `logging_steps` past the run, `report_to="none"`, `save_strategy="no"`,
+  `torch_empty_cache_steps=None`, `log_completions=False`, `disable_tqdm`, `dataloader_num_workers=0`,
+  `use_vllm=False`; mmrl's loop without metrics logger, checkpoints, evaluation or rollout logging
+  (`log_rollouts_every=0`).
+
+Not matched (inherent to the frameworks): TRL runs the image processor on all 16 rows (each prompt repeated G times)
+while mmrl processes each prompt once and repeats its tensors; TRL's dataset decodes its stored PNGs on access
+(a `datasets.Dataset`, as TRL requires) while mmrl's synthetic samples hold PIL images; the sampling RNG differs (so
+the completions differ, not their lengths); mmrl computes log-probs with its fused kernel (`kernels.backend=auto` →
+torch on CPU), TRL with full logits.
+
+Time: per-step wall time = the interval between consecutive optimizer-step ends (TRL: `on_step_end` callbacks,
+so its dataloader, logging bookkeeping and FLOP counting are inside; mmrl: around `rl_step` plus its loop
+bookkeeping); the median of --steps steps after --warmup steps. Generated tokens / s = 4 · 4 · 32 / median.
+Each (size, framework) runs --rounds times (default 2) in ABBA order and the round with the lowest median is
+reported (every round's median is in the table and the JSON): on a shared 2-core machine another process makes
+OpenMP's two threads wait for each other, which slowed one measured run ~20× (CPU time ≈ wall time, i.e. one core
+busy), so a single run can be far off.
+Each child also reports a stage breakdown (seconds per step, medians over the timed steps) from thin timers
+around the frameworks' own methods. The load average is recorded: other processes inflate times, not memory.
+
+Writes a Markdown table to stdout, a PNG (--out, default benchmarks/results/vs_trl.png) and the rows as JSON
+beside it (same name, .json). Target (project issue 8): mmrl tokens/s ≥ TRL's (ideally 2×) at both sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+PROMPTS, GROUP, TOKENS, LR = 4, 4, 32, 1e-5
+TOKENS_PER_STEP = PROMPTS * GROUP * TOKENS
+SIZES = {  # model (resolved in the child), rotation image size, data set size
+    "tiny": {"image": 56},
+    "medium": {"image": 448},
+}
+MEDIUM = {"hidden": 512, "layers": 4, "heads": 8, "kv": 4, "inter": 1536, "vocab": 2048,  # zoo._SIZES keys
+          "v_dim": 256, "v_depth": 4, "v_heads": 4}
+MEDIUM_NAME = "bench-qwen2_vl-medium"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def length_reward(completions, **kwargs) -> list[float]:
+    """min(characters, 200) / 200 of each completion, in [0, 1]; TRL's convention (a completion is a string or a
+    list of chat messages), so TRL and mmrl (`style: trl`) call the very same function.
+
+    >>> length_reward(["abcd", [{"role": "assistant", "content": "x" * 400}]])
+    [0.02, 1.0]
+    """
+    texts = [c if isinstance(c, str) else (c[-1].get("content") or "") for c in completions]
+    return [min(len(t) if isinstance(t, str) else 0, 200) / 200 for t in texts]
+
+
+# ------------------------------------------------------------------------------------------------- models
+def medium_model() -> str:
+    """The medium Qwen2-VL directory (built once into the zoo cache from the zoo's own pieces)."""
+    import torch
+
+    from mmrl import zoo
+
+    out = zoo.cache_dir() / f"v{zoo.ZOO_VERSION}" / MEDIUM_NAME
+    if (out / "config.json").exists():
+        return str(out)
+    from transformers import AutoModelForImageTextToText
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        tok = zoo._train_tokenizer(MEDIUM["vocab"], zoo.QWEN_SPECIAL)
+        processor = zoo._make_processor("qwen2_vl", tok)
+        ip = processor.image_processor  # the zoo caps images at 112²: let 448² through unchanged
+        ip.size = {"shortest_edge": 28 * 28, "longest_edge": 448 * 448}
+        for attr, value in (("min_pixels", 28 * 28), ("max_pixels", 448 * 448)):
+            if hasattr(ip, attr):
+                setattr(ip, attr, value)
+        config = zoo._make_config("qwen2_vl", MEDIUM, tok)
+        with torch.random.fork_rng():
+            torch.manual_seed(0)
+            model = AutoModelForImageTextToText.from_config(config)
+        model.generation_config.pad_token_id = tok.pad_token_id
+        model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        (tmp / "mmrl_zoo.json").write_text(json.dumps({"name": MEDIUM_NAME, "dims": MEDIUM}))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def model_path(size: str) -> str:
+    from mmrl import zoo
+
+    return zoo.resolve("zoo:qwen2_vl") if size == "tiny" else medium_model()
+
+
+# ----------------------------------------------------------------------------------------- child helpers
+def _clocks() -> tuple[float, float]:
+    """(wall, this process's CPU) seconds: CPU time is less inflated than wall time by other processes' load."""
+    return time.perf_counter(), time.process_time()
+
+
+def _maxrss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Timers:
+    """Seconds spent in wrapped callables, per step (`cut` closes a step)."""
+
+    def __init__(self):
+        self.now: dict[str, float] = {}
+        self.steps: list[dict[str, float]] = []
+        self.calls: dict[str, int] = {}
+
+    def wrap(self, name: str, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.add(name, time.perf_counter() - t0)
+        return timed
+
+    def add(self, name: str, seconds: float) -> None:
+        self.now[name] = self.now.get(name, 0.0) + seconds
+        self.calls[name] = self.calls.get(name, 0) + 1
+
+    def cut(self) -> None:
+        self.steps.append(self.now)
+        self.now = {}
+
+    def medians(self, skip: int) -> dict[str, float]:
+        kept = self.steps[skip:]
+        names = sorted({k for s in kept for k in s})
+        return {k: statistics.median(s.get(k, 0.0) for s in kept) for k in names}
+
+
+def _time_vision(timers: Timers, hf_model) -> None:
+    """Time the vision tower's forward passes, apart in generation's prefill (no grad) and in the training forward
+    (with grad); both are also inside `generate` / `update: forward`, and its backward inside `update: backward`."""
+    import torch
+
+    visual = getattr(getattr(hf_model, "model", None), "visual", None)
+    if visual is None:
+        return
+    forward = visual.forward
+    timed = {True: timers.wrap("vision forward, in update forward", forward),
+             False: timers.wrap("vision forward, in generate", forward)}
+    visual.forward = lambda *a, **kw: timed[torch.is_grad_enabled()](*a, **kw)
+
+
+def _suppressed_ids(tokenizer) -> list[int]:
+    """mmrl's never-sample ids (vision specials, `<|im_start|>`) plus EOS: the same list for both frameworks."""
+    from mmrl.policy import NEVER_SAMPLE
+
+    vocab = tokenizer.get_vocab()
+    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
+    return sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} | {eos})
+
+
+def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], warmup: int, timers: Timers,
+            lengths: list[float], generate_calls: int, **extra) -> dict:
+    """`step_ends` / `start`: (wall, process CPU) clock readings at the end of each step / before the first."""
+    times = [b[0] - a[0] for a, b in zip([start] + step_ends[:-1], step_ends)]
+    cpu = [b[1] - a[1] for a, b in zip([start] + step_ends[:-1], step_ends)]
+    return {"times_s": times, "step_s": statistics.median(times[warmup:]), "cpu_times_s": cpu,
+            "cpu_step_s": statistics.median(cpu[warmup:]), "stages_s": timers.medians(warmup),
+            "len_mean": lengths, "generate_calls": generate_calls, "steps_total": len(times),
+            "peak_rss_mib": _maxrss_mib(), **extra}
+
+
+# --------------------------------------------------------------------------------------------- mmrl child
+def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, steps: int):
+    from mmrl.config import load
+    from mmrl.trainer import Trainer
+
+    overrides = [
+        f"model.path={path}", "model.mode=full", "model.freeze_vision=false", "model.dtype=float32",
+        "model.attn_implementation=sdpa",
+        f"data.train={{task: rotation, n: {n}, seed: 0, kwargs: {{size: {image}}}}}",
+        "data.eval={task: rotation, n: 4, seed: 1, kwargs: {size: 56}}",  # loaded by the Trainer, never used here
+        f"rollout.group_size={GROUP}", f"rollout.max_new_tokens={TOKENS}", "rollout.temperature=1.0",
+        "rollout.top_p=1.0", "rollout.top_k=0", f"rollout.batch_prompts={PROMPTS}",
+        f"rewards=[{{fn: '{Path(__file__).resolve()}:length_reward', name: length, style: trl, isolate: never}}]",
+        "algorithm.preset=grpo", "algorithm.kl_coef=0.0", "algorithm.ppo_epochs=1", "algorithm.mini_batches=1",
+        "algorithm.group_filter=none", "algorithm.max_gen_batches=1",
+        f"stages=[{{name: rl, kind: rl, steps: {steps}}}]",
+        f"trainer.lr={LR}", "trainer.lr_schedule=constant", "trainer.warmup_steps=0", "trainer.weight_decay=0.0",
+        "trainer.grad_clip=1.0", f"trainer.prompts_per_step={PROMPTS}", f"trainer.micro_batch_size={PROMPTS * GROUP}",
+        f"trainer.threads={threads}", "trainer.seed=0", "trainer.log_rollouts_every=0", "trainer.eval_every=0",
+        f"run.dir={run_dir}", "run.backends=[]", "run.progress=false",
+    ]
+    cfg = load(None, overrides)
+    tr = Trainer(cfg, log=lambda *a, **k: None)
+    # EOS off (mmrl has no ignore-EOS knob): `never_sample` is the list of ids the hf engine's sampler sets to
+    # −inf; EOS is kept out of it on purpose (Policy.__init__). Adding it here, on this instance only, means EOS is
+    # never sampled, so every completion runs to max_new_tokens — the same suppression TRL gets through
+    # generation_kwargs.suppress_tokens. The list then equals `_suppressed_ids`.
+    tr.policy.never_sample = sorted(set(tr.policy.never_sample) | {tr.policy.eos_id})
+    assert tr.policy.never_sample == _suppressed_ids(tr.policy.tokenizer)
+    # What `Trainer._run_stages` does when the RL stage begins (no evaluation, logger or checkpoint here).
+    tr.policy.begin_rl(needs_reference=False, adapter_trained=False)
+    tr.progress.rl_started = True
+    tr._new_optimizer(cfg.stages[0])
+    return tr
+
+
+def _mmrl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    n = max(64, PROMPTS * (warmup + steps))
+    with tempfile.TemporaryDirectory() as run_dir:
+        tr = _mmrl_trainer(path, image, n, threads, run_dir, warmup + steps)
+        timers = Timers()
+        tr.encode = timers.wrap("processor", tr.encode)
+        tr.engine.generate = timers.wrap("generate", tr.engine.generate)
+        tr.score = timers.wrap("reward", tr.score)
+        tr.advantage = timers.wrap("advantage", tr.advantage)
+        tr.update_rl = timers.wrap("update (total)", tr.update_rl)
+        tr.policy.completion_logprobs = timers.wrap("update: forward (log-probs)", tr.policy.completion_logprobs)
+        tr._optimizer_step = timers.wrap("update: clip + optimizer", tr._optimizer_step)
+        torch.Tensor.backward = timers.wrap("update: backward", torch.Tensor.backward)  # this child process only
+        _time_vision(timers, tr.policy.hf)
+        lengths, ends = [], []
+        start = _clocks()
+        for _ in range(warmup + steps):
+            m = tr.rl_step()
+            tr.progress.stage_step += 1
+            tr.progress.step += 1
+            ends.append(_clocks())
+            timers.add("step (total)", ends[-1][0] - (ends[-2] if len(ends) > 1 else start)[0])
+            timers.cut()
+            lengths.append(m["rollout/len_mean"])
+            assert m["rollout/len_mean"] == TOKENS and m["rollout/truncated_frac"] == 1.0, m
+        prompt_len = tr.encode(tr._batch(1))[0].length
+    return _result(ends, start, warmup, timers, lengths, timers.calls["generate"], prompt_tokens=prompt_len,
+                   threads=torch.get_num_threads())
+
+
+def _mmrl_profile(path: str, image: int, warmup: int, steps: int, threads: int) -> None:
+    """cProfile over `steps` mmrl steps after `warmup`: the top functions by cumulative and by own time."""
+    import cProfile
+    import pstats
+
+    import torch
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as run_dir:
+        tr = _mmrl_trainer(path, image, max(64, PROMPTS * (warmup + steps)), threads, run_dir, warmup + steps)
+        for _ in range(warmup):
+            tr.rl_step()
+            tr.progress.step += 1
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(steps):
+            tr.rl_step()
+            tr.progress.step += 1
+        prof.disable()
+    stats = pstats.Stats(prof).strip_dirs()
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(30)
+
+
+# ---------------------------------------------------------------------------------------------- TRL child
+def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> dict:
+    import warnings
+
+    import torch
+
+    torch.set_num_threads(threads)
+    from datasets import Dataset
+    from transformers import AutoModelForImageTextToText, AutoProcessor, TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    from mmrl.datasets.synthetic import make
+
+    n = max(64, PROMPTS * (warmup + steps))
+    rows = []
+    for s in make("rotation", n, seed=0, size=image):
+        parts = s.messages[0]["content"]
+        text = next(p["text"] for p in parts if p["type"] == "text")
+        img = next(p["image"] for p in parts if p["type"] == "image")
+        rows.append({"prompt": [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}],
+                     "image": img})
+    dataset = Dataset.from_list(rows)
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32, attn_implementation="sdpa")
+    total = warmup + steps
+    with tempfile.TemporaryDirectory() as out, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        args = GRPOConfig(
+            output_dir=out, use_cpu=True, bf16=False, fp16=False, seed=0, max_steps=total,
+            per_device_train_batch_size=PROMPTS * GROUP, gradient_accumulation_steps=1, steps_per_generation=1,
+            num_generations=GROUP, num_iterations=1, max_completion_length=TOKENS,
+            temperature=1.0, top_p=1.0, top_k=0, beta=0.0, loss_type="grpo", epsilon=0.2, scale_rewards="group",
+            learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
+            adam_beta1=0.9, adam_beta2=0.999, optim="adamw_torch", gradient_checkpointing=False,
+            generation_kwargs={"suppress_tokens": _suppressed_ids(processor.tokenizer)},
+            use_vllm=False, logging_steps=total + 1, report_to="none", save_strategy="no", disable_tqdm=True,
+            log_completions=False, torch_empty_cache_steps=None, dataloader_num_workers=0, eval_strategy="no",
+        )
+        timers = Timers()
+        ends: list[tuple[float, float]] = []
+        marks: dict = {}
+
+        class Clock(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                marks["start"] = _clocks()
+
+            def on_pre_optimizer_step(self, args, state, control, **kw):
+                marks["opt"] = time.perf_counter()
+
+            def on_optimizer_step(self, args, state, control, **kw):
+                timers.add("update: clip + optimizer", time.perf_counter() - marks["opt"])
+
+            def on_step_end(self, args, state, control, **kw):
+                ends.append(_clocks())
+                timers.add("step (total)", ends[-1][0] - (ends[-2] if len(ends) > 1 else marks["start"])[0])
+                timers.cut()
+
+        trainer = GRPOTrainer(model=model, reward_funcs=[length_reward], args=args, train_dataset=dataset,
+                              processing_class=processor, callbacks=[Clock()])
+        assert trainer.num_iterations == 1 and args.steps_per_generation == 1 and args.generation_batch_size == 16
+        trainer._tokenize_prompts = timers.wrap("processor", trainer._tokenize_prompts)
+        trainer._clip_grad_norm = timers.wrap("update: clip + optimizer", trainer._clip_grad_norm)
+        generate = timers.wrap("generate", trainer._generate_single_turn)
+        lengths: list[float] = []
+
+        def generate_and_count(*a, **kw):
+            completion_ids, logprobs = generate(*a, **kw)  # after TRL's cut at the first EOS
+            lengths.append(statistics.mean(len(c) for c in completion_ids))
+            return completion_ids, logprobs
+
+        trainer._generate_single_turn = generate_and_count
+        trainer._calculate_rewards = timers.wrap("reward", trainer._calculate_rewards)
+        trainer._prepare_inputs = timers.wrap("generate + score + advantage (total)", trainer._prepare_inputs)
+        trainer._get_per_token_logps_and_entropies = timers.wrap(
+            "update: forward (log-probs)", trainer._get_per_token_logps_and_entropies)
+        trainer.accelerator.backward = timers.wrap("update: backward", trainer.accelerator.backward)
+        _time_vision(timers, model)
+        trainer.train()
+        assert len(lengths) == total and all(x == TOKENS for x in lengths), lengths
+        assert len(ends) == total and timers.calls["generate"] == total, (len(ends), timers.calls)
+        text = processor.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
+        ids = processor(text=[text], images=[rows[0]["image"]])["input_ids"]
+    return _result(ends, marks["start"], warmup, timers, lengths, timers.calls["generate"], prompt_tokens=len(ids[0]),
+                   threads=torch.get_num_threads())
+
+
+# ---------------------------------------------------------------------------------------------- parent
+def measure(framework: str, size: str, warmup: int, steps: int, threads: int, timeout: float) -> dict:
+    """One (framework, size) in a fresh interpreter; a failure comes back as a skip reason."""
+    row = {"framework": framework, "size": size, "warmup": warmup, "steps": steps, "threads": threads,
+           "load_avg": os.getloadavg()[0]}
+    cmd = [sys.executable, __file__, "--child", framework, size, str(warmup), str(steps), str(threads)]
+    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "OMP_NUM_THREADS": str(threads)}
+    t0 = time.time()
+    try:
+        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {**row, "skipped": f"timed out after {timeout:.0f} s"}
+    row["child_wall_s"] = time.time() - t0
+    row["load_avg_end"] = os.getloadavg()[0]
+    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        return {**row, "skipped": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
+    out = {**row, **json.loads(lines[-1][len("RESULT "):])}
+    out["tokens_per_s"] = TOKENS_PER_STEP / out["step_s"]
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    out = [("| size | framework | s / step (median) | generated tokens / s | peak RSS (MiB) | CPU s / step | "
+            "warm-up + timed steps | prompt tokens | load avg (start → end) | every round's median (s) |"),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if "skipped" in r:
+            out.append(f"| {r['size']} | {r['framework']} | skipped: {r['skipped']} | | | | | | | |")
+            continue
+        every = " / ".join("–" if x.get("step_s") is None else f"{x['step_s']:.3f}" for x in r.get("rounds", [r]))
+        out.append(f"| {r['size']} | {r['framework']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+                   f"{r['peak_rss_mib']:.0f} | {r['cpu_step_s']:.3f} | {r['warmup']} + {r['steps']} | "
+                   f"{r['prompt_tokens']} | {r['load_avg']:.1f} → {r['load_avg_end']:.1f} | {every} |")
+    return "\n".join(out)
+
+
+def ratios(rows: list[dict]) -> list[str]:
+    get = {(r["size"], r["framework"]): r for r in rows if "skipped" not in r}
+    lines = []
+    for size in dict.fromkeys(r["size"] for r in rows):
+        m, t = get.get((size, "mmrl")), get.get((size, "trl"))
+        if m and t:
+            x = m["tokens_per_s"] / t["tokens_per_s"]
+            verdict = "2× target met" if x >= 2 else "≥ 1 met, 2× not" if x >= 1 else "MISSED (mmrl slower)"
+            lines.append(f"{size}: mmrl/TRL tokens-per-second ratio = {x:.2f} ({verdict})")
+    return lines
+
+
+TOP_STAGES = ("processor", "generate", "reward", "advantage", "update: forward (log-probs)", "update: backward",
+              "update: clip + optimizer")  # disjoint; the vision encoder runs inside generate and the forward
+
+
+def stages(rows: list[dict]) -> str:
+    """One line per row: the stage medians (s per step) and `other` = step − the disjoint stages."""
+    out = []
+    for r in rows:
+        if "skipped" in r:
+            continue
+        st = r["stages_s"]
+        other = st.get("step (total)", r["step_s"]) - sum(st.get(k, 0.0) for k in TOP_STAGES)
+        parts = ", ".join(f"{k} {v:.3f}" for k, v in st.items())
+        out.append(f"- {r['size']} / {r['framework']}: {parts}; other (step − disjoint stages) {other:.3f}")
+    return "\n".join(out)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [r for r in rows if "skipped" not in r]
+    sizes = list(dict.fromkeys(r["size"] for r in ok))
+    fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
+    width = 0.38
+    for j, (fw, color) in enumerate((("mmrl", "C1"), ("trl", "C0"))):
+        vals = {r["size"]: r for r in ok if r["framework"] == fw}
+        xs = [i + (j - 0.5) * width for i, s in enumerate(sizes) if s in vals]
+        tok = [vals[s]["tokens_per_s"] for s in sizes if s in vals]
+        sec = [vals[s]["step_s"] for s in sizes if s in vals]
+        ax_t.bar(xs, tok, width, color=color, label="mmrl" if fw == "mmrl" else "TRL GRPOTrainer")
+        ax_s.bar(xs, sec, width, color=color)
+        for x, v in zip(xs, tok):
+            ax_t.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
+        for x, v in zip(xs, sec):
+            ax_s.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
+    labels = ("generated tokens / s (higher is better)", "s / RL step, median (lower is better)")
+    for ax, label in zip((ax_t, ax_s), labels):
+        ax.set_xticks(range(len(sizes)), sizes)
+        ax.set_ylabel(label)
+        ax.set_yscale("log")
+        ax.grid(True, axis="y", which="both", alpha=0.3)
+    ax_t.legend(fontsize=8)
+    threads = ok[0]["threads"] if ok else "?"
+    fig.suptitle(f"GRPO step, {PROMPTS} prompts × G {GROUP} × {TOKENS} tokens, fp32 CPU, {threads} threads")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=20, help="timed steps (tiny; medium: --medium-steps)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed warm-up steps (tiny; medium: --medium-warmup)")
+    p.add_argument("--medium-steps", type=int, default=6, help="timed steps at the medium size (CPU budget)")
+    p.add_argument("--medium-warmup", type=int, default=1)
+    p.add_argument("--sizes", default="tiny,medium", help="comma-separated: tiny, medium")
+    p.add_argument("--quick", action="store_true", help="tiny only, 1 warm-up + 4 timed steps")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="fresh runs per (size, framework), in ABBA order; the round with the lowest median is kept")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--timeout", type=float, default=900, help="seconds per child process")
+    p.add_argument("--profile", choices=["mmrl"], help="cProfile the mmrl child of the first size instead")
+    p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.png"))
+    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        fw, size, warmup, steps, threads = args.child
+        child = {"mmrl": _mmrl_child, "trl": _trl_child, "profile": _mmrl_profile}[fw]
+        res = child(model_path(size), SIZES[size]["image"], int(warmup), int(steps), int(threads))
+        if res is not None:
+            print("RESULT " + json.dumps(res), flush=True)
+        return
+    sizes = ["tiny"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
+    unknown = [s for s in sizes if s not in SIZES]
+    if unknown:
+        p.error(f"unknown size(s) {unknown}; valid: {', '.join(SIZES)}")
+    for size in sizes:
+        model_path(size)  # build the medium model here, outside any timed child
+    if args.profile:
+        warmup, steps = (args.warmup, args.steps) if sizes[0] == "tiny" else (args.medium_warmup, args.medium_steps)
+        subprocess.run([sys.executable, __file__, "--child", "profile", sizes[0], str(warmup), str(steps),
+                        str(args.threads)], cwd=ROOT, check=True,
+                       env={**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
+        return
+    start, rows = time.time(), []
+    for size in sizes:
+        warmup, steps = (args.warmup, args.steps) if size == "tiny" else (args.medium_warmup, args.medium_steps)
+        rounds = 1 if args.quick else args.rounds
+        if args.quick:
+            warmup, steps = 1, 4
+        runs: dict[str, list[dict]] = {"mmrl": [], "trl": []}
+        for k in range(rounds):
+            for fw in ("mmrl", "trl") if k % 2 == 0 else ("trl", "mmrl"):  # ABBA: drifting load hits both alike
+                r = {**measure(fw, size, warmup, steps, args.threads, args.timeout), "round": k}
+                runs[fw].append(r)
+                print(f"  {size:6s} {fw:4s} round {k}: " + (
+                      f"{r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} tok/s, child {r['child_wall_s']:.0f} s, "
+                      f"load {r['load_avg']:.1f} → {r['load_avg_end']:.1f}" if "skipped" not in r
+                      else f"skipped: {r['skipped']}"), file=sys.stderr, flush=True)
+        for fw in ("mmrl", "trl"):
+            ok = [r for r in runs[fw] if "skipped" not in r]
+            best = dict(min(ok, key=lambda r: r["step_s"]) if ok else runs[fw][-1])
+            best["rounds"] = [{k: r.get(k) for k in ("round", "step_s", "cpu_step_s", "load_avg", "load_avg_end",
+                                                     "skipped")} for r in runs[fw]]
+            rows.append(best)
+    print(table(rows))
+    print()
+    print("\n".join(ratios(rows)) or "ratio: not both frameworks measured")
+    print()
+    print("Stage breakdown:")
+    print(stages(rows))
+    print(f"\ntotal {time.time() - start:.0f} s")
+    plot(rows, args.out)
+    args.out.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
