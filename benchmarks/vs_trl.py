@@ -31,8 +31,8 @@ What makes the two sides do the same work:
   one step per batch; TRL: `gradient_accumulation_steps % (steps_per_generation · num_iterations) == 0`), and run
   one forward + backward over the 16 completions. The children count generate calls to check it (1 per step).
 - exactly 32 tokens: EOS can never be sampled on either side. TRL: `generation_kwargs.suppress_tokens` = the vision
-  special ids + `<|im_end|>` (EOS); mmrl: the same ids in `Policy.never_sample` (mmrl has no ignore-EOS knob; the
-  child adds the EOS id to that instance attribute — see `_mmrl_trainer`). The children check every completion is 32.
+  special ids + `<|im_end|>` (EOS); mmrl: `rollout.ignore_eos=true` suppresses the same ids (vision specials +
+  EOS; `_mmrl_trainer` asserts the sets are equal). The children check every completion is 32.
 - sampling: temperature 1, top_p 1, top_k 0 on both (TRL: HF multinomial sampling; mmrl: its seeded Gumbel-max
   sampler, also inside HF `generate`), max 32 new tokens, KV cache on both.
 - objective: GRPO, no KL (`beta=0` / `kl_coef=0`, no reference model on either side), clip 0.2 / 0.2, group
@@ -236,7 +236,7 @@ def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, ste
         f"data.train={{task: rotation, n: {n}, seed: 0, kwargs: {{size: {image}}}}}",
         "data.eval={task: rotation, n: 4, seed: 1, kwargs: {size: 56}}",  # loaded by the Trainer, never used here
         f"rollout.group_size={GROUP}", f"rollout.max_new_tokens={TOKENS}", "rollout.temperature=1.0",
-        "rollout.top_p=1.0", "rollout.top_k=0", f"rollout.batch_prompts={PROMPTS}",
+        "rollout.top_p=1.0", "rollout.top_k=0", f"rollout.batch_prompts={PROMPTS}", "rollout.ignore_eos=true",
         f"rewards=[{{fn: '{Path(__file__).resolve()}:length_reward', name: length, style: trl, isolate: never}}]",
         "algorithm.preset=grpo", "algorithm.kl_coef=0.0", "algorithm.ppo_epochs=1", "algorithm.mini_batches=1",
         "algorithm.group_filter=none", "algorithm.max_gen_batches=1",
@@ -248,12 +248,9 @@ def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, ste
     ]
     cfg = load(None, overrides)
     tr = Trainer(cfg, log=lambda *a, **k: None)
-    # EOS off (mmrl has no ignore-EOS knob): `never_sample` is the list of ids the hf engine's sampler sets to
-    # −inf; EOS is kept out of it on purpose (Policy.__init__). Adding it here, on this instance only, means EOS is
-    # never sampled, so every completion runs to max_new_tokens — the same suppression TRL gets through
-    # generation_kwargs.suppress_tokens. The list then equals `_suppressed_ids`.
-    tr.policy.never_sample = sorted(set(tr.policy.never_sample) | {tr.policy.eos_id})
-    assert tr.policy.never_sample == _suppressed_ids(tr.policy.tokenizer)
+    # EOS off: `rollout.ignore_eos` adds EOS to the ids the hf sampler sets to −inf (the vision specials), the same
+    # suppression TRL gets through generation_kwargs.suppress_tokens = `_suppressed_ids`.
+    assert sorted(set(tr.policy.never_sample) | {tr.policy.eos_id}) == _suppressed_ids(tr.policy.tokenizer)
     # What `Trainer._run_stages` does when the RL stage begins (no evaluation, logger or checkpoint here).
     tr.policy.begin_rl(needs_reference=False, adapter_trained=False)
     tr.progress.rl_started = True

@@ -145,6 +145,7 @@ class RolloutConfig:
     top_k: int = 0
     max_new_tokens: int = 32
     batch_prompts: int = 16  # prompts per generate() call (memory knob; results do not depend on it)
+    ignore_eos: bool = False  # never sample EOS: every completion is max_new_tokens long (throughput benchmarks)
     # re-generations on perturbed inputs after the main rollout, in order: ACRE's option-shuffled second answer
     # (`shuffle_options`, fills the `pair` reward column), VL-Rethinker's forced rethinking (`rethink`)
     extra_passes: list[ExtraPassConfig] = field(default_factory=list)

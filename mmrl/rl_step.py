@@ -72,7 +72,7 @@ class RLSteps:
         r = self.cfg.rollout
         params = SamplingParams(
             temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
-            greedy=greedy, seed=self.cfg.trainer.seed, step=self.progress.step,
+            greedy=greedy, seed=self.cfg.trainer.seed, step=self.progress.step, ignore_eos=r.ignore_eos,
         )
         return self.engine.generate(prompts, n, params, batch_prompts=r.batch_prompts)
 
@@ -145,7 +145,8 @@ class RLSteps:
         if not r.extra_passes:
             return
         params = SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                                max_new_tokens=r.max_new_tokens, seed=self.cfg.trainer.seed, step=self.progress.step)
+                                max_new_tokens=r.max_new_tokens, seed=self.cfg.trainer.seed, step=self.progress.step,
+                                ignore_eos=r.ignore_eos)
         ctx = PassContext(self.policy, self.engine, params, r.batch_prompts, self.score,
                           self.cfg.algorithm.correct_threshold, self.cfg.data.video)
         for xp in r.extra_passes:

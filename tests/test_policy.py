@@ -159,3 +159,23 @@ def test_bf16_autocast_logprobs_track_fp32_and_carry_gradients(policy):
     grads = [p.grad for p in policy.parameters() if p.grad is not None]
     assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
     policy.hf.zero_grad(set_to_none=True)
+
+
+def test_ignore_eos_runs_every_completion_to_the_token_limit(policy):
+    engine = make_engine("hf", policy)
+    prompts = [policy.encode(s) for s in make("rotation", 2, seed=8)]
+
+    def eos_favoured(module, args, out):  # make EOS the likeliest token everywhere
+        out = out.clone()
+        out[..., policy.eos_id] += 30.0
+        return out
+
+    hook = policy.hf.get_output_embeddings().register_forward_hook(eos_favoured)
+    try:
+        free = engine.generate(prompts, 4, SamplingParams(max_new_tokens=12, seed=3))
+        held = engine.generate(prompts, 4, SamplingParams(max_new_tokens=12, seed=3, ignore_eos=True))
+    finally:
+        hook.remove()
+    assert set(free.finish_reasons) == {"eos"}  # EOS wins unless it is suppressed
+    assert (held.completion_mask.sum(1) == 12).all() and set(held.finish_reasons) == {"length"}
+    assert not (held.completion_ids == policy.eos_id).any()

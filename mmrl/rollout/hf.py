@@ -75,7 +75,8 @@ class HFEngine:
         policy = self.policy
         batch = policy.collate(prompts, repeats=n)
         seeds = [row_seed(params.seed, params.step, p.sample.id, g) for p in prompts for g in range(n)]
-        sampler = _Sampler(params, seeds, policy.never_sample)
+        suppress = policy.never_sample + ([policy.eos_id] if params.ignore_eos else [])
+        sampler = _Sampler(params, seeds, suppress)
         gen_cfg = GenerationConfig(
             max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
             eos_token_id=policy.eos_id, pad_token_id=policy.pad_id,

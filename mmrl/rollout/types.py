@@ -23,6 +23,7 @@ class SamplingParams:
     greedy: bool = False
     seed: int = 0
     step: int = 0  # with `seed` and each prompt's id, fixes that prompt's sampling noise
+    ignore_eos: bool = False  # EOS is never sampled: every completion runs to max_new_tokens (benchmarks)
 
 
 @dataclass

@@ -201,7 +201,8 @@ def sampling_params_kwargs(params: SamplingParams, n: int, *, never_sample: list
         max_tokens=params.max_new_tokens,
         seed=seed,
         logprobs=0,
-        stop_token_ids=[eos_id],
+        stop_token_ids=[] if params.ignore_eos else [eos_id],
+        ignore_eos=params.ignore_eos,
         detokenize=False,
         logit_bias={int(i): float("-inf") for i in never_sample} or None,
     )
