@@ -73,7 +73,6 @@ import argparse
 import json
 import os
 import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -106,41 +105,12 @@ def length_reward(completions, **kwargs) -> list[float]:
 
 # ------------------------------------------------------------------------------------------------- models
 def medium_model() -> str:
-    """The medium Qwen2-VL directory (built once into the zoo cache from the zoo's own pieces)."""
-    import torch
-
+    """The medium Qwen2-VL directory (built once into the zoo cache by the zoo's own writer, images up to 448²)."""
     from mmrl import zoo
 
     out = zoo.cache_dir() / f"v{zoo.ZOO_VERSION}" / MEDIUM_NAME
-    if (out / "config.json").exists():
-        return str(out)
-    from transformers import AutoModelForImageTextToText
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        tok = zoo._train_tokenizer(MEDIUM["vocab"], zoo.QWEN_SPECIAL)
-        processor = zoo._make_processor("qwen2_vl", tok)
-        ip = processor.image_processor  # the zoo caps images at 112²: let 448² through unchanged
-        ip.size = {"shortest_edge": 28 * 28, "longest_edge": 448 * 448}
-        for attr, value in (("min_pixels", 28 * 28), ("max_pixels", 448 * 448)):
-            if hasattr(ip, attr):
-                setattr(ip, attr, value)
-        config = zoo._make_config("qwen2_vl", MEDIUM, tok)
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            model = AutoModelForImageTextToText.from_config(config)
-        model.generation_config.pad_token_id = tok.pad_token_id
-        model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
-        model.save_pretrained(tmp)
-        processor.save_pretrained(tmp)
-        (tmp / "mmrl_zoo.json").write_text(json.dumps({"name": MEDIUM_NAME, "dims": MEDIUM}))
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not (out / "config.json").exists():
+        zoo.write_model(out, "qwen2_vl", MEDIUM, meta={"name": MEDIUM_NAME, "dims": MEDIUM}, max_pixels=448 * 448)
     return str(out)
 
 

@@ -101,7 +101,7 @@ def sampled_metrics(trainer, k: int, *, temperature: float, seed: int = 0,
     for i in range(0, len(inputs), trainer.cfg.trainer.eval_batch):
         chunk = inputs[i : i + trainer.cfg.trainer.eval_batch]
         ro = trainer.engine.generate(chunk, k, params, batch_prompts=r.batch_prompts)
-        trainer.score(ro, chunk)
+        trainer.score(ro, chunk, trainer.base_terms)
         if correct is not None and correct not in ro.rewards:
             raise ValueError(f"correct={correct!r} is not one of the rewards ({', '.join(ro.rewards)})")
         judged = ro.total.tolist() if correct is None else [v if v is not None else 0.0 for v in ro.rewards[correct]]

@@ -76,8 +76,9 @@ class RLSteps:
         )
         return self.engine.generate(prompts, n, params, batch_prompts=r.batch_prompts)
 
-    def score(self, rollouts: Rollouts, prompts: list[PromptInputs]) -> None:
-        """Fill `rollouts.rewards` (per term) and `rollouts.total` [N]."""
+    def score(self, rollouts: Rollouts, prompts: list[PromptInputs], terms=None) -> None:
+        """Fill `rollouts.rewards` (per term) and `rollouts.total` [N]; `terms` default: the current stage's."""
+        terms = self.terms if terms is None else terms
         rows = [prompts[i] for i in rollouts.prompt_index.tolist()]
         texts = [_prompt_text(p.sample) for p in prompts]
         columns = {
@@ -91,7 +92,7 @@ class RLSteps:
             "finish_reason": rollouts.finish_reasons,
             "prompt_index": rollouts.prompt_index.tolist(),
         }
-        bound = {k for t in self.terms for k in t.kwargs}  # a reward's explicit kwargs win over a same-named field
+        bound = {k for t in terms for k in t.kwargs}  # a reward's explicit kwargs win over a same-named field
         for key in meta_columns([p.sample for p in prompts]):  # dataset fields beyond the schema, by name
             if key not in bound:
                 columns[key] = [p.sample.meta.get(key) for p in rows]
@@ -100,7 +101,7 @@ class RLSteps:
             global_step=self.progress.step, max_steps=sum(s.steps for s in self.cfg.stages), epoch=0.0
         )
         rollouts.parse_stats = {}
-        totals, components = score(self.terms, rollouts.texts, columns, stats=rollouts.parse_stats)
+        totals, components = score(terms, rollouts.texts, columns, stats=rollouts.parse_stats)
         for i, reason in enumerate(rollouts.finish_reasons):
             if reason == "error":  # an unusable completion: no reward, no gradient
                 totals[i] = 0.0

@@ -327,13 +327,12 @@ class Trainer(RLSteps):
         if self._eval_inputs is None:
             self._eval_inputs = self.encode(self.eval_data)
         inputs = self._eval_inputs
-        stage_terms, self.terms = self.terms, self.base_terms  # held-out metrics: always the run's rewards
         size = self.cfg.trainer.eval_batch
         texts, components, totals = [], {}, []
         for i in range(0, len(inputs), size):
             chunk = inputs[i : i + size]
             ro = self.rollout(chunk, 1, greedy=True)
-            self.score(ro, chunk)
+            self.score(ro, chunk, self.base_terms)  # held-out metrics: always the run's rewards
             texts += ro.texts
             totals += ro.total.tolist()
             for k, v in ro.rewards.items():
@@ -346,7 +345,6 @@ class Trainer(RLSteps):
         out["eval/total"] = sum(totals) / len(totals)
         out["eval/n"] = len(inputs)
         self.last_eval_texts = texts  # aligned with self._eval_inputs (skipped samples have none)
-        self.terms = stage_terms
         return out
 
     # ------------------------------------------------------------------------------------ checkpoints

@@ -127,15 +127,26 @@ def resolve(path: str) -> str:
 def build(name: str, out_dir: str | os.PathLike) -> Path:
     """Build zoo model `name` into `out_dir` (written to a temp dir, then renamed: never half-built)."""
     spec = parse_name(name)
+    return write_model(out_dir, spec.family, _SIZES[spec.size], meta={"name": spec.name, "version": ZOO_VERSION})
+
+
+def write_model(out_dir: str | os.PathLike, family: str, dims: dict[str, int], *, meta: dict,
+                max_pixels: int | None = None) -> Path:
+    """A random-init model of `family` with sizes `dims` (the keys of `_SIZES` entries), its trained-on-the-spot
+    tokenizer and processor, written atomically to `out_dir`; `max_pixels` lifts the processor's image cap (CPU
+    benchmarks at real image sizes). `meta` goes to `mmrl_zoo.json`."""
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        dims = _SIZES[spec.size]
-        special = LLAVA_SPECIAL if spec.family == "llava" else QWEN_SPECIAL
+        special = LLAVA_SPECIAL if family == "llava" else QWEN_SPECIAL
         tokenizer = _train_tokenizer(dims["vocab"], special)
-        processor = _make_processor(spec.family, tokenizer)
-        config = _make_config(spec.family, dims, tokenizer)
+        processor = _make_processor(family, tokenizer)
+        if max_pixels is not None:
+            ip = processor.image_processor
+            ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": max_pixels}
+            ip.max_pixels = max_pixels
+        config = _make_config(family, dims, tokenizer)
         from transformers import AutoModelForImageTextToText
 
         with torch.random.fork_rng():  # a fixed init that leaves the caller's RNG as it was (a cached model
@@ -145,7 +156,7 @@ def build(name: str, out_dir: str | os.PathLike) -> Path:
         model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        (tmp / "mmrl_zoo.json").write_text(json.dumps({"name": spec.name, "version": ZOO_VERSION}))
+        (tmp / "mmrl_zoo.json").write_text(json.dumps(meta))
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
