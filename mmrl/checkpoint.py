@@ -4,8 +4,8 @@ Layout of `RUN/checkpoints/step_000040/`:
   model.safetensors      full weights (full mode) or adapter weights (lora mode)
   merged_000.safetensors adapters merged into the base at earlier stage boundaries (lora mode)
   reference.safetensors  the frozen reference (full mode with a KL term, once the RL stage began)
-  optimizer.pt           optimizer state (read back with torch.load(weights_only=True))
-  rng.pt                 torch RNG state
+  optimizer.pt           optimizer state, host tensors (read back with torch.load(weights_only=True))
+  rng.pt                 torch RNG state (CPU, and CUDA's when the run uses it)
   trainer_state.json     stage index, step counters, data cursor, best metric — written last
 
 A run of several processes (mmrl.distributed) writes instead `dcp/` — each process's shards of the trainable
@@ -44,6 +44,34 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(path))
 
 
+def to_host(obj: Any) -> Any:
+    """`obj` (nested dicts / lists / tuples) with every tensor copied to the host: checkpoints hold no device
+    tensors, so a run saved on a GPU resumes on any device (the optimizer moves its state to its parameters)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: to_host(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_host(v) for v in obj)
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """The global RNG states: the CPU's, and every CUDA device's when CUDA has been initialised."""
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng(state: dict[str, Any]) -> None:
+    """Restore `rng_state()`'s states (CUDA's only where this run has as many devices)."""
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
 def save(
     root: Path, step: int, *, weights: dict[str, torch.Tensor], optimizer: dict | None, state: dict[str, Any],
     merged: list[dict[str, torch.Tensor]] = (), reference: dict[str, torch.Tensor] | None = None, keep: int = 2,
@@ -61,8 +89,8 @@ def save(
     if reference is not None:
         _save_tensors(reference, tmp / "reference.safetensors")
     if optimizer is not None:
-        torch.save(optimizer, tmp / "optimizer.pt")
-    torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        torch.save(to_host(optimizer), tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
     (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
     return _finish(tmp, final, root, keep)
 
@@ -116,7 +144,7 @@ def save_sharded(root: Path, step: int, *, root_module, optimizer, state: dict[s
     tensors.update({name: get_model_state_dict(m, options=_options(frozen=True)) for name, m in dict(extra_models).items()})
     dcp.save(tensors, checkpoint_id=str(tmp / SHARDED))
     if main:
-        torch.save({"torch": torch.get_rng_state()}, tmp / "rng.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
         (tmp / STATE_FILE).write_text(json.dumps(state, indent=1))
         _finish(tmp, final, root, keep)
     barrier()
@@ -150,7 +178,7 @@ def load_sharded(path: Path, root_module, *, optimizer=None, extra_models: dict[
     for name, m in dict(extra_models).items():
         set_model_state_dict(m, tensors[name], options=_options(frozen=True))
     return {"weights": None, "merged": [], "reference": None, "optimizer": None, "sharded": True,
-            "rng": torch.load(path / "rng.pt", weights_only=True), "state": read_state(path)}
+            "rng": torch.load(path / "rng.pt", weights_only=True, map_location="cpu"), "state": read_state(path)}
 
 
 def full_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -164,7 +192,7 @@ def full_weights(path: Path) -> dict[str, torch.Tensor]:
 
     meta = dcp.FileSystemReader(str(path / SHARDED)).read_metadata().state_dict_metadata
     prefix = "model.module."  # {"model": Root(model).state_dict()} flattened
-    skeleton = {k: torch.empty(m.size, dtype=m.properties.dtype) for k, m in meta.items()
+    skeleton = {k: torch.empty(m.size, dtype=m.properties.dtype, device="cpu") for k, m in meta.items()
                 if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
     with warnings.catch_warnings():  # "assuming the intent is to load in a single process": it is
         warnings.simplefilter("ignore", UserWarning)
@@ -208,7 +236,7 @@ def load(path: Path) -> dict[str, Any]:
         "weights": load_file(str(path / "model.safetensors")),
         "merged": merged,
         "reference": load_file(str(ref)) if ref.exists() else None,
-        "optimizer": torch.load(opt, weights_only=True) if opt.exists() else None,
-        "rng": torch.load(path / "rng.pt", weights_only=True),
+        "optimizer": torch.load(opt, weights_only=True, map_location="cpu") if opt.exists() else None,
+        "rng": torch.load(path / "rng.pt", weights_only=True, map_location="cpu"),
         "state": json.loads((path / STATE_FILE).read_text()),
     }

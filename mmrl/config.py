@@ -14,6 +14,8 @@ Sections (every field is documented where it is declared):
 - `algorithm` the policy-loss knobs (advantage, clip, aggregation, KL) by registry name
 - `stages`    `[{name, kind: sft|rl, steps, lr, labels}]` run in order
 - `trainer`   optimizer, global batch sizes, schedule, eval / checkpoint cadence, seed, threads
+- `runtime`   the device (`auto` | `cpu` | `cuda` | `cuda:N`)
+- `distributed` FSDP2 options of multi-process runs
 - `run`       output directory and logging backends
 - `resume`    `none` | `auto` | a checkpoint directory
 """
@@ -64,7 +66,9 @@ class ModelConfig:
     freeze_vision: bool = True  # the zoo's vision tower is random: demos set this to false
     dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
-    attn_implementation: str = "sdpa"  # `flash_attention_2` on GPU with the `flash` extra
+    # auto: flash_attention_2 when the model is on CUDA and flash-attn imports (the `flash` extra), else sdpa;
+    # or any name transformers takes (sdpa, eager, flash_attention_2, …)
+    attn_implementation: str = "auto"
     # padding-free packing of prompt+completion sequences in log-prob passes (mmrl.packing): `auto` packs with
     # flash_attention_2 (varlen kernel); with sdpa/eager the exact block-diagonal mask costs more than padding
     packing: Literal["auto", "always", "never"] = "auto"
@@ -291,6 +295,14 @@ class TrainerConfig:
 
 
 @dataclass
+class RuntimeConfig:
+    """Where the run computes (mmrl.runtime): the model, optimizer state and every batch tensor live there."""
+
+    # auto: cuda:LOCAL_RANK when CUDA is available, else cpu; cpu; cuda (= cuda:LOCAL_RANK); cuda:N
+    device: str = "auto"
+
+
+@dataclass
 class DistributedConfig:
     """Multi-process runs (`torchrun --nproc_per_node=K -m mmrl train …`; mmrl.distributed). One process ignores it."""
 
@@ -316,6 +328,7 @@ class Config:
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     distributed: DistributedConfig = field(default_factory=DistributedConfig)
     run: RunConfig = field(default_factory=RunConfig)
     resume: str = "none"  # none | auto | path to a checkpoint directory
@@ -533,6 +546,10 @@ def validate(cfg: Config) -> None:
             registry.get(name)
         except UnknownNameError as e:
             raise ConfigError(f"{key}: {e}") from None
+    from mmrl.runtime import DEVICE_PATTERN
+
+    if not DEVICE_PATTERN.match(cfg.runtime.device):
+        raise ConfigError(f"runtime.device: {cfg.runtime.device!r} is not one of auto, cpu, cuda, cuda:N")
     if cfg.kernels.chunk_size < 1:
         raise ConfigError(f"kernels.chunk_size: must be >= 1, got {cfg.kernels.chunk_size}")
     from mmrl.datasets.sample import check_template

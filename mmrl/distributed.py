@@ -24,17 +24,19 @@ Sampling is seeded per (seed, step, prompt id, completion), so which rank genera
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
+
+from mmrl.runtime import HOST
 
 
 @dataclass
 class Dist:
     rank: int
     size: int
+    backend: str = "gloo"
 
     @property
     def main(self) -> bool:
@@ -47,35 +49,24 @@ class Dist:
         return list(range(lo, hi)), per - (hi - lo)
 
     def gather(self, obj: Any) -> list[Any]:
-        """Every rank's `obj`, in rank order (pickled; CPU objects)."""
+        """Every rank's `obj`, in rank order (pickled; host objects: a device tensor would unpickle onto the
+        sender's device)."""
         out: list[Any] = [None] * self.size
         torch.distributed.all_gather_object(out, obj)
         return out
-
-    def sum(self, values: dict[str, float]) -> dict[str, float]:
-        """Element-wise sum over ranks of a dict of floats (same keys on every rank)."""
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64)
-        torch.distributed.all_reduce(t)
-        return dict(zip(keys, t.tolist()))
 
     def barrier(self) -> None:
         torch.distributed.barrier()
 
 
-def from_env() -> Dist | None:
-    """Join the process group torchrun describes (WORLD_SIZE > 1); None for a single process."""
-    size = int(os.environ.get("WORLD_SIZE", "1"))
-    if size <= 1:
-        return None
+def join(device: torch.device) -> Dist:
+    """Join the process group torchrun describes: NCCL when this process computes on CUDA, gloo on the CPU."""
     import torch.distributed as dist
 
+    backend = "nccl" if device.type == "cuda" else "gloo"
     if not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        dist.init_process_group(backend)
-    return Dist(dist.get_rank(), dist.get_world_size())
+        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
+    return Dist(dist.get_rank(), dist.get_world_size(), dist.get_backend())
 
 
 class Root(torch.nn.Module):
@@ -90,12 +81,16 @@ class Root(torch.nn.Module):
         return fn(self.module)
 
 
-def shard(model: torch.nn.Module, *, mixed_precision: str = "none", reshard_after_forward: bool = True) -> Root:
-    """FSDP2-shard `model` in place: each `_no_split_modules` block (decoder layers, vision blocks), then a `Root`
-    over the rest; gradients summed across ranks. Returns the root."""
+def shard(model: torch.nn.Module, device: torch.device, *, mixed_precision: str = "none",
+          reshard_after_forward: bool = True) -> Root:
+    """FSDP2-shard `model` in place over the processes' `device`s (each rank's shards move there): each
+    `_no_split_modules` block (decoder layers, vision blocks), then a `Root` over the rest; gradients summed across
+    ranks. Returns the root."""
+    from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 
-    kw: dict[str, Any] = {"reshard_after_forward": reshard_after_forward}
+    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
+    kw: dict[str, Any] = {"reshard_after_forward": reshard_after_forward, "mesh": mesh}
     if mixed_precision == "bfloat16":
         kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
     blocks = set(getattr(model, "_no_split_modules", None) or [])
@@ -120,10 +115,11 @@ def full_norm(norm: torch.Tensor) -> float:
 
 class ShardedEngine:
     """A rollout engine split across ranks by prompt: each rank generates ⌈B/K⌉ prompts (padded with copies of its
-    last one, discarded), then every rank receives all the completions, prompt-major as one engine gives them."""
+    last one, discarded), then every rank receives all the completions, prompt-major as one engine gives them
+    (exchanged through the host, back on `device`)."""
 
-    def __init__(self, engine, dist: Dist):
-        self.engine, self.dist = engine, dist
+    def __init__(self, engine, dist: Dist, device: torch.device):
+        self.engine, self.dist, self.device = engine, dist, device
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.engine, name)
@@ -135,7 +131,7 @@ class ShardedEngine:
         mine = [prompts[i] for i in rows] + [prompts[rows[-1] if rows else 0]] * pad
         local = self.engine.generate(mine, n, params, batch_prompts=batch_prompts)
         local = select_groups(local, list(range(len(rows))))  # drop the padding prompts' groups
-        parts = self.dist.gather(local)
+        parts = self.dist.gather(local.to(HOST))
         offsets = [min(r * -(-len(prompts) // self.dist.size), len(prompts)) for r in range(self.dist.size)]
         keep = [(p, o) for p, o in zip(parts, offsets) if len(p)]
-        return concat_rollouts([p for p, _ in keep], [o for _, o in keep])
+        return concat_rollouts([p for p, _ in keep], [o for _, o in keep]).to(self.device)

@@ -7,7 +7,9 @@
 - Reference policy (DESIGN.md "Reference policy and stages"): fixed at the start of the first RL stage. In
   LoRA mode a stage boundary merges the trained adapter into the base and starts a fresh one, so the reference
   is "adapters disabled" (no second copy); in full mode a frozen copy is taken, only if a KL term needs it.
-- Prompts are processed once (`encode`), and their tensors reused for every completion and pass (`collate`).
+- Devices (`mmrl.runtime.Runtime`): the model (and its reference) lives on `runtime.device`; prompts are processed
+  once on the host (`encode`: `PromptInputs` keep the processor's host tensors) and `collate` puts a batch of
+  them on the device for every completion and pass.
 - Log-probs and entropies come from the last hidden states through `mmrl.kernels.token_logprobs` (`kernels.backend`),
   which never holds the [tokens, vocab] logits; `model.packing` drops padding (`mmrl.packing`).
 """
@@ -30,6 +32,7 @@ from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.kernels import minp_log_mass, token_logprobs
 from mmrl.packing import pack, rope_index_of
 from mmrl.perception.geometry import Geometry, convention_for, processed_size
+from mmrl.runtime import HOST, Runtime
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 VISION_MODULE_WORDS = ("visual", "vision_tower", "vision_model")
@@ -73,6 +76,18 @@ def answer_media(sample: Sample) -> int:
     return k
 
 
+def attention(name: str, runtime: Runtime | None) -> str:
+    """`model.attn_implementation`: `auto` is flash_attention_2 when the model will be on CUDA and flash-attn
+    imports (its varlen kernel then also serves packing), else sdpa; any other name is passed to transformers."""
+    if name != "auto":
+        return name
+    if runtime is None or runtime.device.type != "cuda":
+        return "sdpa"
+    import importlib.util
+
+    return "flash_attention_2" if importlib.util.find_spec("flash_attn") is not None else "sdpa"
+
+
 def _dtype(name: str) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16}[name]
 
@@ -110,8 +125,10 @@ def _metadata(clip):
 
 
 class Policy:
-    def __init__(self, cfg: ModelConfig, hf_model, processor, path: str, kernels: KernelsConfig | None = None):
+    def __init__(self, cfg: ModelConfig, hf_model, processor, path: str, kernels: KernelsConfig | None = None,
+                 runtime: Runtime | None = None):
         self.cfg = cfg
+        self.runtime = runtime or Runtime(HOST, autocast_dtype=torch.bfloat16 if cfg.autocast == "bfloat16" else None)
         self.kernels = kernels or KernelsConfig()
         self.hf = hf_model  # the transformers model (peft, if any, injects adapters into it in place)
         self.model = hf_model  # what is trained: the PeftModel in lora mode, else the same as `hf`
@@ -125,14 +142,24 @@ class Policy:
         vocab = self.tokenizer.get_vocab()
         self.never_sample = sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} - {self.eos_id})
         self.reference: torch.nn.Module | None = None  # full mode with KL: a frozen copy
-        self.dist = None  # mmrl.distributed.Dist when sharded across processes
         self.root = None  # its FSDP2 root over `hf` (and `ref_root` over the reference)
         self.ref_root = None
         self.merged_adapters: list[dict[str, torch.Tensor]] = []  # lora: adapters merged at stage boundaries
 
     # ------------------------------------------------------------------------------------------ loading
+    @property
+    def dist(self):
+        """`mmrl.distributed.Dist` when sharded across processes, else None."""
+        return self.runtime.dist
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
     @classmethod
-    def load(cls, cfg: ModelConfig, kernels: KernelsConfig | None = None) -> "Policy":
+    def load(cls, cfg: ModelConfig, kernels: KernelsConfig | None = None, runtime: Runtime | None = None) -> "Policy":
+        """Load from `cfg.path` (on the host), set up full / LoRA training, and move to `runtime.device` — except
+        across processes, where `shard` places each rank's shards on its device."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         path = zoo.resolve(cfg.path)
@@ -144,12 +171,14 @@ class Policy:
         try:
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=_dtype(cfg.dtype), attn_implementation=cfg.attn_implementation
+                path, dtype=_dtype(cfg.dtype), attn_implementation=attention(cfg.attn_implementation, runtime)
             )
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"model.path: cannot load {path}: {e}") from e
-        policy = cls(cfg, model, processor, path, kernels)
+        policy = cls(cfg, model, processor, path, kernels, runtime)
         policy._setup_trainable()
+        if policy.dist is None:
+            policy.model.to(policy.device)
         return policy
 
     def _is_vision(self, name: str) -> bool:
@@ -182,18 +211,17 @@ class Policy:
         self.model = get_peft_model(self.hf, lcfg)
 
     # -------------------------------------------------------------------------------------- processes
-    def shard(self, dist, *, needs_reference: bool, mixed_precision: str = "none",
-              reshard_after_forward: bool = True) -> None:
-        """FSDP2-shard the policy across the processes of `dist` (`mmrl.distributed`). In full mode with a KL term
-        the frozen reference is copied now and sharded alike; `begin_rl` then copies the weights into it."""
+    def shard(self, *, needs_reference: bool, mixed_precision: str = "none", reshard_after_forward: bool = True) -> None:
+        """FSDP2-shard the policy across the runtime's processes (`mmrl.distributed`), each rank's shards on its
+        device. In full mode with a KL term the frozen reference is copied now and sharded alike; `begin_rl` then
+        copies the weights into it."""
         from mmrl.distributed import shard
 
+        kw = dict(mixed_precision=mixed_precision, reshard_after_forward=reshard_after_forward)
         if self.cfg.mode == "full" and needs_reference:
             self.reference = copy.deepcopy(self.hf).eval().requires_grad_(False)
-            self.ref_root = shard(self.reference, mixed_precision=mixed_precision,
-                                  reshard_after_forward=reshard_after_forward)
-        self.root = shard(self.hf, mixed_precision=mixed_precision, reshard_after_forward=reshard_after_forward)
-        self.dist = dist
+            self.ref_root = shard(self.reference, self.device, **kw)
+        self.root = shard(self.hf, self.device, **kw)
 
     def call(self, fn, model: torch.nn.Module | None = None):
         """`fn(model)` (default: the policy's transformers model) — through its FSDP root when sharded."""
@@ -349,7 +377,8 @@ class Policy:
     def with_prefix(self, prompt: PromptInputs, text: str, tag: str) -> PromptInputs:
         """The prompt followed by `text` as the start of the assistant's answer (a forced prefix the model
         continues); the sample id gets `#tag` so the continuation's sampling seeds differ from the original's."""
-        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long)  # [1, K]
+        ids = torch.tensor([self.tokenizer(text, add_special_tokens=False)["input_ids"]], dtype=torch.long,
+                           device=HOST)  # [1, K] (prompts stay on the host until collated)
         tensors = dict(prompt.tensors)
         for k in TOKEN_KEYS:
             if k in tensors:
@@ -359,13 +388,15 @@ class Policy:
         return PromptInputs(sample=sample, tensors=tensors, geometry=prompt.geometry, clips=prompt.clips)
 
     def collate(self, prompts: list[PromptInputs], repeats: int = 1) -> dict[str, torch.Tensor]:
-        """Batch prompts (each repeated `repeats` times, adjacent) with left padding; media concatenated."""
+        """Batch prompts (each repeated `repeats` times, adjacent) with left padding, media concatenated, on the
+        runtime's device (each distinct prompt crosses once)."""
+        moved = {id(p): self.runtime.to(p.tensors) for p in prompts}
         rows = [p for p in prompts for _ in range(repeats)]
         width = max(p.length for p in rows)
         batch: dict[str, list[torch.Tensor]] = {}
         for p in rows:
             pad = width - p.length
-            for k, v in p.tensors.items():
+            for k, v in moved[id(p)].items():
                 if k in TOKEN_KEYS:
                     fill = self.pad_id if k == "input_ids" else 0
                     v = torch.nn.functional.pad(v, (pad, 0), value=fill)
@@ -377,7 +408,7 @@ class Policy:
     def packs(self) -> bool:
         """Whether log-prob passes pack sequences without padding (`model.packing`; auto = with flash-attention)."""
         if self.cfg.packing == "auto":
-            return self.cfg.attn_implementation.startswith("flash_attention")
+            return str(getattr(self.hf.config, "_attn_implementation", "")).startswith("flash_attention")
         return self.cfg.packing == "always"
 
     def _completion_hidden(self, batch, completion_ids, completion_mask, model):
@@ -391,8 +422,7 @@ class Policy:
                     completion_mask.to(inputs[k].dtype) if k == "attention_mask" else torch.zeros_like(completion_ids)
                 )
                 inputs[k] = torch.cat([inputs[k], ext.to(inputs[k].dtype)], dim=1)  # [N, P+C]
-        device = next(model.parameters()).device.type
-        with torch.autocast(device, dtype=torch.bfloat16, enabled=self.cfg.autocast == "bfloat16"):
+        with self.runtime.autocast():
             if self.packs:
                 packed = pack(inputs, prompt_len, completion_mask, rope_index_of(model))
                 flat = model.model(**packed.inputs, use_cache=False).last_hidden_state[0]  # [ΣL, H]
@@ -448,4 +478,4 @@ class Policy:
         total = sum(p.numel() for p in self.model.parameters())
         train = sum(p.numel() for p in self.parameters())
         return {"model_type": self.model_type, "mode": self.cfg.mode, "params": total, "trainable": train,
-                "box_convention": self.convention}
+                "box_convention": self.convention, "device": self.runtime.describe()}

@@ -27,6 +27,7 @@ from mmrl.rollout.passes import EXTRA_PASSES, PassContext
 from mmrl.rollout.rehearsal import build as build_rehearsal
 from mmrl.rollout.replay import merge as merge_replay
 from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
+from mmrl.runtime import HOST
 from mmrl.update import logprob_pass, rl_update
 
 
@@ -107,7 +108,7 @@ class RLSteps:
                 totals[i] = 0.0
                 rollouts.completion_mask[i] = 0
         rollouts.rewards = components
-        rollouts.total = torch.tensor(totals, dtype=torch.float32)  # [N]
+        rollouts.total = torch.tensor(totals, dtype=torch.float32, device=rollouts.device)  # [N]
 
     def generate(self) -> tuple[list[PromptInputs], Rollouts, Rollouts]:
         """rollout → score → filter: (prompts, kept rollouts, every generated rollout).
@@ -161,7 +162,7 @@ class RLSteps:
         a = self.cfg.algorithm
         rewards, old = rollouts.total, None
         if not len(rollouts):  # every group was filtered out
-            rollouts.advantages = torch.zeros(0)
+            rollouts.advantages = torch.zeros(0, device=rollouts.device)
             return None
         if a.kl_coef > 0 and a.kl_placement == "reward":
             temp, micro = self.cfg.rollout.temperature, self.cfg.trainer.micro_batch_size
@@ -199,7 +200,7 @@ class RLSteps:
         in all G completions (`mmrl.rollout.rehearsal`)."""
         a, t = self.cfg.algorithm, self.cfg.trainer
         gen = torch.Generator().manual_seed(row_seed(t.seed, "rehearsal-prompts"))
-        picks = torch.randperm(len(self.train_data), generator=gen)[: a.rehearsal_prompts].tolist()
+        picks = torch.randperm(len(self.train_data), generator=gen, device=HOST)[: a.rehearsal_prompts].tolist()
         prompts = self.encode([self.train_data[i] for i in picks])
         ro = self.rollout(prompts, self.cfg.rollout.group_size)
         self.score(ro, prompts)

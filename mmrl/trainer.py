@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from mmrl import checkpoint, distributed
+from mmrl import checkpoint, distributed, zoo
 from mmrl import config as config_mod
 from mmrl.algorithms.prompts import PROMPT_WEIGHTS, mix_count, weighted_draw
 from mmrl.config import Config, StageConfig
@@ -31,7 +31,7 @@ from mmrl.metrics import MetricsLogger, NullLogger
 from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards.isolation import make_term
 from mmrl.rl_step import RLSteps, check_reward_columns
-from mmrl.update import local_rows
+from mmrl.runtime import HOST, Runtime
 from mmrl.rollout import make_engine
 from mmrl.rollout.rehearsal import Rehearsal
 from mmrl.rollout.rehearsal import from_state as rehearsal_from_state
@@ -74,7 +74,7 @@ def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
     pos = step * batch
     while len(out) < batch:
         epoch, offset = divmod(pos, num)
-        perm = torch.randperm(num, generator=torch.Generator().manual_seed(row_seed(seed, "data", epoch)))
+        perm = torch.randperm(num, generator=torch.Generator().manual_seed(row_seed(seed, "data", epoch)), device=HOST)
         take = min(batch - len(out), num - offset)
         out.extend(perm[offset : offset + take].tolist())
         pos += take
@@ -115,9 +115,11 @@ class Trainer(RLSteps):
         if cfg.trainer.threads:
             torch.set_num_threads(cfg.trainer.threads)
         torch.manual_seed(cfg.trainer.seed)
-        self.policy = Policy.load(cfg.model, cfg.kernels)
+        zoo.resolve(cfg.model.path)  # build a zoo model first: under a process group transformers saves on rank 0 only
+        self.runtime = Runtime.create(cfg.runtime.device, autocast=cfg.model.autocast)
+        self.dist = self.runtime.dist
+        self.policy = Policy.load(cfg.model, cfg.kernels, self.runtime)
         self.engine = make_engine(cfg.rollout.engine, self.policy, cfg.rollout, cfg.data.video)
-        self.dist = distributed.from_env()
         if self.dist is not None:
             self._shard(cfg)
         self.optimizer: torch.optim.Optimizer | None = None
@@ -136,16 +138,16 @@ class Trainer(RLSteps):
         if cfg.rollout.engine != "hf":
             raise config_mod.ConfigError(f"rollout.engine={cfg.rollout.engine} is not supported across processes yet")
         d = cfg.distributed
-        self.policy.shard(self.dist, needs_reference=cfg.algorithm.kl_coef > 0, mixed_precision=d.mixed_precision,
+        self.policy.shard(needs_reference=cfg.algorithm.kl_coef > 0, mixed_precision=d.mixed_precision,
                           reshard_after_forward=d.reshard_after_forward)
-        self.engine = distributed.ShardedEngine(self.engine, self.dist)
+        self.engine = distributed.ShardedEngine(self.engine, self.dist, self.runtime.device)
         if not self.dist.main:
             self.log = lambda *a, **k: None
 
     @property
     def main(self) -> bool:
         """Whether this process writes the run directory (rank 0, or the only process)."""
-        return self.dist is None or self.dist.main
+        return self.runtime.main
 
     @staticmethod
     def _terms(rewards) -> list:
@@ -214,7 +216,7 @@ class Trainer(RLSteps):
         idx = batch_indices(len(self.train_data), size - k, self.progress.step, seed)
         if k:
             seen = self.progress.prompt_accuracy
-            acc = torch.tensor([seen.get(s.id, float("nan")) for s in self.train_data])  # [M]
+            acc = torch.tensor([seen.get(s.id, float("nan")) for s in self.train_data], device=HOST)  # [M]
             gen = torch.Generator().manual_seed(row_seed(seed, "weighted", self.progress.step))
             idx += weighted_draw(PROMPT_WEIGHTS.get(a.prompt_weighting)(acc), k, gen, exclude=set(idx))
         return [self.train_data[i] for i in idx]
@@ -300,22 +302,23 @@ class Trainer(RLSteps):
         tok = self.policy.tokenizer
         seqs = [tok(t, add_special_tokens=False)["input_ids"] + [self.policy.eos_id] for t in texts]
         width = max(len(s) for s in seqs)
-        ids = torch.tensor([s + [self.policy.pad_id] * (width - len(s)) for s in seqs])  # [B, C]
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs])  # [B, C]
+        dev = self.runtime.device
+        ids = torch.tensor([s + [self.policy.pad_id] * (width - len(s)) for s in seqs], device=dev)  # [B, C]
+        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)  # [B, C]
         total = int(mask.sum())
         self.policy.train()
         loss_sum = 0.0
-        rows = local_rows(self.policy, list(range(len(prompts))))  # all, or this process's block (padded)
+        rows = self.runtime.rows(list(range(len(prompts))))  # all, or this process's block (padded)
         for chunk in [rows[i : i + self.cfg.trainer.micro_batch_size]
                       for i in range(0, len(rows), self.cfg.trainer.micro_batch_size)]:
             idx = [0 if r is None else r for r in chunk]
-            m = mask[idx] * torch.tensor([[r is not None] for r in chunk])  # padding rows weigh nothing
+            real = torch.tensor([[r is not None] for r in chunk], dtype=mask.dtype, device=dev)
+            m = mask[idx] * real  # padding rows weigh nothing
             logp, _ = self.policy.completion_logprobs(self.policy.collate([prompts[i] for i in idx]), ids[idx], m)
             loss = -(logp * m).sum() / total
             loss.backward()
             loss_sum += float(loss.detach())
-        if self.dist is not None:
-            loss_sum = self.dist.sum({"loss": loss_sum})["loss"]
+        loss_sum = self.runtime.sum({"loss": loss_sum})["loss"]
         grad_norm = self._optimizer_step()
         self.progress.adapter_trained = True
         return {"sft/loss": loss_sum, "actor/grad_norm": grad_norm, "perf/step_s": time.perf_counter() - t0}
@@ -399,7 +402,8 @@ class Trainer(RLSteps):
         if state.get("rehearsal"):
             by_id = {smp.id: smp for smp in self._every_train_sample()}
             self.rehearsal = rehearsal_from_state(
-                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id)
+                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id,
+                self.runtime.device)
         self.summary = state.get("summary", {})
         stage = self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)]
         if self.progress.rl_started and self.policy.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
@@ -412,7 +416,7 @@ class Trainer(RLSteps):
             self.optimizer.load_state_dict(ck["optimizer"])
         if state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(ck["rng"]["torch"])
+        checkpoint.set_rng(ck["rng"])
         self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage})")
 
     def _restore_sharded(self, path: Path) -> None:
@@ -423,7 +427,8 @@ class Trainer(RLSteps):
         if state.get("rehearsal"):
             by_id = {smp.id: smp for smp in self._every_train_sample()}
             self.rehearsal = rehearsal_from_state(
-                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id)
+                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id,
+                self.runtime.device)
         p, extra = self.policy, {}
         if self.progress.rl_started and p.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
             if p.reference is None:
@@ -434,7 +439,7 @@ class Trainer(RLSteps):
                                      extra_models=extra)
         if state.get("scheduler"):
             self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(ck["rng"]["torch"])
+        checkpoint.set_rng(ck["rng"])
         self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage}, sharded)")
 
     # -------------------------------------------------------------------------------------------- run
@@ -462,20 +467,28 @@ class Trainer(RLSteps):
             logger.truncate_after(self.progress.step, drop_events_at_step=not self.progress.rl_started)
             if self.main:
                 self._truncate_rollouts(self.progress.step)
-        world = f" × {self.dist.size} processes" if self.dist is not None else ""
-        self.log(f"mmrl: {self.policy.describe()}{world} → {self.run_dir}")
+        self.log(f"mmrl: {self.policy.describe()} → {self.run_dir}")
         start = time.perf_counter()
         try:
             self._run_stages(logger)
         finally:
             logger.close()
         self.summary["wall_s"] = self.summary.get("wall_s", 0.0) + time.perf_counter() - start
+        self.summary["runtime"] = self._where()
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
             from mmrl.plots import plot_run
 
             plot_run(self.run_dir)
         return self.summary
+
+    def _where(self) -> dict[str, Any]:
+        """Where this run computed: the runtime's device and processes, and where the weights actually are."""
+        rt = self.runtime
+        return {"device": str(rt.device), "describe": rt.describe(), "processes": rt.world,
+                "backend": rt.dist.backend if rt.dist is not None else None,
+                "param_devices": sorted({str(p.device) for p in self.policy.model.parameters()}),
+                "torch": torch.__version__, "cuda": torch.version.cuda}
 
     def _truncate_rollouts(self, step: int) -> None:
         path = self.run_dir / "rollouts.jsonl"

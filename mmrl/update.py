@@ -3,7 +3,9 @@
 Stages (each looked up by name in `mmrl.algorithms`, never by method): π_old and π_ref log-probs are computed
 once, before any weight changes, when the update needs them (several optimizer steps per batch, a KL term, the
 KL in the reward); each optimizer step then sums `objective` over micro-batches with the mini-batch's global
-normalisers, so the gradient does not depend on the micro-batch size. Shapes: N completions, C tokens.
+normalisers, so the gradient does not depend on the micro-batch size. Every tensor is on the runtime's device
+(`policy.runtime`); across processes each rank computes its block of rows (`Runtime.rows`). Shapes: N
+completions, C tokens.
 """
 
 from __future__ import annotations
@@ -18,47 +20,42 @@ from mmrl.algorithms.objective import tis_weights
 from mmrl.algorithms.divergences import F_DIVERGENCES
 from mmrl.perception.perturb import mask_patches
 from mmrl.rollout.types import Rollouts, row_seed
+from mmrl.runtime import HOST
 
 
 def _chunks(rows: list, size: int) -> list[list]:
     return [rows[i : i + size] for i in range(0, len(rows), size)]
 
 
-def local_rows(policy, rows: list[int]) -> list[int | None]:
-    """The rows this process computes: all of them in one process; across processes its contiguous block, padded
-    with `None` (a zero-weight row) so every rank runs the same number of passes (`mmrl.distributed`)."""
-    if policy.dist is None:
-        return list(rows)
-    idx, pad = policy.dist.block(len(rows))
-    return [rows[i] for i in idx] + [None] * pad
+def row_index(rows: list[int | None], device: torch.device) -> torch.Tensor:
+    """Rows as an index tensor on `device`; a `None` (padding) row repeats the first real one (0 without any)."""
+    fill = next((r for r in rows if r is not None), 0)
+    return torch.tensor([fill if r is None else r for r in rows], dtype=torch.long, device=device)
 
 
 def _inputs(policy, prompts, ro: Rollouts, rows: list[int | None]):
     """Collated prompts, completion ids and mask of `rows` (a `None` row repeats a real one with an empty mask)."""
-    fill = next((r for r in rows if r is not None), 0)
-    idx = torch.tensor([fill if r is None else r for r in rows], dtype=torch.long)
-    mask = ro.completion_mask[idx] * torch.tensor([[r is not None] for r in rows])  # [n, C]
+    idx = row_index(rows, ro.device)
+    real = torch.tensor([[r is not None] for r in rows], dtype=ro.completion_mask.dtype, device=ro.device)
+    mask = ro.completion_mask[idx] * real  # [n, C]
     width = max(int(mask.sum(1).max()), 1)
-    batch = policy.collate([prompts[i] for i in ro.prompt_index[idx].tolist()])
+    batch = policy.collate([prompts[int(ro.prompt_index[i])] for i in row_index(rows, HOST).tolist()])
     return batch, ro.completion_ids[idx, :width], mask[:, :width], width
 
 
 @torch.no_grad()
 def logprob_pass(policy, prompts, ro: Rollouts, *, micro: int, temperature: float, model=None) -> torch.Tensor:
     """Log-probs [N, C] of every completion under `model` (default: the policy as it is now), no gradient; across
-    processes each computes its block of rows and all receive the whole."""
-    out = torch.zeros(ro.completion_ids.shape, dtype=torch.float32)
-    for rows in _chunks(local_rows(policy, list(range(len(ro)))), micro):
+    processes each computes its block of rows and all receive the whole (`Runtime.gather_rows`)."""
+    runtime = policy.runtime
+    mine = runtime.rows(list(range(len(ro))))  # this rank's block, padding rows last
+    local = torch.zeros((len(mine), ro.completion_ids.shape[1]), dtype=torch.float32, device=ro.device)  # [n, C]
+    for start in range(0, len(mine), micro):
+        rows = mine[start : start + micro]
         batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
         logp, _ = policy.completion_logprobs(batch, ids, mask, temperature=temperature, model=model)
-        real = [k for k, r in enumerate(rows) if r is not None]
-        out[torch.tensor([rows[k] for k in real], dtype=torch.long), :width] = logp.float()[real]
-    if policy.dist is not None:
-        mine = local_rows(policy, list(range(len(ro))))
-        for rows, part in policy.dist.gather(([r for r in mine if r is not None], out[[r for r in mine if r is not None]])):
-            if rows:
-                out[torch.tensor(rows)] = part
-    return out
+        local[start : start + len(rows), :width] = logp.float() * mask  # padding rows stay 0
+    return runtime.gather_rows(local, len(ro))
 
 
 def needs_old_logp(algo) -> bool:
@@ -83,10 +80,10 @@ def rehearsal_backward(policy, prompts, ro: Rollouts, logp0: torch.Tensor, algo,
     f = F_DIVERGENCES.get(algo.rehearsal_divergence)
     tokens = max(int(ro.completion_mask.sum()), 1)
     total = 0.0
-    for rows in _chunks(local_rows(policy, list(range(len(ro)))), micro):
+    for rows in _chunks(policy.runtime.rows(list(range(len(ro)))), micro):
         batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
         logp, _ = policy.completion_logprobs(batch, ids, mask, temperature=temperature)
-        r = torch.tensor([0 if i is None else i for i in rows])
+        r = row_index(rows, ro.device)
         div = (f(logp - logp0[r, :width].to(logp.dtype)) * mask).sum() / tokens
         (algo.rehearsal_coef * div).backward()
         total += float(div.detach())
@@ -118,20 +115,20 @@ def rl_update(
         order = list(range(len(ro)))
         if algo.mini_batches > 1:  # a fresh, seeded split per epoch
             gen = torch.Generator().manual_seed(row_seed(seed, "minibatch", step, epoch))
-            order = torch.randperm(len(ro), generator=gen).tolist()
+            order = torch.randperm(len(ro), generator=gen, device=HOST).tolist()
         size = -(-len(ro) // algo.mini_batches)
         for k, mini in enumerate(_chunks(order, size)):
-            idx = torch.tensor(mini)
+            idx = row_index(mini, ro.device)
             norms = dict(global_tokens=int(ro.completion_mask[idx].sum()), global_seqs=len(mini), max_tokens=max_tokens)
-            for rows in _chunks(local_rows(policy, mini), micro):
+            for rows in _chunks(policy.runtime.rows(mini), micro):
                 batch, ids, mask, width = _inputs(policy, prompts, ro, rows)
-                r = torch.tensor([0 if i is None else i for i in rows])
+                r = row_index(rows, ro.device)
                 logp, ent = policy.completion_logprobs(batch, ids, mask, temperature=temperature, with_entropy=True)
                 terms = TokenTerms(
                     logp=logp, old_logp=old_logp[r, :width] if old_logp is not None else logp.detach(), mask=mask,
                     advantages=ro.advantages[r], entropy=ent,
                     ref_logp=ref_logp[r, :width] if ref_logp is not None else None,
-                    generator=torch.Generator().manual_seed(row_seed(seed, "cov", step, epoch, *r[:1].tolist())),
+                    generator=torch.Generator().manual_seed(row_seed(seed, "cov", step, epoch, *rows[:1])),
                     kl_weight=ro.kl_weight[r] if ro.kl_weight is not None else None,
                 )
                 if tis_cap is not None:  # the sampler's numerics differ from ours (vLLM): reweight its tokens
@@ -140,7 +137,7 @@ def rl_update(
                     terms.proxy_log_mass, terms.proxy_kept = policy.completion_minp_mass(
                         batch, ids, mask, kappa=algo.lp_reg_kappa, temperature=temperature)
                 if algo.masked_kl_coef > 0:
-                    masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *r[:1].tolist()))
+                    masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *rows[:1]))
                     terms.masked_logp, terms.masked_entropy = policy.completion_logprobs(
                         masked, ids, mask, temperature=temperature, with_entropy=True)
                 loss, stats = objective(terms, algo, norms)
@@ -153,8 +150,7 @@ def rl_update(
                 sums["rehearsal"] += rehearsal_backward(policy, *rehearsal, algo, micro=micro,
                                                         temperature=temperature) / total_steps
             grad_norms.append(optimizer_step(epoch == algo.ppo_epochs - 1 and k == algo.mini_batches - 1))
-    if policy.dist is not None:  # each process summed its own rows
-        sums = defaultdict(float, policy.dist.sum(dict(sums)))
+    sums = defaultdict(float, policy.runtime.sum(dict(sums)))  # across processes each summed its own rows
     tokens = max(ro.num_tokens, 1)
     out = {"actor/loss": sums["loss"], "actor/clip_frac": sums["clip"] / tokens,
            "actor/entropy": sums["entropy"] / tokens, "actor/grad_norm": sum(grad_norms) / len(grad_norms)}

@@ -120,18 +120,21 @@ def resolve(path: str) -> str:
     spec = parse_name(path[len("zoo:"):])
     out = cache_dir() / f"v{ZOO_VERSION}" / spec.name
     if not (out / "config.json").exists():
-        build(spec.name, out)
+        build(spec.name, out, replace=False)  # several processes (torchrun) may build it at once: first one wins
     return str(out)
 
 
-def build(name: str, out_dir: str | os.PathLike) -> Path:
-    """Build zoo model `name` into `out_dir` (written to a temp dir, then renamed: never half-built)."""
+def build(name: str, out_dir: str | os.PathLike, *, replace: bool = True) -> Path:
+    """Build zoo model `name` into `out_dir` (written to a temp dir, then renamed: never half-built). With
+    `replace=False` a complete model already there (built meanwhile by another process: builds are
+    deterministic) is kept and this build discarded."""
     spec = parse_name(name)
-    return write_model(out_dir, spec.family, _SIZES[spec.size], meta={"name": spec.name, "version": ZOO_VERSION})
+    return write_model(out_dir, spec.family, _SIZES[spec.size], meta={"name": spec.name, "version": ZOO_VERSION},
+                       replace=replace)
 
 
 def write_model(out_dir: str | os.PathLike, family: str, dims: dict[str, int], *, meta: dict,
-                max_pixels: int | None = None) -> Path:
+                max_pixels: int | None = None, replace: bool = True) -> Path:
     """A random-init model of `family` with sizes `dims` (the keys of `_SIZES` entries), its trained-on-the-spot
     tokenizer and processor, written atomically to `out_dir`; `max_pixels` lifts the processor's image cap (CPU
     benchmarks at real image sizes). `meta` goes to `mmrl_zoo.json`."""
@@ -157,9 +160,18 @@ def write_model(out_dir: str | os.PathLike, family: str, dims: dict[str, int], *
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "mmrl_zoo.json").write_text(json.dumps(meta))
+        if not (tmp / "config.json").exists() or not list(tmp.glob("*.safetensors")):
+            raise RuntimeError(f"zoo: the model was not written to {tmp} (transformers saves on rank 0 only inside a "
+                               "process group: build zoo models before joining one)")
+        if out.exists() and not replace and (out / "config.json").exists():
+            return out  # another process finished first; never delete a model someone may be loading
         if out.exists():
             shutil.rmtree(out)
-        os.replace(tmp, out)
+        try:
+            os.replace(tmp, out)
+        except OSError:  # a concurrent builder renamed its copy into place between the check and here
+            if replace or not (out / "config.json").exists():
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -11,6 +11,7 @@ from mmrl.datasets.sample import Sample
 from mmrl.datasets.synthetic import make
 from mmrl.packing import pack
 from mmrl.policy import Policy
+from mmrl.runtime import Runtime
 
 
 def _mixed_samples() -> list[Sample]:
@@ -89,10 +90,10 @@ def test_flash_attention_varlen_packing_matches_padded_sdpa_on_gpu(zoo_cache):
     out = {}
     for attn, packing in (("sdpa", "never"), ("flash_attention_2", "always")):
         policy = Policy.load(ModelConfig(path="zoo:qwen2_vl", dtype="bfloat16", attn_implementation=attn,
-                                         packing=packing))
-        policy.hf.to("cuda")
+                                         packing=packing), runtime=Runtime(torch.device("cuda")))
+        assert policy.packs == (attn == "flash_attention_2")
         prompts = [policy.encode(s) for s in samples]
-        batch = {k: v.to("cuda") for k, v in policy.collate(prompts, repeats=2).items()}
+        batch = policy.collate(prompts, repeats=2)
         ids = torch.randint(20, 200, (8, 9), generator=torch.Generator().manual_seed(0)).cuda()
         mask = (torch.arange(9).unsqueeze(0) < torch.tensor([9, 3, 0, 5, 9, 1, 7, 2]).unsqueeze(1)).long().cuda()
         with torch.no_grad():

@@ -148,12 +148,12 @@ def test_bf16_autocast_logprobs_track_fp32_and_carry_gradients(policy):
     ids = torch.randint(20, 200, (4, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
     exact, _ = policy.completion_logprobs(batch, ids, mask)
-    policy.cfg.autocast = "bfloat16"
+    policy.runtime.autocast_dtype = torch.bfloat16  # `model.autocast: bfloat16`, owned by the runtime
     try:
         approx, ent = policy.completion_logprobs(batch, ids, mask, with_entropy=True)
         (approx.sum() + ent.sum()).backward()
     finally:
-        policy.cfg.autocast = "none"
+        policy.runtime.autocast_dtype = None
     assert approx.dtype == torch.float32 and not torch.equal(approx, exact)  # bf16 matmuls did run
     assert torch.allclose(approx, exact.detach(), atol=0.1)
     grads = [p.grad for p in policy.parameters() if p.grad is not None]

@@ -91,7 +91,7 @@ def group_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *,
 def batch_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
     """÷ (std of every reward in the batch + ε): Lite PPO ("Tricks or Traps", arXiv:2508.08221 ≈ verify) and
     TRL's `scale_rewards="batch"`."""
-    std = r_all.std() if r_all.numel() > 1 else torch.zeros((), dtype=r_all.dtype)
+    std = r_all.std() if r_all.numel() > 1 else torch.zeros((), dtype=r_all.dtype, device=r_all.device)
     return _divide(centred, std + eps)
 
 

@@ -18,6 +18,7 @@ import torch
 from mmrl.algorithms.divergences import KL_ESTIMATORS
 from mmrl.algorithms.losses import AGGREGATIONS, POLICY_LOSSES, RATIO_LEVELS
 from mmrl.registry import Registry
+from mmrl.runtime import HOST
 
 COV_MODES: Registry = Registry("covariance mode")
 
@@ -112,8 +113,9 @@ def clip_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.T
     k = int(algo.cov_ratio * int(t.mask.sum()))
     if k == 0 or candidates.numel() == 0:
         return tok_loss, 0.0
-    pick = candidates[torch.randperm(candidates.numel(), generator=t.generator)[:k]]
-    keep = torch.ones(tok_loss.numel(), dtype=torch.bool)
+    order = torch.randperm(candidates.numel(), generator=t.generator, device=HOST)[:k]  # seeded on the host
+    pick = candidates[order.to(candidates.device)]
+    keep = torch.ones(tok_loss.numel(), dtype=torch.bool, device=tok_loss.device)
     keep[pick] = False
     keep = keep.view_as(tok_loss)
     return torch.where(keep, tok_loss, tok_loss.detach()), float(pick.numel())
@@ -127,7 +129,7 @@ def kl_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Ten
     if k == 0:
         return tok_loss, 0.0
     top = torch.topk(cov.reshape(-1), k).indices
-    chosen = torch.zeros(tok_loss.numel(), dtype=tok_loss.dtype)
+    chosen = torch.zeros(tok_loss.numel(), dtype=tok_loss.dtype, device=tok_loss.device)
     chosen[top] = 1.0
     return tok_loss + algo.cov_kl_coef * chosen.view_as(tok_loss) * log_ratio.abs(), float(k)
 

@@ -17,7 +17,7 @@ GROUP_FILTERS: Registry = Registry("group filter")
 @GROUP_FILTERS.register("none")
 def keep_all(r: torch.Tensor, **_) -> torch.Tensor:
     """Every group is kept."""
-    return torch.ones(r.shape[0], dtype=torch.bool)
+    return torch.ones(r.shape[0], dtype=torch.bool, device=r.device)
 
 
 @GROUP_FILTERS.register("nonzero_std")

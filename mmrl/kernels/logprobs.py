@@ -109,9 +109,10 @@ def minp_log_mass(
     `token_logprobs` (O(chunk·V) memory), no gradient. Lp-Reg's min-p proxy π_proxy(a) = p(a)/Z_κ for kept a."""
     if not 0.0 < kappa <= 1.0:
         raise ValueError(f"kappa must be in (0, 1], got {kappa}")
-    log_mass = torch.zeros(hidden.shape[0], dtype=torch.float32 if hidden.dtype != torch.float64 else torch.float64)
-    kept = torch.zeros(hidden.shape[0], dtype=torch.bool)
-    log_kappa = torch.log(torch.tensor(kappa, dtype=log_mass.dtype))
+    dtype = torch.float32 if hidden.dtype != torch.float64 else torch.float64
+    log_mass = torch.zeros(hidden.shape[0], dtype=dtype, device=hidden.device)
+    kept = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+    log_kappa = torch.log(torch.tensor(kappa, dtype=log_mass.dtype, device=hidden.device))
     for start in range(0, hidden.shape[0], chunk_size):
         sl = slice(start, start + chunk_size)
         logits = (hidden[sl] @ weight.T).to(log_mass.dtype) / temperature  # [n, V]

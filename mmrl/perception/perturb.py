@@ -36,8 +36,9 @@ def mask_patches(
         groups = n // group
         k = round(ratio * groups)
         gen = torch.Generator().manual_seed((seed * 1_000_003 + i) % (2**63 - 1))
-        chosen = torch.randperm(groups, generator=gen)[:k]  # [k]
-        rows = (chosen.unsqueeze(1) * group + torch.arange(group)).reshape(-1) + start  # [k·group]
+        chosen = torch.randperm(groups, generator=gen, device="cpu")[:k]  # [k] seeded on the host
+        rows = (chosen.unsqueeze(1) * group + torch.arange(group, device="cpu")).reshape(-1) + start  # [k·group]
+        rows = rows.to(out.device)
         out[rows] = fill
         start += n
     return out

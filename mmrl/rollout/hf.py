@@ -1,9 +1,12 @@
-"""The `hf` rollout engine: batched sampling with transformers `generate`.
+"""The `hf` rollout engine: batched sampling with transformers `generate`, on the runtime's device.
 
-Sampling randomness is a function of (seed, step, prompt id, completion index) only: each row draws its own
-Gumbel noise from a generator seeded by `row_seed(...)`, and `generate` then takes the argmax (Gumbel-max
-sampling ≡ sampling from softmax(logits / T) after top-k / top-p). So results do not depend on the batch's
-composition, the number of processes or restarts. Vision special tokens are never sampled.
+Sampling randomness is a function of (seed, step, prompt id, completion index, token position) only: each row's
+key is `row_seed(seed, step, prompt id, g)`, and the uniform it draws at completion position t is Philox-4x32-10 of
+(key, t) (`mmrl.rollout.philox`), computed on the device for every row and position in one go before decoding.
+Each token is then drawn by inverse-CDF sampling from softmax(logits / T) after top-k / top-p (one uniform per
+row per token; the CDF is accumulated in float64), and `generate` takes it as its argmax. So results do not
+depend on the batch's composition, the number of processes, restarts or the device, and nothing crosses to the
+host per token. Vision special tokens are never sampled.
 """
 
 from __future__ import annotations
@@ -11,22 +14,38 @@ from __future__ import annotations
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from mmrl.rollout.philox import uniforms
 from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
+from mmrl.runtime import HOST
+
+
+def inverse_cdf(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Token ids [N] drawn from the distributions exp(logp) [N, V] with uniforms u [N] in [0, 1): the first id whose
+    cumulative probability exceeds u · total (float64 sums; never an id of probability 0)."""
+    cdf = logp.exp().cumsum(-1, dtype=torch.float64)  # [N, V]
+    total = cdf[:, -1:].contiguous()  # [N, 1] (1 up to rounding)
+    pick = torch.searchsorted(cdf, u.unsqueeze(1).to(cdf.dtype) * total, right=True).squeeze(1)  # [N]
+    last = torch.searchsorted(cdf, total, right=False).squeeze(1)  # [N] the last id of non-zero probability
+    return torch.minimum(pick, last)
 
 
 class _Sampler(LogitsProcessor):
-    """Suppress ids → temperature → top-k → top-p → record log-prob of the pick → add Gumbel noise."""
+    """Suppress ids → temperature → top-k → top-p → draw (inverse CDF, the row's uniform for this position) →
+    record the pick's log-prob; returns scores whose argmax is the pick."""
 
-    def __init__(self, params: SamplingParams, row_seeds: list[int], suppress: list[int]):
+    def __init__(self, params: SamplingParams, row_seeds: list[int], suppress: list[int], prompt_len: int,
+                 device: torch.device):
         self.p = params
-        self.generators = [torch.Generator().manual_seed(s) for s in row_seeds]
-        self.suppress = torch.tensor(suppress, dtype=torch.long)
+        self.prompt_len = prompt_len
+        keys = torch.tensor(row_seeds, dtype=torch.int64, device=device)  # [N]
+        self.u = None if params.greedy else uniforms(keys, max(params.max_new_tokens, 1))  # [N, C] float64
+        self.suppress = torch.tensor(suppress, dtype=torch.long, device=device)
         self.logprobs: list[torch.Tensor] = []  # per step: [N]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = scores.float().clone()  # [N, V]
         if len(self.suppress):
-            scores[:, self.suppress.to(scores.device)] = -float("inf")
+            scores[:, self.suppress] = -float("inf")
         if self.p.greedy:
             pick = scores.argmax(dim=-1)
             self.logprobs.append(torch.log_softmax(scores, -1).gather(1, pick[:, None]).squeeze(1))
@@ -41,12 +60,10 @@ class _Sampler(LogitsProcessor):
             drop = cum - torch.softmax(sorted_s, -1) > self.p.top_p  # keep the smallest set reaching top_p
             scores = scores.masked_fill(drop.scatter(1, idx, drop), -float("inf"))
         logp = torch.log_softmax(scores, dim=-1)  # [N, V] the sampling distribution
-        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.generators]).to(scores.device)
-        gumbel = -torch.log(-torch.log(u.clamp(1e-20, 1.0 - 1e-7)))  # [N, V]
-        noisy = scores + gumbel
-        pick = noisy.argmax(dim=-1)
+        t = input_ids.shape[1] - self.prompt_len  # completion position of this token
+        pick = inverse_cdf(logp, self.u[:, min(t, self.u.shape[1] - 1)])  # [N]
         self.logprobs.append(logp.gather(1, pick[:, None]).squeeze(1))
-        return noisy
+        return torch.full_like(scores, -float("inf")).scatter_(1, pick[:, None], 0.0)
 
 
 class HFEngine:
@@ -68,15 +85,16 @@ class HFEngine:
         logps = torch.cat([pad(p[2], 0.0) for p in parts])
         texts = [t for p in parts for t in p[3]]
         reasons = [r for p in parts for r in p[4]]
-        index = torch.arange(len(prompts)).repeat_interleave(n)
+        index = torch.arange(len(prompts), device=HOST).repeat_interleave(n)  # [N] host bookkeeping
         return Rollouts(index, ids, mask, logps, texts, reasons, group_size=n)
 
     def _generate(self, prompts, n: int, params: SamplingParams):
         policy = self.policy
-        batch = policy.collate(prompts, repeats=n)
+        batch = policy.collate(prompts, repeats=n)  # on the runtime's device
         seeds = [row_seed(params.seed, params.step, p.sample.id, g) for p in prompts for g in range(n)]
         suppress = policy.never_sample + ([policy.eos_id] if params.ignore_eos else [])
-        sampler = _Sampler(params, seeds, suppress)
+        prompt_len = batch["input_ids"].shape[1]
+        sampler = _Sampler(params, seeds, suppress, prompt_len, batch["input_ids"].device)
         gen_cfg = GenerationConfig(
             max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
             eos_token_id=policy.eos_id, pad_token_id=policy.pad_id,
@@ -88,18 +106,21 @@ class HFEngine:
             synced_gpus=policy.dist is not None))
         if was_training:
             policy.train()
-        ids = out[:, batch["input_ids"].shape[1] :]  # [N, C]
+        ids = out[:, prompt_len:]  # [N, C]
         is_eos = ids == policy.eos_id
         ended = is_eos.any(dim=1)
         first_eos = torch.where(ended, is_eos.float().argmax(dim=1), ids.shape[1])  # [N]
-        mask = (torch.arange(ids.shape[1])[None, :] <= first_eos[:, None]).long()  # [N, C] up to and incl. EOS
+        positions = torch.arange(ids.shape[1], device=ids.device)  # [C]
+        mask = (positions[None, :] <= first_eos[:, None]).long()  # [N, C] up to and incl. EOS
         logps = torch.stack(sampler.logprobs, dim=1)[:, : ids.shape[1]] * mask  # [N, C]
         ids = torch.where(mask.bool(), ids, torch.full_like(ids, policy.pad_id))
+        lengths = mask.sum(1).tolist()  # the completions cross to the host once, for decoding
         texts = policy.tokenizer.batch_decode(
-            [row[: int(m.sum())] for row, m in zip(ids, mask)], skip_special_tokens=True
+            [row[:k] for row, k in zip(ids.tolist(), lengths)], skip_special_tokens=True
         )
         reasons = ["eos" if e else "length" for e in ended.tolist()]
-        bad = torch.isin(ids, torch.tensor(policy.never_sample, dtype=ids.dtype)) & mask.bool() if policy.never_sample else None
+        never = torch.tensor(policy.never_sample, dtype=ids.dtype, device=ids.device)
+        bad = torch.isin(ids, never) & mask.bool() if policy.never_sample else None
         if bad is not None and bad.any():  # cannot happen with suppression; guard against other engines
             for i in bad.any(dim=1).nonzero().flatten().tolist():
                 reasons[i] = "error"

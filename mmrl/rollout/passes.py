@@ -19,6 +19,7 @@ from mmrl.datasets.mcq import shuffle_options
 from mmrl.perception.perturb import derangement, shuffle_frames
 from mmrl.registry import Registry
 from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
+from mmrl.runtime import HOST
 
 EXTRA_PASSES: Registry = Registry("extra rollout pass")
 TRIGGERS = ("\n\nWait", "\n\nWait, does it seem right?", "\n\nWait, let's double check",
@@ -119,11 +120,12 @@ def rethink_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, ratio: float 
         logps = [0.0] * len(head) + cont.sampling_logprobs[j, :n].tolist()
         pieces.append((i, ids, logps, prefix + cont.texts[j], cont.finish_reasons[j]))
     width = max(len(p[1]) for p in pieces)
+    dev = ro.device
     cand = Rollouts(
         prompt_index=ro.prompt_index[[i for i, *_ in pieces]],
-        completion_ids=torch.tensor([p[1] + [ctx.policy.pad_id] * (width - len(p[1])) for p in pieces]),
-        completion_mask=torch.tensor([[1] * len(p[1]) + [0] * (width - len(p[1])) for p in pieces]),
-        sampling_logprobs=torch.tensor([p[2] + [0.0] * (width - len(p[2])) for p in pieces]),
+        completion_ids=torch.tensor([p[1] + [ctx.policy.pad_id] * (width - len(p[1])) for p in pieces], device=dev),
+        completion_mask=torch.tensor([[1] * len(p[1]) + [0] * (width - len(p[1])) for p in pieces], device=dev),
+        sampling_logprobs=torch.tensor([p[2] + [0.0] * (width - len(p[2])) for p in pieces], device=dev),
         texts=[p[3] for p in pieces], finish_reasons=[p[4] for p in pieces], group_size=1,
     )
     ctx.score(cand, prompts)
@@ -178,7 +180,7 @@ def shuffled_frames_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, colum
     values: list[Any] = [None] * len(ro)
     if which:
         contrast = ctx.engine.generate(shuffled_inputs, k, ctx.params, batch_prompts=ctx.batch_prompts)
-        contrast.prompt_index = torch.tensor(which).repeat_interleave(k)
+        contrast.prompt_index = torch.tensor(which, device=HOST).repeat_interleave(k)
         ctx.score(contrast, prompts)
         for j, pi in enumerate(which):
             shuffled_acc = float((contrast.total[j * k : (j + 1) * k] >= ctx.correct_threshold).float().mean())

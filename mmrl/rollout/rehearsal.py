@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from mmrl.rollout.types import Rollouts, select_groups
+from mmrl.runtime import HOST
 
 
 @dataclass
@@ -28,12 +29,13 @@ class Rehearsal:
 
     def draw(self, k: int, generator: torch.Generator) -> tuple[Rollouts, torch.Tensor]:
         """k distinct stored completions (uniformly), with their π₀ log-probs."""
-        rows = torch.randperm(len(self), generator=generator)[: min(k, len(self))]
+        rows = torch.randperm(len(self), generator=generator, device=HOST)[: min(k, len(self))]
         ro = self.rollouts
-        sub = Rollouts(ro.prompt_index[rows], ro.completion_ids[rows], ro.completion_mask[rows],
-                       ro.sampling_logprobs[rows], [ro.texts[i] for i in rows.tolist()],
+        on = rows.to(ro.device)
+        sub = Rollouts(ro.prompt_index[rows], ro.completion_ids[on], ro.completion_mask[on],
+                       ro.sampling_logprobs[on], [ro.texts[i] for i in rows.tolist()],
                        [ro.finish_reasons[i] for i in rows.tolist()], group_size=1)
-        return sub, self.logp0[rows]
+        return sub, self.logp0[on]
 
     def state(self) -> dict:
         """JSON-able: per stored completion its prompt's sample id, token ids and π₀ log-probs."""
@@ -58,17 +60,17 @@ def build(prompts: list, generated: Rollouts, logprobs, correct_threshold: float
     return Rehearsal(prompts, kept, logprobs(prompts, kept))
 
 
-def from_state(state: dict, encode, pad_id: int) -> Rehearsal:
-    """Rebuild a saved set; `encode(sample_ids)` gives each id's PromptInputs."""
+def from_state(state: dict, encode, pad_id: int, device: torch.device = HOST) -> Rehearsal:
+    """Rebuild a saved set on `device`; `encode(sample_ids)` gives each id's PromptInputs."""
     ids, logps = state["ids"], state["logp0"]
     width = max(len(r) for r in ids)
     prompts = encode(state["sample_ids"])
     ro = Rollouts(
-        prompt_index=torch.arange(len(ids)),
-        completion_ids=torch.tensor([r + [pad_id] * (width - len(r)) for r in ids]),
-        completion_mask=torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids]),
-        sampling_logprobs=torch.zeros(len(ids), width), texts=[""] * len(ids), finish_reasons=["eos"] * len(ids),
-        group_size=1,
+        prompt_index=torch.arange(len(ids), device=HOST),
+        completion_ids=torch.tensor([r + [pad_id] * (width - len(r)) for r in ids], device=device),
+        completion_mask=torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in ids], device=device),
+        sampling_logprobs=torch.zeros(len(ids), width, device=device), texts=[""] * len(ids),
+        finish_reasons=["eos"] * len(ids), group_size=1,
     )
-    logp0 = torch.tensor([r + [0.0] * (width - len(r)) for r in logps])
+    logp0 = torch.tensor([r + [0.0] * (width - len(r)) for r in logps], device=device)
     return Rehearsal(prompts, ro, logp0)

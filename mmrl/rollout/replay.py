@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from mmrl.rollout.types import Rollouts, concat_rollouts, select_groups
+from mmrl.runtime import HOST
 
 
 @dataclass
@@ -52,7 +53,7 @@ class ReplayBuffer:
         k = min(k, len(self.groups))
         if k <= 0:
             return []
-        w = torch.tensor([grp.weight for grp in self.groups], dtype=torch.float64) ** self.alpha
+        w = torch.tensor([grp.weight for grp in self.groups], dtype=torch.float64, device=HOST) ** self.alpha
         picks = torch.multinomial(w, k, replacement=False, generator=generator).tolist()
         return [self.groups[i] for i in picks]
 
@@ -64,7 +65,8 @@ def merge(prompts: list, ro: Rollouts, old_logp: torch.Tensor, replayed: list[Re
     out = concat_rollouts(parts, offsets)
     out.advantages = torch.cat([p.advantages for p in parts])
     if ro.kl_weight is not None:  # replayed groups keep the full KL weight
-        out.kl_weight = torch.cat([ro.kl_weight, torch.ones(len(out) - len(ro), dtype=ro.kl_weight.dtype)])
+        ones = torch.ones(len(out) - len(ro), dtype=ro.kl_weight.dtype, device=ro.kl_weight.device)
+        out.kl_weight = torch.cat([ro.kl_weight, ones])
     width = out.completion_ids.shape[1]
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
     old = torch.cat([pad(old_logp)] + [pad(grp.rollouts.sampling_logprobs.float()) for grp in replayed])

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from dataclasses import dataclass, field
 
 import torch
+
+from mmrl.runtime import HOST
 
 
 def row_seed(*parts: object) -> int:
@@ -30,10 +33,11 @@ class SamplingParams:
 class Rollouts:
     """N = B·G completions; rows g·G … g·G+G−1 are prompt g's group.
 
-    Later stages fill `rewards` (per component), `total` and `advantages`.
+    Later stages fill `rewards` (per component), `total` and `advantages`. Every tensor lives on the runtime's
+    device except `prompt_index`, Python-side bookkeeping kept on the host (`mmrl.runtime`).
     """
 
-    prompt_index: torch.Tensor  # [N] index into the step's prompt list
+    prompt_index: torch.Tensor  # [N] index into the step's prompt list (host)
     completion_ids: torch.Tensor  # [N, C] (pad after the end)
     completion_mask: torch.Tensor  # [N, C] 1 for real tokens (EOS included)
     sampling_logprobs: torch.Tensor  # [N, C] log-probs under the sampling distribution (0 where masked)
@@ -54,6 +58,22 @@ class Rollouts:
     @property
     def num_tokens(self) -> int:
         return int(self.completion_mask.sum())
+
+    @property
+    def device(self) -> torch.device:
+        return self.completion_ids.device
+
+    def to(self, device: torch.device) -> "Rollouts":
+        """The same rollouts with every device tensor on `device` (`prompt_index` stays on the host)."""
+        move = lambda t: t.to(device) if isinstance(t, torch.Tensor) else t  # noqa: E731
+        out = copy.copy(self)
+        for name in TENSOR_FIELDS:
+            setattr(out, name, move(getattr(self, name)))
+        return out
+
+
+TENSOR_FIELDS = ("completion_ids", "completion_mask", "sampling_logprobs", "total", "advantages", "kl_penalty",
+                 "kl_weight")
 
 
 def _pad_cols(x: torch.Tensor, width: int) -> torch.Tensor:
@@ -85,14 +105,15 @@ def concat_rollouts(parts: list[Rollouts], prompt_offsets: list[int]) -> Rollout
 def select_groups(ro: Rollouts, groups: list[int]) -> Rollouts:
     """The completions of the given groups (indices of groups, in order); prompt indices are kept."""
     g = ro.group_size
-    rows = torch.tensor([gi * g + j for gi in groups for j in range(g)], dtype=torch.long)
+    rows = torch.tensor([gi * g + j for gi in groups for j in range(g)], dtype=torch.long, device=HOST)
+    on = rows.to(ro.device)
     out = Rollouts(
-        prompt_index=ro.prompt_index[rows], completion_ids=ro.completion_ids[rows],
-        completion_mask=ro.completion_mask[rows], sampling_logprobs=ro.sampling_logprobs[rows],
+        prompt_index=ro.prompt_index[rows], completion_ids=ro.completion_ids[on],
+        completion_mask=ro.completion_mask[on], sampling_logprobs=ro.sampling_logprobs[on],
         texts=[ro.texts[i] for i in rows.tolist()], finish_reasons=[ro.finish_reasons[i] for i in rows.tolist()],
         group_size=g, parse_stats=ro.parse_stats,
     )
     out.rewards = {k: [v[i] for i in rows.tolist()] for k, v in ro.rewards.items()}
     out.columns = {k: [v[i] for i in rows.tolist()] for k, v in ro.columns.items()}
-    out.total = ro.total[rows] if ro.total is not None else None
+    out.total = ro.total[on] if ro.total is not None else None
     return out

@@ -50,6 +50,7 @@ import torch
 from mmrl.config import RolloutConfig, VideoConfig
 from mmrl.datasets.sample import BadSampleError
 from mmrl.rollout.types import Rollouts, SamplingParams, concat_rollouts, row_seed
+from mmrl.runtime import HOST
 
 MISSING = "rollout.engine=vllm needs vLLM (pip install 'mmrl[vllm]'; CUDA only)"
 WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
@@ -248,11 +249,12 @@ def parse_outputs(outputs, n: int, *, tokenizer, pad_id: int, eos_id: int, never
         logps.append(lp[:end])
         reasons.append(reason)
     width = max(1, max(len(t) for t in ids))
-    completion_ids = torch.tensor([t + [pad_id] * (width - len(t)) for t in ids], dtype=torch.long)  # [N, C]
-    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in ids], dtype=torch.long)  # [N, C]
-    sampling = torch.tensor([v + [0.0] * (width - len(v)) for v in logps], dtype=torch.float32)  # [N, C]
+    # parsed on the host; `VLLMEngine.generate` moves them to the runtime's device
+    completion_ids = torch.tensor([t + [pad_id] * (width - len(t)) for t in ids], dtype=torch.long, device=HOST)
+    mask = torch.tensor([[1] * len(t) + [0] * (width - len(t)) for t in ids], dtype=torch.long, device=HOST)
+    sampling = torch.tensor([v + [0.0] * (width - len(v)) for v in logps], dtype=torch.float32, device=HOST)
     texts = tokenizer.batch_decode(ids, skip_special_tokens=True)
-    index = torch.arange(len(rows) // n).repeat_interleave(n)  # [N]
+    index = torch.arange(len(rows) // n, device=HOST).repeat_interleave(n)  # [N]
     return Rollouts(index, completion_ids, mask, sampling, texts, reasons, group_size=n)
 
 
@@ -405,7 +407,8 @@ class VLLMEngine:
                      for i in range(0, len(prompts), batch_prompts)]
         finally:
             self._sleep()
-        return concat_rollouts(parts, list(range(0, len(prompts), batch_prompts)))
+        out = concat_rollouts(parts, list(range(0, len(prompts), batch_prompts)))
+        return out.to(self.policy.device)
 
     def _generate(self, prompts, n: int, params: SamplingParams) -> Rollouts:
         policy = self.policy
