@@ -21,7 +21,12 @@ for path in sys.argv[1:]:
 PYEOF
 )
   if [ -n "$missing" ]; then
-    "$PY" -m pip install -q --no-index --no-deps --target "$VENDOR" $missing
+    mkdir -p "$VENDOR"
+    if "$PY" -m pip --version >/dev/null 2>&1; then
+      "$PY" -m pip install -q --no-index --no-deps --target "$VENDOR" $missing
+    else  # no pip there: a wheel is a zip of its files (none of these needs a build step)
+      for w in $missing; do "$PY" -m zipfile -e "$w" "$VENDOR"; done
+    fi
   fi
   export PYTHONPATH="$VENDOR${PYTHONPATH:+:$PYTHONPATH}"
 fi

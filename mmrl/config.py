@@ -66,7 +66,7 @@ class ModelConfig:
     freeze_vision: bool = True  # the zoo's vision tower is random: demos set this to false
     dtype: Literal["float32", "bfloat16"] = "float32"
     gradient_checkpointing: bool = False
-    # auto: flash_attention_2 when the model is on CUDA and flash-attn imports (the `flash` extra), else sdpa;
+    # auto: flash_attention_2 when the model is on CUDA in bfloat16 and flash-attn imports (the `flash` extra), else sdpa;
     # or any name transformers takes (sdpa, eager, flash_attention_2, …)
     attn_implementation: str = "auto"
     # padding-free packing of prompt+completion sequences in log-prob passes (mmrl.packing): `auto` packs with

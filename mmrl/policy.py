@@ -76,12 +76,13 @@ def answer_media(sample: Sample) -> int:
     return k
 
 
-def attention(name: str, runtime: Runtime | None) -> str:
-    """`model.attn_implementation`: `auto` is flash_attention_2 when the model will be on CUDA and flash-attn
-    imports (its varlen kernel then also serves packing), else sdpa; any other name is passed to transformers."""
+def attention(name: str, runtime: Runtime | None, dtype: str) -> str:
+    """`model.attn_implementation`: `auto` is flash_attention_2 when the model will be on CUDA in bfloat16 (flash
+    attention computes in fp16/bf16 only; generation runs without autocast) and flash-attn imports — its varlen
+    kernel then also serves packing — else sdpa; any other name is passed to transformers."""
     if name != "auto":
         return name
-    if runtime is None or runtime.device.type != "cuda":
+    if runtime is None or runtime.device.type != "cuda" or dtype != "bfloat16":
         return "sdpa"
     import importlib.util
 
@@ -171,7 +172,7 @@ class Policy:
         try:
             processor = AutoProcessor.from_pretrained(path)
             model = AutoModelForImageTextToText.from_pretrained(
-                path, dtype=_dtype(cfg.dtype), attn_implementation=attention(cfg.attn_implementation, runtime)
+                path, dtype=_dtype(cfg.dtype), attn_implementation=attention(cfg.attn_implementation, runtime, cfg.dtype)
             )
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"model.path: cannot load {path}: {e}") from e

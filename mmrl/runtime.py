@@ -51,6 +51,9 @@ def resolve_device(name: str, rank: int | None = None) -> torch.device:
         raise DeviceError(f"runtime.device={name}: CUDA is not available on this machine "
                           f"(torch {torch.__version__}, cuda build: {torch.version.cuda}); use runtime.device=cpu")
     index = rank if name in ("auto", "cuda") else int(name.split(":")[1])
+    if name.startswith("cuda:") and int(os.environ.get("WORLD_SIZE", "1")) > 1 and index != rank:
+        raise DeviceError(f"runtime.device={name}: with several processes each rank takes cuda:LOCAL_RANK (this one "
+                          f"is {rank}); use runtime.device=cuda or auto, and CUDA_VISIBLE_DEVICES to pick GPUs")
     if index >= torch.cuda.device_count():
         raise DeviceError(f"runtime.device={name}: device cuda:{index} does not exist "
                           f"({torch.cuda.device_count()} visible)")

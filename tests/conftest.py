@@ -53,9 +53,12 @@ def length_reward(tmp_path_factory) -> str:
 
 
 def _tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
-    """A few-second run of the demo recipe: 4 prompts × G 4, 2 SFT + 3 RL steps, 8 eval images."""
+    """A few-second run of the demo recipe: 4 prompts × G 4, 2 SFT + 3 RL steps, 8 eval images. The demo's
+    dynamic sampling and entropy bonus are off: on an untrained model they would drop every group of a few-step
+    run (nothing would train) and triple its generation."""
     return [
         f"run.dir={run_dir}", "run.progress=false",
+        "algorithm.group_filter=none", "algorithm.max_gen_batches=1", "algorithm.entropy_coef=0.0",
         "data.train.n=32", "data.eval.n=8", "rollout.group_size=4", "rollout.max_new_tokens=6",
         "trainer.prompts_per_step=4", "trainer.sft_batch_size=4", "trainer.eval_every=0",
         "trainer.log_rollouts_every=1", "trainer.micro_batch_size=8",

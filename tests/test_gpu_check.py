@@ -28,5 +28,6 @@ def test_gpu_check_cpu_mode(tmp_path, zoo_cache):
     demo = steps["demo"]
     assert demo["status"] == "pass" and demo["runtime"]["param_devices"] == ["cpu"] and not demo["full_demo"]
     assert steps["torchrun"]["runtime"]["backend"] == "gloo" and steps["torchrun"]["sharded_checkpoints"]
+    assert len(steps["torchrun"]["rl_losses"]) == 2
     assert steps["step_time"]["cpu"]["step_s"] > 0 and steps["step_time"]["gpu"] == "skipped: no CUDA"
     assert steps["sampler"]["vocab"] == 151936 and steps["sampler"]["before_ms"] > 0 and steps["sampler"]["after_ms"] > 0

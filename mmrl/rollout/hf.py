@@ -4,9 +4,11 @@ Sampling randomness is a function of (seed, step, prompt id, completion index, t
 key is `row_seed(seed, step, prompt id, g)`, and the uniform it draws at completion position t is Philox-4x32-10 of
 (key, t) (`mmrl.rollout.philox`), computed on the device for every row and position in one go before decoding.
 Each token is then drawn by inverse-CDF sampling from softmax(logits / T) after top-k / top-p (one uniform per
-row per token; the CDF is accumulated in float64), and `generate` takes it as its argmax. So results do not
-depend on the batch's composition, the number of processes, restarts or the device, and nothing crosses to the
-host per token. Vision special tokens are never sampled.
+row per token, located by block sums and a float64 cumulative sum inside one block: `inverse_cdf`), and
+`generate` takes it as its argmax. So on the CPU results do
+not depend on the batch's composition, the number of processes or restarts (on a GPU the logits themselves vary
+in the last bits with the batch shape), and nothing crosses to the host per token. Vision special tokens are
+never sampled.
 """
 
 from __future__ import annotations
@@ -19,19 +21,41 @@ from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
 from mmrl.runtime import HOST
 
 
-def inverse_cdf(logp: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
-    """Token ids [N] drawn from the distributions exp(logp) [N, V] with uniforms u [N] in [0, 1): the first id whose
-    cumulative probability exceeds u · total (float64 sums; never an id of probability 0)."""
-    cdf = logp.exp().cumsum(-1, dtype=torch.float64)  # [N, V]
-    total = cdf[:, -1:].contiguous()  # [N, 1] (1 up to rounding)
-    pick = torch.searchsorted(cdf, u.unsqueeze(1).to(cdf.dtype) * total, right=True).squeeze(1)  # [N]
-    last = torch.searchsorted(cdf, total, right=False).squeeze(1)  # [N] the last id of non-zero probability
-    return torch.minimum(pick, last)
+BLOCK = 1024  # vocabulary columns per block of the two-level inverse CDF
+
+
+def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw one id per row from unnormalised probabilities `weights` [N, V] (≥ 0) with uniforms u [N] in [0, 1):
+    the first id whose cumulative weight exceeds u · total — never an id of weight 0. Returns (ids [N], totals [N]
+    in float64).
+
+    Two levels, so no [N, V] cumulative sum is written: block sums of `BLOCK` columns pick the block where u · total
+    falls (cumulated in float64), then a float64 cumulative sum inside that one block picks the id. The block sums
+    are fp32 pairwise sums (relative error ~1e-7 of a block's mass); where they and the block's own cumulative sum
+    disagree in the last bits, the draw stays in the block, on its last id of non-zero weight."""
+    n, v = weights.shape
+    full = v // BLOCK * BLOCK
+    sums = [weights[:, :full].view(n, -1, BLOCK).sum(-1)] if full else []  # [N, V // BLOCK]
+    if full < v:
+        sums.append(weights[:, full:].sum(-1, keepdim=True))
+    cum = torch.cat(sums, dim=1).to(torch.float64).cumsum(-1)  # [N, B] cumulative block mass
+    total = cum[:, -1:].contiguous()  # [N, 1]
+    target = u.to(torch.float64).unsqueeze(1) * total  # [N, 1]
+    block = torch.searchsorted(cum, target, right=True)  # [N, 1]
+    block = torch.minimum(block, torch.searchsorted(cum, total, right=False))  # ≤ the last block of non-zero mass
+    before = torch.where(block > 0, cum.gather(1, (block - 1).clamp(min=0)), torch.zeros_like(target))  # [N, 1]
+    cols = block * BLOCK + torch.arange(BLOCK, device=weights.device)  # [N, BLOCK]
+    inner = torch.where(cols < v, weights.gather(1, cols.clamp(max=v - 1)), torch.zeros((), device=weights.device))
+    inner_cum = inner.cumsum(-1, dtype=torch.float64)  # [N, BLOCK]
+    j = torch.searchsorted(inner_cum, target - before, right=True)  # [N, 1]
+    j = torch.minimum(j, torch.searchsorted(inner_cum, inner_cum[:, -1:].contiguous(), right=False))
+    return (block * BLOCK + j).squeeze(1), total.squeeze(1)
 
 
 class _Sampler(LogitsProcessor):
     """Suppress ids → temperature → top-k → top-p → draw (inverse CDF, the row's uniform for this position) →
-    record the pick's log-prob; returns scores whose argmax is the pick."""
+    record the pick's log-prob; returns scores whose argmax is the pick. Works in place on one copy of the logits
+    (a few passes over [N, V] per token, no other [N, V] buffer)."""
 
     def __init__(self, params: SamplingParams, row_seeds: list[int], suppress: list[int], prompt_len: int,
                  device: torch.device):
@@ -50,7 +74,8 @@ class _Sampler(LogitsProcessor):
             pick = scores.argmax(dim=-1)
             self.logprobs.append(torch.log_softmax(scores, -1).gather(1, pick[:, None]).squeeze(1))
             return scores
-        scores = scores / self.p.temperature
+        if self.p.temperature != 1.0:
+            scores.div_(self.p.temperature)
         if self.p.top_k > 0:
             kth = torch.topk(scores, min(self.p.top_k, scores.shape[-1]), dim=-1).values[:, -1:]
             scores = scores.masked_fill(scores < kth, -float("inf"))
@@ -59,11 +84,15 @@ class _Sampler(LogitsProcessor):
             cum = torch.softmax(sorted_s, -1).cumsum(-1)
             drop = cum - torch.softmax(sorted_s, -1) > self.p.top_p  # keep the smallest set reaching top_p
             scores = scores.masked_fill(drop.scatter(1, idx, drop), -float("inf"))
-        logp = torch.log_softmax(scores, dim=-1)  # [N, V] the sampling distribution
+        top, mode = scores.max(dim=-1, keepdim=True)  # [N, 1]
+        weights = scores.sub_(top).exp_()  # [N, V] ∝ the sampling distribution (the mode has weight 1)
         t = input_ids.shape[1] - self.prompt_len  # completion position of this token
-        pick = inverse_cdf(logp, self.u[:, min(t, self.u.shape[1] - 1)])  # [N]
-        self.logprobs.append(logp.gather(1, pick[:, None]).squeeze(1))
-        return torch.full_like(scores, -float("inf")).scatter_(1, pick[:, None], 0.0)
+        pick, total = inverse_cdf(weights, self.u[:, min(t, self.u.shape[1] - 1)])  # [N], [N]
+        w = weights.gather(1, pick[:, None]).squeeze(1)  # [N]
+        pick = torch.where(w > 0, pick, mode.squeeze(1))  # never an id of weight 0 (a parallel scan's last ulp)
+        logp = weights.gather(1, pick[:, None]).squeeze(1).log() - total.log()  # [N] log-prob of the pick
+        self.logprobs.append(logp.float())
+        return weights.scatter_(1, pick[:, None], float("inf"))  # generate takes the argmax: the pick
 
 
 class HFEngine:

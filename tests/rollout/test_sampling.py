@@ -45,7 +45,8 @@ def test_inverse_cdf_samples_the_softmax():
     logp = torch.log_softmax(logits, -1)
     n = 200_000
     u = uniforms(torch.arange(n), 1)[:, 0]  # one draw per key
-    picks = inverse_cdf(logp.expand(n, -1), u)
+    picks, total = inverse_cdf(logp.exp().expand(n, -1) * 3.0, u)  # unnormalised weights
+    assert torch.allclose(total, torch.full((n,), 3.0, dtype=torch.float64))
     counts = torch.bincount(picks, minlength=len(logits)).double()
     p = logp.exp().double()
     assert counts[p == 0].sum() == 0, "an id of probability 0 was drawn"
@@ -53,10 +54,28 @@ def test_inverse_cdf_samples_the_softmax():
     assert chi2 < 22.5, chi2  # 5 degrees of freedom: p ≈ 0.0004
 
 
+def test_inverse_cdf_across_blocks_matches_a_flat_cumulative_sum():
+    """The two-level draw picks what a plain float64 cumulative sum over the whole row picks (V spans several
+    blocks and a partial one)."""
+    from mmrl.rollout.hf import BLOCK
+
+    g = torch.Generator().manual_seed(3)
+    w = torch.rand(6, 3 * BLOCK + 123, generator=g) ** 8  # peaked, with many near-zero weights
+    w[1, : 2 * BLOCK] = 0.0  # whole empty blocks
+    w[2, -5:] = 0.0
+    u = uniforms(torch.arange(6), 50).T.contiguous()  # [50, 6]: 50 draws per row
+    for k in range(50):
+        picks, _ = inverse_cdf(w, u[k])
+        cdf = w.double().cumsum(-1)
+        flat = torch.searchsorted(cdf, (u[k] * cdf[:, -1]).unsqueeze(1), right=True).squeeze(1)
+        assert torch.equal(picks, flat.clamp(max=w.shape[1] - 1)), k
+        assert bool((w.gather(1, picks[:, None]) > 0).all())
+
+
 def test_inverse_cdf_edges_never_pick_an_impossible_id():
     logp = torch.log_softmax(torch.tensor([[0.0, 0.0, -float("inf")], [-float("inf"), 3.0, -float("inf")]]), -1)
     for u in (0.0, 0.5, 1.0 - 2**-53):
-        picks = inverse_cdf(logp, torch.full((2,), u, dtype=torch.float64))
+        picks, _ = inverse_cdf(logp.exp(), torch.full((2,), u, dtype=torch.float64))
         assert torch.isfinite(logp.gather(1, picks[:, None])).all(), (u, picks)
 
 
