@@ -66,6 +66,7 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from mmrl import config
     from mmrl.evaluation import EvalError, run_eval
+    from mmrl.policy import ModelLoadError
 
     _quiet_hub()
     try:
@@ -73,7 +74,7 @@ def cmd_eval(args) -> int:
                           out=args.out, k=args.k, temperature=args.temperature, correct=args.correct)
     except config.ConfigError as e:
         return _fail(2, str(e))
-    except (EvalError, FileNotFoundError) as e:
+    except (EvalError, FileNotFoundError, ModelLoadError) as e:
         return _fail(1, str(e))
     print("greedy:")
     for k, v in report["metrics"].items():
@@ -105,11 +106,12 @@ def cmd_zoo(args) -> int:
 def cmd_export(args) -> int:
     from mmrl.evaluation import EvalError
     from mmrl.export import export
+    from mmrl.policy import ModelLoadError
 
     _quiet_hub()
     try:
         out = export(args.source, args.out, merge_lora=args.merge_lora)
-    except (EvalError, FileNotFoundError, ValueError) as e:
+    except (EvalError, FileNotFoundError, ValueError, ModelLoadError) as e:
         return _fail(1, str(e))
     print(out)
     return 0

@@ -3,8 +3,8 @@
 SOURCE may be
 - a run directory (its `config.yaml` and newest complete checkpoint are used),
 - a checkpoint directory (`RUN/checkpoints/step_N`; the run's `config.yaml` two levels up),
-- a model directory with `config.json` (a zoo model, an export, or a real checkpoint) — evaluated with the
-  default recipe's rewards unless overrides say otherwise.
+- a model directory with `config.json` (a zoo model, an export, or a real checkpoint), or a hub id `ORG/NAME` in
+  the Hugging Face cache — evaluated with the default recipe's rewards unless overrides say otherwise.
 The report goes to `eval/<name>/report.json` (greedy metrics, settings, a few completions); for box answers a
 picture, `eval/<name>/boxes.png`, shows ground-truth (green) and predicted (red) boxes on the first images. With
 `k`, each prompt is also sampled k times at `temperature`: avg@k per reward, pass@k and pass@1 (overall and per
@@ -28,8 +28,12 @@ class EvalError(RuntimeError):
 def resolve_source(source: str | Path) -> tuple[Path | None, Path | None, str | None]:
     """(config.yaml, checkpoint dir, model dir) for SOURCE; exactly what exists is filled in."""
     src = Path(source)
+    from mmrl.policy import is_hub_id
+
+    if is_hub_id(str(source)):  # a model in the Hugging Face cache (`mmrl.policy.model_dir`)
+        return None, None, str(source)
     if not src.exists() and not str(source).startswith("zoo:"):
-        raise EvalError(f"{source}: no such run, checkpoint or model directory")
+        raise EvalError(f"{source}: no such run, checkpoint, model directory or hub id")
     if (src / "config.yaml").exists():  # a run directory
         ck = checkpoint.latest(src / "checkpoints")
         if ck is None:

@@ -21,6 +21,7 @@ Metric names are namespaced and stable:
 | `actor/entropy` | token-mean entropy of the policy on its completions |
 | `actor/grad_norm`, `actor/lr` | gradient norm before clipping; learning rate |
 | `rollout/len_mean`, `rollout/truncated_frac` | completion length; share that hit `max_new_tokens` |
+| `rollout/logprob_gap_mean`, `rollout/logprob_gap_max` | \|trainer − sampler\| log-prob of the sampled tokens before the first optimizer step (float rounding with `hf`; TIS corrects a real one) |
 | `rollout/generated_groups`, `rollout/kept_groups` | prompt groups generated this step (refills included) / kept by `group_filter` |
 | `adv/zero_frac` | share of completions with zero advantage (all-equal groups) |
 | `sft/loss` | SFT negative log-likelihood per target token |

@@ -30,6 +30,7 @@ from mmrl import zoo
 from mmrl.config import KernelsConfig, ModelConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.kernels import minp_log_mass, token_logprobs
+from mmrl.kernels.logprobs import renormalize_without
 from mmrl.packing import pack, rope_index_of
 from mmrl.perception.geometry import Geometry, convention_for, processed_size
 from mmrl.runtime import HOST, Runtime
@@ -74,6 +75,46 @@ def answer_media(sample: Sample) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or not (0 <= k < max(n, 1)):
         raise BadSampleError(sample.id, f"answer['media']={k!r} must index one of its {n} images/videos (0-based)")
     return k
+
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def is_hub_id(path: str) -> bool:
+    """`ORG/NAME` that is not a local path (a hub id, as every peer accepts in `model.path`)."""
+    return bool(HUB_ID.match(path)) and not Path(path).exists()
+
+
+def model_dir(path: str) -> str:
+    """`model.path` → a local model directory: `zoo:NAME` (built once, offline), a local directory, or a hub id
+    `ORG/NAME` resolved through the standard Hugging Face cache (`HF_HOME` / `HF_HUB_CACHE`). mmrl runs with
+    `HF_HUB_OFFLINE=1` unless told otherwise, so a hub id must already be in the cache then (`hf download ORG/NAME`
+    on a machine with network); with `HF_HUB_OFFLINE=0` it is downloaded."""
+    if path.startswith("zoo:") or not is_hub_id(path):
+        return zoo.resolve(path)
+    import os
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() not in ("0", "false", "no", "")
+    try:
+        return snapshot_download(path, local_files_only=offline)
+    except LocalEntryNotFoundError:
+        from huggingface_hub.constants import HF_HUB_CACHE
+
+        raise ModelLoadError(
+            f"model.path: hub id {path!r} is not in the Hugging Face cache ({HF_HUB_CACHE}) and downloads are off "
+            f"(HF_HUB_OFFLINE=1); download it first with `hf download {path}` (or set HF_HUB_OFFLINE=0), or give a "
+            f"local directory") from None
+
+
+def eos_ids(hf_model, tokenizer_eos: int) -> list[int]:
+    """The tokenizer's eos id and every eos id of the checkpoint's `generation_config.json` (real Qwen-VL Instruct
+    checkpoints list `<|im_end|>` and `<|endoftext|>`), in that order, without repeats."""
+    declared = getattr(getattr(hf_model, "generation_config", None), "eos_token_id", None)
+    declared = [declared] if isinstance(declared, int) else list(declared or [])
+    return list(dict.fromkeys([tokenizer_eos, *(int(i) for i in declared)]))
 
 
 def attention(name: str, runtime: Runtime | None, dtype: str) -> str:
@@ -140,8 +181,9 @@ class Policy:
         self.convention = cfg.box_convention if cfg.box_convention != "auto" else convention_for(self.model_type)
         self.eos_id = self.tokenizer.convert_tokens_to_ids(self.tokenizer.eos_token)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.eos_id
+        self.eos_ids = eos_ids(hf_model, self.eos_id)  # every id that ends a completion (the checkpoint's list)
         vocab = self.tokenizer.get_vocab()
-        self.never_sample = sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} - {self.eos_id})
+        self.never_sample = sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} - set(self.eos_ids))
         self.reference: torch.nn.Module | None = None  # full mode with KL: a frozen copy
         self.root = None  # its FSDP2 root over `hf` (and `ref_root` over the reference)
         self.ref_root = None
@@ -163,11 +205,11 @@ class Policy:
         across processes, where `shard` places each rank's shards on its device."""
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
-        path = zoo.resolve(cfg.path)
+        path = model_dir(cfg.path)
         if not Path(path).is_dir() or not (Path(path) / "config.json").exists():
             raise ModelLoadError(
                 f"model.path: {cfg.path!r} is not a model directory (no config.json at {path}); use "
-                f"`zoo:NAME` (one of {', '.join(zoo.families())}) or a local checkpoint directory"
+                f"`zoo:NAME` (one of {', '.join(zoo.families())}), a local checkpoint directory or a hub id"
             )
         try:
             processor = AutoProcessor.from_pretrained(path)
@@ -439,13 +481,19 @@ class Policy:
         self, batch: dict[str, torch.Tensor], completion_ids: torch.Tensor, completion_mask: torch.Tensor, *,
         temperature: float = 1.0, with_entropy: bool = False, model: torch.nn.Module | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Log-probs [N, C] of the completion tokens given the (collated) prompts; masked positions are 0."""
+        """Log-probs [N, C] of the completion tokens given the (collated) prompts; masked positions are 0. The
+        softmax is over the ids the rollout engines may sample (the never-sampled vision specials excluded:
+        `kernels.renormalize_without`), so the policy scored is the one sampled from."""
         def compute(m):
             hidden, targets, weight = self._completion_hidden(batch, completion_ids, completion_mask, m)
             if weight.dtype != hidden.dtype:  # bf16 autocast: the kernel takes one dtype (fp32 accumulation inside)
                 weight = weight.to(hidden.dtype)
-            return token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy,
-                                  backend=self.kernels.backend, chunk_size=self.kernels.chunk_size)
+            logp, ent = token_logprobs(hidden, weight, targets, temperature=temperature, with_entropy=with_entropy,
+                                       backend=self.kernels.backend, chunk_size=self.kernels.chunk_size)
+            if self.never_sample:
+                excluded = torch.tensor(self.never_sample, dtype=torch.long, device=hidden.device)
+                logp, ent = renormalize_without(logp, ent, hidden, weight, targets, excluded, temperature=temperature)
+            return logp, ent
 
         n, c = completion_ids.shape
         logp, ent = self.call(compute, model)

@@ -135,6 +135,15 @@ class Runtime:
         torch.distributed.all_reduce(t)
         return dict(zip(keys, t.tolist()))
 
+    def max(self, values: dict[str, float]) -> dict[str, float]:
+        """Element-wise maximum over ranks of a dict of floats (same keys on every rank)."""
+        if self.dist is None:
+            return dict(values)
+        keys = sorted(values)
+        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return dict(zip(keys, t.tolist()))
+
     def gather(self, obj: Any) -> list[Any]:
         """Every rank's `obj` (pickled Python objects with host tensors), in rank order."""
         if self.dist is None:

@@ -58,6 +58,15 @@ def logprob_pass(policy, prompts, ro: Rollouts, *, micro: int, temperature: floa
     return runtime.gather_rows(local, len(ro))
 
 
+def logprob_gap(trainer_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:
+    """(Σ |trainer − sampler|, max, number of tokens) over the sampled tokens of a micro-batch [n, C]: real tokens
+    with a recorded sampling log-prob (a forced prefix records 0 and is left out). verl and TRL users watch the same
+    gap: it should be float rounding with the `hf` engine, and TIS (`rollout.tis_cap`) corrects a real one."""
+    sampled = mask.bool() & (sampling_logp != 0)
+    diff = (trainer_logp.detach().float() - sampling_logp.float()).abs().masked_fill(~sampled, 0.0)
+    return float(diff.sum()), float(diff.max()) if diff.numel() else 0.0, float(sampled.sum())
+
+
 def needs_old_logp(algo) -> bool:
     """π_old must be stored before updating when one batch feeds several optimizer steps or the KL is in the reward;
     with a single step π_old = sg[π_θ] exactly (ratio 1) and no extra pass is needed."""
@@ -108,6 +117,7 @@ def rl_update(
     if old_logp is None and needs_old_logp(algo):
         old_logp = logprob_pass(policy, prompts, ro, micro=micro, temperature=temperature)
     sums: dict[str, float] = defaultdict(float)
+    gaps: list[float] = []  # max |trainer − sampler| log-prob per micro-batch, before any weight changes
     grad_norms: list[float] = []
     total_steps = algo.ppo_epochs * algo.mini_batches
     policy.train()
@@ -140,6 +150,11 @@ def rl_update(
                     masked = masked_batch(policy, batch, algo, row_seed(seed, "mask", step, *rows[:1]))
                     terms.masked_logp, terms.masked_entropy = policy.completion_logprobs(
                         masked, ids, mask, temperature=temperature, with_entropy=True)
+                if epoch == 0 and k == 0:  # the first pass: π_θ is still the policy that sampled
+                    gap_sum, gap_max, sampled = logprob_gap(terms.old_logp, ro.sampling_logprobs[r, :width], mask)
+                    sums["gap_sum"] += gap_sum
+                    sums["gap_tokens"] += sampled
+                    gaps.append(gap_max)
                 loss, stats = objective(terms, algo, norms)
                 loss.backward()
                 sums["loss"] += float(loss.detach()) / total_steps  # the mean optimizer step's loss
@@ -151,9 +166,13 @@ def rl_update(
                                                         temperature=temperature) / total_steps
             grad_norms.append(optimizer_step(epoch == algo.ppo_epochs - 1 and k == algo.mini_batches - 1))
     sums = defaultdict(float, policy.runtime.sum(dict(sums)))  # across processes each summed its own rows
+    gap_max = policy.runtime.max({"gap": max(gaps, default=0.0)})["gap"]
     tokens = max(ro.num_tokens, 1)
     out = {"actor/loss": sums["loss"], "actor/clip_frac": sums["clip"] / tokens,
            "actor/entropy": sums["entropy"] / tokens, "actor/grad_norm": sum(grad_norms) / len(grad_norms)}
+    if sums["gap_tokens"]:  # the engine's log-probs against the trainer's (sampled tokens of the first mini-batch)
+        out["rollout/logprob_gap_mean"] = sums["gap_sum"] / sums["gap_tokens"]
+        out["rollout/logprob_gap_max"] = gap_max
     if use_ref:
         out["actor/kl"] = sums["kl"] / tokens
     if algo.masked_kl_coef > 0:

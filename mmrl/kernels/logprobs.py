@@ -126,3 +126,30 @@ def minp_log_mass(
         log_mass[sl] = torch.where(valid, mass, torch.zeros_like(mass))
         kept[sl] = hit
     return log_mass, kept
+
+
+def renormalize_without(
+    logp: torch.Tensor, entropy: torch.Tensor | None, hidden: torch.Tensor, weight: torch.Tensor,
+    targets: torch.Tensor, excluded: torch.Tensor, *, temperature: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Token log-probs [N] (and entropies) of softmax(h Wᵀ / T) with the ids `excluded` [M] removed — the support a
+    sampler that never samples them draws from — from the full-vocabulary `logp` / `entropy` of `token_logprobs`.
+
+    With m = Σ_{e ∈ excluded} p_e (recovered from lse = z_t − logp_t and the M extra logits h W_eᵀ / T):
+    logp'_t = logp_t − log(1 − m) and H' = (H + Σ_e p_e log p_e) / (1 − m) + log(1 − m); differentiable (the extra
+    cost is an [N, M] product). Rows with target −100 stay 0. Differs from: masking the logits before the kernel
+    only by float rounding (tests/kernels)."""
+    valid = targets != IGNORE  # [N]
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    dt = torch.promote_types(hidden.dtype, torch.float32)  # fp32 (fp64 inputs stay fp64)
+    h = hidden.to(dt)
+    z_t = (h * weight[safe].to(dt)).sum(-1) / temperature  # [N] target logit
+    lse = z_t - logp.to(dt)  # [N] log-sum-exp over the full vocabulary
+    logp_e = (h @ weight[excluded].to(dt).T) / temperature - lse.unsqueeze(1)  # [N, M]
+    mass = logp_e.exp().sum(-1).clamp(max=1.0 - 1e-7)  # [N]
+    log_keep = torch.log1p(-mass)  # [N]
+    out = torch.where(valid, logp.to(dt) - log_keep, torch.zeros_like(lse)).to(logp.dtype)
+    if entropy is None:
+        return out, None
+    ent = (entropy.to(dt) + (logp_e.exp() * logp_e).sum(-1)) / (1.0 - mass) + log_keep
+    return out, torch.where(valid, ent, torch.zeros_like(ent)).to(entropy.dtype)

@@ -13,6 +13,8 @@ never sampled.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
@@ -95,6 +97,29 @@ class _Sampler(LogitsProcessor):
         return weights.scatter_(1, pick[:, None], float("inf"))  # generate takes the argmax: the pick
 
 
+def neutral_config(**fields) -> GenerationConfig:
+    """Greedy argmax over what mmrl's sampler returns, and nothing else: every field that could add a logits
+    processor or change the distribution is set to its neutral value (checkpoints ship sampling defaults —
+    temperature, top-k/p, repetition penalty — that must never reshape what the trainer scores)."""
+    return GenerationConfig(do_sample=False, num_beams=1, temperature=1.0, top_k=0, top_p=1.0, min_p=None,
+                            typical_p=1.0, epsilon_cutoff=0.0, eta_cutoff=0.0, repetition_penalty=1.0,
+                            encoder_repetition_penalty=1.0, no_repeat_ngram_size=0, min_length=0,
+                            renormalize_logits=False, **fields)
+
+
+@contextlib.contextmanager
+def checkpoint_defaults_off(hf, gen_cfg: GenerationConfig):
+    """transformers fills every field a `generate` call leaves unset from the model's own generation config (the
+    checkpoint's `generation_config.json`); within this context that config is `gen_cfg` itself, so no checkpoint
+    default (suppress_tokens, bad_words_ids, sequence_bias, …) can add a logits processor."""
+    saved = hf.generation_config
+    hf.generation_config = gen_cfg
+    try:
+        yield
+    finally:
+        hf.generation_config = saved
+
+
 class HFEngine:
     def __init__(self, policy):
         self.policy = policy
@@ -121,22 +146,24 @@ class HFEngine:
         policy = self.policy
         batch = policy.collate(prompts, repeats=n)  # on the runtime's device
         seeds = [row_seed(params.seed, params.step, p.sample.id, g) for p in prompts for g in range(n)]
-        suppress = policy.never_sample + ([policy.eos_id] if params.ignore_eos else [])
+        suppress = policy.never_sample + (policy.eos_ids if params.ignore_eos else [])
         prompt_len = batch["input_ids"].shape[1]
         sampler = _Sampler(params, seeds, suppress, prompt_len, batch["input_ids"].device)
-        gen_cfg = GenerationConfig(
-            max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
-            eos_token_id=policy.eos_id, pad_token_id=policy.pad_id,
-        )
+        gen_cfg = neutral_config(max_new_tokens=params.max_new_tokens, eos_token_id=policy.eos_ids,
+                                 pad_token_id=policy.pad_id)
         was_training = policy.model.training
         policy.eval()
-        out = policy.call(lambda hf: hf.generate(  # across processes: in lock-step until every rank is done
-            **batch, generation_config=gen_cfg, logits_processor=LogitsProcessorList([sampler]),
-            synced_gpus=policy.dist is not None))
+
+        def run(hf):  # across processes: in lock-step until every rank is done
+            with checkpoint_defaults_off(hf, gen_cfg):
+                return hf.generate(**batch, generation_config=gen_cfg,
+                                   logits_processor=LogitsProcessorList([sampler]), synced_gpus=policy.dist is not None)
+
+        out = policy.call(run)
         if was_training:
             policy.train()
         ids = out[:, prompt_len:]  # [N, C]
-        is_eos = ids == policy.eos_id
+        is_eos = torch.isin(ids, torch.tensor(policy.eos_ids, dtype=ids.dtype, device=ids.device))  # [N, C]
         ended = is_eos.any(dim=1)
         first_eos = torch.where(ended, is_eos.float().argmax(dim=1), ids.shape[1])  # [N]
         positions = torch.arange(ids.shape[1], device=ids.device)  # [C]

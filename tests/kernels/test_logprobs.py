@@ -135,3 +135,33 @@ def test_minp_log_mass_matches_the_full_distribution():
         assert torch.equal(kept, hit)
     with pytest.raises(ValueError, match="kappa"):
         minp_log_mass(h, w, t, kappa=0.0)
+
+
+@pytest.mark.parametrize("dtype, atol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+def test_renormalize_without_matches_masked_logits(dtype, atol):
+    """Log-probs and entropies of the softmax without some ids (what a sampler that never samples them draws from),
+    from the full-vocabulary kernel outputs, equal masking those logits to −inf first — values and gradients."""
+    from mmrl.kernels.logprobs import renormalize_without
+
+    g = torch.Generator().manual_seed(0)
+    h = (torch.randn(13, 16, generator=g, dtype=torch.float64) * 2).to(dtype).requires_grad_()
+    w = torch.randn(50, 16, generator=g, dtype=torch.float64).to(dtype).requires_grad_()
+    excluded = torch.tensor([2, 7, 9])
+    t = torch.randint(0, 50, (13,), generator=g)
+    t[torch.isin(t, excluded)] = 5
+    t[3] = IGNORE
+    lp, ent = token_logprobs(h, w, t, temperature=0.7, with_entropy=True, backend="torch")
+    got, got_ent = renormalize_without(lp, ent, h, w, t, excluded, temperature=0.7)
+    logits = ((h @ w.T) / 0.7).index_fill(1, excluded, -float("inf"))
+    ref_lp = torch.log_softmax(logits, -1)
+    valid = t != IGNORE
+    zero = torch.zeros(13, dtype=dtype)
+    ref = torch.where(valid, ref_lp.gather(1, t.clamp(min=0)[:, None]).squeeze(1), zero)
+    ref_ent = torch.where(valid, -(ref_lp.exp() * ref_lp.nan_to_num(neginf=0.0)).sum(-1), zero)
+    assert torch.allclose(got, ref, atol=atol) and torch.allclose(got_ent, ref_ent, atol=atol)
+    assert float((got - lp).abs().max()) > 1e-4, "the excluded ids carried mass: renormalising must change logp"
+    up = torch.arange(13, dtype=dtype)
+    grads = torch.autograd.grad((got * up).sum() + got_ent.sum(), (h, w))
+    ref_grads = torch.autograd.grad((ref * up).sum() + ref_ent.sum(), (h, w))
+    for a, b in zip(grads, ref_grads):
+        assert torch.allclose(a, b, atol=atol * 20), float((a - b).abs().max())
