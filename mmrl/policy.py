@@ -33,7 +33,7 @@ from mmrl.kernels import minp_log_mass, token_logprobs
 from mmrl.kernels.logprobs import renormalize_without
 from mmrl.packing import pack, rope_index_of
 from mmrl.perception.geometry import Geometry, convention_for, processed_size
-from mmrl.runtime import HOST, Runtime
+from mmrl.runtime import HOST, Runtime, autocast_dtype
 
 TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids")
 VISION_MODULE_WORDS = ("visual", "vision_tower", "vision_model")
@@ -170,7 +170,7 @@ class Policy:
     def __init__(self, cfg: ModelConfig, hf_model, processor, path: str, kernels: KernelsConfig | None = None,
                  runtime: Runtime | None = None):
         self.cfg = cfg
-        self.runtime = runtime or Runtime(HOST, autocast_dtype=torch.bfloat16 if cfg.autocast == "bfloat16" else None)
+        self.runtime = runtime or Runtime(HOST, autocast_dtype=autocast_dtype(cfg.autocast))
         self.kernels = kernels or KernelsConfig()
         self.hf = hf_model  # the transformers model (peft, if any, injects adapters into it in place)
         self.model = hf_model  # what is trained: the PeftModel in lora mode, else the same as `hf`

@@ -60,6 +60,11 @@ def resolve_device(name: str, rank: int | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def autocast_dtype(name: str) -> torch.dtype | None:
+    """`model.autocast` → the dtype of log-prob forwards under autocast (None: no autocast)."""
+    return torch.bfloat16 if name == "bfloat16" else None
+
+
 def launched_by_torchrun() -> bool:
     """Whether a distributed launcher started this process (torchrun sets these even for one process)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 or "TORCHELASTIC_RUN_ID" in os.environ
@@ -82,7 +87,7 @@ class Runtime:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist = join(dev) if launched_by_torchrun() else None
-        return cls(dev, dist, torch.bfloat16 if autocast == "bfloat16" else None)
+        return cls(dev, dist, autocast_dtype(autocast))
 
     @property
     def main(self) -> bool:
@@ -128,27 +133,19 @@ class Runtime:
     # ----------------------------------------------------------------------------------- collectives
     def sum(self, values: dict[str, float]) -> dict[str, float]:
         """Element-wise sum over ranks of a dict of floats (same keys on every rank); one process: unchanged."""
-        if self.dist is None:
-            return dict(values)
-        keys = sorted(values)
-        t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t)
-        return dict(zip(keys, t.tolist()))
+        return self._reduce(values, "SUM")
 
     def max(self, values: dict[str, float]) -> dict[str, float]:
         """Element-wise maximum over ranks of a dict of floats (same keys on every rank)."""
+        return self._reduce(values, "MAX")
+
+    def _reduce(self, values: dict[str, float], op: str) -> dict[str, float]:
         if self.dist is None:
             return dict(values)
         keys = sorted(values)
         t = torch.tensor([float(values[k]) for k in keys], dtype=torch.float64, device=self.device)
-        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        torch.distributed.all_reduce(t, op=getattr(torch.distributed.ReduceOp, op))
         return dict(zip(keys, t.tolist()))
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's `obj` (pickled Python objects with host tensors), in rank order."""
-        if self.dist is None:
-            return [obj]
-        return self.dist.gather(obj)
 
     def barrier(self) -> None:
         if self.dist is not None:

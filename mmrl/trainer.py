@@ -117,7 +117,6 @@ class Trainer(RLSteps):
         torch.manual_seed(cfg.trainer.seed)
         zoo.resolve(cfg.model.path)  # build a zoo model first: under a process group transformers saves on rank 0 only
         self.runtime = Runtime.create(cfg.runtime.device, autocast=cfg.model.autocast)
-        self.dist = self.runtime.dist
         self.policy = Policy.load(cfg.model, cfg.kernels, self.runtime)
         self.engine = make_engine(cfg.rollout.engine, self.policy, cfg.rollout, cfg.data.video)
         if self.dist is not None:
@@ -143,6 +142,11 @@ class Trainer(RLSteps):
         self.engine = distributed.ShardedEngine(self.engine, self.dist, self.runtime.device)
         if not self.dist.main:
             self.log = lambda *a, **k: None
+
+    @property
+    def dist(self):
+        """`mmrl.distributed.Dist` when several processes take part (the runtime's), else None."""
+        return self.runtime.dist
 
     @property
     def main(self) -> bool:

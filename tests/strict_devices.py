@@ -16,6 +16,7 @@ and writes what it recorded to OUT.json.
 from __future__ import annotations
 
 import json
+import os
 import runpy
 import sys
 from pathlib import Path
@@ -101,5 +102,5 @@ if __name__ == "__main__":  # python tests/strict_devices.py OUT.json -m mmrl tr
             runpy.run_module(rest[1], run_name="__main__", alter_sys=True)
         except SystemExit as e:
             code = e.code or 0
-    Path(f"{out}.{__import__('os').environ.get('RANK', '0')}").write_text(json.dumps(strict.report()))
+    Path(f"{out}.{os.environ.get('RANK', '0')}").write_text(json.dumps(strict.report()))
     sys.exit(code)
