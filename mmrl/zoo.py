@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-ZOO_VERSION = 4  # bump when a zoo model's recipe changes: the cache key includes it
+ZOO_VERSION = 5  # bump when a zoo model's recipe changes: the cache key includes it
 
 QWEN_SPECIAL = [
     "<|endoftext|>", "<|im_start|>", "<|im_end|>",
@@ -31,20 +31,34 @@ QWEN_SPECIAL = [
 ]
 LLAVA_SPECIAL = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<pad>"]
 
-# The Qwen-VL chat template, written for content lists (text / image / video parts). Like Qwen3-VL's (and
-# unlike Qwen2-VL's) it adds no default system message: tiny models learn faster from short prompts.
-QWEN_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' or 'image' in part %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif part['type'] == 'video' or 'video' in part %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# The Qwen-VL chat template, written for content lists (text / image / video parts), behaving as the real
+# checkpoints' templates do: Qwen2-VL and Qwen2.5-VL add the default system turn "You are a helpful assistant." when
+# the conversation has none (Qwen3-VL does not); `add_vision_id=True` numbers the images / videos ("Picture 1: ").
+# A recipe that wants no system prompt gives its own (`data.system_prompt`), as with a real checkpoint.
+DEFAULT_SYSTEM = "You are a helpful assistant."
+
+
+def qwen_chat_template(default_system: str | None) -> str:
+    """The zoo's Qwen-VL chat template; `default_system` is the system turn added when a conversation has none."""
+    system = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\n" + default_system
+              + "<|im_end|>\n{% endif %}") if default_system else ""
+    return (
+        "{% set n = namespace(image=0, video=0) %}"
+        "{% for message in messages %}" + system +
+        "<|im_start|>{{ message['role'] }}\n"
+        "{% if message['content'] is string %}{{ message['content'] }}"
+        "{% else %}{% for part in message['content'] %}"
+        "{% if part['type'] == 'image' or 'image' in part %}{% set n.image = n.image + 1 %}"
+        "{% if add_vision_id %}Picture {{ n.image }}: {% endif %}<|vision_start|><|image_pad|><|vision_end|>"
+        "{% elif part['type'] == 'video' or 'video' in part %}{% set n.video = n.video + 1 %}"
+        "{% if add_vision_id %}Video {{ n.video }}: {% endif %}<|vision_start|><|video_pad|><|vision_end|>"
+        "{% elif 'text' in part %}{{ part['text'] }}{% endif %}"
+        "{% endfor %}{% endif %}<|im_end|>\n"
+        "{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+
+
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}"
@@ -143,8 +157,10 @@ def write_model(out_dir: str | os.PathLike, family: str, dims: dict[str, int], *
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         special = LLAVA_SPECIAL if family == "llava" else QWEN_SPECIAL
-        tokenizer = _train_tokenizer(dims["vocab"], special)
-        processor = _make_processor(family, tokenizer)
+        template = LLAVA_CHAT_TEMPLATE if family == "llava" else qwen_chat_template(
+            None if family == "qwen3_vl" else DEFAULT_SYSTEM)
+        tokenizer = _train_tokenizer(dims["vocab"], special, template)
+        processor = _make_processor(family, tokenizer, template)
         if max_pixels is not None:
             ip = processor.image_processor
             ip.size = {"shortest_edge": ip.size["shortest_edge"], "longest_edge": max_pixels}
@@ -155,8 +171,7 @@ def write_model(out_dir: str | os.PathLike, family: str, dims: dict[str, int], *
         with torch.random.fork_rng():  # a fixed init that leaves the caller's RNG as it was (a cached model
             torch.manual_seed(0)  # consumes none, so a first run must not either: LoRA init follows)
             model = AutoModelForImageTextToText.from_config(config)
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        model.generation_config = generation_config(family, tokenizer)
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         (tmp / "mmrl_zoo.json").write_text(json.dumps(meta))
@@ -178,7 +193,23 @@ def write_model(out_dir: str | os.PathLike, family: str, dims: dict[str, int], *
     return out
 
 
-def _train_tokenizer(vocab_size: int, special: list[str]):
+def generation_config(family: str, tokenizer):
+    """The `generation_config.json` a released checkpoint of `family` ships: the Qwen-VL *-Instruct sampling
+    defaults and eos list (<|im_end|>, then <|endoftext|>), which mmrl's rollouts must ignore (they reshape
+    sampling if merged into it) — the zoo carries them so the suite tests what a real checkpoint does."""
+    from transformers import GenerationConfig
+
+    ids = tokenizer.convert_tokens_to_ids
+    if family == "llava":
+        return GenerationConfig(eos_token_id=ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id)
+    common = dict(bos_token_id=ids("<|endoftext|>"), pad_token_id=ids("<|endoftext|>"), do_sample=True,
+                  eos_token_id=[ids("<|im_end|>"), ids("<|endoftext|>")])
+    if family == "qwen3_vl":  # Qwen3-VL *-Instruct: the model card's recommended sampling
+        return GenerationConfig(**common, temperature=0.7, top_k=20, top_p=0.8, repetition_penalty=1.0)
+    return GenerationConfig(**common, temperature=0.01, top_k=1, top_p=0.001, repetition_penalty=1.05)
+
+
+def _train_tokenizer(vocab_size: int, special: list[str], chat_template: str):
     """A byte-level BPE trained on a fixed corpus (deterministic), wrapped as a fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -205,11 +236,11 @@ def _train_tokenizer(vocab_size: int, special: list[str]):
             "vision_start_token": "<|vision_start|>", "vision_end_token": "<|vision_end|>",
         },
     )
-    fast.chat_template = LLAVA_CHAT_TEMPLATE if is_llava else QWEN_CHAT_TEMPLATE
+    fast.chat_template = chat_template
     return fast
 
 
-def _make_processor(family: str, tokenizer):
+def _make_processor(family: str, tokenizer, chat_template: str):
     import transformers as tf
 
     if family == "llava":
@@ -220,7 +251,7 @@ def _make_processor(family: str, tokenizer):
         return tf.LlavaProcessor(
             image_processor=image_proc, tokenizer=tokenizer, patch_size=14,
             vision_feature_select_strategy="default", num_additional_image_tokens=1,
-            chat_template=LLAVA_CHAT_TEMPLATE,
+            chat_template=chat_template,
         )
     patch = 16 if family == "qwen3_vl" else 14
     # Small images keep CPU runs fast: 56² … 224² pixels (4 … 64 vision tokens after the 2×2 merge).
@@ -235,7 +266,7 @@ def _make_processor(family: str, tokenizer):
         video_proc = tf.Qwen2VLVideoProcessor(min_pixels=(2 * patch) ** 2, max_pixels=(8 * patch) ** 2 * 8)
         cls = tf.Qwen2_5_VLProcessor if family == "qwen2_5_vl" else tf.Qwen2VLProcessor
     return cls(image_processor=image_proc, tokenizer=tokenizer, video_processor=video_proc,
-               chat_template=QWEN_CHAT_TEMPLATE)
+               chat_template=chat_template)
 
 
 def _make_config(family: str, d: dict, tokenizer):

@@ -20,15 +20,18 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests run only where CUDA is available (`pytest -m gpu` on a GPU machine); elsewhere they skip."""
+    """`gpu` tests run only where CUDA is available (`pytest -m gpu` on a GPU machine); `vllm` tests only where vLLM
+    imports (CI runs them in the vLLM venv: `.ci/run`); elsewhere they skip."""
+    import importlib.util
+
     import torch
 
-    if torch.cuda.is_available():
-        return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    missing = {"gpu": None if torch.cuda.is_available() else "needs a CUDA GPU",
+               "vllm": None if importlib.util.find_spec("vllm") else "needs vLLM (the vLLM venv: README, .ci/run)"}
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for mark, reason in missing.items():
+            if reason and mark in item.keywords:
+                item.add_marker(pytest.mark.skip(reason=reason))
 
 
 @pytest.fixture(scope="session")

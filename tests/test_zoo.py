@@ -151,11 +151,32 @@ def test_llava_special_token_ids_match_config(built):
     assert tok.pad_token == "<pad>" and tok.eos_token == "<|im_end|>"
 
 
-def test_generation_config_eos_is_im_end(built):
-    model = AutoModelForImageTextToText.from_pretrained(built["qwen2_vl"])
-    tok = AutoProcessor.from_pretrained(built["qwen2_vl"]).tokenizer
-    assert model.generation_config.eos_token_id == tok.convert_tokens_to_ids("<|im_end|>")
-    assert model.generation_config.pad_token_id == tok.pad_token_id
+@pytest.mark.parametrize("family", QWEN)
+def test_generation_config_is_a_released_checkpoints(built, family):
+    """The Qwen-VL *-Instruct `generation_config.json`: sampling defaults and the eos list <|im_end|>, <|endoftext|>."""
+    cfg = json.loads((built[family] / "generation_config.json").read_text())
+    tok = AutoProcessor.from_pretrained(built[family]).tokenizer
+    end, text_end = tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")
+    assert cfg["eos_token_id"] == [end, text_end] and cfg["pad_token_id"] == text_end == tok.pad_token_id
+    assert cfg["do_sample"] is True
+    want = (0.7, 20, 0.8, 1.0) if family == "qwen3_vl" else (0.01, 1, 0.001, 1.05)
+    assert (cfg["temperature"], cfg["top_k"], cfg["top_p"], cfg.get("repetition_penalty", 1.0)) == want
+
+
+@pytest.mark.parametrize("family", QWEN)
+def test_chat_template_default_system_turn(built, family):
+    """Qwen2-VL / Qwen2.5-VL add "You are a helpful assistant." when no system turn is given; Qwen3-VL does not; a
+    given system turn replaces it; `add_vision_id` numbers the pictures."""
+    processor = AutoProcessor.from_pretrained(built[family])
+    user = {"role": "user", "content": [{"type": "image"}, {"type": "image"}, {"type": "text", "text": "Which?"}]}
+    text = processor.apply_chat_template([user], add_generation_prompt=True, tokenize=False)
+    body = "<|im_start|>user\n" + "<|vision_start|><|image_pad|><|vision_end|>" * 2 + "Which?<|im_end|>\n"
+    default = "" if family == "qwen3_vl" else "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    assert text == default + body + "<|im_start|>assistant\n"
+    own = processor.apply_chat_template([{"role": "system", "content": "Be brief."}, user], tokenize=False)
+    assert own == "<|im_start|>system\nBe brief.<|im_end|>\n" + body
+    numbered = processor.apply_chat_template([user], tokenize=False, add_vision_id=True)
+    assert "Picture 1: <|vision_start|>" in numbered and "Picture 2: <|vision_start|>" in numbered
 
 
 def test_small_is_bigger_than_tiny(built, tmp_path):

