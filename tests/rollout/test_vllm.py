@@ -29,7 +29,6 @@ from mmrl.rollout.vllm import (
     build_requests,
     check_prompt_ids,
     collapse_placeholders,
-    fingerprint,
     llm_kwargs,
     lora_free_weights,
     lora_rank,
