@@ -148,7 +148,7 @@ def test_over_long_prompts_are_dropped_whole_and_counted(tmp_path, tiny):
 
     trainer = Trainer(tiny(tmp_path / "run"), log=lambda *a: None)
     short, long = make("rotation", 2, seed=0)[0], make("rotation", 2, seed=0, choices=True)[0]
-    lengths = [trainer.policy.encode(s).length for s in (short, long)]
+    lengths = [trainer.policy.encode(s, trainer.cfg.data.system_prompt).length for s in (short, long)]
     assert lengths[0] < lengths[1]
     trainer.cfg.data.max_prompt_tokens = lengths[0]
     kept = trainer.encode([short, long])

@@ -101,11 +101,16 @@ def _as_array(boxes: Sequence[Box]) -> np.ndarray:
     return np.asarray(rows, dtype=float).reshape(-1, 4)
 
 
-def match(pred: Sequence[Box], gt: Sequence[Box], threshold: float = 0.5) -> list[tuple[int, int, float]]:
-    """One-to-one matching maximising total IoU (Hungarian, `scipy.optimize.linear_sum_assignment` on −IoU).
+def match(pred: Sequence[Box], gt: Sequence[Box], threshold: float = 0.5, *,
+          most_matches: bool = True) -> list[tuple[int, int, float]]:
+    """One-to-one matching with the most pairs at IoU ≥ `threshold` (and IoU > 0), and among those the largest total
+    IoU: a Hungarian assignment (`scipy.optimize.linear_sum_assignment`) on weights `n + IoU` for eligible pairs and 0
+    for the rest, n = min(|pred|, |gt|) + 1 > any total IoU, so one more match always outweighs any IoU sum.
+    (Maximising the total IoU first and dropping the pairs below the threshold afterwards can trade one valid match
+    for two invalid ones.) `most_matches=False`: the largest total IoU over eligible pairs, however many (for rewards
+    that sum IoUs).
 
-    Returns `(pred_index, gt_index, iou)` for assigned pairs with IoU ≥ `threshold` and IoU > 0, by gt index.
-    A duplicate prediction can match at most one ground-truth box.
+    Returns `(pred_index, gt_index, iou)` by gt index. A duplicate prediction can match at most one ground-truth box.
 
     >>> match([[0, 0, 2, 2], [0, 0, 2, 2], [10, 10, 12, 12]], [[0, 0, 2, 2]])
     [(0, 0, 1.0)]
@@ -113,8 +118,10 @@ def match(pred: Sequence[Box], gt: Sequence[Box], threshold: float = 0.5) -> lis
     m = iou_matrix(pred, gt)  # [K, J]
     if m.size == 0:
         return []
-    rows, cols = linear_sum_assignment(-m)
-    pairs = [(int(k), int(j), float(m[k, j])) for k, j in zip(rows, cols) if m[k, j] > 0 and m[k, j] >= threshold]
+    eligible = (m > 0) & (m >= threshold)
+    bonus = min(m.shape) + 1 if most_matches else 0
+    rows, cols = linear_sum_assignment(np.where(eligible, bonus + m, 0.0), maximize=True)
+    pairs = [(int(k), int(j), float(m[k, j])) for k, j in zip(rows, cols) if eligible[k, j]]
     return sorted(pairs, key=lambda t: t[1])
 
 

@@ -123,7 +123,7 @@ def det_f1(completions: list[str], *, answer=None, geometry=None, threshold: flo
            **kwargs: Any) -> list[float | None]:
     """Detection precision / recall / F1 at an IoU threshold with Hungarian matching. Range [0, 1].
 
-    TP = pairs of the one-to-one assignment maximising Σ IoU (scipy `linear_sum_assignment`) with IoU ≥ τ;
+    TP = the most one-to-one pairs with IoU ≥ τ (`boxes.match`: then the largest Σ IoU among them);
     P = TP / |pred|, R = TP / |GT|, F1 = 2PR / (P + R); `metric` picks one. Extra and duplicate predictions are
     false positives, including boxes beyond `max_boxes`. Matched-detection scoring as in Perception-R1 (Yu et
     al., arXiv:2504.07954, Hungarian) and VLM-R1 (arXiv:2504.07615).
@@ -272,7 +272,7 @@ def salience_iou(completions: list[str], *, answer=None, geometry=None, extra_pe
         total = sum(w)
         if not (total > 0 and math.isfinite(total)):
             return 0.0
-        got = sum(w[j] * v for _, j, v in B.match([o["box"] for o in objs], gts, threshold=0.0))
+        got = sum(w[j] * v for _, j, v in B.match([o["box"] for o in objs], gts, threshold=0.0, most_matches=False))
         n_pred = max(parsed.n_found, len(objs))
         return got / total * (min(1.0, len(gts) / n_pred) if extra_penalty else 1.0)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import doctest
+import itertools
 import math
 import time
 
@@ -70,6 +71,40 @@ def test_hungarian_beats_greedy_and_does_not_double_count():
     dup = [[0, 0, 10, 10]] * 5
     assert match(dup, [[0, 0, 10, 10]]) == [(0, 0, 1.0)]
     assert precision_recall_f1(dup, [[0, 0, 10, 10]]) == pytest.approx((0.2, 1.0, 2 * 0.2 / 1.2))
+
+
+def test_match_keeps_the_most_matches_at_the_threshold():
+    """The largest Σ IoU pairs p0↔g1 (0.457) and p1↔g0 (0.269), both below 0.5; the valid p0↔g0 (0.508) must win."""
+    pred, gt = [[17, 4, 28, 13], [17, 3, 28, 7]], [[16, 2, 24, 13], [20, 6, 29, 12]]
+    assert np.round(iou_matrix(pred, gt), 3).tolist() == [[0.508, 0.457], [0.269, 0.089]]
+    assert [(k, j) for k, j, _ in match(pred, gt, 0.5)] == [(0, 0)]
+    assert precision_recall_f1(pred, gt, 0.5)[2] == pytest.approx(0.5)  # was 0.0
+    assert [(k, j) for k, j, _ in match(pred, gt, 0.0, most_matches=False)] == [(1, 0), (0, 1)]  # Σ IoU 0.726
+
+
+def _brute_force(m: np.ndarray, threshold: float) -> tuple[int, float]:
+    """(most pairs at IoU ≥ threshold and > 0, the largest Σ IoU among them) over every one-to-one assignment."""
+    k, j = m.shape
+    best = (0, 0.0)
+    small, large = (k, j) if k <= j else (j, k)
+    for perm in itertools.permutations(range(large), small):
+        pairs = [(a, b) if k <= j else (b, a) for a, b in enumerate(perm)]
+        ok = [m[a, b] for a, b in pairs if m[a, b] > 0 and m[a, b] >= threshold]
+        best = max(best, (len(ok), sum(ok)), key=lambda t: (t[0], round(t[1], 9)))
+    return best
+
+
+SMALL_BOXES = st.lists(st.tuples(st.integers(0, 12), st.integers(0, 12), st.integers(1, 8), st.integers(1, 8)).map(
+    lambda t: [t[0], t[1], t[0] + t[2], t[1] + t[3]]), max_size=4)
+
+
+@settings(max_examples=200, deadline=None)
+@given(SMALL_BOXES, SMALL_BOXES, st.sampled_from([0.0, 0.3, 0.5, 0.7]))
+def test_match_against_brute_force(pred, gt, thr):
+    m = iou_matrix(pred, gt)
+    pairs = match(pred, gt, thr)
+    want = _brute_force(m, thr) if m.size else (0, 0.0)
+    assert (len(pairs), round(sum(v for _, _, v in pairs), 9)) == (want[0], round(want[1], 9))
 
 
 def test_precision_recall_f1_conventions_and_threshold():
