@@ -59,7 +59,11 @@ def pack(inputs: dict[str, torch.Tensor], prompt_len: int, completion_mask: torc
     text_pos = (valid.long().cumsum(1) - 1)[valid]  # [ΣL] 0 … L_i − 1 per sequence
     packed = {k: inputs[k][valid].unsqueeze(0) for k in TOKEN_KEYS if k in inputs}  # [1, ΣL]
     packed.update({k: v for k, v in inputs.items() if k not in TOKEN_KEYS and k != "attention_mask"})
-    if rope_index is not None and "mm_token_type_ids" in inputs:
+    if rope_index is not None and "mm_token_type_ids" not in inputs:  # else the packed row gets text positions
+        raise ValueError("packing a multimodal-rope (Qwen-VL) batch needs the processor's `mm_token_type_ids` to "
+                         "compute its 3-D positions, and this batch has none: use a processor that returns it "
+                         "(transformers >= 5) or set model.packing: never")
+    if rope_index is not None:
         wanted = inspect.signature(rope_index).parameters
         extra = {k: inputs[k] for k in ROPE_KEYS if k in inputs and k in wanted}
         pos3d, _ = rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],

@@ -53,6 +53,26 @@ def test_pack_keeps_only_real_tokens_and_restarts_positions():
         pack(inputs, 4, torch.tensor([[0, 1], [1, 1]]))
 
 
+def test_packing_a_qwen_vl_batch_without_mm_token_type_ids_is_refused(zoo_cache):
+    """Without `mm_token_type_ids` the 3-D positions cannot be computed; the packed row must not silently get text
+    positions (it used to)."""
+    from mmrl.config import ModelConfig
+    from mmrl.datasets.synthetic import make
+    from mmrl.packing import rope_index_of
+    from mmrl.policy import Policy
+
+    policy = Policy.load(ModelConfig(path="zoo:qwen2_vl"))
+    batch = policy.collate([policy.encode(s) for s in make("rotation", 2, seed=0)], repeats=1)
+    mask = torch.ones(2, 1, dtype=torch.long)
+    batch = {k: (torch.cat([v, v[:, -1:]], 1) if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+             for k, v in batch.items()}
+    prompt_len = batch["input_ids"].shape[1] - 1
+    assert pack(batch, prompt_len, mask, rope_index_of(policy.hf)).inputs["position_ids"].shape[0] == 4  # 1 + 3-D
+    del batch["mm_token_type_ids"]
+    with pytest.raises(ValueError, match="mm_token_type_ids"):
+        pack(batch, prompt_len, mask, rope_index_of(policy.hf))
+
+
 @pytest.mark.integration
 def test_fused_packed_training_reproduces_the_naive_padded_run(tmp_path, tiny, length_reward):
     """Five RL steps through the fused kernel with packing give the losses, KLs and entropies of the plain run

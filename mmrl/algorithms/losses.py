@@ -36,6 +36,15 @@ def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------- surrogates
+LOG_RATIO_BOUND = 20.0  # |log ρ| beyond this is clamped before exp (as verl does): e^20 ≈ 4.9e8 is finite in fp32
+
+
+def _ratio(log_ratio: torch.Tensor) -> torch.Tensor:
+    """ρ = exp(clamp(log ρ, ±LOG_RATIO_BOUND)): finite in float32 at any log-ratio (a replayed row's stored π_old can
+    make it extreme), so no inf·0 or inf·σ′ = NaN reaches the step; beyond the bound the token has no gradient."""
+    return torch.exp(log_ratio.clamp(-LOG_RATIO_BOUND, LOG_RATIO_BOUND))
+
+
 def _ppo_min(ratio, clipped_ratio, adv):
     unclipped, clipped = ratio * adv, clipped_ratio * adv
     return -torch.minimum(unclipped, clipped), (clipped < unclipped).to(ratio.dtype)
@@ -59,7 +68,7 @@ def ppo_clip(
     group advantages; DAPO's clip-higher (arXiv:2503.14476) is ε_high > ε_low. At ρ = 1 the gradient is
     −Â ∇log π (REINFORCE). Returns (per-token loss [N, T], per-token clipped indicator [N, T]).
     """
-    ratio = torch.exp(log_ratio)  # [N, T]
+    ratio = _ratio(log_ratio)  # [N, T]
     adv = advantages.unsqueeze(1)  # [N, 1]
     loss, clipped = _ppo_min(ratio, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high), adv)
     return _dual_clip(loss, adv, clip_c), clipped
@@ -73,9 +82,9 @@ def gppo(
     """Gradient-preserving clipping (GPPO, Klear-Reasoner; arXiv id not recorded in the reference): the value is
     PPO's, but where PPO's min picks the clipped branch the bound is (1±ε)·ρ/sg[ρ], so the token keeps the
     gradient (1±ε)·Â·∇log π instead of none (β₁ = β₂ = 1)."""
-    ratio = torch.exp(log_ratio)
+    ratio = _ratio(log_ratio)
     adv = advantages.unsqueeze(1)
-    scale = ratio / ratio.detach()  # value 1, gradient ∇ρ/ρ = ∇log π
+    scale = torch.exp(log_ratio - log_ratio.detach())  # value 1, gradient ∇log ρ = ∇log π (finite at any ρ)
     bounded = torch.where(ratio < 1.0 - clip_low, (1.0 - clip_low) * scale,
                           torch.where(ratio > 1.0 + clip_high, (1.0 + clip_high) * scale, ratio))
     loss, clipped = _ppo_min(ratio, bounded, adv)
@@ -88,7 +97,7 @@ def cispo(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """CISPO (MiniMax-M1, arXiv:2506.13585): ℓ = −sg[clip(ρ, 1−ε_low, 1+ε_high)]·Â·log π_θ — every token keeps a
     gradient, only its importance weight is clipped. TRL's `cispo` clips at ε_max only: set `clip_low` ≥ 1."""
-    ratio = torch.exp(log_ratio)
+    ratio = _ratio(log_ratio)
     weight = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
     loss = -weight.detach() * advantages.unsqueeze(1) * logp
     return loss, (weight != ratio).to(ratio.dtype)
@@ -102,7 +111,7 @@ def sapo(
     """Soft adaptive gate (SAPO, Qwen team; arXiv id not recorded in the reference): ℓ = −(4/τ)·σ(τ(ρ−1))·Â with
     τ = τ_pos for Â > 0 and τ_neg otherwise; the gradient weight 4σ(1−σ) is 1 at ρ = 1 and decays smoothly.
     Nothing is hard-clipped: the reported clipped indicator is 0."""
-    ratio = torch.exp(log_ratio)
+    ratio = _ratio(log_ratio)
     adv = advantages.unsqueeze(1)
     tau = torch.where(adv > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))  # [N, 1], in ratio's dtype
     loss = -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0)) * adv
@@ -115,7 +124,7 @@ def reinforce(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """No clipping: ℓ = −ρ·Â (importance-weighted REINFORCE; at ρ = 1 the gradient is −Â ∇log π, GPG's
     objective, arXiv:2504.02546 ≈ verify)."""
-    ratio = torch.exp(log_ratio)
+    ratio = _ratio(log_ratio)
     return -ratio * advantages.unsqueeze(1), torch.zeros_like(ratio)
 
 

@@ -337,3 +337,30 @@ def test_tis_weights_scale_only_the_policy_gradient_term():
     g_plain, = torch.autograd.grad(plain, logp)
     g_w, = torch.autograd.grad(weighted, logp)
     assert torch.allclose(g_w, g_plain * torch.tensor([[2.0, 0.0]]))
+
+
+KNOBS = dict(clip_low=0.2, clip_high=0.28, clip_c=3.0, tau_pos=1.0, tau_neg=1.05)
+
+
+@pytest.mark.parametrize("name", POLICY_LOSSES.names())
+@pytest.mark.parametrize("level", ["token", "sequence"])
+def test_every_policy_loss_is_finite_at_extreme_log_ratios_in_float32(name, level):
+    """|log ρ| up to 100 in float32 (a replayed row's stored π_old can be far off): finite losses and gradients for
+    Â ∈ {−1, 0, 1}; before, exp(100) = inf gave NaN gradients (ppo_clip, sapo), a NaN loss at Â = 0 (ppo_clip: inf·0)
+    and gppo's ρ / sg[ρ] was inf at log ρ = −90. Where a hard clip is active the token's gradient is 0 (gppo: its
+    bound's gradient (1 ± ε)·Â; cispo: its detached weight times Â)."""
+    from mmrl.algorithms.losses import RATIO_LEVELS
+
+    shifts = torch.tensor([0.0, 20.0, 60.0, 100.0, -20.0, -60.0, -100.0])
+    old = torch.zeros(3, len(shifts))
+    logp = (old - shifts).clone().requires_grad_(True)  # log ρ = −shift … every sign and size
+    adv = torch.tensor([-1.0, 0.0, 1.0])
+    mask = torch.ones_like(old)
+    log_ratio = RATIO_LEVELS.get(level)(logp, old, mask)
+    loss, clipped = POLICY_LOSSES.get(name)(log_ratio, logp, adv, **KNOBS)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logp.grad).all(), (loss, logp.grad)
+    assert (loss[1] == 0).all() and (logp.grad[1] == 0).all()  # Â = 0: nothing, not inf · 0
+    if name == "ppo_clip" and level == "token":
+        assert (logp.grad[clipped.bool()] == 0).all() and clipped.any()
+        assert loss[2, 6].item() == pytest.approx(-1.28)  # ρ = e^100, Â = 1: the clipped value, no gradient
