@@ -104,7 +104,7 @@ class RLSteps:
         rollouts.parse_stats = {}
         totals, components = score(terms, rollouts.texts, columns, stats=rollouts.parse_stats)
         for i, reason in enumerate(rollouts.finish_reasons):
-            if reason == "error":  # an unusable completion: no reward, no gradient
+            if reason == "error":  # an unusable completion: no reward, no gradient, not in its group's statistics
                 totals[i] = 0.0
                 rollouts.completion_mask[i] = 0
         rollouts.rewards = components
@@ -173,8 +173,9 @@ class RLSteps:
             rewards = rewards - a.kl_coef * kl
             rollouts.kl_penalty = kl
         lengths = rollouts.completion_mask.sum(dim=1)  # [N]
+        usable = torch.tensor([r != "error" for r in rollouts.finish_reasons], device=rewards.device)  # [N]
         adv, rollouts.kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
-                                                     correctness=rollouts.total)
+                                                     correctness=rollouts.total, valid=usable)
         rollouts.advantages = adv
         return old
 

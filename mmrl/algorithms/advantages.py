@@ -7,6 +7,9 @@ belong to prompt g. A baseline returns the centred rewards [B, G] and the pool [
 
 GRPO = group_mean + group_std; Dr. GRPO = group_mean + none; Lite PPO = group_mean + batch_std; RLOO =
 leave_one_out + none; NGRPO = virtual_max + group_std; W-REINFORCE / PSR / NSR = sign + none with sign weights.
+
+Unusable completions (`valid` False: finish reason "error") carry a NaN reward inside: every statistic skips them
+(their group's mean, std, leave-one-out count, the batch std), and their advantage is 0.
 """
 
 from __future__ import annotations
@@ -22,15 +25,31 @@ SCALES: Registry = Registry("advantage scale")
 
 
 def tie_mask(pool: torch.Tensor) -> torch.Tensor:
-    """[B, 1] True where every value of the row is equal."""
-    return (pool == pool[:, :1]).all(dim=1, keepdim=True)
+    """[B, 1] True where every value of the row that is not NaN is equal (or none is left)."""
+    nan = pool.isnan()
+    low = pool.masked_fill(nan, float("inf")).amin(dim=1, keepdim=True)
+    high = pool.masked_fill(nan, float("-inf")).amax(dim=1, keepdim=True)
+    return (low == high) | nan.all(dim=1, keepdim=True)
+
+
+def _count(pool: torch.Tensor) -> torch.Tensor:
+    """[B, 1] values per row that are not NaN."""
+    return (~pool.isnan()).sum(dim=1, keepdim=True)
 
 
 def _centre(r: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
-    """r − mean(pool), exactly 0 in rows whose pool is all equal: the float mean of equal values can differ from
-    them by one rounding step (e.g. 7 × 0.9 in fp32), and dividing that residue by the near-zero std would give
-    every completion of the group a spurious advantage of the same sign."""
-    return (r - pool.mean(dim=1, keepdim=True)).masked_fill(tie_mask(pool), 0.0)
+    """r − mean(pool) over its non-NaN values, exactly 0 in rows whose pool is all equal: the float mean of equal
+    values can differ from them by one rounding step (e.g. 7 × 0.9 in fp32), and dividing that residue by the
+    near-zero std would give every completion of the group a spurious advantage of the same sign."""
+    return (r - pool.nanmean(dim=1, keepdim=True)).masked_fill(tie_mask(pool), 0.0)
+
+
+def _std(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
+    """Sample std (Bessel-corrected) over the non-NaN values; 0 where fewer than 2 remain."""
+    n = (~x.isnan()).sum(dim=dim, keepdim=keepdim) if dim is not None else (~x.isnan()).sum()
+    mean = x.nanmean(dim=dim, keepdim=True) if dim is not None else x.nanmean()
+    ss = ((x - mean) ** 2).nansum(dim=dim, keepdim=keepdim) if dim is not None else ((x - mean) ** 2).nansum()
+    return torch.where(n > 1, (ss / (n - 1).clamp(min=1)).sqrt(), torch.zeros_like(ss))
 
 
 @BASELINES.register("group_mean")
@@ -42,10 +61,10 @@ def group_mean(r: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
 @BASELINES.register("leave_one_out")
 def leave_one_out(r: torch.Tensor, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """b_i = mean_{j≠i} r_j, i.e. r_i − b_i = G/(G−1) · (r_i − mean_G r) (RLOO, Ahmadian et al. arXiv:2402.14740)."""
-    g = r.shape[1]
-    if g < 2:
+    if r.shape[1] < 2:
         raise ValueError("leave_one_out needs a group size of at least 2")
-    return _centre(r, r) * (g / (g - 1)), r
+    g = _count(r).to(r.dtype)  # [B, 1] usable completions
+    return _centre(r, r) * (g / (g - 1).clamp(min=1)), r
 
 
 @BASELINES.register("virtual_max")
@@ -84,15 +103,14 @@ def _divide(centred: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
 @SCALES.register("group_std")
 def group_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
     """÷ (std(pool) + ε) per group, the sample std (Bessel-corrected) as in DeepSeekMath and TRL."""
-    return _divide(centred, pool.std(dim=1, keepdim=True) + eps)
+    return _divide(centred, _std(pool, dim=1, keepdim=True) + eps)
 
 
 @SCALES.register("batch_std")
 def batch_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
     """÷ (std of every reward in the batch + ε): Lite PPO ("Tricks or Traps", arXiv:2508.08221 ≈ verify) and
     TRL's `scale_rewards="batch"`."""
-    std = r_all.std() if r_all.numel() > 1 else torch.zeros((), dtype=r_all.dtype, device=r_all.device)
-    return _divide(centred, std + eps)
+    return _divide(centred, _std(r_all) + eps)
 
 
 @SCALES.register("none")
@@ -103,21 +121,26 @@ def no_scale(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, 
 
 def advantages(
     rewards: torch.Tensor, *, group_size: int, baseline: str = "group_mean", scale: str = "group_std",
-    eps: float = 1e-6, pos_weight: float = 1.0, neg_weight: float = 1.0, **options,
+    eps: float = 1e-6, pos_weight: float = 1.0, neg_weight: float = 1.0, valid: torch.Tensor | None = None,
+    **options,
 ) -> torch.Tensor:
     """Â [N] from rewards [N]: baseline, scale, then ×`pos_weight` where Â > 0 and ×`neg_weight` where Â < 0.
+    `valid` [N] (default all): completions to use; the others are left out of every statistic and get Â = 0.
 
     `options` go to the baseline (`virtual_reward`, `virtual_count`, `sign_threshold`).
 
     >>> advantages(torch.tensor([1.0, 0.0, 0.0, 0.0]), group_size=4, scale="none")
     tensor([ 0.7500, -0.2500, -0.2500, -0.2500])
     """
+    if valid is not None:
+        rewards = rewards.masked_fill(~valid, float("nan"))
     r = rewards.view(-1, group_size)  # [B, G]
     centred, pool = BASELINES.get(baseline)(r, **options)  # [B, G], [B, G']
     adv = SCALES.get(scale)(centred, pool, rewards, eps=eps)  # [B, G]
     if pos_weight != 1.0 or neg_weight != 1.0:
         adv = torch.where(adv > 0, adv * pos_weight, adv * neg_weight)
-    return adv.reshape(-1)  # [N]
+    adv = adv.reshape(-1)  # [N]
+    return adv if valid is None else adv.masked_fill(~valid, 0.0)
 
 
 def group_difficulty(rewards: torch.Tensor, group_size: int, correct_threshold: float) -> torch.Tensor:
@@ -155,15 +178,17 @@ def difficulty_kl_weights(adv: torch.Tensor, difficulty: torch.Tensor) -> torch.
 
 
 def compute(rewards: torch.Tensor, lengths: torch.Tensor, algo, *, group_size: int,
-            correctness: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            correctness: torch.Tensor | None = None,
+            valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(Â [N], per-completion KL weight [N] or None) from an `AlgorithmConfig`: baseline, scale, sign weights,
     then the length scaling of long wrong answers and the difficulty KL weights when enabled. `correctness` (the
-    rewards that decide right and wrong; default `rewards`) is compared with `algo.correct_threshold`."""
+    rewards that decide right and wrong; default `rewards`) is compared with `algo.correct_threshold`; `valid` [N]
+    (default all) leaves unusable completions out of the statistics, with Â = 0."""
     correctness = rewards if correctness is None else correctness
     adv = advantages(
         rewards, group_size=group_size, baseline=algo.baseline, scale=algo.scale, eps=algo.adv_eps,
         pos_weight=algo.pos_weight, neg_weight=algo.neg_weight, virtual_reward=algo.virtual_reward,
-        virtual_count=algo.virtual_count, sign_threshold=algo.sign_threshold,
+        virtual_count=algo.virtual_count, sign_threshold=algo.sign_threshold, valid=valid,
     )
     adv = scale_long_negatives(adv, correctness, lengths, group_size=group_size,
                                correct_threshold=algo.correct_threshold, rate=algo.neg_length_rate)

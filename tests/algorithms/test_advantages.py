@@ -146,3 +146,24 @@ def test_difficulty_kl_weights_by_hand():
     hard, easy = 1 - math.exp(-math.e * 0.25), 1 - math.exp(-math.e * 0.75)
     torch.testing.assert_close(w, torch.tensor([hard, 1, 1, 1, easy, easy, easy, 1], dtype=torch.float32))
     assert difficulty_kl_weights(torch.ones(4), torch.zeros(4)).tolist() == [1.0] * 4  # all correct: d = 0
+
+
+@pytest.mark.parametrize("baseline", ["group_mean", "leave_one_out", "virtual_max", "sign", "none"])
+@pytest.mark.parametrize("scale", ["group_std", "batch_std", "none"])
+def test_unusable_completions_are_left_out_of_every_statistic(baseline, scale):
+    """An errored completion (reward 0 by convention) must not move its group's baseline or spread: the advantages
+    of the others equal those of the group without it, and its own is 0. (It used to count as a reward of 0.)"""
+    r = torch.tensor([1.0, 0.0, 1.0, 0.5, 0.0, 0.25, 1.0, 0.0], dtype=torch.float64)  # 2 groups of 4
+    valid = torch.tensor([True, True, True, False, True, True, True, True])
+    kw = dict(baseline=baseline, scale=scale, eps=0.0)
+    got = advantages(r, group_size=4, valid=valid, **kw)
+    assert got[3] == 0.0 and torch.isfinite(got).all()
+    # the same statistics by hand: group 0 without its 4th completion (group size 3), group 1 as it is
+    alone0 = advantages(r[:3], group_size=3, **kw)
+    alone1 = advantages(r[4:], group_size=4, **kw)
+    if scale == "batch_std":  # the batch std is over the 7 usable rewards, not each group's
+        s_all, s0, s1 = r[valid].std(), r[:3].std(), r[4:].std()
+        alone0, alone1 = alone0 * s0 / s_all, alone1 * s1 / s_all
+    torch.testing.assert_close(got[:3], alone0)
+    torch.testing.assert_close(got[4:], alone1)
+    assert not torch.equal(advantages(r, group_size=4, **kw)[:3], got[:3]) or baseline in ("sign", "none")
