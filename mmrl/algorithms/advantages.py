@@ -108,8 +108,8 @@ def group_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *,
 
 @SCALES.register("batch_std")
 def batch_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
-    """÷ (std of every reward in the batch + ε): Lite PPO ("Tricks or Traps", arXiv:2508.08221 ≈ verify) and
-    TRL's `scale_rewards="batch"`."""
+    """÷ (std of every usable reward in the batch + ε): Lite PPO ("Part I: Tricks or Traps? A Deep Dive into RL for
+    LLM Reasoning", arXiv:2508.08221: group-level mean, batch-level std) and TRL's `scale_rewards="batch"`."""
     return _divide(centred, _std(r_all) + eps)
 
 

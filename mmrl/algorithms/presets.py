@@ -29,7 +29,8 @@ _preset("dr_grpo", **dict(_GRPO, scale="none"), aggregation="seq_mean_token_sum_
 # (Its soft overlong penalty is the `overlong` reward.)
 _preset("dapo", **dict(_GRPO, clip_high=0.28), aggregation="token_mean", kl_coef=0.0,
         group_filter="nonzero_std", max_gen_batches=3)
-# Lite PPO — "Tricks or Traps?" (arXiv:2508.08221 ≈): group-mean baseline, batch std, token mean.
+# Lite PPO — "Part I: Tricks or Traps? A Deep Dive into RL for LLM Reasoning" (arXiv:2508.08221): group-mean
+# baseline, batch std, token mean.
 _preset("lite_ppo", **dict(_GRPO, scale="batch_std"), aggregation="token_mean", kl_coef=0.0)
 # RLOO — "Back to Basics" (arXiv:2402.14740): leave-one-out baseline, no scaling.
 _preset("rloo", **dict(_GRPO, baseline="leave_one_out", scale="none"), aggregation="seq_mean_token_mean",
