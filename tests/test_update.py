@@ -63,7 +63,7 @@ def test_every_preset_trains_two_steps(trainer, preset):
         assert all(math.isfinite(v) for v in finite.values()), metrics
     assert not torch.equal(before, _weights(trainer)), f"{preset} did not change the weights"
     if PRESETS.get(preset).get("masked_kl_coef", 0) > 0:
-        assert metrics["actor/masked_kl"] >= 0.0
+        assert metrics["actor/masked_kl"] > 1e-6  # the masked view differs: k3 ≥ 0 holds anyway, 0 means no masking
 
 
 def test_masked_pass_changes_only_pixels(trainer):
@@ -175,7 +175,7 @@ def test_extra_pass_recipes_train(tmp_path, tiny, recipe):
     elif recipe == "t_grpo":
         assert all(r["rollout/shuffle_frames/prompts"] == 4 and "reward/temporal_bonus/mean" in r for r in rl)
     else:
-        assert all(r["rollout/rethink/tried"] >= 0 and "rollout/rethink/accepted" in r for r in rl)
+        assert sum(r["rollout/rethink/tried"] for r in rl) > 0 and all("rollout/rethink/accepted" in r for r in rl)
 
 
 def test_replay_fills_groups_the_filter_dropped(trainer, plugin):
