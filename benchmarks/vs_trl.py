@@ -185,18 +185,13 @@ def _time_vision(timers: Timers, hf_model) -> None:
     visual.forward = lambda *a, **kw: timed[torch.is_grad_enabled()](*a, **kw)
 
 
-def _suppressed_ids(path: str, tokenizer) -> list[int]:
-    """mmrl's never-sample ids (vision specials, `<|im_start|>`) plus every eos id (the tokenizer's and the
-    checkpoint's `generation_config.json` list): the same list for both frameworks."""
-    from transformers import GenerationConfig
-
+def _suppressed_ids(eos: list[int], tokenizer) -> list[int]:
+    """mmrl's never-sample ids (vision specials, `<|im_start|>`) plus every eos id (`eos`: the tokenizer's and the
+    checkpoint's, `mmrl.policy.eos_ids`): the same list for both frameworks."""
     from mmrl.policy import NEVER_SAMPLE
 
     vocab = tokenizer.get_vocab()
-    declared = GenerationConfig.from_pretrained(path).eos_token_id
-    eos = {tokenizer.convert_tokens_to_ids(tokenizer.eos_token)} | set(
-        declared if isinstance(declared, list) else [declared] if declared is not None else [])
-    return sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} | eos)
+    return sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} | set(eos))
 
 
 def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], warmup: int, timers: Timers,
@@ -236,7 +231,8 @@ def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, ste
     tr = Trainer(cfg, log=lambda *a, **k: None)
     # EOS off: `rollout.ignore_eos` adds every eos id to the ids the sampler sets to −inf (the vision specials), the
     # same suppression TRL gets through generation_kwargs.suppress_tokens = `_suppressed_ids`.
-    assert sorted(set(tr.policy.never_sample) | set(tr.policy.eos_ids)) == _suppressed_ids(path, tr.policy.tokenizer)
+    assert sorted(set(tr.policy.never_sample) | set(tr.policy.eos_ids)) == _suppressed_ids(tr.policy.eos_ids,
+                                                                                         tr.policy.tokenizer)
     # What `Trainer._run_stages` does when the RL stage begins (no evaluation, logger or checkpoint here).
     tr.policy.begin_rl(needs_reference=False, adapter_trained=False)
     tr.progress.rl_started = True
@@ -316,6 +312,7 @@ def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> 
     from trl import GRPOConfig, GRPOTrainer
 
     from mmrl.datasets.synthetic import make
+    from mmrl.policy import eos_ids
 
     n = max(64, PROMPTS * (warmup + steps))
     rows = []
@@ -338,7 +335,8 @@ def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> 
             temperature=1.0, top_p=1.0, top_k=0, beta=0.0, loss_type="grpo", epsilon=0.2, scale_rewards="group",
             learning_rate=LR, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0,
             adam_beta1=0.9, adam_beta2=0.999, optim="adamw_torch", gradient_checkpointing=False,
-            generation_kwargs={"suppress_tokens": _suppressed_ids(path, processor.tokenizer)},
+            generation_kwargs={"suppress_tokens": _suppressed_ids(eos_ids(model, processor.tokenizer.eos_token_id),
+                                                                  processor.tokenizer)},
             use_vllm=False, logging_steps=total + 1, report_to="none", save_strategy="no", disable_tqdm=True,
             log_completions=False, torch_empty_cache_steps=None, dataloader_num_workers=0, eval_strategy="no",
         )

@@ -45,6 +45,16 @@ def rope_index_of(model: torch.nn.Module) -> Callable[..., Any] | None:
     return getattr(inner, "get_rope_index", None)
 
 
+def rope_positions(rope_index: Callable[..., Any], inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The model's 3-D multimodal rope positions [3, N, T] of a padded batch (`input_ids`, `mm_token_type_ids`,
+    `attention_mask`, and the grids / seconds the function takes)."""
+    wanted = inspect.signature(rope_index).parameters
+    extra = {k: inputs[k] for k in ROPE_KEYS if k in inputs and k in wanted}
+    pos3d, _ = rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
+                          attention_mask=inputs.get("attention_mask"), **extra)
+    return pos3d
+
+
 def pack(inputs: dict[str, torch.Tensor], prompt_len: int, completion_mask: torch.Tensor,
          rope_index: Callable[..., Any] | None = None) -> Packed:
     """Pack the padded `inputs` (prompts left-padded to `prompt_len`, completions appended: input_ids and
@@ -64,11 +74,7 @@ def pack(inputs: dict[str, torch.Tensor], prompt_len: int, completion_mask: torc
                          "compute its 3-D positions, and this batch has none: use a processor that returns it "
                          "(transformers >= 5) or set model.packing: never")
     if rope_index is not None:
-        wanted = inspect.signature(rope_index).parameters
-        extra = {k: inputs[k] for k in ROPE_KEYS if k in inputs and k in wanted}
-        pos3d, _ = rope_index(input_ids=inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"],
-                              attention_mask=inputs["attention_mask"], **extra)  # [3, N, T]
-        pos3d = pos3d[:, valid].unsqueeze(1)  # [3, 1, ΣL]
+        pos3d = rope_positions(rope_index, inputs)[:, valid].unsqueeze(1)  # [3, 1, ΣL]
         packed["position_ids"] = torch.cat([text_pos.view(1, 1, -1).to(pos3d), pos3d], dim=0)  # [4, 1, ΣL]
     else:
         packed["position_ids"] = text_pos.unsqueeze(0)  # [1, ΣL]

@@ -44,11 +44,10 @@ def _centre(r: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
     return (r - pool.nanmean(dim=1, keepdim=True)).masked_fill(tie_mask(pool), 0.0)
 
 
-def _std(x: torch.Tensor, dim=None, keepdim: bool = False) -> torch.Tensor:
-    """Sample std (Bessel-corrected) over the non-NaN values; 0 where fewer than 2 remain."""
-    n = (~x.isnan()).sum(dim=dim, keepdim=keepdim) if dim is not None else (~x.isnan()).sum()
-    mean = x.nanmean(dim=dim, keepdim=True) if dim is not None else x.nanmean()
-    ss = ((x - mean) ** 2).nansum(dim=dim, keepdim=keepdim) if dim is not None else ((x - mean) ** 2).nansum()
+def _std(x: torch.Tensor) -> torch.Tensor:
+    """[B, 1] sample std (Bessel-corrected) of each row's non-NaN values; 0 where fewer than 2 remain."""
+    n = _count(x)
+    ss = ((x - x.nanmean(dim=1, keepdim=True)) ** 2).nansum(dim=1, keepdim=True)
     return torch.where(n > 1, (ss / (n - 1).clamp(min=1)).sqrt(), torch.zeros_like(ss))
 
 
@@ -103,14 +102,14 @@ def _divide(centred: torch.Tensor, denom: torch.Tensor) -> torch.Tensor:
 @SCALES.register("group_std")
 def group_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
     """÷ (std(pool) + ε) per group, the sample std (Bessel-corrected) as in DeepSeekMath and TRL."""
-    return _divide(centred, _std(pool, dim=1, keepdim=True) + eps)
+    return _divide(centred, _std(pool) + eps)
 
 
 @SCALES.register("batch_std")
 def batch_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
     """÷ (std of every usable reward in the batch + ε): Lite PPO ("Part I: Tricks or Traps? A Deep Dive into RL for
     LLM Reasoning", arXiv:2508.08221: group-level mean, batch-level std) and TRL's `scale_rewards="batch"`."""
-    return _divide(centred, _std(r_all) + eps)
+    return _divide(centred, _std(r_all.reshape(1, -1)) + eps)
 
 
 @SCALES.register("none")

@@ -41,7 +41,6 @@ modules in `adapter` mode.
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 import tempfile
@@ -54,6 +53,7 @@ import torch
 
 from mmrl.config import RolloutConfig, VideoConfig
 from mmrl.datasets.sample import BadSampleError
+from mmrl.packing import rope_index_of, rope_positions
 from mmrl.rollout.types import Rollouts, SamplingParams, concat_rollouts, row_seed
 from mmrl.runtime import HOST
 
@@ -219,10 +219,8 @@ def video_position_conflict(policy, prompt) -> str | None:
             k += tokens[tok] == "video"
             media.append((i, t, h // merge, w // merge, factor))
     want = reference_positions(ids, media)
-    accepted = inspect.signature(policy.hf.model.get_rope_index).parameters
-    kwargs = {key: v for key, v in tensors.items() if key in accepted and key != "pixel_values_videos"}
     with torch.no_grad():
-        got = policy.hf.model.get_rope_index(**kwargs)[0][:, 0].cpu().numpy()  # [3, L]
+        got = rope_positions(rope_index_of(policy.hf), tensors)[:, 0].cpu().numpy()  # [3, L]
     if got.shape == want.shape and (got == want).all():
         return None
     at = int(np.argmax((got != want).any(axis=0))) if got.shape == want.shape else 0
