@@ -574,6 +574,10 @@ def validate(cfg: Config) -> None:
     if a.kl_placement == "loss" and a.kl_estimator == "k1" and a.kl_coef > 0:
         raise ConfigError("algorithm.kl_estimator: k1 in the loss has zero expected gradient on-policy; use k2/k3 in"
                           " the loss, or kl_placement: reward with k1")
+    if a.scale == "batch_std" and a.kl_placement == "reward" and a.kl_coef > 0 and a.group_filter != "none":
+        raise ConfigError("algorithm.scale: batch_std takes its spread over every generated group, and with"
+                          " kl_placement: reward the groups the group_filter drops have no KL term; put the KL in"
+                          " the loss or set group_filter: none")
     from mmrl.rollout.passes import EXTRA_PASSES
 
     for i, xp in enumerate(cfg.rollout.extra_passes):

@@ -1,4 +1,4 @@
-"""Metrics: one JSONL row per step (+ optional TensorBoard / wandb) and a progress bar.
+r"""Metrics: one JSONL row per step (+ optional TensorBoard / wandb) and a progress bar.
 
 Metric names are namespaced and stable:
 

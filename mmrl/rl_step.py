@@ -47,6 +47,11 @@ COLUMNS = ("answer", "task", "prompts", "samples", "geometry", "geometries", "co
            "trainer_state")  # what `Trainer.score` passes every reward, besides the samples' meta fields
 
 
+def _usable(rollouts: Rollouts) -> torch.Tensor:
+    """[N] bool: completions that can be scored and trained on (finish reason not "error")."""
+    return torch.tensor([r != "error" for r in rollouts.finish_reasons], dtype=torch.bool, device=rollouts.device)
+
+
 def meta_columns(samples) -> list[str]:
     """The `meta` keys of the samples, in first-seen order (a sample without a key gives None there)."""
     return list(dict.fromkeys(k for s in samples for k in s.meta if k not in COLUMNS))
@@ -156,9 +161,11 @@ class RLSteps:
             for key, value in stats.items():
                 self._pass_stats[f"rollout/{xp.kind}/{key}"] = self._pass_stats.get(f"rollout/{xp.kind}/{key}", 0.0) + value
 
-    def advantage(self, prompts: list[PromptInputs], rollouts: Rollouts) -> torch.Tensor | None:
+    def advantage(self, prompts: list[PromptInputs], rollouts: Rollouts, seen: Rollouts) -> torch.Tensor | None:
         """Fill `rollouts.advantages` [N]; with the KL placed in the reward, r_i −= β·Σ_t k(π_old, π_ref) first.
-        Returns the π_old log-probs when they had to be computed here (reused by the update)."""
+        `seen` is every rollout the step generated: the batch std runs over it, dropped groups included (config
+        validation refuses the KL in the reward together with a group filter there). Returns the π_old log-probs
+        when they had to be computed here (reused by the update)."""
         a = self.cfg.algorithm
         rewards, old = rollouts.total, None
         if not len(rollouts):  # every group was filtered out
@@ -173,9 +180,12 @@ class RLSteps:
             rewards = rewards - a.kl_coef * kl
             rollouts.kl_penalty = kl
         lengths = rollouts.completion_mask.sum(dim=1)  # [N]
-        usable = torch.tensor([r != "error" for r in rollouts.finish_reasons], device=rewards.device)  # [N]
+        usable = _usable(rollouts)  # [N]
+        batch = rewards.masked_fill(~usable, float("nan"))  # [M]: the generated batch, for batch statistics
+        if len(seen) != len(rollouts):  # groups were dropped: they count in the batch std (no KL in these rewards)
+            batch = seen.total.masked_fill(~_usable(seen), float("nan"))
         adv, rollouts.kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
-                                                     correctness=rollouts.total, valid=usable)
+                                                     correctness=rollouts.total, valid=usable, batch_rewards=batch)
         rollouts.advantages = adv
         return old
 
@@ -233,7 +243,7 @@ class RLSteps:
         self._pass_stats: dict[str, float] = {}
         prompts, rollouts, seen = self.generate()  # rollout (+ extra passes) → score → filter
         t_roll = time.perf_counter()
-        old_logp = self.advantage(prompts, rollouts)
+        old_logp = self.advantage(prompts, rollouts, seen)
         prompts, rollouts, old_logp, replayed = self.replay_fill(prompts, rollouts, old_logp)
         metrics = self.update_rl(prompts, rollouts, old_logp)
         t_end = time.perf_counter()

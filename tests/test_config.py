@@ -296,6 +296,13 @@ def test_group_size_one_rejected_for_rl():
         config.load(None, ["rollout.group_size=1"])
 
 
+def test_batch_std_with_kl_in_the_reward_and_a_group_filter_is_refused():
+    knobs = ["algorithm.scale=batch_std", "algorithm.kl_placement=reward", "algorithm.kl_coef=0.01"]
+    with pytest.raises(ConfigError, match="algorithm.scale: batch_std .* group_filter"):
+        config.load(None, [*knobs, "algorithm.group_filter=nonzero_std"])
+    assert config.load(None, knobs).algorithm.group_filter == "none"  # without a filter the batch is the kept one
+
+
 def test_duplicate_reward_names(tmp_path):
     assert "duplicate" in error_of(tmp_path, "rewards: [{fn: format}, {fn: format}]")
     load_text(tmp_path, "rewards: [{fn: format}, {fn: format, name: format2}]")

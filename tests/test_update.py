@@ -101,6 +101,25 @@ def test_dynamic_sampling_refills_filtered_groups(trainer, plugin):
     assert all(i % 2 == 1 for i in kept_prompts) and kept_prompts <= set(range(8))
 
 
+def test_batch_std_spans_the_generated_batch_filtered_groups_included(trainer, plugin):
+    """Lite PPO's batch std with dynamic sampling: the spread is over all 8 generated groups (the 4 tied groups of
+    0 included), as ROLL normalises before it masks; over the 4 kept groups alone it would be larger."""
+    from mmrl.rewards.isolation import make_term
+
+    terms = trainer.terms
+    trainer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
+    try:
+        _with(trainer, group_filter="nonzero_std", max_gen_batches=3, scale="batch_std", adv_eps=0.0)
+        prompts, kept, seen = trainer.generate()
+        trainer.advantage(prompts, kept, seen)
+    finally:
+        trainer.terms = terms
+    r = kept.total.view(-1, 4)
+    centred = (r - r.mean(dim=1, keepdim=True)).reshape(-1)
+    torch.testing.assert_close(kept.advantages, centred / seen.total.std())
+    assert seen.total.std() < kept.total.std()  # the kept-only spread would give other numbers
+
+
 def test_all_groups_filtered_skips_the_update(trainer, plugin):
     from mmrl.rewards.isolation import make_term
 

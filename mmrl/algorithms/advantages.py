@@ -10,6 +10,10 @@ leave_one_out + none; NGRPO = virtual_max + group_std; W-REINFORCE / PSR / NSR =
 
 Unusable completions (`valid` False: finish reason "error") carry a NaN reward inside: every statistic skips them
 (their group's mean, std, leave-one-out count, the batch std), and their advantage is 0.
+
+The batch std runs over every completion the step generated (`batch_rewards`), including the groups a group filter
+then drops: in ROLL, the framework Lite PPO was measured with, rewards are normalised over the generated batch and
+the difficulty filter is a loss mask applied afterwards, and TRL's `scale_rewards="batch"` has no filter at all.
 """
 
 from __future__ import annotations
@@ -107,8 +111,9 @@ def group_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *,
 
 @SCALES.register("batch_std")
 def batch_std(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, eps: float) -> torch.Tensor:
-    """÷ (std of every usable reward in the batch + ε): Lite PPO ("Part I: Tricks or Traps? A Deep Dive into RL for
-    LLM Reasoning", arXiv:2508.08221: group-level mean, batch-level std) and TRL's `scale_rewards="batch"`."""
+    """÷ (std of every usable reward in the generated batch + ε): Lite PPO ("Part I: Tricks or Traps? A Deep Dive
+    into RL for LLM Reasoning", arXiv:2508.08221: group-level mean, batch-level std) and TRL's
+    `scale_rewards="batch"`. `r_all` holds the whole generated batch, filtered groups included (module docstring)."""
     return _divide(centred, _std(r_all.reshape(1, -1)) + eps)
 
 
@@ -121,10 +126,12 @@ def no_scale(centred: torch.Tensor, pool: torch.Tensor, r_all: torch.Tensor, *, 
 def advantages(
     rewards: torch.Tensor, *, group_size: int, baseline: str = "group_mean", scale: str = "group_std",
     eps: float = 1e-6, pos_weight: float = 1.0, neg_weight: float = 1.0, valid: torch.Tensor | None = None,
-    **options,
+    batch_rewards: torch.Tensor | None = None, **options,
 ) -> torch.Tensor:
     """Â [N] from rewards [N]: baseline, scale, then ×`pos_weight` where Â > 0 and ×`neg_weight` where Â < 0.
     `valid` [N] (default all): completions to use; the others are left out of every statistic and get Â = 0.
+    `batch_rewards` [M] (default the usable `rewards`): the rewards batch statistics run over, i.e. every
+    completion the step generated, NaN for unusable ones.
 
     `options` go to the baseline (`virtual_reward`, `virtual_count`, `sign_threshold`).
 
@@ -135,7 +142,7 @@ def advantages(
         rewards = rewards.masked_fill(~valid, float("nan"))
     r = rewards.view(-1, group_size)  # [B, G]
     centred, pool = BASELINES.get(baseline)(r, **options)  # [B, G], [B, G']
-    adv = SCALES.get(scale)(centred, pool, rewards, eps=eps)  # [B, G]
+    adv = SCALES.get(scale)(centred, pool, rewards if batch_rewards is None else batch_rewards, eps=eps)  # [B, G]
     if pos_weight != 1.0 or neg_weight != 1.0:
         adv = torch.where(adv > 0, adv * pos_weight, adv * neg_weight)
     adv = adv.reshape(-1)  # [N]
@@ -177,17 +184,19 @@ def difficulty_kl_weights(adv: torch.Tensor, difficulty: torch.Tensor) -> torch.
 
 
 def compute(rewards: torch.Tensor, lengths: torch.Tensor, algo, *, group_size: int,
-            correctness: torch.Tensor | None = None,
-            valid: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+            correctness: torch.Tensor | None = None, valid: torch.Tensor | None = None,
+            batch_rewards: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(Â [N], per-completion KL weight [N] or None) from an `AlgorithmConfig`: baseline, scale, sign weights,
     then the length scaling of long wrong answers and the difficulty KL weights when enabled. `correctness` (the
     rewards that decide right and wrong; default `rewards`) is compared with `algo.correct_threshold`; `valid` [N]
-    (default all) leaves unusable completions out of the statistics, with Â = 0."""
+    (default all) leaves unusable completions out of the statistics, with Â = 0; `batch_rewards` as in
+    `advantages`."""
     correctness = rewards if correctness is None else correctness
     adv = advantages(
         rewards, group_size=group_size, baseline=algo.baseline, scale=algo.scale, eps=algo.adv_eps,
         pos_weight=algo.pos_weight, neg_weight=algo.neg_weight, virtual_reward=algo.virtual_reward,
         virtual_count=algo.virtual_count, sign_threshold=algo.sign_threshold, valid=valid,
+        batch_rewards=batch_rewards,
     )
     adv = scale_long_negatives(adv, correctness, lengths, group_size=group_size,
                                correct_threshold=algo.correct_threshold, rate=algo.neg_length_rate)
