@@ -44,7 +44,7 @@ _THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
 
 def drop_thought(text: str) -> str:
     r"""The target with its reasoning replaced by an empty thought (TON, "Think or Not? Selective Reasoning via
-    Reinforcement Learning for Vision-Language Models", arXiv id not recorded): `<think>\n\n</think>` stands where
+    Reinforcement Learning for Vision-Language Models", arXiv:2505.16854): `<think>\n\n</think>` stands where
     the `<think>` block was, or is put first when there was none.
 
     >>> drop_thought("<think>it points up</think><answer>0</answer>"), drop_thought("<answer>0</answer>")

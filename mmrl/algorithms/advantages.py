@@ -75,7 +75,7 @@ def virtual_max(
     r: torch.Tensor, *, virtual_reward: float = 1.0, virtual_count: int = 1, **_
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Statistics over the group plus `virtual_count` virtual samples of reward `virtual_reward` (NGRPO,
-    "negative-enhanced GRPO"; arXiv id not recorded in the reference): b = mean(R ∪ {r_max}^m), so an all-wrong
+    "negative-enhanced GRPO"; arXiv:2509.18851): b = mean(R ∪ {r_max}^m), so an all-wrong
     group gets negative advantages instead of none, and a mixed group a negative shift."""
     if virtual_count < 1:
         raise ValueError(f"virtual_max needs virtual_count >= 1, got {virtual_count}")
@@ -88,7 +88,7 @@ def virtual_max(
 def sign(r: torch.Tensor, *, sign_threshold: float = 0.5, **_) -> tuple[torch.Tensor, torch.Tensor]:
     """No learned baseline: +1 for a correct completion (r > threshold), −1 otherwise. With `scale: none` and
     sign weights this is W-REINFORCE (w₊ = λ = 0.1, w₋ = 1), PSR (1, 0) or NSR (0, 1) ("The Surprising
-    Effectiveness of Negative Reinforcement in LLM Reasoning"; arXiv id not recorded in the reference)."""
+    Effectiveness of Negative Reinforcement in LLM Reasoning"; arXiv:2506.01347)."""
     return torch.where(r > sign_threshold, 1.0, -1.0).to(r.dtype), r
 
 
@@ -160,7 +160,7 @@ def scale_long_negatives(
     adv: torch.Tensor, rewards: torch.Tensor, lengths: torch.Tensor, *, group_size: int, correct_threshold: float,
     rate: float,
 ) -> torch.Tensor:
-    """APO's STCR ("Asymmetric Policy Optimization", View-R1; arXiv id not recorded in the reference): a wrong
+    """APO's STCR ("Asymmetric Policy Optimization", View-R1; arXiv:2506.21655): a wrong
     completion longer than its group's mean correct length L̄⁺ by Δ > 0 gets Â ← Â·(1 + (1 − e^{−rate·Δ}))
     (at most 2×; View-R1 uses base 1.00001, i.e. rate = ln 1.00001); no change in groups without a correct one."""
     if rate <= 0:

@@ -49,7 +49,7 @@ F_DIVERGENCES: Registry = Registry("f-divergence")
 def forward_kl(log_u: torch.Tensor) -> torch.Tensor:
     """KL(π₀ ‖ π_θ) per sample: f(u) = u − log u − 1 (−log u plus the zero-mean control variate u − 1);
     mass-covering: it keeps π_θ from dropping what π₀ could already do. DPH-RL, "The Choice of Divergence"
-    (arXiv id not recorded in the reference). log u is clamped to ±20 so exp stays finite."""
+    (arXiv:2509.07430). log u is clamped to ±20 so exp stays finite."""
     log_u = log_u.clamp(-20.0, 20.0)
     return torch.expm1(log_u) - log_u
 

@@ -79,7 +79,7 @@ def gppo(
     log_ratio: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, *, clip_low: float, clip_high: float,
     clip_c: float | None = None, **_,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient-preserving clipping (GPPO, Klear-Reasoner; arXiv id not recorded in the reference): the value is
+    """Gradient-preserving clipping (GPPO, Klear-Reasoner; arXiv:2508.07629): the value is
     PPO's, but where PPO's min picks the clipped branch the bound is (1±ε)·ρ/sg[ρ], so the token keeps the
     gradient (1±ε)·Â·∇log π instead of none (β₁ = β₂ = 1)."""
     ratio = _ratio(log_ratio)
@@ -108,7 +108,7 @@ def sapo(
     log_ratio: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, *, tau_pos: float = 1.0,
     tau_neg: float = 1.05, **_,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft adaptive gate (SAPO, Qwen team; arXiv id not recorded in the reference): ℓ = −(4/τ)·σ(τ(ρ−1))·Â with
+    """Soft adaptive gate (SAPO, Qwen team; arXiv:2511.20347): ℓ = −(4/τ)·σ(τ(ρ−1))·Â with
     τ = τ_pos for Â > 0 and τ_neg otherwise; the gradient weight 4σ(1−σ) is 1 at ρ = 1 and decays smoothly.
     Nothing is hard-clipped: the reported clipped indicator is 0."""
     ratio = _ratio(log_ratio)
@@ -122,8 +122,8 @@ def sapo(
 def reinforce(
     log_ratio: torch.Tensor, logp: torch.Tensor, advantages: torch.Tensor, **_,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """No clipping: ℓ = −ρ·Â (importance-weighted REINFORCE; at ρ = 1 the gradient is −Â ∇log π, GPG's
-    objective, arXiv:2504.02546 ≈ verify)."""
+    """No clipping: ℓ = −ρ·Â (importance-weighted REINFORCE; at ρ = 1 the gradient is −Â ∇log π, the objective of
+    "GPG: A Simple and Strong Reinforcement Learning Baseline for Model Reasoning", arXiv:2504.02546)."""
     ratio = _ratio(log_ratio)
     return -ratio * advantages.unsqueeze(1), torch.zeros_like(ratio)
 
@@ -148,8 +148,7 @@ def seq_mean_token_mean(
 def seq_mean_token_sum(
     loss: torch.Tensor, mask: torch.Tensor, *, global_tokens: int, global_seqs: int, **_
 ) -> torch.Tensor:
-    """(1/N) Σ_i Σ_t ℓ_{i,t}: each sequence weighted by its length (LUSPO with the GSPO ratio, arXiv id not
-    recorded in the reference)."""
+    """(1/N) Σ_i Σ_t ℓ_{i,t}: each sequence weighted by its length (LUSPO with the GSPO ratio, arXiv:2602.05261)."""
     return (loss * mask).sum() / max(global_seqs, 1)
 
 

@@ -105,7 +105,7 @@ def no_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Ten
 @COV_MODES.register("clip_cov")
 def clip_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Tensor, float]:
     """Clip-Cov ("The Entropy Mechanism of Reinforcement Learning for Reasoning Language Models", Cui et al.,
-    arXiv:2505.22617 ≈ verify): among valid, not already clipped tokens with covariance in (ω_lo, ω_hi), a random
+    arXiv:2505.22617): among valid, not already clipped tokens with covariance in (ω_lo, ω_hi), a random
     ⌊r·n⌋ (n = valid tokens) lose their gradient — the updates that collapse entropy fastest."""
     cov = token_covariance(t.logp, t.advantages, t.mask)
     lo, hi = algo.cov_low, algo.cov_high
@@ -135,7 +135,8 @@ def kl_cov(tok_loss, log_ratio, clipped, t: TokenTerms, algo) -> tuple[torch.Ten
 
 
 def low_probability_regulariser(t: TokenTerms, algo) -> tuple[torch.Tensor, float]:
-    """Lp-Reg (arXiv id not recorded in the reference): on the tokens of negative-advantage completions whose
+    """Lp-Reg ("Low-probability Tokens Sustain Exploration in Reinforcement Learning with Verifiable Reward",
+    arXiv:2510.03222): on the tokens of negative-advantage completions whose
     log-prob is among the lowest `lp_reg_share` of such tokens (this micro-batch) and that a min-p filter at κ keeps,
     k3(π_θ, π_proxy) with the proxy π_proxy(o_t) = sg[π_θ(o_t)] / Z_κ — it stops negative updates from driving
     plausible low-probability tokens to zero. Returns (per-token term [N, T], number of tokens selected)."""
@@ -157,9 +158,9 @@ def tis_weights(old_logprobs: torch.Tensor, sampling_logprobs: torch.Tensor, mas
     0 elsewhere; no gradient. Multiplies the per-token policy-gradient loss (`rollout.tis_cap`). Tokens the
     sampler did not choose (a forced prefix, recorded with sampling log-prob 0) get weight 1.
 
-    "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", Yao et al. 2025
-    (fengyao.notion.site; no arXiv id ≈ verify). Differs from: PPO's ratio π_θ/π_old (that one is clipped and
-    carries the gradient; this one corrects the sampler's distribution, which differs from the trainer's).
+    "Your Efficient RL Framework Secretly Brings You Off-Policy RL Training", Yao et al. 2025, a blog post
+    (fengyao.notion.site/off-policy-rl; no arXiv id). Differs from: PPO's ratio π_θ/π_old (that one is clipped
+    and carries the gradient; this one corrects the sampler's distribution, which differs from the trainer's).
     """
     if not cap > 0:
         raise ValueError(f"tis cap must be > 0, got {cap}")

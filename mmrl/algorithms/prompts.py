@@ -24,7 +24,7 @@ def uniform(acc: torch.Tensor, **_) -> torch.Tensor:
 
 @PROMPT_WEIGHTS.register("variance")
 def variance(acc: torch.Tensor, *, floor: float = 1e-3, **_) -> torch.Tensor:
-    """Variance-aware sampling (MMR1, arXiv id not recorded; its outcome-variance term): w = p̂(1 − p̂), the
+    """Variance-aware sampling (MMR1, arXiv:2509.21268; its outcome-variance term): w = p̂(1 − p̂), the
     reward variance that lower-bounds the policy-gradient magnitude; unseen prompts get the maximum ¼. A small
     floor keeps solved and hopeless prompts reachable."""
     p = torch.where(acc.isnan(), torch.full_like(acc, 0.5), acc)
@@ -34,7 +34,7 @@ def variance(acc: torch.Tensor, *, floor: float = 1e-3, **_) -> torch.Tensor:
 @PROMPT_WEIGHTS.register("difficulty_peak")
 def difficulty_peak(acc: torch.Tensor, *, centre: float = 0.5, width: float = 0.2, floor: float = 1e-3,
                     **_) -> torch.Tensor:
-    """A curriculum that favours medium difficulty (PC-GRPO's difficulty-aware sampling, arXiv id not recorded;
+    """A curriculum that favours medium difficulty (PC-GRPO's difficulty-aware sampling, arXiv:2512.14944;
     the Gaussian shape and width are ours): w = exp(−(p̂ − centre)² / (2·width²)); unseen prompts count as
     `centre`."""
     p = torch.where(acc.isnan(), torch.full_like(acc, centre), acc)

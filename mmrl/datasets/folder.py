@@ -69,7 +69,8 @@ POSITION_PROMPT = (
 
 def _position(image: Image.Image, rng: random.Random, **_) -> tuple[list[Image.Image], str, dict]:
     """SSL4RL's relative-position task ("SSL4RL: Revisiting Self-supervised Learning as Intrinsic Reward for
-    Visual-Language Reasoning", arXiv id not recorded, ≈ verify; after Doersch et al.'s context prediction).
+    Visual-Language Reasoning", arXiv:2510.16416; after Doersch et al.'s context prediction, "Unsupervised
+    Visual Representation Learning by Context Prediction", arXiv:1505.05192).
 
     The photo is cut into a 3 × 3 grid of w // 3 × h // 3 tiles (the right / bottom remainder dropped); shown
     are the centre tile (row 1, column 1) and the neighbour at (1 + dr, 1 + dc), (dr, dc) drawn uniformly from

@@ -50,8 +50,8 @@ def _draw_grounding(
     the drawn pixels, with **x2/y2 exclusive** (PIL's `getbbox` convention). With `salience`, the answer also
     holds `"salience"`: one weight per box, the box's share of all target pixels, w_j = a_j / Σ_k a_k with
     a_j the number of pixels shape j covers (so a larger shape weighs more; sums to 1 up to rounding) — the
-    salience weights of GRiP's salience-weighted IoU ("Guiding the Inner Eye", arXiv id not recorded;
-    the paper's own weighting is not public, this pixel share is our stand-in; ≈ verify).
+    salience weights of GRiP's salience-weighted IoU ("Guiding the Inner Eye", arXiv:2511.22172;
+    the paper's own weighting was not found, so this pixel share is our stand-in).
     """
     if min(width, height) < 24:
         raise ValueError(f"grounding: canvas {width}x{height} is too small (need >= 24 px each side)")
@@ -268,7 +268,7 @@ def _draw_classify(
     rng: random.Random, size: int = 56, label: str = "shape", choices: bool = False
 ) -> tuple[Image.Image, str, dict]:
     """Name the one shape on the canvas: image classification with a rule-based reward (CLS-RL, "Image
-    Classification with Rule-Based Reinforcement Learning", arXiv:2503.16188 (≈ verify); reward `cls_label`).
+    Classification with Rule-Based Reinforcement Learning", arXiv:2503.16188; reward `cls_label`).
 
     One square, circle or triangle in red, green, blue or yellow, its side 30-80 % of the `size` x `size` grey
     canvas, at a random place. `label` picks what is asked: "shape", "colour" or "both" ("red circle"); the

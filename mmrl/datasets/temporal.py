@@ -101,8 +101,8 @@ FRAME_ORDER_PROMPT = (
 
 def _draw_frame_order(rng: random.Random, frames: int = 4, fps: float = 2.0, size: int = 56,
                       prompt: str | None = None) -> tuple[Any, str, dict]:
-    """Restore the time order of shuffled video frames (temporal reasoning as in Video-R1, arXiv:2503.21776
-    (≈ verify); reward `frame_order`, Kendall τ mapped to [0, 1]).
+    """Restore the time order of shuffled video frames (temporal reasoning as in Video-R1, arXiv:2503.21776;
+    reward `frame_order`, Kendall τ mapped to [0, 1]).
 
     A bar of a random colour (red, green, blue or yellow) and thickness on a dark canvas grows from one
     canvas edge (random: left, right, top or bottom) by a constant step s ≥ 3 px per frame: at true time t its

@@ -19,7 +19,7 @@ def mask_patches(
     `grid_thw` [I, 3] gives each image's (t, h, w) patch grid (P = Σ t·h·w); a merge group is merge_size²
     consecutive rows. 0 is the normalised mean pixel. Which groups are masked depends only on `seed` and the
     image's position, never on other images in the batch. PAPO: "Perception-Aware Policy Optimization for
-    Multimodal Reasoning" (arXiv id not recorded in the reference), patch masking of the input image.
+    Multimodal Reasoning" (arXiv:2507.06448), patch masking of the input image.
     """
     if not 0.0 <= ratio <= 1.0:
         raise ValueError(f"mask ratio must be in [0, 1], got {ratio}")
@@ -46,8 +46,8 @@ def mask_patches(
 
 def shuffle_frames(sample, perm: list[int]):
     """The same sample with its image parts (frames, in prompt order) reordered: shown frame i = original
-    frame perm[i]; text parts stay where they are. T-GRPO's shuffled-frame input (Video-R1, arXiv:2503.21776 ≈
-    verify). Raises ValueError when `perm` does not permute the sample's frames."""
+    frame perm[i]; text parts stay where they are. T-GRPO's shuffled-frame input (Video-R1, arXiv:2503.21776).
+    Raises ValueError when `perm` does not permute the sample's frames."""
     from dataclasses import replace
 
     frames = sample.media("image")

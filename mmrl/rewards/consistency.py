@@ -55,7 +55,7 @@ def acre(
     back to original option order: r = `both` if ℓ₁ = ℓ₂ = ℓ, `correct_only` if ℓ₁ = ℓ ≠ ℓ₂, `consistent_only`
     if ℓ₁ = ℓ₂ ≠ ℓ, else `neither`; an unparsable letter is neither correct nor consistent. Option text
     answers match through `answer["options"]` (text is invariant to shuffling). ACRE, "Answer-Consistent
-    Chain-of-thought Reinforcement Learning for Multi-modal LLMs" (arXiv id not recorded in the reference);
+    Chain-of-thought Reinforcement Learning for Multi-modal Large Language Models" (arXiv:2510.10104);
     the four values are the reference's proposal, the paper's exact ones were not retrieved. Setting
     `both = consistent_only = 1` and the others 0 gives the plain option-shuffle consistency rate (OSCR).
 
@@ -161,8 +161,9 @@ def reasoning_consistency(completions: list[str], **kwargs: Any) -> list[float |
     "answer: X", "so/thus/therefore X", cut at the sentence end), â = the `<answer>` block; key = option letter,
     else number, else normalised text (containment of whole words counts). None when there is no think block,
     no conclusion or no answer block. Needs no ground truth. ACRE "Answer-Consistent Chain-of-thought
-    Reinforcement Learning for Multi-modal LLMs" and PC-GRPO's reasoning–answer consistency (RAC, judged by an
-    LLM there; this is the rule-based proxy) (arXiv ids not recorded in the reference).
+    Reinforcement Learning for Multi-modal Large Language Models" (arXiv:2510.10104) and PC-GRPO's
+    reasoning–answer consistency (RAC, judged by an LLM there; this is the rule-based proxy) ("Puzzle Curriculum
+    GRPO for Vision-Centric Reasoning" (arXiv:2512.14944)).
 
     >>> reasoning_consistency(["<think>so the answer is B.</think><answer>B</answer>",
     ...                        "<think>thus 12</think><answer>13</answer>", "<think>hmm</think><answer>B</answer>"])
@@ -197,7 +198,8 @@ def group_agreement(
     (letter / number / normalised text); every tied mode counts as the majority; a completion without an
     answer scores 0. Groups come from the `prompt_index` column when present (completions sharing a value
     form a group), else from `group_size` (consecutive blocks of that size, the rollout layout); with neither
-    it raises ValueError. TTRL-style majority pseudo-label (TTRL, arXiv:2504.16084 (≈ verify)).
+    it raises ValueError. TTRL-style majority pseudo-label ("TTRL: Test-Time Reinforcement Learning"
+    (arXiv:2504.16084)).
 
     >>> group_agreement(["<answer>4</answer>", "<answer>4.0</answer>", "<answer>5</answer>", "x"], group_size=4)
     [1.0, 1.0, 0.0, 0.0]

@@ -159,7 +159,7 @@ def vlmr1_det(completions: list[str], *, answer=None, geometry=None, threshold: 
     miss_rate = unmatched GT / |GT|, false_alarm_rate = unmatched predictions / |pred| (boxes beyond the cap
     included); defaults α = 0.7, β = 0, γ = 0.3, τ = 0.5. "VLM-R1: A Stable and Generalizable R1-style Large
     Vision-Language Model", arXiv:2504.07615 (`detection_score`, om-ai-lab/VLM-R1@90052f4786
-    grpo_jsonl.py L418–560). (≈ verify) VLM-R1 matches greedily by IoU; here matching is Hungarian.
+    grpo_jsonl.py L418–560). VLM-R1 matches greedily by IoU; here matching is Hungarian.
 
     >>> r = vlmr1_det(["[0, 0, 2, 2] [5, 5, 6, 6]"], answer=[{"boxes": [[0, 0, 2, 2]]}])
     >>> round(r[0], 6)  # 0.7·1 + 0.3·(1 − (0 + 1/2) / 2)
@@ -196,7 +196,7 @@ def rft_det(completions: list[str], *, answer=None, geometry=None, threshold: fl
     c_k ∈ [0, 1] the box's `confidence`/`score` (clamped; `missing_confidence` when absent). Visual-RFT sums the
     two ([0, 2]); here their mean. "Visual-RFT: Visual Reinforcement Fine-Tuning", arXiv:2503.01785
     (Liuziyu77/Visual-RFT@94866331ff grpo.py L109–212, `compute_reward_iou_v2` / `compute_reward_confidence`).
-    (≈ verify) Visual-RFT matches greedily in order of confidence, keeps IoU > τ (strict), and drops exact
+    Visual-RFT matches greedily in order of confidence, keeps IoU > τ (strict), and drops exact
     duplicate predictions first; here matching is Hungarian, IoU ≥ τ, and duplicates are false positives.
 
     >>> rft_det(['[{"bbox_2d": [0, 0, 2, 2], "confidence": 0.8}]'], answer=[{"boxes": [[0, 0, 2, 2]]}])
@@ -228,8 +228,8 @@ def union_iou(completions: list[str], *, answer=None, geometry=None, max_answer_
 
     r = |∪_k b̂_k ∩ ∪_j b_j| / |∪_k b̂_k ∪ ∪_j b_j| (exact areas; order-free, robust to split or merged boxes,
     but does not penalise the box count). SATORI-R1, "Incentivizing Multimodal Reasoning with Spatial Grounding
-    and Verifiable Rewards" (justairr/SATORI-R1@8857b30f6a plugin.py, shapely `unary_union`; arXiv id not in
-    our reference, ≈ 2505.19094 — verify).
+    and Verifiable Rewards" (arXiv:2505.19094; justairr/SATORI-R1@8857b30f6a plugin.py, shapely
+    `unary_union`).
 
     >>> union_iou(["[0, 0, 1, 1] [1, 0, 2, 1]"], answer=[{"boxes": [[0, 0, 2, 1]]}])
     [1.0]
@@ -260,8 +260,8 @@ def salience_iou(completions: list[str], *, answer=None, geometry=None, extra_pe
     r = Σ_j s_j · IoU(b̂_π(j), b_j) / Σ_j s_j × (min(1, |GT| / |pred|) if `extra_penalty`), π the Hungarian
     assignment on IoU (unmatched GT contribute 0), s_j = `answer["salience"][j]` when given, else the area of
     b_j. The length penalty is VLM-R1's `odLength` factor; without it extra boxes would be free. GRiP, "Guiding
-    the Inner Eye: A Framework for Hierarchical and Flexible Visual Grounded Reasoning" (arXiv id not in our
-    reference). (≈ verify) the paper's exact weighting is not public; this is the reference's proposal.
+    the Inner Eye: A Framework for Hierarchical and Flexible Visual Grounded Reasoning" (arXiv:2511.22172). The
+    paper's own weighting was not found; this one is the reference's proposal.
 
     >>> salience_iou(["[0, 0, 2, 2]"], answer=[{"boxes": [[0, 0, 2, 2], [5, 5, 6, 6]], "salience": [3, 1]}])
     [0.75]

@@ -48,7 +48,7 @@ def rotation_exact(
     r = 1[all angles θ̂ in the answer agree and (θ̂ − θ) mod 360 ∈ [−tol, tol]], answer θ = a number, numeric
     string or `{"angle": θ}`; "90", "90°", "90 degrees", "-270" all parse as 90. An answer naming two different
     angles ("0 or 90") scores 0 (no hedging). PC-GRPO "Puzzle Curriculum GRPO for Vision-Centric Reasoning"
-    (arXiv id not recorded in the reference; follow-up 2512.14944) and SSL4RL's rotation task.
+    (arXiv:2512.14944) and SSL4RL's rotation task (arXiv:2510.16416).
 
     >>> rotation_exact(["<answer>90°</answer>", "<answer>-270 degrees</answer>", "<answer>0 or 90</answer>"],
     ...                answer=[90, {"angle": 90}, "90"])
@@ -105,8 +105,8 @@ def jigsaw(completions: list[str], *, answer: Sequence[Any] | None = None, **kwa
 
     r = (1/N) Σ_i 1[p̂_i = p_i] over the N entries of `answer["order"]`; p̂ is parsed from the answer ("2, 0,
     3, 1", "[2,0,3,1]"; integers when the order holds integers). Missing entries count 0, extra ones are
-    ignored, unparsable → 0. SSL4RL's code (jigsaw.py) and PC-GRPO's graded partial credit (arXiv id not
-    recorded in the reference).
+    ignored, unparsable → 0. SSL4RL's code (jigsaw.py; arXiv:2510.16416) and PC-GRPO's graded partial
+    credit (arXiv:2512.14944).
 
     >>> jigsaw(["<answer>[2, 0, 3, 1]</answer>", "<answer>2, 0, 1</answer>", "no"], answer=[{"order": [2, 0, 3, 1]}] * 3)
     [1.0, 0.5, 0.0]
@@ -157,7 +157,7 @@ def frame_order(completions: list[str], *, answer: Sequence[Any] | None = None, 
     r = (τ + 1)/2, τ = (C − D)/(N(N−1)/2) between the predicted order and `answer["order"]` (N distinct
     items); pairs involving an item the answer omits count as discordant (so junk → 0, reversed → 0,
     exact → 1). Duplicate ground-truth items make the sample not applicable. Issue 3's video frame-order
-    reward; Video-R1's T-GRPO motivates temporal order (arXiv:2503.21776 (≈ verify)).
+    reward; Video-R1's T-GRPO motivates temporal order (arXiv:2503.21776).
 
     >>> frame_order(["<answer>1, 2, 3</answer>", "<answer>1, 3, 2</answer>", "<answer>3 2 1</answer>"],
     ...             answer=[{"order": [1, 2, 3]}] * 3)
@@ -215,8 +215,7 @@ def relative_position(
     r = 1[R(â) = {R(y)}], R = the set of canonical relations named (top-left, top-right, bottom-left,
     bottom-right, left, right, above, below, front, behind, center; "upper left"/"top_left" → top-left,
     "under"/"beneath" → below, "on top"/"over" → above, …); y = `answer["relation"]` or a string. Naming two
-    relations ("left or right") scores 0. SSL4RL's position task (exact match of a quadrant) (arXiv id not
-    recorded in the reference).
+    relations ("left or right") scores 0. SSL4RL's position task (exact match of a quadrant) (arXiv:2510.16416).
 
     >>> relative_position(["<answer>Upper left</answer>", "<answer>left or right</answer>"],
     ...                   answer=[{"relation": "top-left"}, "left"])
@@ -243,7 +242,7 @@ def patch_fit(
     r = 1[ĉ = c], c from `answer["choice"]` (a letter) and/or `answer["index"]` (an integer as numbered in the
     prompt); ĉ is a letter ("B", "(B)") or a number ("2", "patch 2"). With only a letter (or only an index)
     known, the other form is converted with `index_base` (default 1: "1" ≍ "A"). PC-GRPO's binary PatchFit
-    reward (arXiv id not recorded in the reference).
+    reward (arXiv:2512.14944).
 
     >>> patch_fit(["<answer>(B)</answer>", "<answer>patch 2</answer>", "<answer>0</answer>"],
     ...           answer=[{"choice": "B"}, {"choice": "B"}, {"index": 0}], index_base=1)
@@ -313,7 +312,8 @@ def temporal_iou(completions: list[str], *, answer: Sequence[Any] | None = None,
 
     r = max(0, min(ê, e) − max(ŝ, s)) / (max(ê, e) − min(ŝ, s)), ŝ, ê = the first two times in the answer
     ("[12.5, 20]", "12.5-20 s", "0:10 to 1:05"), (s, e) = `answer["span"]`; an inverted prediction scores 0.
-    The tIoU reward of temporal grounding RL (Time-R1 / TimeZero; arXiv id not recorded in the reference).
+    The tIoU reward of temporal grounding RL ("Time-R1: Post-Training Large Vision Language Model for Temporal
+    Video Grounding", first released as "TimeZero" (arXiv:2503.13377)).
 
     >>> temporal_iou(["<answer>[10, 20]</answer>", "<answer>15-25 s</answer>", "<answer>20 to 10</answer>"],
     ...              answer=[{"span": [10, 20]}] * 3)
@@ -334,7 +334,7 @@ def temporal_iou(completions: list[str], *, answer: Sequence[Any] | None = None,
 @register("temporal_bonus", range=lambda alpha=0.3, **_: (0.0, max(0.0, float(alpha))))
 def temporal_bonus(completions: list[str], *, temporal: Sequence[Any] | None = None, alpha: float = 0.3,
                    mu: float = 0.8, **kwargs: Any) -> list[float | None]:
-    """T-GRPO's temporal reward (Video-R1, arXiv:2503.21776 ≈ verify). Range [0, α]; None = no contrast pass.
+    """T-GRPO's temporal reward (Video-R1, arXiv:2503.21776). Range [0, α]; None = no contrast pass.
 
     r = α when the completion is correct and its prompt's accuracy on ordered frames p reaches μ·p̃, p̃ the
     accuracy on shuffled frames; else 0. The `temporal` column (`{"correct", "ordered_acc", "shuffled_acc"}`)

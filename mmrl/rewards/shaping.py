@@ -75,7 +75,7 @@ def format_template(completions: list[str], *, template: str = "think_answer", *
     - `answer`: `<answer>A</answer>` only (no-thinking mode);
     - `boxed`: a `\\boxed{…}` with balanced braces and non-empty content anywhere (PAPO-style);
     - `caption_bbox_answer`: `<caption>C</caption> <bbox>[[x1,y1,x2,y2], …]</bbox> <answer>A</answer>`, C
-      non-empty and the bbox block a list of 4-number boxes (SATORI-R1; arXiv id not recorded in the reference).
+      non-empty and the bbox block a list of 4-number boxes (SATORI-R1, arXiv:2505.19094).
     Text beyond `MAX_CHARS` fails the template. DeepSeek-R1's format reward (arXiv:2501.12948).
 
     >>> format_template(["<think>x</think><answer>4</answer>", "<answer>4</answer>"])
@@ -113,7 +113,7 @@ def overlong(
     r = 0 if L ≤ max_len − buffer; ((max_len − buffer) − L) / buffer if max_len − buffer < L ≤ max_len;
     −1 if L > max_len, with L = len(completion_ids) (unpadded). `buffer=0` is a hard step. Defaults are DAPO's
     L_max = 20480, L_cache = 4096; set `max_len` to the rollout's max new tokens. DAPO: "DAPO: An Open-Source
-    LLM Reinforcement Learning System at Scale" (arXiv:2503.14476 (≈ verify)).
+    LLM Reinforcement Learning System at Scale" (arXiv:2503.14476).
 
     >>> overlong(["a", "b", "c"], completion_ids=[[0] * 6, [0] * 9, [0] * 11], max_len=10, buffer=4)
     [0.0, -0.75, -1.0]
@@ -167,7 +167,8 @@ def cosine_length(
     (correct_start, correct_end) = (+2, +1) when correct and (wrong_start, wrong_end) = (−10, 0) when wrong;
     r = exceed (−10) when L > max_len. L = len(completion_ids); "correct" = the registered reward named by
     `correctness` (given the same columns) returns ≥ 1. "Demystifying Long Chain-of-Thought Reasoning in LLMs"
-    (arXiv:2502.03373 (≈ verify); values per reference/algorithms.md, "≈ per paper, verify").
+    (arXiv:2502.03373); the default values are those of the authors' cosine-reward run script
+    (eddycmu/demystify-long-cot, section 4.2).
 
     >>> cosine_length(["<answer>4</answer>", "<answer>5</answer>", "<answer>4</answer>"], answer=["4"] * 3,
     ...               completion_ids=[[0] * 0, [0] * 10, [0] * 11], max_len=10)

@@ -177,8 +177,9 @@ def mc(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs:
     (or a bare letter string). `answer["permutation"]`, when present, maps shown positions to original ones:
     the option shown as letter i is original option `permutation[i]` (ACRE's shuffled second pass). Letters
     beyond the number of options score 0. Compares whole letters, not first characters (SEED-Bench-R1's bug).
-    Papers: ACRE "Answer-Consistent Chain-of-thought Reinforcement Learning for Multi-modal LLMs" (arXiv id not
-    recorded in the reference); SEED-Bench-R1 letter matching.
+    Papers: ACRE "Answer-Consistent Chain-of-thought Reinforcement Learning for Multi-modal Large Language Models"
+    (arXiv:2510.10104); SEED-Bench-R1 letter matching ("Exploring the Effect of Reinforcement Learning on Video
+    Understanding: Insights from SEED-Bench-R1" (arXiv:2503.24376)).
 
     >>> mc(["<answer>(B)</answer>", "<answer>A</answer>", "<answer>a dog</answer>"],
     ...    answer=[{"choice": "B"}, {"choice": "B", "permutation": [1, 0]}, {"choice": "C", "options": ["x", "y", "A dog"]}])
@@ -227,8 +228,7 @@ def multi_select(
 
     r = 1[Ŝ = S] (default), or Jaccard |Ŝ ∩ S| / |Ŝ ∪ S| with `partial=True`; S = `answer["choices"]` (a list
     or "A, C") or a bare string answer; Ŝ parsed from "A, C", "(A) and (C)", "A C", "AC"; any non-letter part
-    makes the answer unparsable → 0. SophiaVL-R1's set-equality multi-choice score (arXiv id not recorded in
-    the reference).
+    makes the answer unparsable → 0. SophiaVL-R1's set-equality multi-choice score (arXiv:2505.17018).
 
     >>> multi_select(["<answer>A, C</answer>", "<answer>A</answer>"], answer=[{"choices": ["A", "C"]}] * 2)
     [1.0, 0.0]
@@ -284,7 +284,7 @@ def numeric(
     r = 1[|ŷ − y| ≤ max(abs_tol, rel_tol·|y|)], ŷ the last number in the answer (hand parser: "1,234.5", "3/4",
     "\\frac{3}{4}", "45%", "1.5e-3", "2 × 10^3"; no eval), y = the answer (number, numeric string, or
     `{"value": y}`). A percentage matches either its value or its value / 100 ("45%" ≍ 45 and 0.45).
-    Video-R1's numeric reward (arXiv:2503.21776 (≈ verify)) uses a fixed 2-decimal rounding instead.
+    Video-R1's numeric reward (arXiv:2503.21776) uses a fixed 2-decimal rounding instead.
 
     >>> numeric(["<answer>1,234.5</answer>", "<answer>45%</answer>", "<answer>3/4</answer>", "<answer>x</answer>"],
     ...         answer=[1234.5, 0.45, "0.75", 1])
@@ -348,7 +348,7 @@ def cls_label(completions: list[str], *, answer: Sequence[Any] | None = None, **
 
     r = 1[norm(â) ∈ {norm(label)} ∪ {norm(s) : s ∈ synonyms}], answer = a label string or
     `{"label": …, "synonyms": […]}`; norm as in `exact` ("Golden_Retriever." ≍ "golden retriever").
-    CLS-RL: "Image Classification with Rule-Based Reinforcement Learning" (arXiv:2503.16188 (≈ verify)); its
+    CLS-RL: "Image Classification with Rule-Based Reinforcement Learning" (arXiv:2503.16188); its
     code compares the lower-cased `<answer>` with the class name; No-Thinking-CLS-RL the whole completion
     (here: the whole completion when there is no `<answer>` block).
 
@@ -409,7 +409,7 @@ def ocr(
     r = clip(1 − lev(ŷ, y) / |y|, 0, 1) over characters or whitespace words, after collapsing whitespace
     (and casefolding with `casefold=True`); y = the answer string or `{"text": …}`. Both sides are cut to
     `max_units` units; when |ŷ| ≥ 2|y| the distance is ≥ |y| and r = 0 without running the DP. Empty y:
-    1 if ŷ is empty, else 0. Video-R1's OCR reward is 1 − WER clipped (arXiv:2503.21776 (≈ verify)).
+    1 if ŷ is empty, else 0. Video-R1's OCR reward is 1 − WER clipped (arXiv:2503.21776).
 
     >>> ocr(["<answer>he1lo world</answer>", "<answer>hello</answer>"], answer=["hello world"] * 2)
     [0.9090909090909091, 0.4545454545454546]

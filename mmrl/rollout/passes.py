@@ -55,7 +55,7 @@ def think_block(text: str) -> str:
 @EXTRA_PASSES.register("shuffle_options")
 def shuffled_options_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, column: str = "pair",
                           max_new_tokens: int | None = None, greedy: bool = False) -> dict[str, float]:
-    """ACRE's second pass ("Answer-Consistent Chain-of-thought RL"; arXiv id not recorded): each completion's
+    """ACRE's second pass ("Answer-Consistent Chain-of-thought RL"; arXiv:2510.10104): each completion's
     question is asked again with its options in a new order and the completion's own `<think>` block as a forced
     prefix; the continuation fills `column` as `{"completion", "permutation"}` for the `acre` reward (None for
     samples that are not multiple choice). One permutation per prompt, never the identity."""
@@ -94,7 +94,7 @@ def rethink_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, ratio: float 
                  triggers: list[str] | tuple[str, ...] = TRIGGERS, max_new_tokens: int | None = None,
                  temperature: float | None = None) -> dict[str, float]:
     """VL-Rethinker's forced rethinking ("Incentivizing Self-Reflection of Vision-Language Models with RL";
-    arXiv id not recorded): a share `ratio` of completions is cut before its final answer, a trigger ("Wait, …")
+    arXiv:2504.08837): a share `ratio` of completions is cut before its final answer, a trigger ("Wait, …")
     is appended and the policy continues from there; a continuation replaces its original completion only if it
     scores as correct (total reward ≥ `algorithm.correct_threshold`), so the update reinforces self-checks that
     end right. The trigger tokens are trained like sampled ones (their sampling log-probs are 0)."""
@@ -157,7 +157,7 @@ def replace_rows(ro: Rollouts, rows: list[int], cand: Rollouts, src: list[int], 
 @EXTRA_PASSES.register("shuffle_frames")
 def shuffled_frames_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, column: str = "temporal",
                          samples: int | None = None) -> dict[str, float]:
-    """T-GRPO's contrast (Video-R1, arXiv:2503.21776 ≈ verify): each multi-frame prompt is also answered with its
+    """T-GRPO's contrast (Video-R1, arXiv:2503.21776): each multi-frame prompt is also answered with its
     frames shuffled (`samples` completions, default G/2); the column gets, per completion, whether it is correct
     and its prompt's accuracy on ordered and on shuffled frames, for the `temporal_bonus` reward. Correctness is
     the run's total reward ≥ `algorithm.correct_threshold`, scored here on both sets."""

@@ -4,8 +4,8 @@ At the start of RL, `build` samples G completions from π₀ for some training p
 every completion ("perfect") keep those completions and their π₀ log-probs. Each RL step then adds
 coef · mean_t f(π_θ(y_t) / π₀(y_t)) over a few stored completions, an f-divergence to π₀ estimated on π₀'s own
 samples — no reference model is held. DPH-RL, "The Choice of Divergence: A Neglected Key to Mitigating
-Diversity Collapse in RLVR" (arXiv id not recorded in the reference). The set is saved in checkpoints (as
-sample ids, token ids and log-probs), since π₀ itself is gone after the first update.
+Diversity Collapse in Reinforcement Learning with Verifiable Reward" (arXiv:2509.07430). The set is saved in
+checkpoints (as sample ids, token ids and log-probs), since π₀ itself is gone after the first update.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Selective sample replay: groups with a learning signal are kept and re-used when filters leave a step short.
 
-VL-Rethinker's SSR ("Incentivizing Self-Reflection of Vision-Language Models with RL"; arXiv id not recorded):
+VL-Rethinker's SSR ("Incentivizing Self-Reflection of Vision-Language Models with RL"; arXiv:2504.08837):
 groups whose advantages vanish carry no gradient, so past groups with non-zero advantages are replayed,
 drawn with probability ∝ (mean |Â|)^α. A replayed group keeps the advantages it was given and its sampling
 log-probs serve as π_old, so the PPO ratio corrects for its staleness. The buffer lives in memory (FIFO,

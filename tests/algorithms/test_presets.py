@@ -373,8 +373,8 @@ def ref_nsr(b, extra=no_extra):
 
 def ref_prorl(b, extra=no_extra):
     # ProRL (Liu et al. 2025, arXiv:2505.24864): DAPO's recipe with ε_high = 0.4 plus a k3 KL to π_ref in the loss
-    # (β = 1e-4, ≈ per ../shared/reference/algorithms.md); token-level mean. Reference resets are a trainer
-    # schedule, not a loss term.
+    # (β = 1e-4, from ../shared/reference/algorithms.md, not checked against the paper); token-level mean.
+    # Reference resets are a trainer schedule, not a loss term.
     adv = grpo_adv(b)
     return token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.4)
                       + 1e-4 * k3(b.logp[i, t], b.ref[i, t]) + extra(i, t))
@@ -383,8 +383,8 @@ def ref_prorl(b, extra=no_extra):
 def ref_papo(b, extra=no_extra):
     # PAPO — "Perception-Aware Policy Optimization for Multimodal Reasoning" (Wang et al. 2025, arXiv:2507.06448):
     # J = J_GRPO + γ·KL_prcp with KL_prcp = D_KL[π_θ(o|q,I) ‖ π_θ(o|q,I_mask)] (k3 per token, maximised) and the
-    # Double Entropy Loss η·(H[π_θ(·|I)] + H[π_θ(·|I_mask)]) minimised; γ = 0.01, η = 0.03 (≈), token mean,
-    # no reference KL.
+    # Double Entropy Loss η·(H[π_θ(·|I)] + H[π_θ(·|I_mask)]) minimised; γ = 0.01, η = 0.03 (the authors' config),
+    # token mean, no reference KL.
     adv = grpo_adv(b)
     return token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.2)
                       - 0.01 * k3(b.logp[i, t], b.masked_logp[i, t])
@@ -392,8 +392,8 @@ def ref_papo(b, extra=no_extra):
 
 
 def ref_apo(b, extra=no_extra):
-    # APO — "Enhancing Reasoning Ability of MLLMs via Asymmetric Policy Optimization" (View-R1; arXiv id not
-    # recorded): GRPO advantages; STCR: a wrong answer i with Δ_i = L_i − mean(L of the group's correct answers) > 0
+    # APO — "Enhancing Reasoning Ability of MLLMs via Asymmetric Policy Optimization" (View-R1;
+    # arXiv:2506.21655): GRPO advantages; STCR: a wrong answer i with Δ_i = L_i − mean(L of the group's correct answers) > 0
     # gets Â_i·(1 + (1 − 1.00001^(−Δ_i))); DADS: with d = 1 − #correct/G, positives (Â > 0, 0 < d < 1) weight
     # their k3 KL by 1 − exp(−e·(1 − d)); β = 1e-3; 1/G Σ_i 1/|o_i| Σ_t.
     adv = grpo_adv(b)
@@ -413,21 +413,21 @@ def ref_apo(b, extra=no_extra):
 
 
 def ref_acre(b, extra=no_extra):
-    # ACRE (arXiv id not recorded): plain GRPO (DeepSeekMath eq. 3) without a KL term; the method lives in its
+    # ACRE (arXiv:2510.10104): plain GRPO (DeepSeekMath eq. 3) without a KL term; the method lives in its
     # option-shuffled second pass and four-way reward, which the loss never sees.
     adv = grpo_adv(b)
     return seq_mean_token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.2) + extra(i, t))
 
 
 def ref_vl_rethinker(b, extra=no_extra):
-    # VL-Rethinker (arXiv id not recorded): advantage r − mean(r) without std (its released trainer), PPO clip
+    # VL-Rethinker (arXiv:2504.08837): advantage r − mean(r) without std (its released trainer), PPO clip
     # 0.2, per-sequence token mean, no KL; forced rethinking changes the rollouts, not the loss.
     adv = centred_adv(b)
     return seq_mean_token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 0.2, 0.2) + extra(i, t))
 
 
 def ref_dph_rl(b, extra=no_extra):
-    # DPH-RL ("The Choice of Divergence", arXiv id not recorded): the RL part is DAPO-style clip-higher
+    # DPH-RL ("The Choice of Divergence", arXiv:2509.07430): the RL part is DAPO-style clip-higher
     # (ε_high = 0.28), token-level mean, no reference KL; its f-divergence to π₀ acts on stored π₀ samples in a
     # separate term (tests/algorithms/test_divergences.py, tests/test_update.py).
     adv = grpo_adv(b)
@@ -435,13 +435,13 @@ def ref_dph_rl(b, extra=no_extra):
 
 
 def ref_t_grpo(b, extra=no_extra):
-    # T-GRPO (Video-R1, arXiv:2503.21776 ≈ verify): the GRPO loss itself (DeepSeekMath eq. 3, k3 KL 0.04); its
+    # T-GRPO (Video-R1, arXiv:2503.21776): the GRPO loss itself (DeepSeekMath eq. 3, k3 KL 0.04); its
     # temporal contrast only changes rewards (shuffled-frame pass + temporal_bonus).
     return ref_grpo(b, extra=extra)
 
 
 def ref_lp_reg(b, extra=no_extra):
-    # Lp-Reg (arXiv id not recorded): on-policy with clipping effectively off (ε_low 1.0, ε_high 9.0, dual clip 10),
+    # Lp-Reg (arXiv:2510.03222): on-policy with clipping effectively off (ε_low 1.0, ε_high 9.0, dual clip 10),
     # token mean, no KL; its min-p proxy term needs the full distribution and is checked by hand in test_losses.py.
     adv = grpo_adv(b)
     return token_mean(b, lambda i, t: ppo_term(ratio(b, i, t), adv[i], 1.0, 9.0, 10.0) + extra(i, t))
