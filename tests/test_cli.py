@@ -27,18 +27,35 @@ def test_train_eval_plot_commands(tmp_path, tiny):
     run = tmp_path / "run"
     out = mmrl("train", str(REPO / "recipes" / "demo.yaml"), *tiny.overrides(run))
     assert out.returncode == 0, out.stderr[-2000:]
-    assert "eval/accuracy" in out.stdout and "before" in out.stdout and "after" in out.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["eval_before"]["eval/n"] == 8
+    before, after = summary["eval_before"]["eval/accuracy"], summary["eval_after"]["eval/accuracy"]
+    assert f"eval/accuracy {' ' * 15}before {before:6.3f}   after {after:6.3f}" in out.stdout  # what it printed
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    sft = [r["sft/loss"] for r in rows if r.get("train/stage") == "warm"]
+    assert len(sft) == 2 and sft[1] < sft[0]  # the warm start learns
+    rl = [r for r in rows if r.get("train/stage") == "rl"]
+    # no KL, no entropy bonus: an RL step has a gradient exactly when some advantage is non-zero
+    assert len(rl) == 3 and all((r["actor/grad_norm"] > 0) == (r["adv/zero_frac"] < 1) for r in rl), rl
 
     out = mmrl("eval", str(run), "--task", "rotation", "--n", "6", "--k", "4", "--temperature", "1.0")
     assert out.returncode == 0, out.stderr[-2000:]
     report = json.loads((run / "eval" / "rotation" / "report.json").read_text())
-    assert report["metrics"]["eval/n"] == 6 and 0.0 <= report["metrics"]["eval/accuracy"] <= 1.0
-    assert report["checkpoint"].endswith("step_000005")
+    assert report["metrics"]["eval/n"] == 6 and report["checkpoint"].endswith("step_000005")
+    # the reported accuracy is the accuracy reward of the reported completions (all 6), and it was printed
+    from mmrl.rewards.builtin import answer_match
+
+    done = report["completions"]
+    scores = answer_match([c["completion"] for c in done], answer=[c["answer"] for c in done])
+    assert len(done) == 6 and report["metrics"]["eval/accuracy"] == pytest.approx(sum(scores) / 6)
+    assert f"{'eval/accuracy':28s} {report['metrics']['eval/accuracy']:.4f}" in out.stdout
     sampled = report["sampled"]
     assert sampled["k"] == 4 and sampled["n_prompts"] == 6 and "avg@4/accuracy" in sampled
-    assert 0.0 <= sampled["pass@1"] <= sampled["pass@4"] <= 1.0
+    assert sampled["pass@1"] <= sampled["pass@4"]
+    # pass@1 is the mean correctness of the 24 samples (correct: total reward ≥ the run's threshold, 1.0); the
+    # total is accuracy + 0.1·format, so a correct sample has accuracy 1 and pass@1 ≤ avg@4/accuracy
+    assert sampled["pass@1"] == pytest.approx(round(sampled["pass@1"] * 24) / 24)
+    assert sampled["pass@1"] <= sampled["avg@4/accuracy"] + 1e-9
     assert Path(report["pass_at_k_png"]).stat().st_size > 1000 and "pass@4" in out.stdout
 
     from mmrl.evaluation import run_eval  # in-process: a grounding eval draws its boxes

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -124,22 +126,48 @@ def test_interrupted_checkpoint_write_leaves_previous_loadable(tmp_path, tiny, m
     assert not list(root.glob(".tmp-step_*"))
 
 
+KNOB_RUN = ("stages=[{name: rl, kind: rl, steps: 2, lr: 1.0e-3}]",)
+
+
+def _rl_rows(run: Path) -> list[dict]:
+    return [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "actor/loss" in r]
+
+
+@pytest.fixture(scope="module")
+def plain_run(tmp_path_factory, tiny, length_reward) -> tuple[list[dict], torch.Tensor]:
+    """The knob tests' run in fp32 without checkpointing: its RL rows and its initial log-probs."""
+    run = tmp_path_factory.mktemp("plain") / "run"
+    trainer = Trainer(tiny(run, f"rewards=[{{fn: '{length_reward}', name: len}}]", *KNOB_RUN), log=lambda *a: None)
+    logp = _logprobs(trainer)
+    trainer.run()
+    return _rl_rows(run), logp
+
+
 @pytest.mark.parametrize("knob", ["model.dtype=bfloat16", "model.gradient_checkpointing=true"])
-def test_bf16_and_gradient_checkpointing_knobs_train(tmp_path, tiny, length_reward, knob):
-    cfg = tiny(tmp_path / "run", knob, f"rewards=[{{fn: '{length_reward}', name: len}}]",
-               "stages=[{name: rl, kind: rl, steps: 2, lr: 1.0e-3}]")
+def test_bf16_and_gradient_checkpointing_knobs_train(tmp_path, tiny, length_reward, knob, plain_run):
+    """Checkpointing recomputes the same numbers (the first step equals the plain run's); bf16 stays within
+    bf16's precision of fp32 on the same completions, and trains."""
+    cfg = tiny(tmp_path / "run", knob, f"rewards=[{{fn: '{length_reward}', name: len}}]", *KNOB_RUN)
     trainer = Trainer(cfg, log=lambda *a: None)
     before = _snapshot(trainer.policy.hf)
+    logp = _logprobs(trainer)
     trainer.run()
     after = trainer.policy.hf.state_dict()
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    rows, (plain, plain_logp) = _rl_rows(tmp_path / "run"), plain_run
+    assert len(rows) == 2 and all(math.isfinite(r["actor/loss"]) and r["actor/grad_norm"] > 0 for r in rows)
     if knob.startswith("model.dtype"):
         assert after["lm_head.weight"].dtype == torch.bfloat16
+        gap = (logp.float() - plain_logp).abs().max().item()
+        assert 0 < gap < 0.05, gap  # bf16 rounding (8 mantissa bits), not a different model
     else:
         hf = trainer.policy.hf
         assert getattr(hf, "is_activation_checkpointing", None) or hf.is_gradient_checkpointing
-    assert any(not torch.equal(before[k], after[k]) for k in before)
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert all(r["actor/loss"] == r["actor/loss"] for r in rows if "actor/loss" in r)  # finite (not NaN)
+        torch.testing.assert_close(logp, plain_logp, rtol=0, atol=0)
+        first, ref = rows[0], plain[0]
+        assert first["reward/total/mean"] == ref["reward/total/mean"]  # the same completions
+        for key in ("actor/loss", "actor/grad_norm", "actor/entropy"):
+            assert first[key] == pytest.approx(ref[key], rel=1e-5, abs=1e-7), key
 
 
 def test_over_long_prompts_are_dropped_whole_and_counted(tmp_path, tiny):

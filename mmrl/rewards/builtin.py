@@ -7,10 +7,10 @@ Each is pure, runs in-process, never raises on any completion text, and returns 
 
 from __future__ import annotations
 
-import math
 import re
 from typing import Any, Sequence
 
+from mmrl.perception.boxes import iou as box_iou  # re-exported: `mmrl.rewards.box_iou`
 from mmrl.rewards.parsing import extract_answer, parse_objects
 from mmrl.rewards.registry import register
 
@@ -77,34 +77,6 @@ def answer_match(completions: list[str], *, answer: Sequence[Any] | None = None,
         pred = extract_answer(text) if isinstance(text, str) else None
         out.append(1.0 if pred and _norm(pred) and _norm(pred) == _norm(str(gt)) else 0.0)
     return out
-
-
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over union of two `[x1, y1, x2, y2]` boxes; 0.0 for degenerate, inverted or non-finite ones.
-
-    IoU = |a ∩ b| / (|a| + |b| − |a ∩ b|), in [0, 1].
-
-    >>> box_iou([0, 0, 2, 2], [1, 1, 3, 3])  # 1 / (4 + 4 - 1)
-    0.14285714285714285
-    >>> box_iou([2, 0, 0, 2], [0, 0, 2, 2])  # inverted
-    0.0
-    """
-    try:
-        ax1, ay1, ax2, ay2 = (float(v) for v in a)
-        bx1, by1, bx2, by2 = (float(v) for v in b)
-    except (TypeError, ValueError, OverflowError):
-        return 0.0
-    vals = (ax1, ay1, ax2, ay2, bx1, by1, bx2, by2)
-    if not all(math.isfinite(v) for v in vals) or ax2 <= ax1 or ay2 <= ay1 or bx2 <= bx1 or by2 <= by1:
-        return 0.0
-    iw = min(ax2, bx2) - max(ax1, bx1)
-    ih = min(ay2, by2) - max(ay1, by1)
-    if iw <= 0 or ih <= 0:
-        return 0.0
-    inter = iw * ih
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    iou = inter / union if union > 0 else 0.0
-    return min(max(iou, 0.0), 1.0) if math.isfinite(iou) else 0.0
 
 
 @register("iou")

@@ -43,9 +43,11 @@ def test_box_iou_degenerate_inverted_or_bad(bad):
     assert box_iou([0, 0, 10, 10], bad) == 0.0
 
 
-def test_box_iou_huge_values_stay_in_range():
-    v = box_iou([-1e308, -1e308, 1e308, 1e308], [0, 0, 1, 1])
-    assert 0.0 <= v <= 1.0
+def test_box_iou_huge_values_are_invalid_boxes():
+    """A box whose area overflows a float is invalid (IoU 0), not inf / inf = NaN; a large finite one is fine."""
+    assert box_iou([-1e308, -1e308, 1e308, 1e308], [0, 0, 1, 1]) == 0.0
+    assert box_iou([0, 0, 1e300, 1e300], [0, 0, 1e300, 1e300]) == 0.0
+    assert box_iou([0, 0, 1e150, 1e150], [0, 0, 1e150, 5e149]) == pytest.approx(0.5)
 
 
 # ---- format ---------------------------------------------------------------------------------------------------
