@@ -104,7 +104,8 @@ def rl_update(
     optimizer_step: Callable[[bool], float], old_logp: torch.Tensor | None = None, rehearsal=None,
     tis_cap: float | None = None,
 ) -> dict[str, float]:
-    """Run `ppo_epochs` × `mini_batches` optimizer steps on one rollout batch; returns `actor/*` metrics.
+    """Run `ppo_epochs` × `mini_batches` optimizer steps on one rollout batch (fewer when the N rows split into
+    fewer chunks of ⌈N / mini_batches⌉, e.g. 7 of 16 → 6); returns `actor/*` metrics.
 
     `optimizer_step(last)` clips, steps and zeroes the gradients (advancing the LR schedule when `last`);
     `tis_cap` turns on truncated importance weights min(π_old / π_sampler, cap) on the policy term.
@@ -119,14 +120,15 @@ def rl_update(
     sums: dict[str, float] = defaultdict(float)
     gaps: list[float] = []  # max |trainer − sampler| log-prob per micro-batch, before any weight changes
     grad_norms: list[float] = []
-    total_steps = algo.ppo_epochs * algo.mini_batches
+    size = -(-len(ro) // algo.mini_batches)  # ceil: fewer, fuller chunks when mini_batches does not divide N
+    chunks = -(-len(ro) // size)  # optimizer steps per epoch: ≤ mini_batches
+    total_steps = algo.ppo_epochs * chunks
     policy.train()
     for epoch in range(algo.ppo_epochs):
         order = list(range(len(ro)))
         if algo.mini_batches > 1:  # a fresh, seeded split per epoch
             gen = torch.Generator().manual_seed(row_seed(seed, "minibatch", step, epoch))
             order = torch.randperm(len(ro), generator=gen, device=HOST).tolist()
-        size = -(-len(ro) // algo.mini_batches)
         for k, mini in enumerate(_chunks(order, size)):
             idx = row_index(mini, ro.device)
             norms = dict(global_tokens=int(ro.completion_mask[idx].sum()), global_seqs=len(mini), max_tokens=max_tokens)
@@ -164,7 +166,7 @@ def rl_update(
             if rehearsal is not None:
                 sums["rehearsal"] += rehearsal_backward(policy, *rehearsal, algo, micro=micro,
                                                         temperature=temperature) / total_steps
-            grad_norms.append(optimizer_step(epoch == algo.ppo_epochs - 1 and k == algo.mini_batches - 1))
+            grad_norms.append(optimizer_step(epoch == algo.ppo_epochs - 1 and k == chunks - 1))  # LR: once per step
     sums = defaultdict(float, policy.runtime.sum(dict(sums)))  # across processes each summed its own rows
     gap_max = policy.runtime.max({"gap": max(gaps, default=0.0)})["gap"]
     tokens = max(ro.num_tokens, 1)

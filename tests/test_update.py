@@ -189,6 +189,22 @@ def test_epochs_and_mini_batches_anchor_the_ratio_to_the_rollout_policy(trainer)
     assert metrics["actor/clip_frac"] > 0  # after the first step π_θ ≠ π_old: the tight clip engages
 
 
+@pytest.mark.parametrize("mini_batches, steps", [(3, 3), (7, 6), (16, 16), (40, 16)])
+def test_the_lr_schedule_advances_once_per_rl_step_whatever_the_chunking(trainer, mini_batches, steps):
+    """16 completions in ⌈16 / m⌉-row chunks: 7 gives 6 chunks of 3 (+1), 40 gives 16 of 1. The schedule used to
+    advance only on chunk m − 1, which these splits never reach, and `actor/lr` froze."""
+    _with(trainer, mini_batches=mini_batches)
+    calls = []
+    trainer.optimizer.step = (lambda orig: (lambda *a, **k: (calls.append(1), orig(*a, **k))[1]))(trainer.optimizer.step)
+    lr_before = trainer.scheduler.last_epoch
+    try:
+        metrics = trainer.rl_step()
+    finally:
+        del trainer.optimizer.step
+    assert len(calls) == steps and trainer.scheduler.last_epoch == lr_before + 1
+    assert math.isfinite(metrics["actor/loss"])
+
+
 def test_kl_in_the_reward_is_zero_against_an_identical_reference(trainer):
     trainer.reset_reference(trainer.cfg.stages[0])
     _with(trainer, kl_coef=0.5, kl_placement="reward", kl_estimator="k1")
