@@ -318,6 +318,9 @@ class RunConfig:
     name: str = "demo"
     backends: list[str] = field(default_factory=lambda: ["jsonl"])  # + tensorboard, wandb
     progress: bool = True
+    # A run directory that already holds a run (metrics, summary or checkpoints) is refused unless `resume=auto`
+    # continues it or this is true: then the old run's files are removed first.
+    overwrite: bool = False
 
 
 @dataclass
