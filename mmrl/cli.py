@@ -44,10 +44,13 @@ def cmd_train(args) -> int:
     _quiet_hub()
     from mmrl.errors import BadSampleError
     from mmrl.policy import ModelLoadError
-    from mmrl.trainer import Trainer
+    from mmrl.trainer import Trainer, check_run_dir
 
     try:
+        check_run_dir(cfg)  # in seconds, before the model loads
         summary = Trainer(cfg).run()
+    except config.ConfigError as e:  # e.g. a run directory that holds a run
+        return _fail(2, str(e))
     except (BadSampleError, ModelLoadError, FileNotFoundError) as e:
         return _fail(1, str(e))
     if os.environ.get("RANK", "0") != "0":  # several processes: rank 0 reports

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import random
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,41 @@ def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
         out.extend(perm[offset : offset + take].tolist())
         pos += take
     return out
+
+
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "config.yaml")  # what a run writes in run.dir
+RUN_FOLDERS = ("checkpoints", "plots", "tb", "eval")
+
+
+def held_run(run_dir: Path) -> list[str]:
+    """What shows that `run_dir` holds a run (its metrics, summary, checkpoints); empty for a fresh directory."""
+    held = [name for name in ("metrics.jsonl", "summary.json") if (run_dir / name).exists()]
+    n = len(checkpoint.list_complete(run_dir / "checkpoints"))
+    return held + ([f"{n} checkpoint{'s' * (n != 1)}"] if n else [])
+
+
+def check_run_dir(cfg: Config) -> None:
+    """Refuse to start a fresh run in a directory that holds one, unless told what to do with it: `resume=auto`
+    (or a checkpoint of this run) continues it, `run.overwrite=true` replaces it. Raises ConfigError."""
+    held = held_run(cfg.run_dir)
+    if not held or cfg.run.overwrite or cfg.resume == "auto":
+        return
+    if cfg.resume != "none" and Path(cfg.resume).resolve().parent == (cfg.run_dir / "checkpoints").resolve():
+        return
+    raise config_mod.ConfigError(
+        f"run.dir: {cfg.run_dir} already holds a run ({', '.join(held)}); continue it with resume=auto, start"
+        f" afresh with run.overwrite=true (removes it), or choose another run.dir")
+
+
+def remove_run(run_dir: Path) -> list[str]:
+    """Delete what a previous run wrote in `run_dir` (`run.overwrite`); other files stay. Returns what went."""
+    gone = [n for n in RUN_FILES if (run_dir / n).exists()] + [n for n in RUN_FOLDERS if (run_dir / n).is_dir()]
+    for name in gone:
+        if (run_dir / name).is_dir():
+            shutil.rmtree(run_dir / name)
+        else:
+            (run_dir / name).unlink()
+    return gone
 
 
 class Trainer(RLSteps):
@@ -446,21 +482,44 @@ class Trainer(RLSteps):
         checkpoint.set_rng(ck["rng"])
         self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage}, sharded)")
 
+    def _supersede_after(self, resume_from: Path) -> None:
+        """Move this run's checkpoints newer than the one it resumes from (skipped as corrupt, or a continuation
+        abandoned by resuming an older one) to `checkpoints/superseded/`: kept, but never resumed from, exported
+        or pruned in place of the new ones."""
+        step = int(Path(resume_from).name.removeprefix("step_")) if Path(resume_from).name.startswith("step_") else None
+        if step is None or Path(resume_from).resolve().parent != self.ckpt_dir.resolve():
+            return
+        newer = [p for p in sorted(self.ckpt_dir.glob("step_*")) if int(p.name.removeprefix("step_")) > step]
+        if not newer:
+            return
+        aside = self.ckpt_dir / "superseded"
+        aside.mkdir(exist_ok=True)
+        for p in newer:
+            target = aside / p.name
+            if target.exists():
+                shutil.rmtree(target)
+            p.rename(target)
+        self.log(f"resume: {', '.join(p.name for p in newer)} (after {Path(resume_from).name}) moved to {aside}")
+
     # -------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
+        check_run_dir(cfg)  # (`mmrl train` checks it before building the model too)
         resume_from = None
         if cfg.resume == "auto":
             resume_from = checkpoint.latest(self.ckpt_dir)
         elif cfg.resume != "none":
             resume_from = Path(cfg.resume)
         if self.main:  # one writer of the run directory
+            if cfg.resume == "none":  # a fresh run (check_run_dir allowed it): nothing of an earlier one stays
+                gone = remove_run(self.run_dir)
+                if gone and cfg.run.overwrite:
+                    self.log(f"run.overwrite: removed the previous run's {', '.join(gone)} from {self.run_dir}")
             self.run_dir.mkdir(parents=True, exist_ok=True)
             config_mod.dump(cfg, self.run_dir / "config.yaml")
             checkpoint.clean_partial(self.ckpt_dir)
-            if cfg.resume == "none":  # a fresh run: start clean logs
-                for name in ("metrics.jsonl", "rollouts.jsonl"):
-                    (self.run_dir / name).unlink(missing_ok=True)
+            if resume_from is not None:
+                self._supersede_after(resume_from)
         if self.dist is not None:
             self.dist.barrier()
         total = sum(s.steps for s in cfg.stages)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmrl import checkpoint
+from mmrl import checkpoint, config
 from mmrl.errors import BadSampleError
 from mmrl.trainer import Trainer, batch_indices
 
@@ -246,3 +246,47 @@ def test_stage_rewards_are_validated_like_the_top_level_ones(tmp_path, tiny):
 
     with pytest.raises(ConfigError, match=r"stages\[0\]\.rewards\[0\]\.fn: .*ioo"):
         tiny(tmp_path, "stages=[{name: rl, kind: rl, steps: 1, rewards: [{fn: ioo}]}]")
+
+
+def test_a_run_directory_that_holds_a_run_is_never_overwritten_by_accident(tmp_path, tiny, capsys):
+    """A second `mmrl train` into a finished run's directory exits 2 naming it and both ways out, and touches
+    nothing; `run.overwrite=true` starts afresh (the old run's files gone); `resume=auto` continues it."""
+    from mmrl.cli import main
+
+    run = tmp_path / "run"
+    sft = ["stages=[{name: s, kind: sft, steps: 2, labels: random}]", "trainer.checkpoint_every=1"]
+    Trainer(tiny(run, *sft), log=lambda *a: None).run()
+    metrics = (run / "metrics.jsonl").read_text()
+    ckpts = [p.name for p in checkpoint.list_complete(run / "checkpoints")]
+    assert ckpts == ["step_000001", "step_000002"]
+
+    assert main(["train", "recipes/demo.yaml", *tiny.overrides(run, *sft)]) == 2
+    err = capsys.readouterr().err
+    assert f"run.dir: {run} already holds a run" in err and "resume=auto" in err and "run.overwrite=true" in err
+    assert (run / "metrics.jsonl").read_text() == metrics  # untouched
+    with pytest.raises(config.ConfigError, match="already holds a run"):  # programmatic runs refuse too
+        Trainer(tiny(run, *sft), log=lambda *a: None).run()
+
+    shorter = ["stages=[{name: s, kind: sft, steps: 1, labels: random}]", "trainer.checkpoint_every=1"]
+    Trainer(tiny(run, *shorter, "run.overwrite=true"), log=lambda *a: None).run()
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train/step"] for r in rows if "train/stage" in r] == [1]  # the old run's rows are gone
+    assert [p.name for p in checkpoint.list_complete(run / "checkpoints")] == ["step_000001"]  # and its step 2
+
+
+def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, tiny):
+    """Resuming step 1 of a 3-step run into a 2-step plan: the old steps 2 and 3 belong to the abandoned
+    continuation. They move to checkpoints/superseded/ (kept), so the stale step 3 no longer outranks the new
+    run's checkpoints for resume=auto, export or pruning."""
+    run = tmp_path / "run"
+    plan = lambda n: [f"stages=[{{name: s, kind: sft, steps: {n}, labels: random}}]",  # noqa: E731
+                      "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0"]
+    Trainer(tiny(run, *plan(3)), log=lambda *a: None).run()
+    root = run / "checkpoints"
+    assert [p.name for p in checkpoint.list_complete(root)] == ["step_000001", "step_000002", "step_000003"]
+    Trainer(tiny(run, *plan(2), f"resume={root / 'step_000001'}"), log=lambda *a: None).run()
+    assert sorted(p.name for p in (root / "superseded").iterdir()) == ["step_000002", "step_000003"]
+    assert [p.name for p in checkpoint.list_complete(root)] == ["step_000001", "step_000002"]
+    assert checkpoint.latest(root) == root / "step_000002"
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train/stage" in x]
+    assert [r["train/step"] for r in rows] == [1, 2]
