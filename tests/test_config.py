@@ -1,11 +1,14 @@
-"""Config loading: unknown keys, wrong types, `extends:`, overrides, smoke blocks, presets, registry names."""
+"""Config loading: unknown keys, wrong types, `extends:`, overrides, smoke blocks, presets, registry names, value
+ranges and cross-field checks, every problem of a pass reported at once."""
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import textwrap
 import time
+import typing
 from pathlib import Path
 
 import pytest
@@ -121,14 +124,14 @@ def test_extends_chain_relative_deep_merge_and_list_replace(tmp_path):
     """)
     child = write(tmp_path / "child.yaml", """
         extends: base/base.yaml
-        trainer: {lr: 0.3, betas: [0.5]}
+        trainer: {lr: 0.3, betas: [0.5, 0.6]}
         rewards: [{fn: iou}]
     """)
     cfg = config.load(child)
     assert cfg.description == "root"
     assert cfg.trainer.lr == 0.3  # nearest file wins
     assert cfg.trainer.seed == 3 and cfg.trainer.warmup_steps == 5  # mappings merge deeply
-    assert cfg.trainer.betas == [0.5]  # lists replace
+    assert cfg.trainer.betas == [0.5, 0.6]  # lists replace (AdamW needs two betas: see the rewards for a shorter list)
     assert [r.fn for r in cfg.rewards] == ["iou"]
 
 
@@ -389,3 +392,200 @@ def test_a_new_task_starts_its_kwargs_afresh():
     same = config.load(DEMO, ["data.eval={task: rotation, n: 4}"])
     assert same.data.eval.kwargs == demo.data.eval.kwargs  # the same task keeps its options
     assert config.load(DEMO, ["data.eval={path: x.jsonl}"]).data.eval.kwargs == {}
+
+
+# ------------------------------------------------------------------------------------------ ranges
+
+
+@pytest.mark.parametrize(
+    ("override", "key", "got"),
+    [
+        ("rollout.temperature=0", "rollout.temperature", "got 0"),  # divided by in every log-prob pass
+        ("rollout.temperature=-1", "rollout.temperature", "got -1"),
+        ("rollout.top_p=2", "rollout.top_p", "got 2"),
+        ("rollout.top_p=0", "rollout.top_p", "got 0"),
+        ("rollout.top_k=-2", "rollout.top_k", "got -2"),
+        ("rollout.max_new_tokens=0", "rollout.max_new_tokens", "got 0"),
+        ("trainer.lr=-1", "trainer.lr", "got -1"),
+        ("trainer.lr=-1e-3", "trainer.lr", "got -0.001"),
+        ("trainer.lr=nan", "trainer.lr", "got nan"),
+        ("trainer.lr=.inf", "trainer.lr", "got inf"),
+        ("trainer.lr=0", "trainer.lr", "got 0"),
+        ("algorithm.kl_coef=-1", "algorithm.kl_coef", "got -1"),
+        ("trainer.prompts_per_step=0", "trainer.prompts_per_step", "got 0"),
+        ("trainer.sft_batch_size=0", "trainer.sft_batch_size", "got 0"),
+        ("trainer.micro_batch_size=0", "trainer.micro_batch_size", "got 0"),
+        ("trainer.eval_batch=0", "trainer.eval_batch", "got 0"),
+        ("trainer.betas=[0.9]", "trainer.betas", "got [0.9]"),
+        ("trainer.betas=[0.9, 1.0]", "trainer.betas", "got [0.9, 1.0]"),
+        ("trainer.grad_clip=0", "trainer.grad_clip", "got 0"),
+        ("trainer.warmup_steps=-1", "trainer.warmup_steps", "got -1"),
+        ("trainer.min_lr_ratio=1.5", "trainer.min_lr_ratio", "got 1.5"),
+        ("trainer.seed=18446744073709551616", "trainer.seed", "got 18446744073709551616"),
+        ("stages=[{name: a, kind: sft, steps: 1, lr: -1}]", "stages[0].lr", "got -1"),
+        ("stages=[{name: a, kind: sft, steps: -1}]", "stages[0].steps", "got -1"),
+        ("algorithm.clip_low=-0.1", "algorithm.clip_low", "got -0.1"),
+        ("algorithm.clip_c=0.5", "algorithm.clip_c", "got 0.5"),
+        ("algorithm.tau_neg=0", "algorithm.tau_neg", "got 0"),
+        ("algorithm.neg_weight=-1", "algorithm.neg_weight", "got -1"),
+        ("algorithm.lp_reg_kappa=0", "algorithm.lp_reg_kappa", "got 0"),
+        ("algorithm.lp_reg_share=2", "algorithm.lp_reg_share", "got 2"),
+        ("algorithm.ppo_epochs=0", "algorithm.ppo_epochs", "got 0"),
+        ("model.lora.r=0", "model.lora.r", "got 0"),
+        ("model.lora.dropout=1", "model.lora.dropout", "got 1"),
+        ("kernels.chunk_size=0", "kernels.chunk_size", "got 0"),
+        ("data.train.n=0", "data.train.n", "got 0"),
+        ("data.video.max_frames=0", "data.video.max_frames", "got 0"),
+        ("data.mix=[{task: rotation, weight: 0}]", "data.mix[0].weight", "got 0"),
+        ("rewards=[{fn: format, timeout_s: 0}]", "rewards[0].timeout_s", "got 0"),
+        ("rollout.vllm_sleep_level=3", "rollout.vllm_sleep_level", "got 3"),
+    ],
+)
+def test_out_of_range_value_names_key_value_and_range(override, key, got):
+    with pytest.raises(ConfigError) as err:
+        config.load(DEMO, [override])
+    msg = str(err.value)
+    assert msg.startswith(f"{key}: ") and f", {got} (valid: " in msg, msg
+    assert "\n" not in msg  # one mistake, one line
+
+
+def test_range_message_format():
+    with pytest.raises(ConfigError) as err:
+        config.load(DEMO, ["rollout.temperature=0"])
+    assert str(err.value) == "rollout.temperature: must be > 0, got 0 (valid: (0, ∞))"
+    with pytest.raises(ConfigError) as err:
+        config.load(DEMO, ["trainer.lr=nan"])
+    assert str(err.value) == "trainer.lr: must be a number, got nan (valid: (0, ∞))"
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["rollout.top_k=-1", "rollout.top_k=0", "rollout.top_p=1", "algorithm.kl_coef=0", "trainer.grad_clip=.inf",
+     "algorithm.entropy_coef=-0.01", "trainer.seed=-1", "algorithm.clip_c=null", "algorithm.clip_c=3",
+     "rollout.tis_cap=null", "trainer.keep_checkpoints=0", "trainer.eval_every=0", "algorithm.pos_weight=0",
+     "stages=[{name: a, kind: sft, steps: 0}]", "stages=[{name: a, kind: sft, steps: 1, lr: null}]",
+     "rewards=[{fn: format, weight: -0.5}]", "data.video.max_pixels=null", "trainer.lr=1"],
+)
+def test_documented_edge_values_are_accepted(override):
+    config.load(DEMO, [override])
+
+
+def test_booleans_are_not_numbers():
+    with pytest.raises(ConfigError, match="rollout.temperature: expected a number"):
+        config.load(None, ["rollout.temperature=true"])
+    cfg = config.Config()
+    cfg.rollout.max_new_tokens = True  # built in code, not loaded: validation still refuses it
+    with pytest.raises(ConfigError, match=r"rollout.max_new_tokens: must be >= 1, got True"):
+        config.validate(cfg)
+
+
+def _numeric_fields(cls: type, seen: set) -> list[tuple[type, str]]:
+    """(dataclass, field) of every int / float / list[float] field reachable from `cls`."""
+    if cls in seen:
+        return []
+    seen.add(cls)
+    out = []
+    for name, tp in typing.get_type_hints(cls).items():
+        inner = [a for a in (typing.get_args(tp) or (tp,)) if a is not type(None)]
+        for t in inner + [a for x in inner for a in typing.get_args(x)]:
+            if t in (int, float) and (cls, name) not in out:
+                out.append((cls, name))
+            if dataclasses.is_dataclass(t):
+                out += _numeric_fields(t, seen)
+    return out
+
+
+def test_every_numeric_field_has_a_range():
+    fields = _numeric_fields(config.Config, set())
+    assert ("TrainerConfig", "betas") in [(c.__name__, n) for c, n in fields]  # list[float] counts too
+    missing = [f"{c.__name__}.{n}" for c, n in fields if n not in config.ranges_of(c)]
+    assert not missing, missing
+    for cls, rules in config.RANGES.items():  # no range for a field that does not exist
+        assert set(rules) <= {f.name for f in dataclasses.fields(cls)}, cls
+
+
+def test_stages_must_not_be_empty():
+    with pytest.raises(ConfigError) as err:
+        config.load(DEMO, ["stages=[]"])
+    assert str(err.value).startswith("stages: must list at least one stage, got []")
+
+
+def test_mini_batches_at_most_the_completions_per_step():
+    knobs = ["trainer.prompts_per_step=2", "rollout.group_size=2"]
+    with pytest.raises(ConfigError) as err:
+        config.load(None, [*knobs, "algorithm.mini_batches=5"])
+    assert str(err.value) == ("algorithm.mini_batches: must be <= the completions per step (trainer.prompts_per_step"
+                              " × rollout.group_size = 2 × 2 = 4), got 5 (valid: [1, 4])")
+    assert config.load(None, [*knobs, "algorithm.mini_batches=4"]).algorithm.mini_batches == 4
+    sft_only = ["stages=[{name: a, kind: sft, steps: 1}]", "algorithm.mini_batches=5"]  # no RL update
+    assert config.load(None, [*knobs, *sft_only]).algorithm.mini_batches == 5
+
+
+@pytest.mark.parametrize(
+    ("overrides", "start"),
+    [
+        (["data.video.num_frames=8"], "data.video.num_frames: set only one of fps / num_frames"),
+        (["rollout.vllm_max_model_len=32", "rollout.max_new_tokens=32"], "rollout.vllm_max_model_len: must exceed"),
+        (["algorithm.cov_mode=clip_cov", "algorithm.cov_low=2", "algorithm.cov_high=1"],
+         "algorithm.cov_high: must be > algorithm.cov_low (2)"),
+        (["rollout.engine=vlm"], "rollout.engine: unknown engine 'vlm'; did you mean 'vllm'?"),
+        (["rewards=[{fn: format, name: total}]"], "rewards[0].name: must be non-empty"),
+        (["rollout.engine=vllm", "model.mode=lora", "model.freeze_vision=false", "rollout.vllm_lora_sync=adapter"],
+         "rollout.vllm_lora_sync: adapter serves language-model adapters only"),
+    ],
+)
+def test_cross_field_checks(overrides, start):
+    with pytest.raises(ConfigError) as err:
+        config.load(None, overrides)
+    assert str(err.value).startswith(start), str(err.value)
+
+
+def test_fps_or_num_frames():
+    assert config.load(None, ["data.video.num_frames=8", "data.video.fps=null"]).data.video.num_frames == 8
+
+
+# ------------------------------------------------------------------------------------------ all at once
+
+
+def test_three_mistakes_are_reported_at_once_in_field_order():
+    with pytest.raises(ConfigError) as err:
+        config.load(DEMO, ["trainer.lr=-1", "stages=[]", "rollout.temperature=0"])
+    assert err.value.errors == [
+        "rollout.temperature: must be > 0, got 0 (valid: (0, ∞))",
+        "stages: must list at least one stage, got [] (valid: a non-empty list of {name, kind, steps, …})",
+        "trainer.lr: must be > 0, got -1 (valid: (0, ∞))",
+    ]
+    assert str(err.value) == "3 config errors:\n" + "\n".join(f"  {e}" for e in err.value.errors)
+
+
+def test_unknown_keys_and_wrong_types_are_reported_at_once():
+    with pytest.raises(ConfigError) as err:
+        config.load(None, ["trainer.lrr=1", "model.lora.rr=8", "trainer.seed=x", "stages=[{lr: a}, {steps: b}]"])
+    keys = [e.split(" ")[2] if e.startswith("unknown key") else e.split(":")[0] for e in err.value.errors]
+    assert sorted(keys) == sorted(["'trainer.lrr';", "'model.lora.rr';", "trainer.seed", "stages[0].lr",
+                                   "stages[1].steps"])
+    assert str(err.value).startswith("5 config errors:\n")
+
+
+def test_a_check_that_depends_on_a_failed_one_is_skipped():
+    # an unknown pass: its options cannot be checked (and must not crash the check)
+    with pytest.raises(ConfigError) as err:
+        config.load(None, ["rollout.extra_passes=[{kind: shuffle_optins, kwargs: {colum: x}}]"])
+    assert len(err.value.errors) == 1 and "did you mean 'shuffle_options'" in str(err.value)
+    # a group size out of range gives one line, not also the RL group-size and mini-batch lines
+    for override in ("rollout.group_size=0", "trainer.prompts_per_step=0"):
+        with pytest.raises(ConfigError) as err:
+            config.load(None, [override, "algorithm.mini_batches=4"])
+        assert len(err.value.errors) == 1, err.value.errors
+
+
+def test_cli_out_of_range_exits_2_naming_the_key_before_building_anything(tmp_path):
+    run_dir = tmp_path / "x"
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmrl", "train", str(DEMO), "rollout.temperature=0", f"run.dir={run_dir}"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "mmrl: error: rollout.temperature: must be > 0, got 0 (valid: (0, ∞))" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not run_dir.exists() and not (tmp_path / "runs").exists()  # no run (and no model) was started
