@@ -78,13 +78,28 @@ def test_sft_rl_eval_and_checkpoints_name_their_devices(tmp_path, tiny, device, 
         assert all(v.device.type == "cuda" for s in state.values() for k, v in s.items() if k != "step")
 
 
+@pytest.fixture(scope="module")
+def plugin(tmp_path_factory) -> str:
+    """Rewards in [0, 1) that vary within a group (`spread`), or tie every even-indexed group at 0 (`odd_only`):
+    every branch of the step then has non-zero advantages to work on, and the filter something to drop."""
+    path = tmp_path_factory.mktemp("plugins") / "rewards.py"
+    path.write_text(
+        "def spread(completions, **columns):\n"
+        "    return [float(sum(map(ord, c)) % 97) / 97 for c in completions]\n\n"
+        "def odd_only(completions, prompt_index, **columns):\n"
+        "    return [float(sum(map(ord, c)) % 97) / 97 if p % 2 else 0.0 for c, p in zip(completions, prompt_index)]\n"
+    )
+    return str(path)
+
+
 @pytest.fixture(scope="module", params=DEVICES)
-def rl_trainer(request, tmp_path_factory, tiny):
+def rl_trainer(request, tmp_path_factory, tiny, plugin):
     """One trainer in the RL stage with a frozen reference, on the parametrised device."""
     from mmrl.trainer import Trainer
 
     cfg = tiny(tmp_path_factory.mktemp("dev") / "run", f"runtime.device={request.param}", "algorithm.kl_coef=0.01",
-               "stages=[{name: rl, kind: rl, steps: 100}]", "trainer.log_rollouts_every=0")
+               "stages=[{name: rl, kind: rl, steps: 100}]", "trainer.log_rollouts_every=0",
+               f"rewards=[{{fn: '{plugin}:spread', name: spread, isolate: never}}]")
     t = Trainer(cfg, log=lambda *a: None)
     t.policy.begin_rl(needs_reference=True, adapter_trained=False)
     t._new_optimizer(cfg.stages[0])
@@ -95,12 +110,40 @@ VARIANTS = [dict(PRESETS.get(name), _name=name) for name in PRESETS.names()] + [
     dict(cov_mode="clip_cov", cov_ratio=0.5, cov_low=-10.0, cov_high=10.0, _name="clip_cov"),
     dict(cov_mode="kl_cov", cov_ratio=0.5, _name="kl_cov"),
     dict(kl_coef=0.05, kl_placement="reward", kl_estimator="k1", _name="kl_in_reward"),
-    dict(group_filter="nonzero_std", max_gen_batches=2, replay_capacity=8, _name="filter_replay"),
+    dict(group_filter="nonzero_std", max_gen_batches=1, replay_capacity=8, _name="filter_replay"),
     dict(ppo_epochs=2, mini_batches=2, tis_cap=2.0, _name="epochs_tis"),
+    # the preset's 1 % of ~24 negative tokens per micro-batch rounds to none: a wider share makes Lp-Reg act
+    dict(PRESETS.get("lp_reg"), lp_reg_share=0.25, _name="lp_reg_wide"),
 ]
+ACTIVE = {"clip_cov": "actor/cov_selected_frac", "kl_cov": "actor/cov_selected_frac",
+          "lp_reg_wide": "actor/lp_reg_frac", "kl_in_reward": "actor/kl_in_reward"}  # traces of the variant's branch
 
 
-def test_every_preset_step_and_sampled_eval_name_their_devices(rl_trainer):
+def _variant_steps(t, variant, plugin) -> list[dict]:
+    """One RL step of the variant (two for filter_replay, on `odd_only`: the second draws from the buffer)."""
+    from mmrl.rewards.isolation import make_term
+    from mmrl.rollout.replay import ReplayBuffer
+
+    knobs = {k: v for k, v in variant.items() if k not in ("_name", "tis_cap")}
+    t.cfg.algorithm = dataclasses.replace(AlgorithmConfig(), **knobs)
+    t.cfg.rollout.tis_cap = variant.get("tis_cap")
+    t.replay = ReplayBuffer(t.cfg.algorithm.replay_capacity, t.cfg.algorithm.replay_alpha)
+    if t.cfg.algorithm.rehearsal_coef > 0 and t.rehearsal is None:
+        t.build_rehearsal()
+    terms, steps = t.terms, 2 if variant["_name"] == "filter_replay" else 1
+    if steps == 2:
+        t.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
+    try:
+        out = []
+        for _ in range(steps):
+            out.append(t.rl_step())
+            t.progress.step += 1
+        return out
+    finally:
+        t.terms = terms
+
+
+def test_every_preset_step_and_sampled_eval_name_their_devices(rl_trainer, plugin):
     from mmrl.evaluation import sampled_metrics
 
     t = rl_trainer
@@ -108,15 +151,18 @@ def test_every_preset_step_and_sampled_eval_name_their_devices(rl_trainer):
     with strict:
         strict.check_inputs(t.policy.hf, t.runtime.device)
         for variant in VARIANTS:
-            knobs = {k: v for k, v in variant.items() if k not in ("_name", "tis_cap")}
-            t.cfg.algorithm = dataclasses.replace(AlgorithmConfig(), **knobs)
-            t.cfg.rollout.tis_cap = variant.get("tis_cap")
-            if t.cfg.algorithm.rehearsal_coef > 0 and t.rehearsal is None:
-                t.build_rehearsal()
-            metrics = t.rl_step()
-            t.progress.step += 1
+            name = variant["_name"]
+            steps = _variant_steps(t, variant, plugin)
+            metrics = steps[-1]
             bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
-            assert not bad, (variant["_name"], bad)
+            assert not bad, (name, bad)
+            # the step did work: groups kept, non-zero advantages, a gradient, and the variant's own branch ran
+            assert metrics["rollout/kept_groups"] > 0 and metrics["adv/zero_frac"] < 1, (name, metrics)
+            assert metrics["actor/grad_norm"] > 0, (name, metrics)
+            if name in ACTIVE:
+                assert metrics[ACTIVE[name]] != 0, (name, ACTIVE[name], metrics)
+            if name == "filter_replay":
+                assert steps[0]["rollout/kept_groups"] == 2 and metrics["rollout/replayed_groups"] == 2, steps
         t.cfg.rollout.tis_cap = None
         t.evaluate()
         sampled_metrics(t, 2, temperature=1.0)

@@ -20,11 +20,14 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _cmd(tiny, run_dir: Path, *extra: str) -> list[str]:
+def _cmd(tiny, run_dir: Path, reward: str, *extra: str) -> list[str]:
+    """The demo's SFT → RL run; `reward` (characters / 10) varies within every group, so each RL step moves the
+    weights, Adam's moments, the KL to the reference and (LoRA) the RL adapter — all of which a resume restores."""
     return [sys.executable, "-m", "mmrl", "train", str(REPO / "recipes" / "demo.yaml"),
             *tiny.overrides(run_dir, "trainer.checkpoint_every=1", "trainer.threads=1",
                             "stages=[{name: warm, kind: sft, steps: 2, lr: 1.0e-3, labels: random}, "
-                            "{name: rl, kind: rl, steps: 8}]", "algorithm.kl_coef=0.05", *extra)]
+                            "{name: rl, kind: rl, steps: 8}]", "algorithm.kl_coef=0.05",
+                            f"rewards=[{{fn: '{reward}', name: len}}, {{fn: format}}]", *extra)]
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -41,12 +44,13 @@ def _steps_logged(run_dir: Path) -> int:
 
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
-def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny, mode):
+def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny, length_reward, mode):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cmd(tiny, ref_dir, f"model.mode={mode}"), check=True, env=env, capture_output=True)
+    subprocess.run(_cmd(tiny, ref_dir, length_reward, f"model.mode={mode}"), check=True, env=env,
+                   capture_output=True)
 
-    proc = subprocess.Popen(_cmd(tiny, run_dir, f"model.mode={mode}"), env=env,
+    proc = subprocess.Popen(_cmd(tiny, run_dir, length_reward, f"model.mode={mode}"), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _steps_logged(run_dir) < 5 and proc.poll() is None and time.time() < deadline:
@@ -57,7 +61,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny, mode):
     killed_at = _steps_logged(run_dir)
     assert 5 <= killed_at < 10
 
-    out = subprocess.run(_cmd(tiny, run_dir, f"model.mode={mode}", "resume=auto"), env=env,
+    out = subprocess.run(_cmd(tiny, run_dir, length_reward, f"model.mode={mode}", "resume=auto"), env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     final_ref = load_file(str(checkpoint.latest(ref_dir / "checkpoints") / "model.safetensors"))
@@ -66,6 +70,8 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny, mode):
     for k in final_ref:
         assert torch.equal(final_ref[k], final_run[k]), k
     assert _rows(ref_dir) == _rows(run_dir)
+    rl = [r for r in _rows(ref_dir) if r.get("train/stage") == "rl"]
+    assert sum(abs(r["actor/loss"]) > 1e-4 for r in rl) >= 3 and rl[-1]["actor/kl"] > 0  # RL really trained
     ref_summary = json.loads((ref_dir / "summary.json").read_text())
     run_summary = json.loads((run_dir / "summary.json").read_text())
     assert ref_summary["eval_before"] == run_summary["eval_before"]
