@@ -364,3 +364,40 @@ def test_every_policy_loss_is_finite_at_extreme_log_ratios_in_float32(name, leve
     if name == "ppo_clip" and level == "token":
         assert (logp.grad[clipped.bool()] == 0).all() and clipped.any()
         assert loss[2, 6].item() == pytest.approx(-1.28)  # ρ = e^100, Â = 1: the clipped value, no gradient
+    if level == "token" and name in EXTREME_GRADIENTS:  # log ρ = 0, −20, −60, −100, 20, 60, 100 on the Â = 1 row
+        up, down = EXTREME_GRADIENTS[name]
+        torch.testing.assert_close(logp.grad[2], torch.tensor(up, dtype=torch.float32), atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(logp.grad[0], torch.tensor(down, dtype=torch.float32), atol=1e-6, rtol=1e-5)
+
+
+# ∂ℓ/∂log π per token at log ρ = 0, −20, −60, −100, 20, 60, 100 (ε_low 0.2, ε_high 0.28), rows Â = 1 and Â = −1:
+# cispo: −sg[clip(ρ, 0.8, 1.28)]·Â; gppo: −ρÂ inside the clip, −(1 ± ε)·Â where PPO's clip binds (ρ > 1.28 at
+# Â > 0, ρ < 0.8 at Â < 0), −ρÂ where it does not (→ 0 for tiny ρ); reinforce: −ρÂ with log ρ clamped to ±20,
+# no gradient from the bound on (e^−20 ≈ 2e-9 at −20); sapo: the gate's weight vanishes far from ρ = 1.
+EXTREME_GRADIENTS = {
+    "cispo": ([-1, -0.8, -0.8, -0.8, -1.28, -1.28, -1.28], [1, 0.8, 0.8, 0.8, 1.28, 1.28, 1.28]),
+    "gppo": ([-1, 0, 0, 0, -1.28, -1.28, -1.28], [1, 0.8, 0.8, 0.8, 0, 0, 0]),
+    "reinforce": ([-1, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]),
+    "sapo": ([-1, 0, 0, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0, 0]),
+}
+
+
+@pytest.mark.parametrize("name", POLICY_LOSSES.names())
+@pytest.mark.parametrize("shift", [100.0, -100.0, 60.0])
+def test_every_policy_loss_is_finite_at_extreme_sequence_log_ratios(name, shift):
+    """Sequence-level ratios (GSPO): every token of a row off by the same amount, so the row's mean log ρ is ±100
+    or 60 (the token test's shifts average to 0 per row and never reach the sequence level's extremes)."""
+    from mmrl.algorithms.losses import RATIO_LEVELS
+
+    old = torch.zeros(3, 5)
+    logp = (old + shift).clone().requires_grad_(True)  # log ρ = shift on every token
+    adv = torch.tensor([-1.0, 0.0, 1.0])
+    log_ratio = RATIO_LEVELS.get("sequence")(logp, old, torch.ones_like(old))
+    loss, _ = POLICY_LOSSES.get(name)(log_ratio, logp, adv, **KNOBS)
+    loss.sum().backward()
+    assert torch.isfinite(loss).all() and torch.isfinite(logp.grad).all(), (loss, logp.grad)
+    assert (loss[1] == 0).all() and (logp.grad[1] == 0).all()
+    if name == "ppo_clip":  # far outside the clip on the side it binds: the bound's value, no gradient
+        row = 2 if shift > 0 else 0
+        assert loss[row].tolist() == pytest.approx([-1.28 if shift > 0 else 0.8] * 5)
+        assert (logp.grad[row] == 0).all()
