@@ -94,3 +94,40 @@ def test_sampler_rows_depend_on_their_keys_not_the_batch():
     assert int(alone(torch.zeros(1, 6, dtype=torch.long), scores[2:3]).argmax(-1)) == int(later[2])
     assert torch.equal(full.u[:, 1], uniforms(torch.tensor([11, 12, 13, 14]), 3)[:, 1])
     assert bool((full.logprobs[0] > -float("inf")).all() and (full.logprobs[0] <= 0).all())
+
+
+def _truncated_reference(scores: torch.Tensor, temperature: float, top_k: int, top_p: float, banned: list[int]):
+    """The distribution the sampler must draw from, built by hand: banned ids out, ÷ T, the top k, then the
+    smallest prefix (by probability) whose mass before each kept token is ≤ top_p; log-softmax over what is left."""
+    s = scores.clone().double()
+    s[:, banned] = -float("inf")
+    s = s / temperature
+    kth = s.topk(top_k, dim=-1).values[:, -1:]
+    s = s.masked_fill(s < kth, -float("inf"))
+    p = s.softmax(-1)
+    sp, order = p.sort(dim=-1, descending=True)
+    drop_sorted = (sp.cumsum(-1) - sp) > top_p
+    drop = torch.zeros_like(drop_sorted).scatter(1, order, drop_sorted)
+    return s.masked_fill(drop, -float("inf")).log_softmax(-1)
+
+
+def test_top_k_top_p_sampling_draws_from_the_truncated_softmax_and_records_its_log_probs():
+    """Temperature, top-k and top-p on the hf path: every draw lies in the truncated support, the recorded
+    log-prob is the truncated distribution's (what TIS and the log-prob gap compare against), and over 20,000 keys
+    one row's draws follow it (χ²). The banned id has the highest score, so drawing it would show."""
+    torch.manual_seed(1)
+    scores = torch.randn(1, 50) * 2
+    scores[0, 3] = 50.0  # a suppressed id (e.g. a vision token) that would win every draw
+    params = SamplingParams(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=1)
+    ref = _truncated_reference(scores, 0.7, 20, 0.9, [3])[0]  # [V]
+    n = 20_000
+    sampler = _Sampler(params, list(range(n)), [3], 5, torch.device("cpu"))
+    picks = sampler(torch.zeros(n, 5, dtype=torch.long), scores.expand(n, -1)).argmax(-1)
+    assert torch.isfinite(ref[picks]).all(), "a draw outside the truncated support (or the banned id)"
+    torch.testing.assert_close(sampler.logprobs[0], ref[picks].float(), atol=1e-5, rtol=0)
+    support = torch.isfinite(ref).nonzero().squeeze(1)
+    assert 1 < len(support) < 20  # top-p cut inside the top 20
+    counts = torch.bincount(picks, minlength=50)[support].double()
+    expected = ref[support].exp() * n
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 3 * len(support) + 30, (chi2, len(support))  # far in the tail: p < 1e-6 for ≤ 19 degrees of freedom
