@@ -80,6 +80,21 @@ def test_sampling_never_emits_vision_tokens_and_is_seeded_per_prompt(policy):
     other_step = engine.generate([prompts[2]], 4, SamplingParams(max_new_tokens=12, seed=5, step=8))
     assert other_step.texts != alone.texts
 
+    banned = torch.tensor(policy.never_sample)
+
+    def vision_favoured(module, args, out):  # the vision tokens now win every draw unless they are suppressed
+        out = out.clone()
+        out[..., banned] += 30.0
+        return out
+
+    hook = policy.hf.get_output_embeddings().register_forward_hook(vision_favoured)
+    try:
+        tempted = engine.generate(prompts, 4, params)
+    finally:
+        hook.remove()
+    assert not torch.isin(tempted.completion_ids[tempted.completion_mask.bool()], banned).any()
+    assert tempted.completion_mask.sum() > 0
+
 
 def test_sampling_logprobs_match_the_training_forward(policy):
     """The engine's log-probs are those of the sampling distribution, the policy's softmax with the never-sampled
