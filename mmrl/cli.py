@@ -42,7 +42,7 @@ def cmd_train(args) -> int:
     except config.ConfigError as e:
         return _fail(2, str(e))
     _quiet_hub()
-    from mmrl.errors import BadSampleError
+    from mmrl.errors import BadSampleError, CheckpointError
     from mmrl.policy import ModelLoadError
     from mmrl.trainer import Trainer, check_run_dir
 
@@ -51,7 +51,7 @@ def cmd_train(args) -> int:
         summary = Trainer(cfg).run()
     except config.ConfigError as e:  # e.g. a run directory that holds a run
         return _fail(2, str(e))
-    except (BadSampleError, ModelLoadError, FileNotFoundError) as e:
+    except (BadSampleError, CheckpointError, ModelLoadError, FileNotFoundError) as e:  # e.g. a full disk
         return _fail(1, str(e))
     if os.environ.get("RANK", "0") != "0":  # several processes: rank 0 reports
         return 0
@@ -68,6 +68,7 @@ def cmd_train(args) -> int:
 
 def cmd_eval(args) -> int:
     from mmrl import config
+    from mmrl.errors import CheckpointError
     from mmrl.evaluation import EvalError, run_eval
     from mmrl.policy import ModelLoadError
 
@@ -77,7 +78,7 @@ def cmd_eval(args) -> int:
                           out=args.out, k=args.k, temperature=args.temperature, correct=args.correct)
     except config.ConfigError as e:
         return _fail(2, str(e))
-    except (EvalError, FileNotFoundError, ModelLoadError) as e:
+    except (EvalError, CheckpointError, FileNotFoundError, ModelLoadError) as e:
         return _fail(1, str(e))
     print("greedy:")
     for k, v in report["metrics"].items():
@@ -107,6 +108,7 @@ def cmd_zoo(args) -> int:
 
 
 def cmd_export(args) -> int:
+    from mmrl.errors import CheckpointError
     from mmrl.evaluation import EvalError
     from mmrl.export import export
     from mmrl.policy import ModelLoadError
@@ -114,7 +116,7 @@ def cmd_export(args) -> int:
     _quiet_hub()
     try:
         out = export(args.source, args.out, merge_lora=args.merge_lora)
-    except (EvalError, FileNotFoundError, ValueError, ModelLoadError) as e:
+    except (EvalError, CheckpointError, FileNotFoundError, ValueError, ModelLoadError) as e:
         return _fail(1, str(e))
     print(out)
     return 0

@@ -9,3 +9,8 @@ class BadSampleError(ValueError):
     def __init__(self, sample_id: str, message: str):
         self.sample_id = sample_id
         super().__init__(f"sample {sample_id!r}: {message}")
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be written, verified or read back; the message names the checkpoint folder and, where
+    one is at fault, the file."""

@@ -1,8 +1,9 @@
 """`mmrl eval SOURCE`: held-out greedy evaluation of a run directory, a checkpoint or a model directory.
 
 SOURCE may be
-- a run directory (its `config.yaml` and newest complete checkpoint are used),
-- a checkpoint directory (`RUN/checkpoints/step_N`; the run's `config.yaml` two levels up),
+- a run directory (its `config.yaml` and newest checkpoint that verifies are used; newer damaged ones are skipped
+  with a note on stderr),
+- a checkpoint directory (`RUN/checkpoints/step_N`, verified first; the run's `config.yaml` two levels up),
 - a model directory with `config.json` (a zoo model, an export, or a real checkpoint), or a hub id `ORG/NAME` in
   the Hugging Face cache — evaluated with the default recipe's rewards unless overrides say otherwise.
 The report goes to `eval/<name>/report.json` (greedy metrics, settings, a few completions); for box answers a
@@ -15,6 +16,8 @@ from __future__ import annotations
 
 import json
 import math
+import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +28,15 @@ class EvalError(RuntimeError):
     """SOURCE is not something mmrl can evaluate."""
 
 
-def resolve_source(source: str | Path) -> tuple[Path | None, Path | None, str | None]:
-    """(config.yaml, checkpoint dir, model dir) for SOURCE; exactly what exists is filled in."""
+def _to_stderr(message: str) -> None:
+    print(f"mmrl: {message}", file=sys.stderr)
+
+
+def resolve_source(source: str | Path, *,
+                   log: Callable[[str], None] = _to_stderr) -> tuple[Path | None, Path | None, str | None]:
+    """(config.yaml, checkpoint dir, model dir) for SOURCE; exactly what exists is filled in. A checkpoint is one
+    that verifies (`checkpoint.resume_point` / `require_intact`, which raise CheckpointError otherwise); what was
+    skipped or could not be verified goes to `log`."""
     src = Path(source)
     from mmrl.policy import is_hub_id
 
@@ -35,7 +45,9 @@ def resolve_source(source: str | Path) -> tuple[Path | None, Path | None, str | 
     if not src.exists() and not str(source).startswith("zoo:"):
         raise EvalError(f"{source}: no such run, checkpoint, model directory or hub id")
     if (src / "config.yaml").exists():  # a run directory
-        ck = checkpoint.latest(src / "checkpoints")
+        ck, notes = checkpoint.resume_point(src / "checkpoints")
+        for note in notes:
+            log(note)
         if ck is None:
             raise EvalError(f"{src}: run directory has no complete checkpoint")
         return src / "config.yaml", ck, None
@@ -43,15 +55,18 @@ def resolve_source(source: str | Path) -> tuple[Path | None, Path | None, str | 
         cfg = src.parent.parent / "config.yaml"
         if not cfg.exists():
             raise EvalError(f"{src}: checkpoint without its run's config.yaml at {cfg}")
+        for note in checkpoint.require_intact(src):
+            log(note)
         return cfg, src, None
     if str(source).startswith("zoo:") or (src / "config.json").exists():
         return None, None, str(source)
     raise EvalError(f"{source}: not a run directory, checkpoint (no {checkpoint.STATE_FILE}) or model (no config.json)")
 
 
-def load_trainer(source: str | Path, overrides: list[str] = (), *, build: bool = True):
-    """A Trainer whose policy carries SOURCE's weights (used by eval and export)."""
-    cfg_path, ck, model_dir = resolve_source(source)
+def load_trainer(source: str | Path, overrides: list[str] = (), *, build: bool = True,
+                 log: Callable[[str], None] = _to_stderr):
+    """A Trainer whose policy carries SOURCE's weights (used by eval and export); checkpoint notes go to `log`."""
+    cfg_path, ck, model_dir = resolve_source(source, log=log)
     extra = [f"model.path={model_dir}"] if model_dir else []
     base = str(cfg_path) if cfg_path else None
     if base is None:

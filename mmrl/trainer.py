@@ -482,6 +482,32 @@ class Trainer(RLSteps):
         checkpoint.set_rng(ck["rng"])
         self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage}, sharded)")
 
+    def _resume_choice(self) -> Path | None:
+        """The checkpoint to resume from: `resume=auto` takes the newest one that verifies (naming those it skips),
+        a named one must verify. Rank 0 checks (checksums read every byte once) and tells the others; a
+        CheckpointError (none intact) is raised on every rank."""
+        cfg = self.cfg
+        if cfg.resume == "none":
+            return None
+
+        def choose() -> tuple[Path | None, list[str]]:
+            if cfg.resume == "auto":
+                return checkpoint.resume_point(self.ckpt_dir)
+            return Path(cfg.resume), checkpoint.require_intact(Path(cfg.resume))
+
+        try:
+            choice = choose() if self.main else None
+        except checkpoint.CheckpointError as e:
+            choice = e
+        if self.dist is not None:
+            choice = self.dist.gather(choice)[0]
+        if isinstance(choice, Exception):
+            raise choice
+        path, notes = choice
+        for note in notes:
+            self.log(f"resume: {note}")
+        return path
+
     def _supersede_after(self, resume_from: Path) -> None:
         """Move this run's checkpoints newer than the one it resumes from (skipped as corrupt, or a continuation
         abandoned by resuming an older one) to `checkpoints/superseded/`: kept, but never resumed from, exported
@@ -505,11 +531,7 @@ class Trainer(RLSteps):
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
         check_run_dir(cfg)  # (`mmrl train` checks it before building the model too)
-        resume_from = None
-        if cfg.resume == "auto":
-            resume_from = checkpoint.latest(self.ckpt_dir)
-        elif cfg.resume != "none":
-            resume_from = Path(cfg.resume)
+        resume_from = self._resume_choice()
         if self.main:  # one writer of the run directory
             if cfg.resume == "none":  # a fresh run (check_run_dir allowed it): nothing of an earlier one stays
                 gone = remove_run(self.run_dir)

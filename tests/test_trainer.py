@@ -58,11 +58,28 @@ def test_full_mode_trains_and_writes_run_dir(tmp_path, tiny, length_reward):
     assert rl_rows[0]["reward/len/mean"] > 0 and rl_rows[0]["adv/zero_frac"] < 1.0
     assert set(summary) >= {"eval_before", "eval_after"} and "eval/len" in summary["eval_after"]
     assert (run / "config.yaml").exists() and (run / "rollouts.jsonl").exists()
+    # rewards → advantages end to end, on the logged groups: each component is its function's value, the total
+    # their weighted sum (weights 1), and each group's advantages the configured estimator's on those totals
+    from mmrl.algorithms.advantages import advantages
+    from mmrl.rewards import get
+
+    logged = [json.loads(x) for x in (run / "rollouts.jsonl").read_text().splitlines()]
+    assert len(logged) == 3 * 2 * 4  # 3 RL steps × 2 groups × G 4
+    a = cfg.algorithm
+    for g in range(0, len(logged), 4):
+        group = logged[g : g + 4]
+        for r in group:
+            assert r["components"]["len"] == min(len(r["completion"]), 40) / 10
+            assert r["components"]["format"] == get("format")([r["completion"]])[0]
+            assert r["reward"] == pytest.approx(r["components"]["len"] + r["components"]["format"])
+        want = advantages(torch.tensor([r["reward"] for r in group]), group_size=4, baseline=a.baseline,
+                          scale=a.scale, eps=a.adv_eps)
+        torch.testing.assert_close(torch.tensor([r["advantage"] for r in group]), want, atol=1e-5, rtol=1e-5)
     assert {p.name for p in (run / "plots").iterdir()} >= {"rewards.png", "eval.png"}
     ckpts = checkpoint.list_complete(run / "checkpoints")
     assert [p.name for p in ckpts] == ["step_000002", "step_000005"]
     saved = load_file(str(ckpts[-1] / "model.safetensors"))
-    assert torch.equal(saved["lm_head.weight"], after["lm_head.weight"])
+    assert saved.keys() == after.keys() and all(torch.equal(saved[k], after[k]) for k in saved)
     assert (ckpts[-1] / "reference.safetensors").exists()
 
 
@@ -290,3 +307,24 @@ def test_resuming_an_older_checkpoint_sets_the_newer_ones_aside(tmp_path, tiny):
     assert checkpoint.latest(root) == root / "step_000002"
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train/stage" in x]
     assert [r["train/step"] for r in rows] == [1, 2]
+
+
+def test_resume_auto_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, tiny):
+    """A truncated model.safetensors in the newest checkpoint: resume=auto continues from the previous one, logs
+    which it skipped and why, and sets the damaged one aside; it used to crash with a raw traceback."""
+    run = tmp_path / "run"
+    plan = lambda n: [f"stages=[{{name: s, kind: sft, steps: {n}, labels: random}}]",  # noqa: E731
+                      "trainer.checkpoint_every=1", "trainer.keep_checkpoints=0"]
+    Trainer(tiny(run, *plan(2)), log=lambda *a: None).run()
+    root = run / "checkpoints"
+    weights = root / "step_000002" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    lines: list[str] = []
+    Trainer(tiny(run, *plan(3), "resume=auto"), log=lambda *a: lines.append(" ".join(map(str, a)))).run()
+    assert any("skipped" in x and "step_000002" in x and "model.safetensors" in x for x in lines), lines
+    assert any("resumed from" in x and "step_000001" in x for x in lines), lines
+    assert (root / "superseded" / "step_000002").is_dir()
+    assert [p.name for p in checkpoint.list_complete(root)] == ["step_000001", "step_000002", "step_000003"]
+    assert all(checkpoint.verify(p) is None for p in checkpoint.list_complete(root))
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train/stage" in x]
+    assert [r["train/step"] for r in rows] == [1, 2, 3]
