@@ -1,4 +1,4 @@
-"""`mmrl` command line: train, eval, zoo, export, data, plot (see README.md).
+"""`mmrl` command line: train, eval, zoo, export, data, plot, list (see README.md).
 
 Exit status: 0 success, 2 invalid configuration or usage (before any model loads), 1 other errors (bad data,
 missing model directory), each with a one-line message naming the key, sample or file at fault.
@@ -11,7 +11,35 @@ import os
 import sys
 from pathlib import Path
 
-DEFAULT_RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "demo.yaml"
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # bundled recipes, beside the package
+DEFAULT_RECIPE = RECIPES / "demo.yaml"
+LISTS = ("recipes", "rewards", "presets", "tasks", "zoo")
+
+
+def bundled_recipes() -> dict[str, Path]:
+    """Bundled recipe name → file: `recipes/NAME.yaml` as NAME, `recipes/algorithms/NAME.yaml` as algorithms/NAME."""
+    if not RECIPES.is_dir():
+        return {}
+    out = {p.stem: p for p in sorted(RECIPES.glob("*.yaml"))}
+    out.update({f"algorithms/{p.stem}": p for p in sorted((RECIPES / "algorithms").glob("*.yaml"))})
+    return out
+
+
+def resolve_recipe(arg: str) -> str:
+    """A recipe argument → a file: the path as given when it exists, else a bundled recipe's name (`grounding`,
+    `algorithms/grpo`, with or without `.yaml`), so recipes can be named from any directory. ValueError names
+    the closest bundled recipe."""
+    if Path(arg).exists():
+        return arg
+    from mmrl.registry import closest
+
+    name = arg.removeprefix("recipes/").removesuffix(".yaml")
+    found = bundled_recipes()
+    if name in found:
+        return str(found[name])
+    hint = closest(name, list(found))
+    extra = f"; did you mean {hint!r}?" if hint else ""
+    raise ValueError(f"recipe {arg!r}: no such file and no bundled recipe of that name{extra} (`mmrl list recipes`)")
 
 
 def _quiet_hub() -> None:
@@ -38,8 +66,9 @@ def cmd_train(args) -> int:
         recipe = None
     recipe = recipe or (str(DEFAULT_RECIPE) if DEFAULT_RECIPE.exists() else None)
     try:
+        recipe = resolve_recipe(recipe) if recipe else None
         cfg = config.load(recipe, overrides)
-    except config.ConfigError as e:
+    except (config.ConfigError, ValueError) as e:
         return _fail(2, str(e))
     _quiet_hub()
     from mmrl.errors import BadSampleError, CheckpointError
@@ -53,6 +82,13 @@ def cmd_train(args) -> int:
         return _fail(2, str(e))
     except (BadSampleError, CheckpointError, ModelLoadError, FileNotFoundError) as e:  # e.g. a full disk
         return _fail(1, str(e))
+    except KeyboardInterrupt as e:  # Ctrl-C: after a safe-point checkpoint (Interrupted), or a second Ctrl-C
+        saved = getattr(e, "saved", None)
+        again = " ".join(["mmrl train", recipe or "", *[o for o in overrides if not o.startswith("resume=")],
+                          "resume=auto"])
+        what = f"checkpoint saved: {saved}" if saved else "the last checkpoint (if any) is intact"
+        print(f"\nmmrl: interrupted; {what}. Continue with:\n  {' '.join(again.split())}", file=sys.stderr)
+        return 130
     if os.environ.get("RANK", "0") != "0":  # several processes: rank 0 reports
         return 0
     before, after = summary.get("eval_before", {}), summary.get("eval_after", {})
@@ -88,6 +124,50 @@ def cmd_eval(args) -> int:
         for k, v in report["sampled"].items():
             print(f"  {k:28s} {v:.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
     print(f"report: {report['path']}")
+    return 0
+
+
+def _first_line(obj) -> str:
+    """The first sentence of `obj`'s docstring, on one line."""
+    import re
+
+    paragraph = " ".join((getattr(obj, "__doc__", None) or "").strip().split("\n\n")[0].split())
+    return re.split(r"(?<=[.!?])\s", paragraph, maxsplit=1)[0]
+
+
+def listing(kind: str) -> list[tuple[str, str]]:
+    """(name, one line) for each bundled recipe, registered reward, algorithm preset, synthetic task or zoo family."""
+    if kind == "recipes":
+        import yaml
+
+        out = []
+        for name, path in bundled_recipes().items():
+            data = yaml.safe_load(path.read_text()) or {}
+            out.append((name, str(data.get("description", "")) if isinstance(data, dict) else ""))
+        return out
+    if kind == "rewards":
+        from mmrl.rewards.registry import REWARDS
+
+        return [(n, _first_line(REWARDS.get(n))) for n in REWARDS.names()]
+    if kind == "presets":
+        from mmrl.algorithms import PRESETS
+
+        keys = ("baseline", "scale", "policy_loss", "aggregation", "kl_coef", "group_filter")
+        return [(n, ", ".join(f"{k}={v}" for k, v in PRESETS.get(n).items() if k in keys)) for n in PRESETS.names()]
+    if kind == "tasks":
+        from mmrl.datasets.synthetic import TASKS
+
+        return [(n, _first_line(TASKS.get(n).draw)) for n in TASKS.names()]
+    from mmrl import zoo
+
+    return [(fam, "sizes: tiny, small") for fam in zoo.families()]
+
+
+def cmd_list(args) -> int:
+    rows = listing(args.kind)
+    width = max((len(n) for n, _ in rows), default=0)
+    for name, line in rows:
+        print(f"{name:{width}s}  {line}".rstrip())
     return 0
 
 
@@ -206,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     t = sub.add_parser("train", help="train from a recipe (default: recipes/demo.yaml)")
-    t.add_argument("recipe", nargs="?", help="recipe YAML")
+    t.add_argument("recipe", nargs="?", help="recipe YAML, or a bundled recipe's name (`mmrl list recipes`)")
     t.add_argument("overrides", nargs="*", help="dotted overrides, e.g. trainer.lr=1e-4 smoke=true")
     t.set_defaults(fn=cmd_train)
 
@@ -255,6 +335,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="an unreadable or too small image: report and skip it, or stop (--images)")
     d.set_defaults(fn=cmd_data)
 
+    li = sub.add_parser("list", help="list bundled recipes, rewards, algorithm presets, synthetic tasks or zoo models")
+    li.add_argument("kind", choices=LISTS)
+    li.set_defaults(fn=cmd_list)
+
     p = sub.add_parser("plot", help="draw a run's curves into RUN_DIR/plots, or compare runs into --out")
     p.add_argument("run_dir", nargs="+")
     p.add_argument("--out", help="comparison figure (PNG) of all given runs")
@@ -266,7 +350,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.fn(args)
+    try:
+        return args.fn(args)
+    except BrokenPipeError:  # `mmrl list rewards | head`: the reader left
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

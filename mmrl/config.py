@@ -303,7 +303,8 @@ class TrainerConfig:
     threads: int | None = None  # torch intra-op threads (None: torch's default)
     eval_every: int = 0  # RL steps between held-out evaluations (0: only before and after)
     eval_batch: int = 64
-    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: only at the end)
+    checkpoint_every: int = 0  # optimizer steps between checkpoints (0: by time only, and at each stage's end)
+    checkpoint_minutes: float = 30.0  # also save when this long has passed since the last save (0: off)
     keep_checkpoints: int = 2
     log_rollouts_every: int = 10
 
@@ -664,7 +665,8 @@ RANGES: dict[type, dict[str, Range]] = {
         "betas": BETAS, "prompts_per_step": at_least(1), "sft_batch_size": at_least(1),
         "micro_batch_size": at_least(1), "grad_clip": above(0, ".inf = no clipping", inf=True), "seed": TORCH_SEED,
         "threads": at_least(1, "or null = torch's default"), "eval_every": at_least(0, "0 = only before and after"),
-        "eval_batch": at_least(1), "checkpoint_every": at_least(0, "0 = only at the end of each stage"),
+        "eval_batch": at_least(1), "checkpoint_every": at_least(0, "0 = by time and at each stage's end"),
+        "checkpoint_minutes": at_least(0, "0 = off"),
         "keep_checkpoints": at_least(0, "0 = keep all"), "log_rollouts_every": at_least(0, "0 = never"),
     },
 }

@@ -11,10 +11,14 @@ N = B·G completions, C completion tokens, P prompt tokens.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
 import shutil
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,6 +84,36 @@ def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
         out.extend(perm[offset : offset + take].tolist())
         pos += take
     return out
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C stopped the run at a step boundary, after saving `checkpoint` (step `step`)."""
+
+    def __init__(self, step: int, saved: Path | None):
+        super().__init__(f"interrupted after step {step}; checkpoint {saved}")
+        self.step, self.saved = step, saved
+
+
+@contextlib.contextmanager
+def _interruptible():
+    """While training: the first Ctrl-C (SIGINT) sets the yielded event, and the step loop saves a checkpoint and
+    stops at the end of the current step; a second one interrupts at once. Outside the main thread: no handler."""
+    stop = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop
+        return
+
+    def first(signum, frame):
+        stop.set()
+        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C interrupts at once
+        print("\nmmrl: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)",
+              file=sys.stderr, flush=True)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield stop
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "config.yaml")  # what a run writes in run.dir
@@ -405,7 +439,13 @@ class Trainer(RLSteps):
             merged=p.merged_adapters, reference=ref, keep=self.cfg.trainer.keep_checkpoints,
         )
 
+    def _elapsed(self) -> float:
+        """Seconds of training in this run so far, the segments before a resume included."""
+        base, start = getattr(self, "_wall", (self.summary.get("wall_s", 0.0), time.perf_counter()))
+        return base + time.perf_counter() - start
+
     def _state(self) -> dict[str, Any]:
+        self.summary["wall_s"] = self._elapsed()
         return {"progress": vars(self.progress), "summary": self.summary,
                 "scheduler": self.scheduler.state_dict() if self.scheduler else None,
                 "rehearsal": self.rehearsal.state() if self.rehearsal is not None else None}
@@ -553,12 +593,15 @@ class Trainer(RLSteps):
             if self.main:
                 self._truncate_rollouts(self.progress.step)
         self.log(f"mmrl: {self.policy.describe()} → {self.run_dir}")
-        start = time.perf_counter()
+        self._wall = (self.summary.get("wall_s", 0.0), time.perf_counter())  # the resumed run's time + this one's
+        self._last_save = time.perf_counter()
         try:
-            self._run_stages(logger)
+            with _interruptible() as stop:
+                self._stop = stop
+                self._run_stages(logger)
         finally:
             logger.close()
-        self.summary["wall_s"] = self.summary.get("wall_s", 0.0) + time.perf_counter() - start
+        self.summary["wall_s"] = self._elapsed()
         self.summary["runtime"] = self._where()
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
@@ -626,11 +669,26 @@ class Trainer(RLSteps):
                     metrics.update(self.summary["eval_after"])
                     self.log(f"eval after RL: {self._fmt(self.summary['eval_after'])}")
                 logger.log(metrics)
-                ck_every = cfg.trainer.checkpoint_every
-                if (ck_every and self.progress.step % ck_every == 0) or done_stage:
+                stop, due = self._after_step(done_stage)
+                if due or stop:
                     self.save_checkpoint()
+                    self._last_save = time.perf_counter()
+                if stop:
+                    raise Interrupted(self.progress.step, checkpoint.latest(self.ckpt_dir))
         if "eval_after" not in self.summary:  # SFT-only runs still report held-out metrics
             self.summary["eval_after"] = self.evaluate()
+
+    def _after_step(self, done_stage: bool) -> tuple[bool, bool]:
+        """(stop: Ctrl-C was pressed, checkpoint due: every `checkpoint_every` steps, every `checkpoint_minutes`,
+        at the end of a stage). Rank 0's clock and any rank's Ctrl-C decide for all processes."""
+        t = self.cfg.trainer
+        due = done_stage or bool(t.checkpoint_every and self.progress.step % t.checkpoint_every == 0)
+        timed = bool(t.checkpoint_minutes) and time.perf_counter() - self._last_save >= 60 * t.checkpoint_minutes
+        stop = self._stop.is_set()
+        if self.dist is not None:
+            votes = self.dist.gather((stop, timed))
+            stop, timed = any(v[0] for v in votes), votes[0][1]
+        return stop, due or timed
 
     @staticmethod
     def _fmt(metrics: dict[str, float]) -> str:

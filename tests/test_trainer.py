@@ -328,3 +328,19 @@ def test_resume_auto_skips_a_damaged_newest_checkpoint_and_says_so(tmp_path, tin
     assert all(checkpoint.verify(p) is None for p in checkpoint.list_complete(root))
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if "train/stage" in x]
     assert [r["train/step"] for r in rows] == [1, 2, 3]
+
+
+def test_checkpoints_by_time_and_wall_time_across_a_resume(tmp_path, tiny):
+    """`trainer.checkpoint_minutes` saves on the clock (here: after every step), and `wall_s` in the summary counts
+    the time before a resume too (it used to restart at the resume)."""
+    run = tmp_path / "run"
+    plan = lambda n: [f"stages=[{{name: s, kind: sft, steps: {n}, labels: random}}]",  # noqa: E731
+                      "trainer.keep_checkpoints=0", "trainer.checkpoint_every=0"]
+    Trainer(tiny(run, *plan(2), "trainer.checkpoint_minutes=1e-9"), log=lambda *a: None).run()
+    root = run / "checkpoints"
+    assert [p.name for p in checkpoint.list_complete(root)] == ["step_000001", "step_000002"]
+    before = checkpoint.read_state(root / "step_000002")["summary"]["wall_s"]
+    assert before > 0
+    summary = Trainer(tiny(run, *plan(4), "resume=auto", "trainer.checkpoint_minutes=0"), log=lambda *a: None).run()
+    assert summary["wall_s"] > before
+    assert [p.name for p in checkpoint.list_complete(root)] == ["step_000001", "step_000002", "step_000004"]
