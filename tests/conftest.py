@@ -48,6 +48,20 @@ def zoo_cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def reward_plugins(tmp_path_factory) -> str:
+    """A plug-in file with two rewards in [0, 1): `spread` varies within every group (a hash of the text);
+    `odd_only` is `spread` on odd-indexed prompts and ties every even-indexed group at 0 (for group filters)."""
+    path = tmp_path_factory.mktemp("plugins") / "rewards.py"
+    path.write_text(
+        "def spread(completions, **columns):\n"
+        "    return [float(sum(map(ord, c)) % 97) / 97 for c in completions]\n\n"
+        "def odd_only(completions, prompt_index, **columns):\n"
+        "    return [float(sum(map(ord, c)) % 97) / 97 if p % 2 else 0.0 for c, p in zip(completions, prompt_index)]\n"
+    )
+    return str(path)
+
+
+@pytest.fixture(scope="session")
 def length_reward(tmp_path_factory) -> str:
     """A plug-in reward with within-group variance even for an untrained policy: characters / 10."""
     path = tmp_path_factory.mktemp("plugins") / "length_reward.py"

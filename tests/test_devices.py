@@ -79,17 +79,8 @@ def test_sft_rl_eval_and_checkpoints_name_their_devices(tmp_path, tiny, device, 
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory) -> str:
-    """Rewards in [0, 1) that vary within a group (`spread`), or tie every even-indexed group at 0 (`odd_only`):
-    every branch of the step then has non-zero advantages to work on, and the filter something to drop."""
-    path = tmp_path_factory.mktemp("plugins") / "rewards.py"
-    path.write_text(
-        "def spread(completions, **columns):\n"
-        "    return [float(sum(map(ord, c)) % 97) / 97 for c in completions]\n\n"
-        "def odd_only(completions, prompt_index, **columns):\n"
-        "    return [float(sum(map(ord, c)) % 97) / 97 if p % 2 else 0.0 for c, p in zip(completions, prompt_index)]\n"
-    )
-    return str(path)
+def plugin(reward_plugins) -> str:
+    return reward_plugins  # `spread` and `odd_only` (tests/conftest.py)
 
 
 @pytest.fixture(scope="module", params=DEVICES)

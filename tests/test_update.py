@@ -20,15 +20,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def plugin(tmp_path_factory) -> str:
-    path = tmp_path_factory.mktemp("plugins") / "rewards.py"
-    path.write_text(
-        "def spread(completions, **columns):\n"
-        "    return [float(sum(map(ord, c)) % 97) / 97 for c in completions]\n\n"
-        "def odd_only(completions, prompt_index, **columns):\n"
-        "    return [float(sum(map(ord, c)) % 97) / 97 if p % 2 else 0.0 for c, p in zip(completions, prompt_index)]\n"
-    )
-    return str(path)
+def plugin(reward_plugins) -> str:
+    return reward_plugins
 
 
 INITIAL: dict[int, dict[str, torch.Tensor]] = {}  # the module trainer's weights as it starts (see `_restart`)
