@@ -204,6 +204,10 @@ class RewardConfig:
     # persistent worker process; `always` / `never` force one or the other
     isolate: Literal["auto", "always", "never"] = "auto"
     workers: int = 1  # worker processes for an isolated reward; each call's completions are split across them
+    # data memory (MB) each worker of an isolated reward may allocate beyond its own start-up (Linux RLIMIT_DATA:
+    # heap, private mappings, thread stacks; not shared libraries): past it the plug-in gets a MemoryError, which
+    # counts as an error of this reward; null = no cap. 4096 leaves room for a plug-in that imports torch (≈1 GB)
+    memory_mb: int | None = 4096
     # composition (mmrl.rewards.compose): `gate` names another reward; this one counts only where that one
     # reaches its `gate_min` ("only if correct" / "only if well-formed"). `mode: gate` makes this reward a gate
     # on the whole total instead of a summand: where it is below `gate_min`, the total is `gate_penalty`
@@ -643,7 +647,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "tis_cap": above(0, "or null = off"),
     },
     RewardConfig: {"weight": ANY_NUMBER, "timeout_s": above(0), "workers": at_least(1), "gate_min": ANY_NUMBER,
-                   "gate_penalty": ANY_NUMBER},
+                   "gate_penalty": ANY_NUMBER, "memory_mb": at_least(1, "MB per worker; or null = no cap")},
     AlgorithmConfig: {
         "adv_eps": at_least(0), "pos_weight": at_least(0), "neg_weight": at_least(0), "virtual_reward": ANY_NUMBER,
         "virtual_count": at_least(1), "sign_threshold": ANY_NUMBER, "neg_length_rate": at_least(0, "0 = off"),

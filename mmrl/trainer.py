@@ -34,6 +34,7 @@ from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
 from mmrl.metrics import MetricsLogger, NullLogger
 from mmrl.policy import Policy, PromptInputs
+from mmrl.rewards.errors import ErrorReport
 from mmrl.rewards.isolation import make_term
 from mmrl.rl_step import RLSteps, check_reward_columns
 from mmrl.runtime import HOST, Runtime
@@ -116,7 +117,8 @@ def _interruptible():
         signal.signal(signal.SIGINT, previous)
 
 
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "config.yaml")  # what a run writes in run.dir
+# what a run writes in run.dir
+RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "config.yaml", "reward_errors.log")
 RUN_FOLDERS = ("checkpoints", "plots", "tb", "eval")
 
 
@@ -162,12 +164,15 @@ class Trainer(RLSteps):
         self.replay = ReplayBuffer(cfg.algorithm.replay_capacity, cfg.algorithm.replay_alpha)
         self.rehearsal: Rehearsal | None = None  # π₀'s perfect samples (algorithm.rehearsal_coef > 0)
         self.mix_parts: list[list[Sample]] | None = None  # data.mix: each source's samples, for batching
-        self.base_terms = self.terms = self._terms(cfg.rewards)
+        # reward failures: the first few of each reward through self.log (a no-op off rank 0), every one in the file
+        self.reward_errors = ErrorReport(self.run_dir / "reward_errors.log", log=lambda line: self.log(line))
+        self.base_terms = self.terms = self._terms(cfg.rewards, "rewards")
         self.train_data, skipped_train = self._load_split("train")
         self.eval_data, skipped_eval = self._load_split("eval")
         self.base_train = (self.train_data, self.mix_parts)
         # stages with their own data / rewards (e.g. perception RL → reasoning RL)
-        self.stage_terms = {i: self._terms(s.rewards) for i, s in enumerate(cfg.stages) if s.rewards is not None}
+        self.stage_terms = {i: self._terms(s.rewards, f"stages[{i}].rewards")
+                            for i, s in enumerate(cfg.stages) if s.rewards is not None}
         self.stage_train: dict[int, list[Sample]] = {}
         for i, s in enumerate(cfg.stages):
             if s.data is not None:
@@ -223,11 +228,12 @@ class Trainer(RLSteps):
         """Whether this process writes the run directory (rank 0, or the only process)."""
         return self.runtime.main
 
-    @staticmethod
-    def _terms(rewards) -> list:
+    def _terms(self, rewards, key: str) -> list:
         return [make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
                           timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
-                          gate_min=r.gate_min, gate_penalty=r.gate_penalty, workers=r.workers) for r in rewards]
+                          gate_min=r.gate_min, gate_penalty=r.gate_penalty, workers=r.workers,
+                          memory_mb=r.memory_mb, report=self.reward_errors, config_key=f"{key}[{i}]")
+                for i, r in enumerate(rewards)]
 
     def _every_train_sample(self) -> list[Sample]:
         return [*self.base_train[0], *(x for samples in self.stage_train.values() for x in samples)]

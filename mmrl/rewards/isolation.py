@@ -7,6 +7,11 @@
   fresh worker. An exception inside the function comes back as `RewardError` carrying the remote traceback.
   Async functions run in one event loop kept by the worker, each call under `asyncio.wait_for(…, timeout_s)`
   (a timed-out coroutine is cancelled; the worker survives).
+- The worker dies with the trainer (even a SIGKILLed one, even while the plug-in hangs), its data memory is capped
+  at `memory_mb` beyond its start-up (a bigger allocation is a MemoryError, reported as an error naming the cap),
+  and a dead worker is reported with its real exit code or signal (`mmrl.rewards.workers`).
+- Every failing call goes to an `ErrorReport` (`mmrl.rewards.errors`): the first few per reward are shown, all
+  are written to the run's `reward_errors.log`; without one, `make_term` shows them on stderr.
 - Only picklable columns cross the process boundary: each column is pickled on its own and a column that
   fails (an open file, a lock, a live model …) is silently left out of the isolated call.
 - `adapt(fn, style)`: `native` is the common signature `fn(completions, **columns)`; `trl` calls the function
@@ -28,6 +33,7 @@ import contextlib
 import inspect
 import multiprocessing as mp
 import multiprocessing.util  # noqa: F401  (registers its atexit hook, which joins live children, before ours)
+import os
 import pickle
 import sys
 import threading
@@ -38,12 +44,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 from mmrl.rewards.compose import RewardError, RewardTerm, RewardTimeout
+from mmrl.rewards.errors import STDERR, ErrorReport, watch
+from mmrl.rewards.workers import cap_memory, die_with_parent, exit_text
 
 STYLES = ("native", "trl", "easyr1")
 ISOLATE = ("auto", "always", "never")
 ON_ERROR = ("zero", "skip", "raise")
 _ASYNC_GRACE_S = 2.0  # extra parent-side wait for async functions, which time out inside the worker
 _START_TIMEOUT_S = 120.0  # importing the plug-in in a fresh interpreter; not counted against timeout_s
+MEMORY_MB = 4096  # RewardConfig.memory_mb's default (see mmrl.config)
 
 
 # ------------------------------------------------------------------------------------------------ styles
@@ -149,14 +158,23 @@ def _run_async(awaitable, timeout_s: float, loop: asyncio.AbstractEventLoop):
 
 
 # ----------------------------------------------------------------------------------------------- worker
-def _worker(conn, spec: str, style: str, timeout_s: float) -> None:
+def _describe(exc: BaseException) -> tuple[str, str]:
+    """(`Type: message` on one line, the formatted traceback) of an exception being handled in the worker."""
+    message = str(exc).strip().splitlines()
+    return (f"{type(exc).__name__}: {message[0]}" if message else type(exc).__name__), traceback.format_exc()
+
+
+def _worker(conn, spec: str, style: str, timeout_s: float, parent_pid: int, pdeathsig: bool,
+            memory_mb: int | None) -> None:
+    die_with_parent(parent_pid, pdeathsig=pdeathsig)
     try:
+        cap_memory(memory_mb)  # before the plug-in is imported: its imports count too
         from mmrl.rewards import get
 
         raw = get(spec)
         fn = adapt(raw, style)
-    except BaseException:
-        conn.send(("error", traceback.format_exc()))
+    except BaseException as exc:
+        conn.send(("error", _describe(exc)))
         conn.close()
         return
     conn.send(("ready", (inspect.iscoroutinefunction(raw), required_columns(raw, style))))
@@ -177,18 +195,21 @@ def _worker(conn, spec: str, style: str, timeout_s: float) -> None:
             reply = ("ok", (list(out), dict(getattr(fn, "logged", {}))))
         except RewardTimeout as exc:
             reply = ("timeout", str(exc))
-        except BaseException:
-            reply = ("error", traceback.format_exc())
+        except MemoryError as exc:  # under memory_mb; the parent restarts the worker
+            reply = ("memory", _describe(exc))
+        except BaseException as exc:
+            reply = ("error", _describe(exc))
         try:
             conn.send(reply)
-        except Exception:  # an unpicklable result
-            conn.send(("error", traceback.format_exc()))
+        except Exception as exc:  # an unpicklable result
+            conn.send(("error", _describe(exc)))
     if loop is not None:
         loop.close()
     conn.close()
 
 
 _START_LOCK = threading.Lock()
+_OUT_OF_MEMORY = ("MemoryError", "failed to map segment", "Cannot allocate memory")  # a load failing under the cap
 
 
 @contextlib.contextmanager
@@ -217,16 +238,32 @@ def _close_all() -> None:
 atexit.register(_close_all)  # runs before multiprocessing's own exit hook (LIFO), which would wait on workers
 
 
-class IsolatedReward:
-    """A reward run in a persistent worker process; see the module docstring."""
+def _failure(cls: type[RewardError], spec: str, summary: str, detail: str = "", *, typed: bool = False) -> RewardError:
+    """A RewardError (or RewardTimeout) for reward `spec` whose `summary` is the line an ErrorReport shows:
+    `Type: message`, the type being the plug-in's own where `typed` (the summary names it), else `cls`'s."""
+    exc = cls(f"reward {spec!r}: {summary}" + (f"\n{detail}" if detail else ""))
+    exc.summary = summary if typed else f"{cls.__name__}: {summary}"
+    return exc
 
-    def __init__(self, spec: str, *, timeout_s: float, style: str = "native", name: str | None = None):
+
+class IsolatedReward:
+    """A reward run in a persistent worker process; see the module docstring.
+
+    `memory_mb`: the worker's data-memory cap beyond its start-up (None: no cap); `config_key` (`rewards[2]`)
+    names where it is set in messages; `report` receives every failing call (None: the caller reports)."""
+
+    def __init__(self, spec: str, *, timeout_s: float, style: str = "native", name: str | None = None,
+                 memory_mb: int | None = None, config_key: str | None = None, report: ErrorReport | None = None):
         if style not in STYLES:
             raise ValueError(f"reward style {style!r} is not one of {', '.join(STYLES)}")
         if not timeout_s > 0:
             raise ValueError(f"reward {spec!r}: timeout_s must be > 0, got {timeout_s!r}")
-        self.spec, self.style, self.timeout_s = spec, style, float(timeout_s)
+        if memory_mb is not None and not memory_mb >= 1:
+            raise ValueError(f"reward {spec!r}: memory_mb must be >= 1 or None, got {memory_mb!r}")
+        self.spec, self.style, self.timeout_s, self.memory_mb = spec, style, float(timeout_s), memory_mb
         self.__name__ = name or spec
+        self.report = report
+        self._cap_key = f"{config_key}.memory_mb" if config_key else f"memory_mb of reward {self.__name__!r}"
         self._ctx = mp.get_context("spawn")
         self._proc = None
         self._conn = None
@@ -236,10 +273,16 @@ class IsolatedReward:
         _LIVE.add(self)
         self._start()  # a bad spec fails here, at construction
 
+    def _cap(self) -> str:
+        return f"its memory cap of {self.memory_mb} MB ({self._cap_key}; raise it, or null for no cap)"
+
     def _start(self) -> None:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_worker, args=(child, self.spec, self.style, self.timeout_s),
-                                 name=f"mmrl-reward:{self.__name__}")
+        # the kernel's parent-death signal follows the starting thread: only ask for it from the main thread
+        pdeathsig = threading.current_thread() is threading.main_thread()
+        proc = self._ctx.Process(
+            target=_worker, name=f"mmrl-reward:{self.__name__}",
+            args=(child, self.spec, self.style, self.timeout_s, os.getpid(), pdeathsig, self.memory_mb))
         with _START_LOCK, _main_not_reimported():
             proc.start()
         child.close()
@@ -250,14 +293,29 @@ class IsolatedReward:
         try:
             kind, payload = parent.recv()
         except EOFError:
-            self._stop()
-            raise RewardError(f"reward {self.spec!r}: the worker died while starting") from None
+            raise self._died("while starting") from None
         if kind != "ready":
             self._stop()
-            raise RewardError(f"reward {self.spec!r}: loading it in the worker failed:\n{payload}")
+            summary, tb = payload
+            hint = ""
+            if self.memory_mb is not None and any(s in tb for s in _OUT_OF_MEMORY):
+                hint = f"\n(the worker runs under {self._cap()})"
+            raise RewardError(f"reward {self.spec!r}: loading it in the worker failed: {summary}\n{tb}{hint}")
         is_async, self.required = payload
         # an async function times out inside the worker (which survives); give that a moment to report back
         self._wait_s = self.timeout_s + (_ASYNC_GRACE_S if is_async else 0.0)
+
+    def _died(self, when: str = "") -> RewardError:
+        """The worker is gone: reap it for its real exit status and describe it."""
+        proc = self._proc
+        if proc is not None:
+            proc.join(2.0)  # the pipe closes a moment before the process is reaped
+        code = proc.exitcode if proc is not None else None
+        self._stop()
+        summary = f"the worker process died{' ' + when if when else ''} ({exit_text(code)})"
+        if self.memory_mb is not None and code is not None and code < 0:
+            summary += f"; it ran under a memory cap of {self.memory_mb} MB ({self._cap_key})"
+        return _failure(RewardError, self.spec, summary)
 
     def _stop(self) -> None:
         proc, conn = self._proc, self._conn
@@ -276,6 +334,10 @@ class IsolatedReward:
             proc.join(5.0)  # reaps it: no zombie
 
     def __call__(self, completions: list[str], **columns) -> list:
+        with watch(self.report, self.__name__, len(completions), columns):
+            return self._score(list(completions), columns)
+
+    def _score(self, completions: list[str], columns: dict[str, Any]) -> list:
         payload = {}
         for key, value in columns.items():  # only picklable columns cross the process boundary
             try:
@@ -288,23 +350,26 @@ class IsolatedReward:
                 self._stop()
                 self._start()
             try:
-                self._conn.send((list(completions), payload))
+                self._conn.send((completions, payload))
                 ready = self._conn.poll(self._wait_s)
                 reply = self._conn.recv() if ready else None
             except (EOFError, OSError, BrokenPipeError):
-                code = self._proc.exitcode if self._proc is not None else None
-                self._stop()
-                raise RewardError(f"reward {self.spec!r}: the worker process died (exit code {code})") from None
+                raise self._died() from None
             if reply is None:
                 self._stop()  # a fresh worker starts on the next call
-                raise RewardTimeout(f"reward {self.spec!r} did not return within {self.timeout_s:g} s; worker killed")
-        kind, value = reply
+                raise _failure(RewardTimeout, self.spec, f"did not return within {self.timeout_s:g} s; worker killed")
+            kind, value = reply
+            if kind == "memory" and self.memory_mb is not None:
+                self._stop()  # a fresh worker, with a clean heap, starts on the next call
+                raise _failure(RewardError, self.spec, f"MemoryError: the plug-in exceeded {self._cap()}", value[1],
+                               typed=True)
         if kind == "ok":
             values, self.logged = value
             return values
         if kind == "timeout":
-            raise RewardTimeout(f"reward {self.spec!r}: {value}")
-        raise RewardError(f"reward {self.spec!r} raised in its worker:\n{value}")
+            raise _failure(RewardTimeout, self.spec, value)
+        summary, tb = value
+        raise _failure(RewardError, self.spec, summary, tb, typed=True)
 
     def close(self) -> None:
         """Ask the worker to exit, then make sure it has (terminate, kill) and reap it."""
@@ -340,13 +405,17 @@ def split_columns(columns: dict[str, Any], n: int, parts: int) -> list[tuple[sli
 class RewardPool:
     """`workers` persistent worker processes for one plug-in: each call's completions are split into contiguous
     chunks (per-completion columns sliced alike) scored in parallel, each chunk under the same `timeout_s` and
-    restart rules as `IsolatedReward`. A failing chunk fails the call (so `on_error` applies to the whole call)."""
+    restart rules as `IsolatedReward`. A failing chunk fails the call (so `on_error` applies to the whole call) and
+    is reported (`report`) with the completions it held."""
 
-    def __init__(self, spec: str, *, workers: int, timeout_s: float, style: str = "native", name: str | None = None):
+    def __init__(self, spec: str, *, workers: int, timeout_s: float, style: str = "native", name: str | None = None,
+                 memory_mb: int | None = None, config_key: str | None = None, report: ErrorReport | None = None):
         if workers < 1:
             raise ValueError(f"reward {spec!r}: workers must be >= 1, got {workers!r}")
-        self.members = [IsolatedReward(spec, timeout_s=timeout_s, style=style, name=name) for _ in range(workers)]
+        self.members = [IsolatedReward(spec, timeout_s=timeout_s, style=style, name=name, memory_mb=memory_mb,
+                                       config_key=config_key) for _ in range(workers)]
         self.__name__ = name or spec
+        self.report = report
         self.required = self.members[0].required
         self.logged: dict[str, float] = {}
         self._threads = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mmrl-reward")
@@ -356,7 +425,10 @@ class RewardPool:
         chunks = split_columns(columns, n, len(self.members))
         futures = [self._threads.submit(member, list(completions[sl]), **cols)
                    for member, (sl, cols) in zip(self.members, chunks)]
-        results = [f.result() for f in futures]  # re-raises the first chunk's RewardError / RewardTimeout
+        results = []
+        for future, (sl, _) in zip(futures, chunks):
+            with watch(self.report, self.__name__, n, columns, sl):
+                results.append(future.result())  # re-raises the first failing chunk's RewardError / RewardTimeout
         self.logged = dict(self.members[0].logged)
         return [v for chunk in results for v in chunk]
 
@@ -372,9 +444,11 @@ class InProcessReward:
     A synchronous in-process function cannot be stopped, so `timeout_s` only bounds async ones.
     """
 
-    def __init__(self, fn: Callable, *, timeout_s: float, style: str = "native"):
+    def __init__(self, fn: Callable, *, timeout_s: float, style: str = "native", name: str | None = None,
+                 report: ErrorReport | None = None):
         self.fn, self.timeout_s = adapt(fn, style), float(timeout_s)
-        self.__name__ = getattr(fn, "__name__", "reward")
+        self.__name__ = name or getattr(fn, "__name__", "reward")
+        self.report = report
         self.required = required_columns(fn, style)
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -383,11 +457,12 @@ class InProcessReward:
         return dict(getattr(self.fn, "logged", {}))
 
     def __call__(self, completions: list[str], **columns) -> list:
-        out = self.fn(completions, **columns)
-        if inspect.isawaitable(out):
-            self._loop = self._loop or asyncio.new_event_loop()
-            out = _run_async(out, self.timeout_s, self._loop)
-        return out
+        with watch(self.report, self.__name__, len(completions), columns):
+            out = self.fn(completions, **columns)
+            if inspect.isawaitable(out):
+                self._loop = self._loop or asyncio.new_event_loop()
+                out = _run_async(out, self.timeout_s, self._loop)
+            return out
 
 
 # ---------------------------------------------------------------------------------------------- factory
@@ -395,11 +470,15 @@ def make_term(
     fn: str, *, name: str | None = None, weight: float = 1.0, kwargs: dict[str, Any] | None = None,
     on_error: str = "zero", timeout_s: float = 10.0, style: str = "native", isolate: str = "auto",
     gate: str | None = None, mode: str = "add", gate_min: float = 1.0, gate_penalty: float = 0.0,
-    workers: int = 1,
+    workers: int = 1, memory_mb: int | None = MEMORY_MB, report: ErrorReport | None = None,
+    config_key: str | None = None,
 ) -> RewardTerm:
     """A `RewardTerm` from config fields (`RewardConfig`): resolve `fn`, isolate it per `isolate`
-    (`auto`: registry names in-process, other specs in a worker), adapt its `style`, set its `on_error` and its
-    gating (`gate`, `mode`, `gate_min`, `gate_penalty`; see `mmrl.rewards.compose`)."""
+    (`auto`: registry names in-process, other specs in a worker, capped at `memory_mb`), adapt its `style`, set its
+    `on_error` and its gating (`gate`, `mode`, `gate_min`, `gate_penalty`; see `mmrl.rewards.compose`).
+
+    `report` (the run's `ErrorReport`; default `STDERR`) receives every failing call; `config_key` (`rewards[2]`)
+    is where the term is configured, for messages that name a key."""
     from mmrl.rewards.registry import get
 
     if isolate not in ISOLATE:
@@ -412,11 +491,14 @@ def make_term(
 
     name = name or default_name(fn)
     isolated = isolate == "always" or (isolate == "auto" and ":" in fn)
+    report = STDERR if report is None else report
     if isolated and workers > 1:
-        call: Callable = RewardPool(fn, workers=workers, timeout_s=timeout_s, style=style, name=name)
+        call: Callable = RewardPool(fn, workers=workers, timeout_s=timeout_s, style=style, name=name,
+                                    memory_mb=memory_mb, config_key=config_key, report=report)
     elif isolated:
-        call = IsolatedReward(fn, timeout_s=timeout_s, style=style, name=name)
+        call = IsolatedReward(fn, timeout_s=timeout_s, style=style, name=name, memory_mb=memory_mb,
+                              config_key=config_key, report=report)
     else:
-        call = InProcessReward(get(fn), timeout_s=timeout_s, style=style)
+        call = InProcessReward(get(fn), timeout_s=timeout_s, style=style, name=name, report=report)
     return RewardTerm(name=name, fn=call, weight=weight, kwargs=dict(kwargs or {}), on_error=on_error,
                       gate=gate, mode=mode, gate_min=gate_min, gate_penalty=gate_penalty)

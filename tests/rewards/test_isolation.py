@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
+import signal
+import subprocess
+import sys
 import textwrap
+import time
+import types
 
 import pytest
 
 from mmrl.rewards import RewardError, RewardTimeout, score, summarize
+from mmrl.rewards.errors import ErrorReport
 from mmrl.rewards.isolation import IsolatedReward, adapt, make_term
 
 PLUGINS = {
@@ -58,6 +66,56 @@ PLUGINS = {
 
         def trl_solution(prompts, completions, completion_ids, solution, **kwargs):
             return [0.0] * len(completions)
+    """,
+    "dies.py": """
+        import os
+        import signal
+
+        def die(completions, how, **columns):
+            if how[0] == "exit3":
+                os._exit(3)
+            os.kill(os.getpid(), signal.SIGKILL)
+    """,
+    "hog.py": """
+        def hog(completions, mb, **columns):
+            buf = bytearray(mb[0] << 20)  # written (zeroed), so really used where it succeeds
+            return [float(len(buf) > 0)] * len(completions)
+
+        def reserve(completions, **columns):
+            import numpy as np
+
+            buf = np.empty(5 << 30, dtype=np.uint8)  # 5 GiB reserved, never touched: no RAM used where it succeeds
+            return [float(buf.nbytes > 0)] * len(completions)
+
+        def torch_matmul(completions, **columns):
+            import torch
+
+            x = torch.randn(512, 512)
+            return [float((x @ x).shape[0])] * len(completions)
+    """,
+    "boom.py": """
+        def score(completions, **columns):
+            for c in completions:
+                if "boom" in c:
+                    raise ValueError(f"cannot score {c!r}")
+            return [1.0] * len(completions)
+    """,
+    "forever.py": """
+        import os
+        import re
+        import time
+
+        def _entered(marker):
+            with open(marker[0], "w") as f:
+                f.write(str(os.getpid()))
+
+        def sleep(completions, marker, **columns):
+            _entered(marker)
+            time.sleep(3600)
+
+        def spin(completions, marker, **columns):  # catastrophic backtracking inside `re`, which holds the GIL
+            _entered(marker)
+            re.match(r"(a+)+$", "a" * 64 + "b")
     """,
     "trlsig.py": """
         def score(prompts, completions, completion_ids, trainer_state, log_extra, log_metric, answer, **kwargs):
@@ -214,13 +272,32 @@ def test_failing_plugins_inside_a_training_step(tmp_path, tiny, plugins):
     finally:
         for t in trainer.terms:
             getattr(t.fn, "close", lambda: None)()
+    from mmrl.rewards import get
+
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     rl = [r for r in rows if r.get("train/stage") == "rl" and "reward/total/mean" in r]
     assert len(rl) == 1
-    assert rl[0]["reward/bad/errors"] >= 1 and rl[0]["reward/slow/timeouts"] >= 1
-    assert rl[0]["reward/bad/timeouts"] == 0 and "reward/format/mean" in rl[0]
-    assert rl[0]["reward/aio/mean"] > 0 and rl[0]["reward/trlsig/mean"] > 0 and rl[0]["reward/trlsig/errors"] == 0
-    assert rl[0]["reward/trlsig/seen"] == 1.0  # reported through TRL's log_metric
+    m = rl[0]
+    # one scoring call by the evaluation before training (2 prompts, eval_batch 2) + one by the RL step: `bad` raised
+    # in both, `slow` timed out in both; the counters are cumulative calls, not completions
+    assert (m["reward/bad/errors"], m["reward/bad/timeouts"]) == (2.0, 0.0)
+    assert (m["reward/slow/errors"], m["reward/slow/timeouts"]) == (0.0, 2.0)
+    assert m["reward/trlsig/errors"] == m["reward/trlsig/timeouts"] == m["reward/aio/errors"] == 0.0
+    assert m["reward/bad/mean"] == 0.0 and "reward/slow/mean" not in m  # zero → 0.0 each; skip → None each
+    assert m["rollout/truncated_frac"] == 1.0  # every completion is 6 tokens (rollout.max_new_tokens)
+    assert m["reward/trlsig/mean"] == 6.0  # len(completion_ids) + trainer_state.global_step (0 during step 1)
+    assert m["reward/trlsig/seen"] == 1.0  # reported through TRL's log_metric
+    evals = [r for r in rows if "eval/trlsig" in r]  # before training (global step 0) and after it (1)
+    assert [r["eval/trlsig"] for r in evals] == [evals[0]["eval/trlsig"], evals[0]["eval/trlsig"] + 1]
+    logged = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(logged) == 8  # the first 2 groups of G 4
+    fmt = get("format")
+    for r in logged:
+        c, comp = r["completion"], r["components"]
+        assert r["finish_reason"] == "length"
+        assert comp == {"bad": 0.0, "slow": None, "format": fmt([c], answer=[r["answer"]])[0],
+                        "aio": float(len(c)), "trlsig": 6.0}
+        assert r["reward"] == pytest.approx(comp["format"] + comp["trlsig"])  # weights 1, 1, 0 (aio); bad's 0
 
 
 def test_required_columns_by_style(plugins):
@@ -279,5 +356,149 @@ def test_pool_chunk_timeout_fails_the_call(plugins):
     try:
         _, comps = score([term], ["a", "b", "c"], {})
         assert comps == {"slow": [None, None, None]} and term.timeouts == 1
+    finally:
+        term.fn.close()
+
+
+# ------------------------------------------------------------------------------- reliability (issue: plug-ins)
+def test_errors_are_shown_three_per_reward_and_all_logged_to_the_run(plugins, tmp_path):
+    from mmrl.datasets.sample import Sample
+
+    shown: list[str] = []
+    log = tmp_path / "reward_errors.log"
+    report = ErrorReport(log, log=shown.append)
+    term = make_term(f"{plugins / 'raises.py'}:score", name="bad", report=report)
+    pool = make_term(f"{plugins / 'boom.py'}:score", name="pooled", workers=2, report=report)
+    samples = [Sample(id="cat-1", messages=[], answer="1"), Sample(id="dog-2", messages=[], answer="2")]
+    try:
+        for step in range(5):
+            state = types.SimpleNamespace(global_step=step)
+            score([term], ["a", "b"], {"samples": samples, "trainer_state": state})
+        _, comps = score([pool], ["a", "b", "boom", "d"], {})
+    finally:
+        term.fn.close()
+        pool.fn.close()
+    assert term.errors == 5 and comps == {"pooled": [0.0] * 4}
+    bad = [m for m in shown if "'bad'" in m]
+    assert len(bad) == 3  # the first three of this reward; the rest only counted and logged
+    assert all("ZeroDivisionError: plug-in bug" in m for m in bad)
+    assert "step 0" in bad[0] and "completions 0-1 of 2" in bad[0] and "cat-1" in bad[0] and "dog-2" in bad[0]
+    assert "reward/bad/errors" in bad[-1] and str(log) in bad[-1]  # where the others go
+    pooled = [m for m in shown if "'pooled'" in m]
+    assert len(pooled) == 1 and "ValueError: cannot score 'boom'" in pooled[0]
+    assert "completions 2-3 of 4" in pooled[0]  # the failing chunk of the pool
+    text = log.read_text()
+    assert text.count("ZeroDivisionError: plug-in bug") >= 5 and text.count("Traceback") >= 6
+    assert "step 4" in text and "cannot score 'boom'" in text
+
+
+def test_errors_reach_stderr_when_no_run_log_is_given(plugins, capfd):
+    term = make_term(f"{plugins / 'raises.py'}:score", name="bad_on_stderr")
+    try:
+        score([term], ["a"], {})
+    finally:
+        term.fn.close()
+    err = capfd.readouterr().err
+    assert "'bad_on_stderr'" in err and "ZeroDivisionError: plug-in bug" in err
+
+
+def test_dead_worker_reports_its_exit_code_or_signal(plugins):
+    r = IsolatedReward(f"{plugins / 'dies.py'}:die", timeout_s=10)
+    try:
+        with pytest.raises(RewardError, match=r"died \(exit code 3\)"):
+            r(["a"], how=["exit3"])
+        with pytest.raises(RewardError, match=r"died \(killed by signal 9 \(SIGKILL\)\)"):
+            r(["a"], how=["kill"])  # a fresh worker started for this call
+    finally:
+        r.close()
+
+
+LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux: /proc, RLIMIT_DATA, PDEATHSIG")
+
+_TRAINER_LIKE = """
+import sys, threading
+from mmrl.rewards.isolation import IsolatedReward
+
+spec, marker, where = sys.argv[1:4]
+
+def score():
+    IsolatedReward(spec, timeout_s=3600)(["x"], marker=[marker])
+
+if where == "thread":
+    threading.Thread(target=score).start()
+else:
+    score()
+"""
+
+
+def _gone(pid: int) -> bool:
+    """No such process, or only its zombie (a container's init may not reap it at once)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+@LINUX
+@pytest.mark.parametrize("fn, where", [("sleep", "main"), ("sleep", "thread"), ("spin", "main")],
+                         ids=["sleeping", "started-from-a-thread", "holding-the-gil"])
+def test_worker_dies_with_a_sigkilled_trainer(plugins, tmp_path, fn, where):
+    """`spin` holds the GIL (only the kernel's parent-death signal can end it); a worker started from a thread
+    gets no such signal (only the worker's parent-pid poll ends it); `sleep` from the main thread has both."""
+    marker = tmp_path / "entered"
+    spec = f"{plugins / 'forever.py'}:{fn}"
+    parent = subprocess.Popen([sys.executable, "-c", _TRAINER_LIKE, spec, str(marker), where])
+    worker = None
+    try:
+        deadline = time.monotonic() + 120
+        while not (marker.exists() and marker.read_text()):  # the worker is inside the plug-in's call
+            assert parent.poll() is None and time.monotonic() < deadline, "the worker never entered the plug-in"
+            time.sleep(0.05)
+        worker = int(marker.read_text())
+        parent.kill()
+        parent.wait()
+        deadline = time.monotonic() + 10
+        while not _gone(worker) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert _gone(worker), f"worker {worker} outlived its SIGKILLed parent"
+    finally:
+        parent.kill()
+        if worker is not None and not _gone(worker):
+            os.kill(worker, signal.SIGKILL)
+
+
+@LINUX
+def test_default_memory_cap_stops_a_5_gb_allocation(plugins):
+    from mmrl.config import RewardConfig
+
+    term = make_term(f"{plugins / 'hog.py'}:reserve", name="reserve")
+    try:
+        _, comps = score([term], ["a"], {})
+    finally:
+        term.fn.close()
+    assert comps == {"reserve": [0.0]} and term.errors == 1  # an error like any other, not a trainer crash
+    assert inspect.signature(make_term).parameters["memory_mb"].default == RewardConfig().memory_mb
+
+
+@LINUX
+def test_memory_cap_is_an_error_naming_the_key_and_the_next_call_works(plugins):
+    shown: list[str] = []
+    term = make_term(f"{plugins / 'hog.py'}:hog", name="hog", memory_mb=256, config_key="rewards[0]",
+                     report=ErrorReport(None, log=shown.append))
+    try:
+        _, comps = score([term], ["a"], {"mb": [1024]})
+        assert comps == {"hog": [0.0]} and term.errors == 1
+        assert "cap of 256 MB" in shown[0] and "rewards[0].memory_mb" in shown[0]
+        _, comps = score([term], ["a"], {"mb": [64]})
+        assert comps == {"hog": [1.0]}  # an allocation under the cap (in a fresh worker)
+    finally:
+        term.fn.close()
+
+
+def test_default_memory_cap_lets_a_torch_plugin_run(plugins):
+    term = make_term(f"{plugins / 'hog.py'}:torch_matmul", name="torchy", on_error="raise")
+    try:
+        assert score([term], ["a"], {})[1] == {"torchy": [512.0]}
     finally:
         term.fn.close()
