@@ -7,6 +7,7 @@ Metric names are namespaced and stable:
 | `train/step`, `train/stage` | global optimizer step; stage name |
 | `reward/<name>/mean` | mean of one reward component over the step's completions where it applies |
 | `reward/<name>/truncated`, `reward/<name>/parse_fail` | share of completions where an input cap engaged / nothing parsed (rewards that parse boxes, points or numbers) |
+| `reward/<name>/missing` | share of the step's completions whose sample lacks the ground truth the reward scores against (`answer`, or a dataset field it requires); a source without it at all is an error at load |
 | `reward/<name>/errors`, `reward/<name>/timeouts` | cumulative failed / timed-out calls of one reward (scored per its `on_error`) |
 | `reward/<name>/gated`, `reward/<name>/timed_out`, `reward/<name>/<metric>` | share closed by its gate; share of per-answer checks abandoned at the time limit (`math`); what a TRL-style reward logged |
 | `reward/total/mean`, `reward/total/std` | weighted total reward (over every generated completion, before group filters) |

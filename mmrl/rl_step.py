@@ -57,17 +57,42 @@ def meta_columns(samples) -> list[str]:
     return list(dict.fromkeys(k for s in samples for k in s.meta if k not in COLUMNS))
 
 
-def check_reward_columns(terms, samples) -> None:
-    """Fail before training when a reward needs a column the data does not have (naming both)."""
-    available = set(COLUMNS) | set(meta_columns(samples))
+def check_reward_columns(terms, samples, *, where: str = "") -> None:
+    """Fail before training when a reward needs a column the data does not have, naming the reward, the column and
+    the source: a column no sample provides, or a data column the reward scores against (`answer`, a dataset field
+    it requires; `mmrl.rewards.compose.truth_columns`) that no sample of a source has — every value of that reward
+    would be None there and its metric would vanish. `samples`: {source name: samples} (e.g.
+    `{"data.train (x.jsonl)": […]}`), or one list grouped by each sample's `source`; `where` starts each line."""
+    from collections.abc import Mapping
+
+    from mmrl.rewards.compose import truth_columns
+
+    sources: dict[str, list] = {}
+    if isinstance(samples, Mapping):
+        sources = {name: list(part) for name, part in samples.items()}
+    else:
+        for s in samples:
+            sources.setdefault(s.source or "the data", []).append(s)
+    available = set(COLUMNS) | set(meta_columns([s for part in sources.values() for s in part]))
+    problems = []
     for term in terms:
         missing = [c for c in getattr(term.fn, "required", []) if c not in available and c not in term.kwargs]
         if missing:
-            raise ConfigError(
-                f"rewards: reward {term.name!r} needs column(s) {missing} that the data does not provide"
+            problems.append(
+                f"{where}rewards: reward {term.name!r} needs column(s) {missing} that the data does not provide"
                 f" (columns: {', '.join(sorted(available))}; dataset fields reach rewards through each sample's"
-                f" `meta`, fixed values through the reward's `kwargs`)"
-            )
+                f" `meta`, fixed values through the reward's `kwargs`)")
+            continue
+        for column in [c for c in truth_columns(term) if c == "answer" or c not in COLUMNS]:  # the data's own
+            for name, part in sources.items():
+                if part and all((s.answer if column == "answer" else s.meta.get(column)) is None for s in part):
+                    problems.append(
+                        f"{where}rewards: reward {term.name!r} scores against column {column!r}, which no sample of"
+                        f" {name} has: it would be None on all of them (no reward/{term.name}/mean). Give the records"
+                        f" {'an `answer`' if column == 'answer' else f'a `{column}` field'}, or score them with"
+                        f" rewards that need none")
+    if problems:
+        raise ConfigError(*problems)
 
 
 class RLSteps:

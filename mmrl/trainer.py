@@ -32,6 +32,7 @@ from mmrl.algorithms.prompts import PROMPT_WEIGHTS, mix_count, weighted_draw
 from mmrl.config import Config, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
+from mmrl.datasets.synthetic import target_problems
 from mmrl.metrics import MetricsLogger, NullLogger
 from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards.errors import ErrorReport
@@ -179,8 +180,7 @@ class Trainer(RLSteps):
                 self.stage_train[i], skipped = self._load_source(s.data, "train")
                 skipped_train += skipped
         every_train = self.train_data + [x for samples in self.stage_train.values() for x in samples]
-        for terms in [self.base_terms, *self.stage_terms.values()]:
-            check_reward_columns(terms, every_train + self.eval_data)
+        self._check_data()  # before the model loads: SFT targets, reward columns per source
         self.progress.skipped = skipped_train + skipped_eval
         self.eval_data, overlap = drop_overlap(every_train, self.eval_data)
         if overlap:
@@ -234,6 +234,32 @@ class Trainer(RLSteps):
                           gate_min=r.gate_min, gate_penalty=r.gate_penalty, workers=r.workers,
                           memory_mb=r.memory_mb, report=self.reward_errors, config_key=f"{key}[{i}]")
                 for i, r in enumerate(rewards)]
+
+    def stage_sources(self, si: int) -> dict[str, list[Sample]]:
+        """Stage `si`'s training samples by source, named by config key and file or task (`data.train (x.parquet)`)."""
+        stage, data = self.cfg.stages[si], self.cfg.data
+        if stage.data is not None:
+            return {f"stages[{si}].data ({stage.data.path or stage.data.task})": self.stage_train[si]}
+        samples, parts = self.base_train
+        if parts:
+            return {f"data.mix[{j}] ({m.path or m.task})": part for j, (m, part) in enumerate(zip(data.mix, parts))}
+        return {f"data.train ({data.train.path or data.train.task})": samples}
+
+    def _check_data(self) -> None:
+        """Each SFT stage has a target for every sample it trains on, and each reward finds the columns it scores
+        against in every source it scores (its stage's training data; the run's rewards also data.eval)."""
+        for si, stage in enumerate(self.cfg.stages):
+            sources = self.stage_sources(si)
+            if stage.kind == "sft":
+                problems = target_problems(sources, stage.labels)
+                if problems:
+                    raise config_mod.ConfigError(*(f"stage {stage.name!r} (sft, labels: {stage.labels}): {p}"
+                                                   for p in problems))
+            else:
+                terms = self.stage_terms.get(si, self.base_terms)
+                check_reward_columns(terms, sources, where=f"stage {stage.name!r}: ")
+        ev = self.cfg.data.eval
+        check_reward_columns(self.base_terms, {f"data.eval ({ev.path or ev.task})": self.eval_data})
 
     def _every_train_sample(self) -> list[Sample]:
         return [*self.base_train[0], *(x for samples in self.stage_train.values() for x in samples)]

@@ -8,7 +8,8 @@ and converts it to a `Sample`:
 - `vlm_r1_rec`: `{"image", "problem", "solution": [x1, y1, x2, y2] | "<answer>[…]</answer>"}` → a grounding
   sample with `answer = {"boxes": [box]}` in original pixels (VLM-R1's referring-expression data);
 - `easyr1`: `{"problem", "answer", "images": [...]}` with `<image>` placeholders in the problem text marking
-  where the images go (EasyR1's and many HF data sets' layout);
+  where the images go (EasyR1's and many HF data sets' layout; `prompt` for `problem` when the images are
+  in-memory cells, since `prompt` with image paths is mmrl's native short form);
 - `llava`: `{"image", "conversations": [{"from": "human", "value": "<image>\\n…"}, {"from": "gpt", …}]}` → the
   first human turn is the prompt, the first reply the answer.
 Images may be paths (relative to `image_root`, else to the file's folder), bytes, or HF `Image` cells
@@ -77,15 +78,21 @@ class _Invalid:
         self.message = message
 
 
+def _cells(record: dict) -> bool:
+    """Whether the record's `images` hold in-memory cells (HF `Image` dicts, bytes, PIL images), not paths."""
+    raw = record.get("images", [])
+    return any(not isinstance(v, str) for v in (raw if isinstance(raw, list) else [raw]))
+
+
 def detect(record: dict) -> str:
     """The format a record's keys say it is in."""
-    if "messages" in record or "prompt" in record:
+    if "messages" in record or ("prompt" in record and not ("answer" in record and _cells(record))):
         return "native"
     if "conversations" in record:
         return "llava"
     if "problem" in record and "solution" in record:
         return "vlm_r1_rec"
-    if "problem" in record and "answer" in record:
+    if ("problem" in record or "prompt" in record) and "answer" in record:  # HF data sets often say `prompt`
         return "easyr1"
     raise _LineError("<record>", f"cannot tell its format from its keys {sorted(record)[:8]} (set data format:)")
 
@@ -157,8 +164,10 @@ def vlm_r1_rec(record: dict, *, root: Path, sample_id: str, template: str | None
 
 @FORMATS.register("easyr1")
 def easyr1(record: dict, *, root: Path, sample_id: str, template: str | None = None, **_) -> Sample:
-    """EasyR1 / HF layout: `problem` (with `<image>` placeholders), `answer`, `images` (a list, or one)."""
-    problem = _text(record.get("problem"), "problem")
+    """EasyR1 / HF layout: `problem` (or `prompt`; with `<image>` placeholders), `answer`, `images` (a list, or
+    one)."""
+    key = "problem" if "problem" in record else "prompt"
+    problem = _text(record.get(key), key)
     raw = record.get("images", [])
     raw = raw if isinstance(raw, list) else [raw]
     images = [_media(v, root, sample_id, f"images[{k}]") for k, v in enumerate(raw)]
@@ -168,7 +177,7 @@ def easyr1(record: dict, *, root: Path, sample_id: str, template: str | None = N
         raise _LineError("answer", "missing")
     return Sample(id=sample_id, messages=_user(_with_images(problem, images)), answer=record["answer"],
                   task=str(record.get("task", "")),
-                  meta={k: v for k, v in record.items() if k not in ("problem", "answer", "images", "id", "task")})
+                  meta={k: v for k, v in record.items() if k not in (key, "answer", "images", "id", "task")})
 
 
 @FORMATS.register("llava")

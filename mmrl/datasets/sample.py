@@ -22,6 +22,9 @@ class Sample:
     answer: Any = None
     task: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    # where the sample was loaded from ("train file x.parquet", "eval task rotation"; set by `load_source`), so
+    # load-time checks can name the source that lacks something; not part of the sample's identity
+    source: str = field(default="", compare=False, repr=False)
 
     def media_kinds(self) -> list[str]:
         """"image" / "video" for each media part, in prompt order (what `answer["media"]` indexes)."""

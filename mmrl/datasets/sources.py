@@ -15,7 +15,8 @@ def load_source(
     """(samples, skipped) from `task` (synthetic generator, `n` samples) or `path` (a data file or saved data set
     directory in mmrl's or a peer's format; `mmrl.datasets.formats`). `template` (with `{problem}`) rewrites
     each question; `system_prompt` becomes the system turn of every sample without one (per-source, so each
-    task of a mix can have its own; `data.system_prompt` is the fallback for all)."""
+    task of a mix can have its own; `data.system_prompt` is the fallback for all). Each sample's `source` names
+    the split and the task or file ("train file data.parquet")."""
     if template is not None:
         check_template(template)
     if task is not None:
@@ -30,6 +31,9 @@ def load_source(
                                      on_bad_sample=on_bad_sample)
     if system_prompt is not None:  # "" gives an empty system turn (no chat-template default)
         samples = [with_system(s, system_prompt) for s in samples]
+    name = f"{split} task {task}" if task is not None else f"{split} file {path}"
+    for s in samples:
+        s.source = name
     return samples, skipped
 
 

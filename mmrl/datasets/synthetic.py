@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import inspect
 import random
+import string
 from dataclasses import dataclass
 from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
 from mmrl.datasets import mcq
-from mmrl.datasets.sample import Sample
+from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.registry import Registry, closest
 
 
@@ -96,13 +97,82 @@ def _check_kwargs(task: str, draw: Callable, kwargs: dict) -> None:
 
 
 def target_text(sample: Sample, geometry: Any = None) -> str:
-    """The SFT target for `sample`, dispatched on `sample.task`; boxes in `geometry`'s convention if given."""
-    return TARGETS.get(sample.task).target(sample, geometry)
+    """The SFT target for `sample`'s answer, dispatched on `sample.task`; boxes in `geometry`'s convention if given.
+    A task without a registered format (a peer's data set: EasyR1 / HF records, task "") gets `answer_target`."""
+    problem = _answer_problem(sample)
+    if problem:
+        raise BadSampleError(sample.id, f"no SFT target: {problem}")
+    if sample.task in TARGETS:
+        return TARGETS.get(sample.task).target(sample, geometry)
+    return answer_target(sample.answer)
 
 
 def random_target_text(sample: Sample, rng: random.Random, geometry: Any = None) -> str:
-    """A target in the right format but with a random label (format-only SFT warm start)."""
-    return TARGETS.get(sample.task).random_target(sample, rng, geometry)
+    """A target in the right format but with a random label (format-only SFT warm start); without a registered
+    format, only a multiple-choice answer has one (a random option letter)."""
+    if sample.task in TARGETS:
+        return TARGETS.get(sample.task).random_target(sample, rng, geometry)
+    problem = target_problem(sample, "random")
+    if problem:
+        raise BadSampleError(sample.id, f"no random SFT target: {problem}")
+    return f"<answer>{rng.choice(string.ascii_uppercase[: len(sample.answer['options'])])}</answer>"
+
+
+def answer_target(answer: Any) -> str:
+    """The target the project's own tasks use, `<answer>…</answer>`, around a text or numeric answer, or around a
+    multiple-choice answer's letter (`{"choice": "B", …}`).
+
+    >>> answer_target("a rocket"), answer_target(3), answer_target({"choice": "B", "options": ["x", "y"]})
+    ('<answer>a rocket</answer>', '<answer>3</answer>', '<answer>B</answer>')
+    """
+    return f"<answer>{answer['choice'] if isinstance(answer, dict) else answer}</answer>"
+
+
+def _choices(answer: Any) -> int:
+    """The number of options of a multiple-choice answer `{"choice": letter, "options": [...]}` (0: not one)."""
+    ok = isinstance(answer, dict) and isinstance(answer.get("choice"), str) and isinstance(answer.get("options"), list)
+    return min(len(answer["options"]), 26) if ok else 0
+
+
+def _answer_problem(sample: Sample) -> str | None:
+    """Why `sample.answer` gives no SFT target (None: `target_text` makes one)."""
+    answer = sample.answer
+    if answer is None:
+        return "no `answer`, no assistant turn (a LLaVA gpt reply, `meta.response`)"
+    if sample.task in TARGETS or _choices(answer):
+        return None
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+        return (f"`answer` {answer!r:.60} is not text, a number or a choice, and task {sample.task!r} has no target"
+                f" format (tasks with one: {', '.join(TARGETS.names())})")
+    return None
+
+
+def target_problem(sample: Sample, labels: str) -> str | None:
+    """Why an SFT stage with `labels` (`true` | `random`) gets no target for `sample` (None: it gets one).
+
+    `true`: the data set's own response (`meta.response`, e.g. a LLaVA gpt turn), else `target_text` of its
+    answer. `random`: the task's registered format, or a multiple-choice answer (a random letter); free text has
+    no format to draw a random label in.
+    """
+    if labels == "random":
+        if sample.task in TARGETS or _choices(sample.answer):
+            return None
+        return (f"task {sample.task!r} has no random-label format (tasks with one: {', '.join(TARGETS.names())}, or"
+                " a multiple-choice answer {choice, options}); use labels: true to train on the data's own targets")
+    return None if isinstance(sample.meta.get("response"), str) else _answer_problem(sample)
+
+
+def target_problems(sources: dict[str, list[Sample]], labels: str) -> list[str]:
+    """One line per source (name → samples) holding samples that get no SFT target under `labels`, e.g.
+    "data.train (x.parquet): records have no target: no `answer`, …" or "…: 3 of 10 records (first 'id') …"."""
+    out = []
+    for name, samples in sources.items():
+        bad = [(s.id, p) for s in samples if (p := target_problem(s, labels))]
+        if not bad:
+            continue
+        which = "records" if len(bad) == len(samples) else f"{len(bad)} of {len(samples)} records (first {bad[0][0]!r})"
+        out.append(f"{name}: {which} have no target: {bad[0][1]}")
+    return out
 
 
 # ------------------------------------------------------------------------------------------- rotation

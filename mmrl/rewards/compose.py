@@ -7,13 +7,15 @@ its value is None or below its `gate_min` the whole total_i becomes its `gate_pe
 counts unless the completion is well-formed). Components keep the raw values (what the reward said).
 A term with an `on_error` policy (set by `mmrl.rewards.isolation.make_term`) never stops scoring on a failing
 call unless the policy is `raise`: `zero` → every value of that call is 0.0, `skip` → every value is None;
-failures are counted per term (`errors`, `timeouts`, cumulative) and reported through `score`'s `stats`.
+failures are counted per term (`errors`, `timeouts`, cumulative) and reported through `score`'s `stats`, as is,
+for a term that scores against a ground truth (`truth_columns`), the share of completions whose sample has none.
 Isolation and calling styles live in `mmrl.rewards.isolation`; this module is the arithmetic and the validation.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import math
 from dataclasses import dataclass, field
 from numbers import Real
@@ -69,6 +71,53 @@ class RewardTerm:
         return value is not None and value >= self.gate_min
 
 
+_NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+
+
+def _named(fn: Any) -> set[str]:
+    """The parameters `fn` names, looking through wrappers that keep the function they call as `.fn` (the
+    isolation and calling-style adapters of `mmrl.rewards.isolation`) or `.func` (`functools.partial`)."""
+    names: set[str] = set()
+    for _ in range(4):
+        try:
+            names |= {p.name for p in inspect.signature(fn).parameters.values() if p.kind in _NAMED}
+        except (TypeError, ValueError):  # builtins and C callables
+            pass
+        fn = getattr(fn, "fn", None) or getattr(fn, "func", None)
+        if fn is None:
+            break
+    return names
+
+
+def truth_columns(term: RewardTerm) -> list[str]:
+    """The columns `term` scores against, sorted: those its function requires (`fn.required`: parameters without
+    a default, as `mmrl.rewards.isolation` reports them) and `answer`, the ground truth, when the function names it
+    at all or is called in EasyR1 style (`ground_truth`). Every built-in that compares with a ground truth takes
+    `answer=None` and returns None where a sample has none; those that need none (`format`, `overlong`,
+    `group_agreement`, …) name no `answer`. Callers keep the data columns among them (`answer`, dataset fields).
+    A plug-in run in a worker process shows only what it requires, so name `answer` without a default there.
+
+    >>> truth_columns(RewardTerm("acc", lambda completions, answer=None, **kw: [])), truth_columns(
+    ...     RewardTerm("fmt", lambda completions, **kw: []))
+    (['answer'], [])
+    """
+    cols = set(getattr(term.fn, "required", ()) or ())
+    if "answer" in _named(term.fn) or getattr(term.fn, "style", None) == "easyr1":
+        cols.add("answer")
+    return sorted(cols - set(term.kwargs))
+
+
+def missing_share(term: RewardTerm, columns: Mapping[str, Any], n: int) -> float | None:
+    """The share of `n` completions whose sample lacks (None) a data column `term` scores against: `answer`, or a
+    dataset field it requires (a `meta` key of the `samples` column); None when it scores against none of them."""
+    fields = {"answer"} | {k for s in columns.get("samples") or () for k in getattr(s, "meta", {})}
+    cols = [columns[c] for c in truth_columns(term) if c in fields and isinstance(columns.get(c), (list, tuple))
+            and len(columns[c]) == n]
+    if not cols or not n:
+        return None
+    return sum(any(col[i] is None for col in cols) for i in range(n)) / n
+
+
 def _call(term: RewardTerm, completions: list[str], columns: dict[str, Any]) -> list[float | None]:
     clash = sorted(set(term.kwargs) & set(columns))
     if clash:
@@ -115,8 +164,9 @@ def score(
     """(totals, components): per-completion weighted sums and each term's raw values.
 
     With a `stats` dict, each term whose parser ran records the fractions of completions where an input cap
-    engaged and where parsing failed (`{"truncated": …, "parse_fail": …}`) under its name, and each term with an
-    `on_error` policy records its cumulative failure counts (`{"errors": …, "timeouts": …}`).
+    engaged and where parsing failed (`{"truncated": …, "parse_fail": …}`) under its name, each term that scores
+    against a ground truth the fraction of completions whose sample has none (`{"missing": …}`, `missing_share`),
+    and each term with an `on_error` policy its cumulative failure counts (`{"errors": …, "timeouts": …}`).
 
     >>> t = [RewardTerm("a", lambda c, **k: [1.0, None]), RewardTerm("b", lambda c, **k: [0.5, 2], weight=2)]
     >>> score(t, ["x", "y"], {})
@@ -131,6 +181,9 @@ def score(
             values = _guarded_call(term, completions, columns)
         if stats is not None and st.calls:
             stats[term.name] = st.as_metrics()
+        share = missing_share(term, columns, len(completions)) if stats is not None else None
+        if share is not None:
+            stats.setdefault(term.name, {})["missing"] = share
         if stats is not None and term.on_error is not None:
             stats.setdefault(term.name, {}).update(errors=float(term.errors), timeouts=float(term.timeouts))
         logged = getattr(term.fn, "logged", None)  # what a TRL-style function reported through log_metric
@@ -172,7 +225,7 @@ def summarize(
     stats: dict[str, dict[str, float]] | None = None,
 ) -> dict[str, float]:
     """Metrics `reward/<name>/mean` (over non-None values; omitted when all None), `reward/total/mean|std`,
-    and from `stats` (see `score`) `reward/<name>/truncated` and `reward/<name>/parse_fail`.
+    and from `stats` (see `score`) `reward/<name>/truncated`, `reward/<name>/parse_fail`, `reward/<name>/missing`.
 
     The std is the population std (ddof = 0); the total metrics are omitted when there are no completions.
 
