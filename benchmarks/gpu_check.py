@@ -12,7 +12,9 @@ Steps (each recorded with pass / fail / skip, its reason, seconds and figures in
                  parameter on CUDA (read back from the run's summary.json); `--cpu` runs a shortened demo
                  (no accuracy bar: a few steps cannot learn the task);
 4. `torchrun`  — `torchrun --nproc_per_node=1 -m mmrl train …` for 1 SFT + 2 RL steps: FSDP2 over NCCL on the
-                 GPU (gloo with `--cpu`), a sharded checkpoint written;
+                 GPU (gloo with `--cpu`), a sharded checkpoint written, and every RL step a policy-gradient update
+                 (the `virtual_max` baseline gives the warm start's all-wrong groups Â < 0; no entropy bonus, so
+                 the gradient is the advantages');
 5. `step_time` — one RL step of the `small` zoo model (median of 3 after a warm-up) on the GPU and on the CPU,
                  same process, same settings;
 6. `sampler`   — benchmarks/bench_sampler.py at V = 151,936, N = 256: per-token cost before/after on this device.
@@ -29,6 +31,7 @@ import importlib.util
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -167,7 +170,11 @@ class Check:
         run = self.out / "torchrun"
         cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", "-m", "mmrl",
                "train", "recipes/demo.yaml", f"runtime.device={self.device}", f"run.dir={run}", *TINY,
-               "algorithm.kl_coef=0.05",
+               "algorithm.kl_coef=0.05", "algorithm.entropy_coef=0.0",
+               # after 1 SFT step every completion scores 0: with the group mean as baseline every Â would be 0 and
+               # the "RL update" a no-op; NGRPO's virtual max-reward sample makes an all-wrong group's Â negative
+               # (G 4: −0.2 / std{0, 0, 0, 0, 1} = −0.447), so the FSDP step reduces a real gradient
+               "algorithm.baseline=virtual_max",
                "stages=[{name: warm, kind: sft, steps: 1, lr: 1.0e-3, labels: random}, {name: rl, kind: rl, steps: 2}]"]
         proc = _run(cmd, budget, self.out / "torchrun.log")
         if proc.returncode != 0:
@@ -180,10 +187,21 @@ class Check:
         if not sharded:
             raise AssertionError("no sharded (torch.distributed.checkpoint) checkpoint was written")
         rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-        losses = [r["actor/loss"] for r in rows if "actor/loss" in r]
-        if len(losses) != 2:
-            raise AssertionError(f"expected 2 RL updates, got {len(losses)}")
-        return {"runtime": where, "sharded_checkpoints": sharded, "rl_losses": losses}
+        rl = [r for r in rows if "actor/loss" in r]
+        rec = {"runtime": where, "sharded_checkpoints": sharded, "rl_losses": [r["actor/loss"] for r in rl],
+               "rl_grad_norms": [r["actor/grad_norm"] for r in rl],
+               "rl_zero_adv_frac": [r["adv/zero_frac"] for r in rl],
+               "rl_reward_mean": [r["reward/total/mean"] for r in rl]}
+        if len(rl) != 2:
+            raise AssertionError(f"expected 2 RL updates, got {len(rl)}: {rec}")
+        if not all(r["adv/zero_frac"] < 1 and r["actor/grad_norm"] > 0 for r in rl) or \
+                not any(r["actor/loss"] != 0 for r in rl):
+            raise AssertionError(f"an RL step did not update (all advantages 0 or no gradient): {rec}")
+        # first RL step, ratio 1 and every group all-wrong (the usual case): loss = −Â = 0.2 / stdev{0, 0, 0, 0, 1}
+        rec["rl_loss_expected"] = 0.2 / statistics.stdev([0.0, 0.0, 0.0, 0.0, 1.0])
+        if rec["rl_reward_mean"][0] == 0 and abs(rec["rl_losses"][0] - rec["rl_loss_expected"]) > 1e-3:
+            raise AssertionError(f"first RL loss {rec['rl_losses'][0]} != −Â = {rec['rl_loss_expected']:.6f}: {rec}")
+        return rec
 
     def step_time(self, budget: float) -> dict:
         code = (

@@ -18,15 +18,13 @@ def export(source: str, out: str, *, merge_lora: bool = False) -> Path:
     trainer, cfg, ck = load_trainer(source)
     policy = trainer.policy
     out_dir = Path(out)
+    lora = cfg.model.mode == "lora"
+    if lora and not merge_lora and policy.merged_adapters:  # refused before anything is written
+        raise EvalError(f"{source}: earlier stages merged adapters into the base; export with --merge-lora")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.model.mode == "lora":
-        if merge_lora:
-            model = policy.model.merge_and_unload()
-            model.save_pretrained(out_dir)
-        elif policy.merged_adapters:
-            raise EvalError(f"{source}: earlier stages merged adapters into the base; export with --merge-lora")
-        else:
-            policy.model.save_pretrained(out_dir)
+    if lora:
+        model = policy.model.merge_and_unload() if merge_lora else policy.model
+        model.save_pretrained(out_dir)
     else:
         policy.hf.save_pretrained(out_dir)
     policy.processor.save_pretrained(out_dir)

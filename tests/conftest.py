@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -123,3 +124,31 @@ def write_video():
     """`write_video(path, frames=, fps=, width=, height=, event=(start, end))` writes a test clip (needs PyAV)."""
     pytest.importorskip("av")
     return _write_video
+
+
+def _check_logged_run(run_dir, cfg, ids, known=None) -> list[dict]:
+    """The RL rows of a run, after checking its logged rollouts: every completion answers a prompt of `ids`, each
+    reward component is what that reward function gives the completion called directly (or `known[name]`, for one
+    that reads a column the run computes), the total their weighted sum; and each RL step has a gradient exactly
+    when some advantage is not 0."""
+    from mmrl.rewards import get
+
+    known = known or {}
+    logged = [json.loads(x) for x in (run_dir / "rollouts.jsonl").read_text().splitlines()]
+    assert logged and {r["sample_id"] for r in logged} <= set(ids)
+    for r in logged:
+        want = {t.name or t.fn: known[t.name or t.fn] if (t.name or t.fn) in known else
+                get(t.fn)([r["completion"]], answer=[r["answer"]], **t.kwargs)[0] for t in cfg.rewards}
+        assert r["components"] == want
+        assert r["reward"] == pytest.approx(sum(t.weight * want[t.name or t.fn] for t in cfg.rewards), abs=1e-6)
+    rl = [r for r in (json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines())
+          if r.get("train/stage") == "rl"]
+    assert all((r["actor/grad_norm"] > 0) == (r["adv/zero_frac"] < 1) for r in rl)
+    return rl
+
+
+@pytest.fixture(scope="session")
+def check_logged_run():
+    """`check_logged_run(run_dir, cfg, ids, known=None)`: check a finished run's logged rollouts and return its RL
+    metric rows (see `_check_logged_run`)."""
+    return _check_logged_run

@@ -162,10 +162,16 @@ def test_export_loads_with_from_pretrained(tmp_path, tiny, length_reward, mode):
     torch.testing.assert_close(_policy_logprobs(exported, trainer), expected, atol=1e-5, rtol=1e-5)
 
 
-def test_lora_export_without_merge_after_sft_is_refused(tmp_path, tiny, length_reward):
+def test_lora_export_without_merge_after_sft_is_refused(tmp_path, tiny, length_reward, capsys):
     cfg = tiny(tmp_path / "run", "model.mode=lora", f"rewards=[{{fn: '{length_reward}', name: len}}]")
-    Trainer(cfg, log=lambda *a: None).run()
+    Trainer(cfg, log=lambda *a: None).run()  # the SFT stage's adapter is merged into the base before RL
+    capsys.readouterr()
     assert main(["export", str(tmp_path / "run"), str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert f"mmrl: error: {tmp_path / 'run'}: earlier stages merged adapters into the base; export with --merge-lora" \
+        in err.splitlines()
+    out = tmp_path / "x"
+    assert not out.exists()  # refused before anything was written (it used to leave an empty OUT behind)
 
 
 # ------------------------------------------------------------------------------------------- bad input

@@ -4,6 +4,7 @@ of a trainer's held-out prompts against the completions' own rewards."""
 from __future__ import annotations
 
 import itertools
+import math
 
 import pytest
 
@@ -43,4 +44,9 @@ def test_sampled_metrics_agree_with_the_scored_completions(tmp_path, tiny, lengt
     assert metrics["pass@1"] == pytest.approx(sum(ok) / len(ok))
     assert metrics["pass@4"] == pytest.approx(sum(c > 0 for c in per_prompt) / 3)
     assert metrics["avg@4/len"] == pytest.approx(sum(min(len(t), 40) / 10 for t in ro.texts) / len(ro.texts))
-    assert sorted(curve) == [1, 2, 3, 4] and curve[1] <= curve[2] <= curve[4]
+    # pass@j = mean over prompts of 1 − C(4 − c, j) / C(4, j), written out here rather than through pass_at_k
+    assert curve == pytest.approx({j: sum(1 - math.comb(4 - c, j) / math.comb(4, j) for c in per_prompt) / 3
+                                   for j in (1, 2, 3, 4)})
+    assert curve[1] == metrics["pass@1"] and curve[4] == metrics["pass@4"]
+    # correct counts measured [2, 0, 1]: a curve 0.25, 0.444, 0.583, 0.667 that the formula above must get right
+    assert 0 < curve[1] < curve[2] < curve[3] < curve[4] < 1, per_prompt

@@ -28,6 +28,10 @@ def test_gpu_check_cpu_mode(tmp_path, zoo_cache):
     demo = steps["demo"]
     assert demo["status"] == "pass" and demo["runtime"]["param_devices"] == ["cpu"] and not demo["full_demo"]
     assert steps["torchrun"]["runtime"]["backend"] == "gloo" and steps["torchrun"]["sharded_checkpoints"]
-    assert len(steps["torchrun"]["rl_losses"]) == 2
+    tr = steps["torchrun"]  # 2 FSDP RL steps that update: every all-wrong group has Â = −0.447 (virtual_max, G 4)
+    assert tr["rl_reward_mean"] == [0.0, 0.0] and tr["rl_zero_adv_frac"] == [0.0, 0.0]
+    assert all(g > 0 for g in tr["rl_grad_norms"]) and len(tr["rl_grad_norms"]) == 2
+    assert tr["rl_losses"][0] == pytest.approx(0.2 / 0.2**0.5, rel=1e-5)  # −Â at ratio 1 (measured 0.4472125)
+    assert tr["rl_losses"][1] != tr["rl_losses"][0]  # the second step's ratio and KL moved
     assert steps["step_time"]["cpu"]["step_s"] > 0 and steps["step_time"]["gpu"] == "skipped: no CUDA"
     assert steps["sampler"]["vocab"] == 151936 and steps["sampler"]["before_ms"] > 0 and steps["sampler"]["after_ms"] > 0

@@ -35,18 +35,39 @@ def _mmrl(home: Path, *args: str) -> subprocess.CompletedProcess:
 
 
 def test_hub_ids_train_eval_and_export_from_an_offline_cache(tmp_path, zoo_cache):
+    import json
+
+    import torch
+    import yaml
+    from safetensors.torch import load_file
+
+    from mmrl import checkpoint
+
     home = _hf_home(tmp_path)
+    snapshot = load_file(home / "hub" / "models--mmrl-test--tiny-qwen2-vl" / "snapshots" / "abc123"
+                         / "model.safetensors")
     run = tmp_path / "run"
     out = _mmrl(home, "train", "recipes/demo.yaml", "smoke=true", "model.path=mmrl-test/tiny-qwen2-vl",
                 f"run.dir={run}", "run.progress=false")
     assert out.returncode == 0, out.stderr[-2000:]
-    assert (run / "summary.json").exists()
+    assert yaml.safe_load((run / "config.yaml").read_text())["model"]["path"] == "mmrl-test/tiny-qwen2-vl"  # as given
+    # the run trained the cached weights: 4 smoke steps (lr ≤ 1e-3) moved every tensor by < 0.01 (measured 1.6e-3);
+    # any other start (the zoo's initializer_range is 0.05) would be far off. Checkpoints use the module's names.
+    trained = {k.replace("model.language_model.", "model.").replace("model.visual.", "visual."): v
+               for k, v in checkpoint.full_weights(checkpoint.latest(run / "checkpoints")).items()}
+    assert trained.keys() == snapshot.keys() and len(snapshot) == 58
+    assert all(0 < (trained[k] - snapshot[k]).abs().max() < 0.01 for k in snapshot)
     ev = _mmrl(home, "eval", "mmrl-test/tiny-qwen2-vl", "--n", "4", "--out", str(tmp_path / "eval"))
     assert ev.returncode == 0, ev.stderr[-2000:]
-    assert (tmp_path / "eval" / "report.json").exists()
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["metrics"]["eval/n"] == 4 and report["checkpoint"] is None
+    assert report["source"] == report["model"] == "mmrl-test/tiny-qwen2-vl"
+    assert [c["id"] for c in report["completions"]] == [f"rotation-eval-00000{i}" for i in range(4)]
     ex = _mmrl(home, "export", "mmrl-test/tiny-qwen2-vl", str(tmp_path / "export"))
     assert ex.returncode == 0, ex.stderr[-2000:]
     assert (tmp_path / "export" / "config.json").exists()
+    exported = load_file(tmp_path / "export" / "model.safetensors")  # the cached model, untouched
+    assert exported.keys() == snapshot.keys() and all(torch.equal(exported[k], snapshot[k]) for k in snapshot)
 
 
 def test_a_hub_id_missing_from_the_cache_is_named_with_how_to_get_it(tmp_path, zoo_cache):

@@ -165,18 +165,30 @@ def test_bf16_autocast_logprobs_track_fp32_and_carry_gradients(policy):
     batch = policy.collate(prompts, repeats=2)
     ids = torch.randint(20, 200, (4, 7), generator=torch.Generator().manual_seed(1))
     mask = torch.ones_like(ids)
-    exact, _ = policy.completion_logprobs(batch, ids, mask)
+
+    def grads(logp, ent):  # ∂(Σ log p + Σ H)/∂θ per parameter, then cleared
+        (logp.sum() + ent.sum()).backward()
+        out = {n: p.grad.clone() for n, p in policy.hf.named_parameters() if p.grad is not None}
+        policy.hf.zero_grad(set_to_none=True)
+        return out
+
+    exact, ent = policy.completion_logprobs(batch, ids, mask, with_entropy=True)
+    g32 = grads(exact, ent)
     policy.runtime.autocast_dtype = torch.bfloat16  # `model.autocast: bfloat16`, owned by the runtime
     try:
         approx, ent = policy.completion_logprobs(batch, ids, mask, with_entropy=True)
-        (approx.sum() + ent.sum()).backward()
+        g16 = grads(approx, ent)
     finally:
         policy.runtime.autocast_dtype = None
     assert approx.dtype == torch.float32 and not torch.equal(approx, exact)  # bf16 matmuls did run
     assert torch.allclose(approx, exact.detach(), atol=0.1)
-    grads = [p.grad for p in policy.parameters() if p.grad is not None]
-    assert grads and all(g.dtype == torch.float32 and torch.isfinite(g).all() for g in grads)
-    policy.hf.zero_grad(set_to_none=True)
+    # every trainable parameter (vision tower included) gets the fp32 gradient up to bf16 rounding: measured
+    # cosine ≥ 0.99987 and relative error ≤ 0.016 over the 58 tensors
+    assert g16.keys() == g32.keys() == {n for n, p in policy.hf.named_parameters() if p.requires_grad}
+    for name, g in g16.items():
+        assert g.dtype == torch.float32, name
+        assert torch.nn.functional.cosine_similarity(g.flatten(), g32[name].flatten(), dim=0) > 0.999, name
+        assert (g - g32[name]).norm() < 0.05 * g32[name].norm(), name
 
 
 def test_ignore_eos_runs_every_completion_to_the_token_limit(policy):

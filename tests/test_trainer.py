@@ -204,19 +204,28 @@ def test_over_long_prompts_are_dropped_whole_and_counted(tmp_path, tiny):
         trainer.encode([short, long])
 
 
-def test_weighted_mix_of_sources_splits_each_batch(tmp_path, tiny):
+def test_weighted_mix_of_sources_splits_each_batch(tmp_path, tiny, length_reward, check_logged_run):
     cfg = tiny(tmp_path / "run", "data.mix=[{task: rotation, n: 16, weight: 3}, {task: motion, n: 16, weight: 1}]",
-               "stages=[{name: rl, kind: rl, steps: 2}]")
+               "stages=[{name: rl, kind: rl, steps: 2}]", f"rewards=[{{fn: answer_match, name: accuracy}},"
+               f" {{fn: format, weight: 0.1}}, {{fn: '{length_reward}', name: len}}]")  # + characters / 10: a gradient
     trainer = Trainer(cfg, log=lambda *a: None)
     assert len(trainer.train_data) == 32
+    batches = []
     for step in range(3):
         trainer.progress.step = step
         batch = trainer._batch(4)
         assert sorted(s.task for s in batch) == ["puzzle/rotation"] * 3 + ["temporal/motion"]
+        batches.append(batch)
+    data = {s.id: s for s in trainer.train_data}
     trainer.progress.step = 0
     trainer.run()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r.get("train/stage") == "rl" for r in rows) == 2
+    logged = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(logged) == 16  # the first 2 groups of G 4, each step
+    for step, batch in enumerate(batches[:2]):  # the completions logged at step s answer prompts of batch s
+        assert {r["sample_id"] for r in logged if r["train/step"] == step} <= {s.id for s in batch}
+    assert all(r["answer"] == data[r["sample_id"]].answer for r in logged)
+    rl = check_logged_run(tmp_path / "run", cfg, list(data))
+    assert len(rl) == 2 and any(r["adv/zero_frac"] < 1 for r in rl)
 
 
 def test_thought_dropout_in_sft_targets(tmp_path, tiny):

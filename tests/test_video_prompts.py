@@ -78,24 +78,28 @@ def test_video_parts_reach_the_processor_as_frames_with_times(video_data, zoo_ca
     assert refs and all(r() is None for r in refs)  # decoded frames are released after processing
 
 
-def test_two_grpo_steps_on_videos_with_temporal_iou(video_data, held_out, tmp_path, tiny):
+def test_two_grpo_steps_on_videos_with_temporal_iou(video_data, held_out, tmp_path, tiny, length_reward,
+                                                   check_logged_run):
     from mmrl.datasets.jsonl import load_jsonl
     from mmrl.datasets.sources import drop_overlap
     from mmrl.trainer import Trainer
 
     train, _ = load_jsonl(video_data)
     assert drop_overlap(train, train) == ([], 4)  # the same video files in both splits are caught
+    # + characters / 10: an untrained policy's tIoU is 0 everywhere, so without it nothing would train
     cfg = tiny(tmp_path / "run", f"data.train={{path: '{video_data}'}}", f"data.eval={{path: '{held_out}'}}",
-               "rewards=[{fn: temporal_iou}, {fn: format, weight: 0.1}]", "data.video.max_frames=4",
-               "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.threads=2")
+               f"rewards=[{{fn: temporal_iou}}, {{fn: format, weight: 0.1}}, {{fn: '{length_reward}', name: len}}]",
+               "data.video.max_frames=4", "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.threads=2")
     trainer = Trainer(cfg, log=lambda *a: None)
     trainer.run()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    rl = [r for r in rows if r.get("train/stage") == "rl"]
-    assert len(rl) == 2 and all("reward/temporal_iou/mean" in r for r in rl)
+    rl = check_logged_run(tmp_path / "run", cfg, ["v0", "v1", "v2", "v3"])  # the training clips, not held-out v4, v5
+    assert len(rl) == 2 and all(r["reward/temporal_iou/missing"] == 0 for r in rl)  # every answer has a span
+    assert all(r["adv/zero_frac"] < 1 and r["actor/grad_norm"] > 0 for r in rl)
+    assert [r["eval/n"] for r in (json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+            if "eval/n" in r] == [2, 2]  # the held-out clips, before and after
 
 
-def test_t_grpo_contrast_on_real_videos(video_data, held_out, tmp_path, tiny):
+def test_t_grpo_contrast_on_real_videos(video_data, held_out, tmp_path, tiny, check_logged_run):
     from mmrl.config import VideoConfig
     from mmrl.datasets.jsonl import load_jsonl
     from mmrl.trainer import Trainer
@@ -112,12 +116,15 @@ def test_t_grpo_contrast_on_real_videos(video_data, held_out, tmp_path, tiny):
     assert a.shape == b.shape and not torch.equal(a, b)  # the same frames, another order
     assert torch.equal(ordered.tensors["input_ids"], shuffled.tensors["input_ids"])
     trainer.run()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    rl = [r for r in rows if r.get("train/stage") == "rl"]
-    assert rl[0]["rollout/shuffle_frames/prompts"] == 4 and "reward/temporal_bonus/mean" in rl[0]
+    (rl,) = check_logged_run(tmp_path / "run", cfg, ["v0", "v1", "v2", "v3"], known={"temporal_bonus": 0.3})
+    assert rl["rollout/shuffle_frames/prompts"] == 4
+    # correct_threshold 0: every completion (total 0 ≥ 0) is correct on ordered and on shuffled frames, so
+    # p = p̃ = 1 ≥ μ·p̃ and each gets α = 0.3 (with the default threshold 1.0 none would: the bonus would be 0)
+    assert rl["reward/temporal_bonus/mean"] == pytest.approx(0.3, abs=1e-12) and rl["reward/temporal_iou/mean"] == 0
 
 
-def test_synthetic_event_task_in_memory_on_disk_and_in_training(tmp_path, tiny, capsys):
+def test_synthetic_event_task_in_memory_on_disk_and_in_training(tmp_path, tiny, capsys, length_reward,
+                                                                 check_logged_run):
     from mmrl.cli import main
     from mmrl.config import VideoConfig
     from mmrl.datasets.jsonl import load_jsonl
@@ -128,13 +135,14 @@ def test_synthetic_event_task_in_memory_on_disk_and_in_training(tmp_path, tiny, 
     sample = make("event", 1, seed=3)[0]
     a, b = sample.answer["span"]
     trainer = Trainer(tiny(tmp_path / "run", "data.train={task: event, n: 8}", "data.eval={task: event, n: 4}",
-                           "rewards=[{fn: temporal_iou}]", "stages=[{name: rl, kind: rl, steps: 2}]",
-                           "trainer.threads=2"), log=lambda *x: None)
+                           f"rewards=[{{fn: temporal_iou}}, {{fn: '{length_reward}', name: len}}]",
+                           "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.threads=2"), log=lambda *x: None)
     encoded = trainer.policy.encode(sample, video=VideoConfig(max_frames=16))
     assert encoded.clips == [pytest.approx([k / 4 for k in range(16)])] and "pixel_values_videos" in encoded.tensors
     trainer.run()  # two GRPO steps on in-memory clips
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r.get("train/stage") == "rl" and "reward/temporal_iou/mean" in r for r in rows) == 2
+    rl = check_logged_run(tmp_path / "run", trainer.cfg, [s.id for s in trainer.train_data])
+    assert len(rl) == 2 and all(r["reward/temporal_iou/missing"] == 0 for r in rl)  # every answer has a span
+    assert any(r["adv/zero_frac"] < 1 for r in rl)
 
     out = tmp_path / "event" / "train.jsonl"
     assert main(["data", "make", "event", "--n", "2", "--seed", "3", "--out", str(out)]) == 0

@@ -57,8 +57,10 @@ def test_family_loads_processes_image_and_runs_forward(built, family):
     n_image_tokens = int((inputs["input_ids"] == image_token).sum())
     if family in QWEN:  # one token per 2×2 merged patch
         assert n_image_tokens == int(inputs["image_grid_thw"].prod()) // 4 > 0
-    else:
-        assert n_image_tokens > 1  # <image> expanded to the vision feature count
+    else:  # <image> expanded to one token per patch of the resized square image; "default" drops the CLS token
+        vc = model.config.vision_config
+        assert model.config.vision_feature_select_strategy == "default"
+        assert n_image_tokens == (vc.image_size // vc.patch_size) ** 2 == 16  # 56 px / 14 px patches, squared
     with torch.no_grad():
         logits = model(**inputs).logits
     assert logits.shape[:2] == inputs["input_ids"].shape

@@ -87,10 +87,11 @@ def test_bad_files_can_stop_the_build_and_bad_options_fail(folder, tmp_path):
 
 
 @pytest.mark.integration
-def test_cli_folder_puzzles_then_grpo_steps(folder, tmp_path, tiny, capsys):
+def test_cli_folder_puzzles_then_grpo_steps(folder, tmp_path, tiny, capsys, length_reward, check_logged_run):
     import json
 
     from mmrl.cli import main
+    from mmrl.datasets.jsonl import load_jsonl
     from mmrl.trainer import Trainer
 
     out = tmp_path / "data" / "train.jsonl"
@@ -99,11 +100,16 @@ def test_cli_folder_puzzles_then_grpo_steps(folder, tmp_path, tiny, capsys):
     assert "skipped garbage.png" in err and "skipped truncated.jpg" in err and "10 samples, 2 files skipped" in err
     assert len(out.read_text().splitlines()) == 10
     assert main(["data", "make", "grounding", "--images", str(folder), "--out", str(out)]) == 2
+    # the demo's accuracy + format rewards, + characters / 10 (an untrained policy scores 0 on the others)
     cfg = tiny(tmp_path / "run", f"data.train={{path: '{out}'}}", "stages=[{name: rl, kind: rl, steps: 2}]",
-               "trainer.threads=2")
+               "trainer.threads=2", f"rewards=[{{fn: answer_match, name: accuracy}}, {{fn: format, weight: 0.1}},"
+               f" {{fn: '{length_reward}', name: len}}]")
     Trainer(cfg, log=lambda *a: None).run()
-    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert sum(r.get("train/stage") == "rl" for r in rows) == 2
+    photos = {s.id: s for s in load_jsonl(out)[0]}  # the folder's 10 photos, rotated
+    logged = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(logged) == 16 and all(r["answer"] == photos[r["sample_id"]].answer for r in logged)  # 2 groups × G 4
+    rl = check_logged_run(tmp_path / "run", cfg, list(photos))
+    assert len(rl) == 2 and any(r["adv/zero_frac"] < 1 for r in rl)
 
 
 def test_position_shows_the_centre_tile_then_the_named_neighbour(folder):

