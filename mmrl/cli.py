@@ -73,7 +73,8 @@ def cmd_train(args) -> int:
     _quiet_hub()
     from mmrl.errors import BadSampleError, CheckpointError
     from mmrl.policy import ModelLoadError
-    from mmrl.trainer import Trainer, check_run_dir
+    from mmrl.rundir import check_run_dir
+    from mmrl.trainer import Trainer
 
     try:
         check_run_dir(cfg)  # in seconds, before the model loads

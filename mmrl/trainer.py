@@ -11,14 +11,9 @@ N = B·G completions, C completion tokens, P prompt tokens.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import random
 import re
-import shutil
-import signal
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +33,7 @@ from mmrl.policy import Policy, PromptInputs
 from mmrl.rewards.errors import ErrorReport
 from mmrl.rewards.isolation import make_term
 from mmrl.rl_step import RLSteps, check_reward_columns
+from mmrl.rundir import Interrupted, check_run_dir, interruptible, remove_run, supersede_after
 from mmrl.runtime import HOST, Runtime
 from mmrl.rollout import make_engine
 from mmrl.rollout.rehearsal import Rehearsal
@@ -86,72 +82,6 @@ def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
         out.extend(perm[offset : offset + take].tolist())
         pos += take
     return out
-
-
-class Interrupted(KeyboardInterrupt):
-    """Ctrl-C stopped the run at a step boundary, after saving `checkpoint` (step `step`)."""
-
-    def __init__(self, step: int, saved: Path | None):
-        super().__init__(f"interrupted after step {step}; checkpoint {saved}")
-        self.step, self.saved = step, saved
-
-
-@contextlib.contextmanager
-def _interruptible():
-    """While training: the first Ctrl-C (SIGINT) sets the yielded event, and the step loop saves a checkpoint and
-    stops at the end of the current step; a second one interrupts at once. Outside the main thread: no handler."""
-    stop = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield stop
-        return
-
-    def first(signum, frame):
-        stop.set()
-        signal.signal(signal.SIGINT, previous)  # the next Ctrl-C interrupts at once
-        print("\nmmrl: stopping after this step and saving a checkpoint (Ctrl-C again to stop now)",
-              file=sys.stderr, flush=True)
-
-    previous = signal.signal(signal.SIGINT, first)
-    try:
-        yield stop
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-# what a run writes in run.dir
-RUN_FILES = ("metrics.jsonl", "rollouts.jsonl", "summary.json", "config.yaml", "reward_errors.log")
-RUN_FOLDERS = ("checkpoints", "plots", "tb", "eval")
-
-
-def held_run(run_dir: Path) -> list[str]:
-    """What shows that `run_dir` holds a run (its metrics, summary, checkpoints); empty for a fresh directory."""
-    held = [name for name in ("metrics.jsonl", "summary.json") if (run_dir / name).exists()]
-    n = len(checkpoint.list_complete(run_dir / "checkpoints"))
-    return held + ([f"{n} checkpoint{'s' * (n != 1)}"] if n else [])
-
-
-def check_run_dir(cfg: Config) -> None:
-    """Refuse to start a fresh run in a directory that holds one, unless told what to do with it: `resume=auto`
-    (or a checkpoint of this run) continues it, `run.overwrite=true` replaces it. Raises ConfigError."""
-    held = held_run(cfg.run_dir)
-    if not held or cfg.run.overwrite or cfg.resume == "auto":
-        return
-    if cfg.resume != "none" and Path(cfg.resume).resolve().parent == (cfg.run_dir / "checkpoints").resolve():
-        return
-    raise config_mod.ConfigError(
-        f"run.dir: {cfg.run_dir} already holds a run ({', '.join(held)}); continue it with resume=auto, start"
-        f" afresh with run.overwrite=true (removes it), or choose another run.dir")
-
-
-def remove_run(run_dir: Path) -> list[str]:
-    """Delete what a previous run wrote in `run_dir` (`run.overwrite`); other files stay. Returns what went."""
-    gone = [n for n in RUN_FILES if (run_dir / n).exists()] + [n for n in RUN_FOLDERS if (run_dir / n).is_dir()]
-    for name in gone:
-        if (run_dir / name).is_dir():
-            shutil.rmtree(run_dir / name)
-        else:
-            (run_dir / name).unlink()
-    return gone
 
 
 class Trainer(RLSteps):
@@ -580,25 +510,6 @@ class Trainer(RLSteps):
             self.log(f"resume: {note}")
         return path
 
-    def _supersede_after(self, resume_from: Path) -> None:
-        """Move this run's checkpoints newer than the one it resumes from (skipped as corrupt, or a continuation
-        abandoned by resuming an older one) to `checkpoints/superseded/`: kept, but never resumed from, exported
-        or pruned in place of the new ones."""
-        step = int(Path(resume_from).name.removeprefix("step_")) if Path(resume_from).name.startswith("step_") else None
-        if step is None or Path(resume_from).resolve().parent != self.ckpt_dir.resolve():
-            return
-        newer = [p for p in sorted(self.ckpt_dir.glob("step_*")) if int(p.name.removeprefix("step_")) > step]
-        if not newer:
-            return
-        aside = self.ckpt_dir / "superseded"
-        aside.mkdir(exist_ok=True)
-        for p in newer:
-            target = aside / p.name
-            if target.exists():
-                shutil.rmtree(target)
-            p.rename(target)
-        self.log(f"resume: {', '.join(p.name for p in newer)} (after {Path(resume_from).name}) moved to {aside}")
-
     # -------------------------------------------------------------------------------------------- run
     def run(self) -> dict[str, Any]:
         cfg = self.cfg
@@ -613,7 +524,7 @@ class Trainer(RLSteps):
             config_mod.dump(cfg, self.run_dir / "config.yaml")
             checkpoint.clean_partial(self.ckpt_dir)
             if resume_from is not None:
-                self._supersede_after(resume_from)
+                supersede_after(self.ckpt_dir, resume_from, self.log)
         if self.dist is not None:
             self.dist.barrier()
         total = sum(s.steps for s in cfg.stages)
@@ -628,7 +539,7 @@ class Trainer(RLSteps):
         self._wall = (self.summary.get("wall_s", 0.0), time.perf_counter())  # the resumed run's time + this one's
         self._last_save = time.perf_counter()
         try:
-            with _interruptible() as stop:
+            with interruptible() as stop:
                 self._stop = stop
                 self._run_stages(logger)
         finally:
