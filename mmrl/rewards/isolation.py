@@ -414,7 +414,7 @@ class RewardPool:
             raise ValueError(f"reward {spec!r}: workers must be >= 1, got {workers!r}")
         self.members = [IsolatedReward(spec, timeout_s=timeout_s, style=style, name=name, memory_mb=memory_mb,
                                        config_key=config_key) for _ in range(workers)]
-        self.__name__ = name or spec
+        self.__name__, self.style = name or spec, style
         self.report = report
         self.required = self.members[0].required
         self.logged: dict[str, float] = {}
@@ -446,7 +446,7 @@ class InProcessReward:
 
     def __init__(self, fn: Callable, *, timeout_s: float, style: str = "native", name: str | None = None,
                  report: ErrorReport | None = None):
-        self.fn, self.timeout_s = adapt(fn, style), float(timeout_s)
+        self.fn, self.timeout_s, self.style = adapt(fn, style), float(timeout_s), style
         self.__name__ = name or getattr(fn, "__name__", "reward")
         self.report = report
         self.required = required_columns(fn, style)

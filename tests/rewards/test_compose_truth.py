@@ -32,11 +32,14 @@ def test_plug_ins_through_their_wrappers(tmp_path):
     assert truth_columns(make_term(f"{plugin}:needs", isolate="never")) == ["geometry", "solution"]
     assert truth_columns(make_term(f"{plugin}:trl", isolate="never", style="trl")) == ["answer"]
     assert truth_columns(make_term(f"{plugin}:needs", isolate="never", kwargs={"solution": 1})) == ["geometry"]
-    isolated = make_term(f"{plugin}:easy", style="easyr1")
-    try:
-        assert truth_columns(isolated) == ["answer"]  # EasyR1 functions get it as `ground_truth`
-    finally:
-        isolated.fn.close()
+    in_process = make_term(f"{plugin}:easy", style="easyr1", isolate="never")
+    assert truth_columns(in_process) == ["answer"]  # EasyR1 functions get it as `ground_truth`
+    for workers in (1, 2):  # one worker process, or a pool
+        isolated = make_term(f"{plugin}:easy", style="easyr1", workers=workers)
+        try:
+            assert truth_columns(isolated) == ["answer"]
+        finally:
+            isolated.fn.close()
 
 
 def test_the_share_of_completions_without_a_ground_truth_is_a_metric():
