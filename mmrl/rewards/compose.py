@@ -151,6 +151,9 @@ def _guarded_call(term: RewardTerm, completions: list[str], columns: dict[str, A
             term.timeouts += 1
         else:
             term.errors += 1
+        report = getattr(term.fn, "report", None)  # the run's ErrorReport, on plug-in wrappers
+        if report is not None and not getattr(exc, "reported", False):  # e.g. a wrong number of values, a NaN
+            report(term.name, exc, len(completions), columns)
         if term.on_error == "raise":
             exc.add_note(f"in reward {term.name!r}")
             raise

@@ -107,4 +107,5 @@ def watch(report: ErrorReport | None, name: str, n: int, columns: Mapping[str, A
     except Exception as exc:
         if report is not None:
             report(name, exc, n, columns, part)
+            exc.reported = True  # compose's error policy must not report it a second time
         raise

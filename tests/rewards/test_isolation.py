@@ -502,3 +502,20 @@ def test_default_memory_cap_lets_a_torch_plugin_run(plugins):
         assert score([term], ["a"], {})[1] == {"torchy": [512.0]}
     finally:
         term.fn.close()
+
+
+def test_a_plug_in_returning_the_wrong_number_of_values_is_shown_once(tmp_path):
+    """compose's own output checks (one value per completion, finite) are failures of the reward too: shown and
+    logged once, not only counted; a failure the worker already reported is not reported again."""
+    plugin = tmp_path / "short.py"
+    plugin.write_text("def score(completions, **kw):\n    return [1.0]\n")
+    shown: list[str] = []
+    report = ErrorReport(tmp_path / "reward_errors.log", log=shown.append)
+    term = make_term(f"{plugin}:score", name="short", report=report)
+    try:
+        _, comps = score([term], ["a", "b"], {})
+    finally:
+        term.fn.close()
+    assert comps == {"short": [0.0, 0.0]} and term.errors == 1
+    assert len(shown) == 1 and "'short'" in shown[0] and "2" in shown[0], shown
+    assert (tmp_path / "reward_errors.log").read_text().count("=== ") == 1
