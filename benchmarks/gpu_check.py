@@ -206,7 +206,7 @@ class Check:
     def step_time(self, budget: float) -> dict:
         code = (
             "import json, statistics, sys, time, torch\n"
-            "from mmrl import config\nfrom mmrl.trainer import Trainer\n"
+            "from mmrl import config\nfrom mmrl.train.trainer import Trainer\n"
             "dev, run, prompts, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])\n"
             "cfg = config.load('recipes/demo.yaml', ['model.path=zoo:qwen2_vl-small', f'runtime.device={dev}',\n"
             "    f'run.dir={run}', 'run.progress=false', f'trainer.prompts_per_step={prompts}', 'rollout.group_size=8',\n"

@@ -10,8 +10,8 @@ Every (size, framework) runs in a FRESH subprocess with torch.set_num_threads(--
 
 Sizes
 - tiny:   `zoo:qwen2_vl` (hidden 128, 2 layers, vision 64 × 2; ~0.8 M parameters), 56² images → 4 vision tokens.
-- medium: built here from the zoo's own pieces (`mmrl.zoo._train_tokenizer/_make_processor/_make_config`, the same
-  recipe as `zoo:qwen2_vl-small` with larger dims; mmrl.zoo has no medium size): 18.1 M parameters, text hidden 512,
+- medium: built here from the zoo's own pieces (`mmrl.model.zoo._train_tokenizer/_make_processor/_make_config`, the same
+  recipe as `zoo:qwen2_vl-small` with larger dims; mmrl.model.zoo has no medium size): 18.1 M parameters, text hidden 512,
   4 layers, 8 heads / 4 KV heads, MLP 1536, vocab 1526 (2048 asked; the zoo's BPE corpus yields no more); vision
   width 256, depth 4, 4 heads; the image processor's max_pixels raised to 448² so a 448² image stays 448²
   (32 × 32 patches → 256 vision tokens after the 2×2 merge; 293 prompt tokens). Cached under the zoo cache
@@ -116,7 +116,7 @@ def length_reward(completions, **kwargs) -> list[float]:
 # ------------------------------------------------------------------------------------------------- models
 def medium_model() -> str:
     """The medium Qwen2-VL directory (built once into the zoo cache by the zoo's own writer, images up to 448²)."""
-    from mmrl import zoo
+    from mmrl.model import zoo
 
     out = zoo.cache_dir() / f"v{zoo.ZOO_VERSION}" / MEDIUM_NAME
     if not (out / "config.json").exists():
@@ -125,7 +125,7 @@ def medium_model() -> str:
 
 
 def model_path(size: str) -> str:
-    from mmrl import zoo
+    from mmrl.model import zoo
 
     return zoo.resolve("zoo:qwen2_vl") if size == "tiny" else medium_model()
 
@@ -187,8 +187,8 @@ def _time_vision(timers: Timers, hf_model) -> None:
 
 def _suppressed_ids(eos: list[int], tokenizer) -> list[int]:
     """mmrl's never-sample ids (vision specials, `<|im_start|>`) plus every eos id (`eos`: the tokenizer's and the
-    checkpoint's, `mmrl.policy.eos_ids`): the same list for both frameworks."""
-    from mmrl.policy import NEVER_SAMPLE
+    checkpoint's, `mmrl.model.loading.eos_ids`): the same list for both frameworks."""
+    from mmrl.model.policy import NEVER_SAMPLE
 
     vocab = tokenizer.get_vocab()
     return sorted({vocab[t] for t in NEVER_SAMPLE if t in vocab} | set(eos))
@@ -208,7 +208,7 @@ def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], wa
 # --------------------------------------------------------------------------------------------- mmrl child
 def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, steps: int, engine: str = "hf"):
     from mmrl.config import load
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     overrides = [
         f"model.path={path}", "model.mode=full", "model.freeze_vision=false", "model.dtype=float32",
@@ -312,7 +312,7 @@ def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int) -> 
     from trl import GRPOConfig, GRPOTrainer
 
     from mmrl.datasets.synthetic import make
-    from mmrl.policy import eos_ids
+    from mmrl.model.loading import eos_ids
 
     n = max(64, PROMPTS * (warmup + steps))
     rows = []

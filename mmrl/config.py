@@ -81,7 +81,7 @@ class ModelConfig:
     # auto: flash_attention_2 when the model is on CUDA in bfloat16 and flash-attn imports (the `flash` extra), else sdpa;
     # or any name transformers takes (sdpa, eager, flash_attention_2, …)
     attn_implementation: str = "auto"
-    # padding-free packing of prompt+completion sequences in log-prob passes (mmrl.packing): `auto` packs with
+    # padding-free packing of prompt+completion sequences in log-prob passes (mmrl.model.packing): `auto` packs with
     # flash_attention_2 (varlen kernel); with sdpa/eager the exact block-diagonal mask costs more than padding
     packing: Literal["auto", "always", "never"] = "auto"
     autocast: Literal["none", "bfloat16"] = "none"  # bf16 autocast of the log-prob forwards (weights keep dtype)
@@ -323,7 +323,8 @@ class RuntimeConfig:
 
 @dataclass
 class DistributedConfig:
-    """Multi-process runs (`torchrun --nproc_per_node=K -m mmrl train …`; mmrl.distributed). One process ignores it."""
+    """Multi-process runs (`torchrun --nproc_per_node=K -m mmrl train …`; mmrl.train.distributed). One process
+    ignores it."""
 
     mixed_precision: Literal["none", "bfloat16"] = "none"  # FSDP2 compute dtype (gradients reduced in fp32)
     reshard_after_forward: bool = True  # ZeRO-3 style; false keeps gathered weights between forward and backward

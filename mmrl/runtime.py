@@ -13,7 +13,7 @@ Devices (`runtime.device`):
 - `cpu`; `cuda` (= `cuda:LOCAL_RANK`); `cuda:N`.
 
 Processes: under torchrun (`WORLD_SIZE` > 1, or any torchrun launch) the process joins one process group —
-NCCL when the device is CUDA, gloo on the CPU — and `dist` says which rank it is (`mmrl.distributed`). Row
+NCCL when the device is CUDA, gloo on the CPU — and `dist` says which rank it is (`mmrl.train.distributed`). Row
 sharding (`rows`) gives each rank a contiguous block of a batch's rows, padded with `None` (zero-weight rows) so
 every rank runs the same number of passes; collectives (`sum`, `gather_rows`) run on device tensors.
 """
@@ -75,13 +75,13 @@ class Runtime:
     """Device, process group, autocast and row sharding of one run (see the module docstring)."""
 
     device: torch.device = HOST
-    dist: Any = None  # mmrl.distributed.Dist when several processes (or torchrun) take part
+    dist: Any = None  # mmrl.train.distributed.Dist when several processes (or torchrun) take part
     autocast_dtype: torch.dtype | None = None  # bf16 autocast of the log-prob forwards (`model.autocast`)
 
     @classmethod
     def create(cls, device: str = "auto", *, autocast: str = "none") -> "Runtime":
         """Resolve the device, join the process group when launched by torchrun, set the current CUDA device."""
-        from mmrl.distributed import join
+        from mmrl.train.distributed import join
 
         dev = resolve_device(device)
         if dev.type == "cuda":

@@ -78,7 +78,7 @@ class StrictDevices(TorchFunctionMode):
 
 def _hook_every_model(strict: StrictDevices) -> None:
     """Check the inputs of every model a Trainer loads (used in subprocesses: `Policy.load` is wrapped)."""
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     load = Policy.load.__func__
 

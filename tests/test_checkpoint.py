@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl import checkpoint
+from mmrl.train import checkpoint
 from mmrl.errors import CheckpointError
 
 
@@ -147,7 +147,7 @@ def test_reading_a_damaged_file_names_the_checkpoint_and_the_file(two, name, dam
 
 def test_a_sharded_checkpoint_lists_its_shards_and_falls_back_past_a_damaged_one(tmp_path):
     """`save_sharded` in one process (no process group): rank 0's manifest covers the dcp/ folder."""
-    from mmrl.distributed import Root
+    from mmrl.train.distributed import Root
 
     lin = torch.nn.Linear(4, 3)
     opt = torch.optim.Adam(lin.parameters())
@@ -212,8 +212,8 @@ def test_a_failed_first_checkpoint_says_there_is_none_before_it(tmp_path, monkey
 def test_a_run_resumes_past_its_truncated_newest_checkpoint(tmp_path, tiny):
     """Two real RL steps, a checkpoint after each; the newest's weights are cut short: the resume point (and
     `mmrl eval RUN`'s choice) is the older one, with a note naming the newer one."""
-    from mmrl.evaluation import resolve_source
-    from mmrl.trainer import Trainer
+    from mmrl.cli.evaluation import resolve_source
+    from mmrl.train.trainer import Trainer
 
     run = tmp_path / "run"
     Trainer(tiny(run, "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.checkpoint_every=1",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mmrl.cli import main
-from mmrl.trainer import Trainer
+from mmrl.train.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -58,7 +58,7 @@ def test_train_eval_plot_commands(tmp_path, tiny):
     assert sampled["pass@1"] <= sampled["avg@4/accuracy"] + 1e-9
     assert Path(report["pass_at_k_png"]).stat().st_size > 1000 and "pass@4" in out.stdout
 
-    from mmrl.evaluation import run_eval  # in-process: a grounding eval draws its boxes
+    from mmrl.cli.evaluation import run_eval  # in-process: a grounding eval draws its boxes
 
     grounding = run_eval(str(run), task="grounding", n=4)
     assert Path(grounding["boxes_png"]).exists() and len(grounding["completions"]) == 4
@@ -147,7 +147,7 @@ def test_export_loads_with_from_pretrained(tmp_path, tiny, length_reward, mode):
     from transformers import AutoModelForImageTextToText
 
     from mmrl.config import ModelConfig
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     cfg = tiny(tmp_path / "run", f"model.mode={mode}", f"rewards=[{{fn: '{length_reward}', name: len}}]")
     trainer = Trainer(cfg, log=lambda *a: None)

@@ -363,7 +363,7 @@ def test_cli_bad_key_exits_2_before_loading_a_model(tmp_path):
     assert "mmrl.config" in imported  # the listing works
     # config errors come before any model code: no transformers, policy, trainer, rewards or datasets (torch is
     # imported: the algorithm registry validates names)
-    assert not imported & {"transformers", "mmrl.policy", "mmrl.trainer", "mmrl.rewards", "mmrl.datasets", "PIL"}
+    assert not imported & {"transformers", "mmrl.model.policy", "mmrl.train.trainer", "mmrl.rewards", "mmrl.datasets", "PIL"}
 
 
 def test_reward_names_and_gates_are_checked(tmp_path):

@@ -51,7 +51,7 @@ def test_device_names_resolve_or_fail_naming_the_key():
 
 
 def _strict_run(cfg):
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     strict = StrictDevices()
     with strict:
@@ -86,7 +86,7 @@ def plugin(reward_plugins) -> str:
 @pytest.fixture(scope="module", params=DEVICES)
 def rl_trainer(request, tmp_path_factory, tiny, plugin):
     """One trainer in the RL stage with a frozen reference, on the parametrised device."""
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     cfg = tiny(tmp_path_factory.mktemp("dev") / "run", f"runtime.device={request.param}", "algorithm.kl_coef=0.01",
                "stages=[{name: rl, kind: rl, steps: 100}]", "trainer.log_rollouts_every=0",
@@ -135,7 +135,7 @@ def _variant_steps(t, variant, plugin) -> list[dict]:
 
 
 def test_every_preset_step_and_sampled_eval_name_their_devices(rl_trainer, plugin):
-    from mmrl.evaluation import sampled_metrics
+    from mmrl.cli.evaluation import sampled_metrics
 
     t = rl_trainer
     strict = StrictDevices()

@@ -1,4 +1,4 @@
-"""Multi-process training (mmrl.distributed) on CPU with gloo: `torchrun --nproc_per_node=2 -m mmrl train` gives the
+"""Multi-process training (mmrl.train.distributed) on CPU with gloo: `torchrun --nproc_per_node=2 -m mmrl train` gives the
 losses and final weights of one process with the same global batch; a SIGKILLed 2-process run resumed with
 `resume=auto` — by 2 processes or by 1 — ends where the uninterrupted run ends; the sharded checkpoint exports to a
 directory `from_pretrained` loads."""
@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl import checkpoint
+from mmrl.train import checkpoint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -124,8 +124,8 @@ def test_sharded_checkpoint_exports_for_from_pretrained(runs, zoo_cache):
     from transformers import AutoModelForImageTextToText
 
     from mmrl.datasets.synthetic import make
-    from mmrl.evaluation import load_trainer
-    from mmrl.export import export
+    from mmrl.cli.evaluation import load_trainer
+    from mmrl.cli.export import export
 
     out = export(str(runs / "two"), str(runs / "export"))
     model = AutoModelForImageTextToText.from_pretrained(out).eval()

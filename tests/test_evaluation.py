@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from mmrl.evaluation import pass_at_k, sampled_metrics
+from mmrl.cli.evaluation import pass_at_k, sampled_metrics
 
 
 @pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
@@ -27,7 +27,7 @@ def test_pass_at_k_rejects_impossible_counts():
 
 @pytest.mark.integration
 def test_sampled_metrics_agree_with_the_scored_completions(tmp_path, tiny, length_reward):
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     cfg = tiny(tmp_path / "run", f"rewards=[{{fn: '{length_reward}', name: len}}]", "algorithm.correct_threshold=2.0",
                "data.eval={task: grounding, n: 3, seed: 1}", "data.train={task: grounding, n: 8}")

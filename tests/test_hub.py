@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mmrl import zoo
+from mmrl.model import zoo
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent
@@ -41,7 +41,7 @@ def test_hub_ids_train_eval_and_export_from_an_offline_cache(tmp_path, zoo_cache
     import yaml
     from safetensors.torch import load_file
 
-    from mmrl import checkpoint
+    from mmrl.train import checkpoint
 
     home = _hf_home(tmp_path)
     snapshot = load_file(home / "hub" / "models--mmrl-test--tiny-qwen2-vl" / "snapshots" / "abc123"

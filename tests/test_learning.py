@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl import checkpoint, config
+from mmrl import config
+from mmrl.train import checkpoint
 from mmrl.algorithms import BASELINES
 from mmrl.algorithms.advantages import group_mean
 from mmrl.rollout.types import row_seed
-from mmrl.trainer import Trainer
+from mmrl.train.trainer import Trainer
 
 pytestmark = pytest.mark.learning
 REPO = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""Padding-free packing (mmrl.packing): packed log-probs equal the padded computation, for mixed image, video and
+"""Padding-free packing (mmrl.model.packing): packed log-probs equal the padded computation, for mixed image, video and
 text-only prompts on each Qwen-VL family (3-D rope positions)."""
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import torch
 from mmrl.config import ModelConfig
 from mmrl.datasets.sample import Sample
 from mmrl.datasets.synthetic import make
-from mmrl.packing import pack
-from mmrl.policy import Policy
+from mmrl.model.packing import pack
+from mmrl.model.policy import Policy
 from mmrl.runtime import Runtime
 
 
@@ -58,8 +58,8 @@ def test_packing_a_qwen_vl_batch_without_mm_token_type_ids_is_refused(zoo_cache)
     positions (it used to)."""
     from mmrl.config import ModelConfig
     from mmrl.datasets.synthetic import make
-    from mmrl.packing import rope_index_of
-    from mmrl.policy import Policy
+    from mmrl.model.packing import rope_index_of
+    from mmrl.model.policy import Policy
 
     policy = Policy.load(ModelConfig(path="zoo:qwen2_vl"))
     batch = policy.collate([policy.encode(s) for s in make("rotation", 2, seed=0)], repeats=1)
@@ -79,7 +79,7 @@ def test_fused_packed_training_reproduces_the_naive_padded_run(tmp_path, tiny, l
     (naive log-softmax over full logits, padded batches) — fp32, to 1e-5 — and its gradient norms."""
     import json
 
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     def run(name, *over):
         cfg = tiny(tmp_path / name, f"rewards=[{{fn: '{length_reward}', name: len}}]", "algorithm.kl_coef=0.05",

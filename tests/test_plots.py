@@ -6,7 +6,7 @@ import pytest
 
 from mmrl.datasets.synthetic import make
 from mmrl.perception.geometry import Geometry
-from mmrl.plots import GT_COLOUR, PRED_COLOUR, box_grid
+from mmrl.train.plots import GT_COLOUR, PRED_COLOUR, box_grid
 
 
 def _edges(box, scale):

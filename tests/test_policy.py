@@ -9,7 +9,7 @@ import torch
 
 from mmrl.config import ModelConfig
 from mmrl.datasets.synthetic import make, target_text
-from mmrl.policy import Policy
+from mmrl.model.policy import Policy
 from mmrl.rollout import SamplingParams, make_engine
 
 

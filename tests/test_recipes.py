@@ -106,7 +106,7 @@ def test_every_recipe_is_in_the_readme():
 def test_recipe_smoke_trains(recipe, tmp_path, zoo_cache):
     """`smoke=true` trains in-process on the tiny model: every logged metric finite, a step with a gradient, the
     weights moved, and every reward that pays into the total logged."""
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     run_dir = tmp_path / "run"
     cfg = config.load(recipe, ["smoke=true", f"run.dir={run_dir}", "run.progress=false"])

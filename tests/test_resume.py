@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmrl import checkpoint
+from mmrl.train import checkpoint
 
 pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parent.parent

@@ -16,7 +16,7 @@ from mmrl.datasets.jsonl import write_jsonl
 from mmrl.datasets.sample import Sample
 from mmrl.datasets.synthetic import make
 from mmrl.rewards.isolation import make_term
-from mmrl.rl_step import check_reward_columns
+from mmrl.train.rl_step import check_reward_columns
 
 
 def _rotation_file(path: Path, n: int, *, answered: int = 0) -> Path:
@@ -35,7 +35,7 @@ class _Stop(Exception):
 @pytest.fixture()
 def no_model(monkeypatch):
     """Building a Trainer stops where the model would load: the data checks before it have passed."""
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     def stop(*a, **k):
         raise _Stop
@@ -44,7 +44,7 @@ def no_model(monkeypatch):
 
 
 def test_a_source_without_answers_fails_at_load_naming_reward_column_and_source(tmp_path, tiny, no_model):
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     path = _rotation_file(tmp_path / "rot.jsonl", 4)
     cfg = tiny(tmp_path / "run", f"data.train={{path: {path}}}", "stages=[{name: rl, kind: rl, steps: 1}]")
@@ -94,7 +94,7 @@ def test_a_dataset_field_a_reward_requires_is_checked_per_source(tmp_path):
 
 
 def test_missing_answers_are_logged_each_rl_step(tmp_path, tiny):
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     path = _rotation_file(tmp_path / "rot.jsonl", 4, answered=2)  # each step's 4 prompts: 2 without an answer
     cfg = tiny(tmp_path / "run", f"data.train={{path: {path}}}", "stages=[{name: rl, kind: rl, steps: 1}]",

@@ -10,9 +10,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mmrl import checkpoint, config
+from mmrl import config
+from mmrl.train import checkpoint
 from mmrl.errors import BadSampleError
-from mmrl.trainer import Trainer, batch_indices
+from mmrl.train.trainer import Trainer, batch_indices
 
 pytestmark = pytest.mark.integration
 
@@ -189,7 +190,7 @@ def test_bf16_and_gradient_checkpointing_knobs_train(tmp_path, tiny, length_rewa
 
 def test_over_long_prompts_are_dropped_whole_and_counted(tmp_path, tiny):
     from mmrl.datasets.synthetic import make
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     trainer = Trainer(tiny(tmp_path / "run"), log=lambda *a: None)
     short, long = make("rotation", 2, seed=0)[0], make("rotation", 2, seed=0, choices=True)[0]
@@ -231,7 +232,7 @@ def test_weighted_mix_of_sources_splits_each_batch(tmp_path, tiny, length_reward
 def test_thought_dropout_in_sft_targets(tmp_path, tiny):
     import doctest
 
-    import mmrl.trainer as trainer_module
+    import mmrl.train.trainer as trainer_module
     from mmrl.config import StageConfig
 
     assert doctest.testmod(trainer_module).failed == 0

@@ -14,7 +14,7 @@ import torch
 
 from mmrl.algorithms import PRESETS
 from mmrl.config import AlgorithmConfig
-from mmrl.update import masked_batch
+from mmrl.train.update import masked_batch
 
 pytestmark = pytest.mark.integration
 
@@ -30,7 +30,7 @@ INITIAL: dict[int, dict[str, torch.Tensor]] = {}  # the module trainer's weights
 @pytest.fixture(scope="module")
 def trainer(tmp_path_factory, tiny, plugin):
     """One trainer on the tiny model, in the RL stage, with a frozen reference (so KL presets can run)."""
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     run = tmp_path_factory.mktemp("update") / "run"
     cfg = tiny(run, f"rewards=[{{fn: '{plugin}:spread', name: spread, isolate: never}}]", "algorithm.kl_coef=0.01",
@@ -225,7 +225,7 @@ def test_extra_pass_recipes_train(tmp_path, tiny, recipe):
     from pathlib import Path
 
     from mmrl import config
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     path = Path(__file__).resolve().parent.parent / "recipes" / "algorithms" / f"{recipe}.yaml"
     overrides = [o for o in tiny.overrides(tmp_path / "run") if not o.startswith("stages=")]
@@ -276,12 +276,12 @@ def test_prompt_weighting_records_accuracy_and_draws_part_of_the_batch(trainer):
     trainer.progress.step += 1
     batch = trainer._batch(4, weighted=True)
     assert len({s.id for s in batch}) == 4  # two from the uniform stream, two drawn by weight, all distinct
-    from mmrl.trainer import batch_indices
+    from mmrl.train.trainer import batch_indices
 
     stream = batch_indices(len(trainer.train_data), 2, trainer.progress.step, trainer.cfg.trainer.seed)
     assert [s.id for s in batch[:2]] == [trainer.train_data[i].id for i in stream]
 
-    from mmrl.trainer import Progress
+    from mmrl.train.trainer import Progress
 
     assert Progress(**json.loads(json.dumps(vars(trainer.progress)))).prompt_accuracy == trainer.progress.prompt_accuracy
 

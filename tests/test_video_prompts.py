@@ -44,7 +44,7 @@ def test_video_parts_reach_the_processor_as_frames_with_times(video_data, zoo_ca
     from mmrl.config import ModelConfig, VideoConfig
     from mmrl.datasets.jsonl import load_jsonl
     from mmrl.perception import video as video_module
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     policy = Policy.load(ModelConfig(path=f"zoo:{family}"))
     samples, _ = load_jsonl(video_data)
@@ -82,7 +82,7 @@ def test_two_grpo_steps_on_videos_with_temporal_iou(video_data, held_out, tmp_pa
                                                    check_logged_run):
     from mmrl.datasets.jsonl import load_jsonl
     from mmrl.datasets.sources import drop_overlap
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     train, _ = load_jsonl(video_data)
     assert drop_overlap(train, train) == ([], 4)  # the same video files in both splits are caught
@@ -102,7 +102,7 @@ def test_two_grpo_steps_on_videos_with_temporal_iou(video_data, held_out, tmp_pa
 def test_t_grpo_contrast_on_real_videos(video_data, held_out, tmp_path, tiny, check_logged_run):
     from mmrl.config import VideoConfig
     from mmrl.datasets.jsonl import load_jsonl
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     cfg = tiny(tmp_path / "run", f"data.train={{path: '{video_data}'}}", f"data.eval={{path: '{held_out}'}}",
                "rewards=[{fn: temporal_iou}, {fn: temporal_bonus}]", "data.video.max_frames=4",
@@ -130,7 +130,7 @@ def test_synthetic_event_task_in_memory_on_disk_and_in_training(tmp_path, tiny, 
     from mmrl.datasets.jsonl import load_jsonl
     from mmrl.datasets.synthetic import make
     from mmrl.perception.video import load_video
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     sample = make("event", 1, seed=3)[0]
     a, b = sample.answer["span"]

@@ -13,7 +13,7 @@ from PIL import Image
 from safetensors import safe_open
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from mmrl import zoo
+from mmrl.model import zoo
 
 QWEN = [f for f in zoo.families() if f.startswith("qwen")]
 

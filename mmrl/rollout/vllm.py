@@ -53,7 +53,7 @@ import torch
 
 from mmrl.config import RolloutConfig, VideoConfig
 from mmrl.datasets.sample import BadSampleError
-from mmrl.packing import rope_index_of, rope_positions
+from mmrl.model.packing import rope_index_of, rope_positions
 from mmrl.rollout.types import Rollouts, SamplingParams, concat_rollouts, row_seed
 from mmrl.runtime import HOST
 
@@ -69,7 +69,7 @@ def load_media(sample, video: VideoConfig) -> tuple[list, list]:
     """(images, clips) of a sample decoded exactly as `Policy.encode` does (same helpers, same options)."""
     from mmrl.perception.images import load_image
     from mmrl.perception.video import Clip, load_video
-    from mmrl.policy import _frames_clip, _in_memory_clip
+    from mmrl.model.prompts import _frames_clip, _in_memory_clip
 
     images = [load_image(src, sample_id=sample.id) for src in sample.media("image")]
     clips = [_in_memory_clip(src, video) if isinstance(src, Clip) else
@@ -124,7 +124,7 @@ def _token_id(processor, attr: str) -> int | None:
 
 def video_metadata(clip) -> dict[str, Any]:
     """vLLM's per-video metadata: what `Policy.encode` hands transformers (`_metadata`), frames already sampled."""
-    from mmrl.policy import _metadata
+    from mmrl.model.prompts import _metadata
 
     m = _metadata(clip)
     return dict(total_num_frames=m.total_num_frames, fps=m.fps, frames_indices=list(m.frames_indices),

@@ -92,7 +92,7 @@ def test_cli_folder_puzzles_then_grpo_steps(folder, tmp_path, tiny, capsys, leng
 
     from mmrl.cli import main
     from mmrl.datasets.jsonl import load_jsonl
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     out = tmp_path / "data" / "train.jsonl"
     assert main(["data", "make", "rotation", "--images", str(folder), "--out", str(out), "--size", "56"]) == 0

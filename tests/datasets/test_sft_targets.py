@@ -53,7 +53,7 @@ SFT = "stages=[{name: warm, kind: sft, steps: 1, labels: true}]"
     ("llava", {"A rocket."}),
 ])
 def test_sft_with_true_labels_trains_on_a_peer_data_sets_own_targets(tmp_path, tiny, kind, targets):
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     path = _peer_files(tmp_path)[kind]
     trainer = Trainer(tiny(tmp_path / "run", f"data.train={{path: {path}}}", SFT, "data.eval.n=2"), log=lambda *a: None)
@@ -108,8 +108,8 @@ def test_target_problems_name_the_source_and_what_is_missing():
 @pytest.mark.parametrize("labels", ["true", "random"])
 def test_an_sft_stage_without_targets_fails_before_the_model_loads(tmp_path, tiny, monkeypatch, labels):
     from mmrl.config import ConfigError
-    from mmrl.policy import Policy
-    from mmrl.trainer import Trainer
+    from mmrl.model.policy import Policy
+    from mmrl.train.trainer import Trainer
 
     rows = [{"id": f"q{i}", "prompt": "What flies?", "image": "rocket.png"} for i in range(2)]  # no answer
     Image.open(PHOTOS / "rocket.jpg").resize((56, 56)).save(tmp_path / "rocket.png")

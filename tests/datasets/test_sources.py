@@ -64,7 +64,7 @@ def test_an_empty_system_prompt_replaces_the_templates_default(zoo_cache):
     """`system_prompt: ""` gives an empty system turn (Qwen2-VL's template would add its default one); null keeps the
     template's default."""
     from mmrl.config import ModelConfig
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     policy = Policy.load(ModelConfig(path="zoo:qwen2_vl"))
     (plain,), _ = load_source(task="rotation", path=None, n=1, seed=0, split="train", kwargs={})

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from transformers import AutoProcessor
 
-from mmrl import zoo
+from mmrl.model import zoo
 from mmrl.perception.geometry import Geometry, convention_for
 from mmrl.rewards import get
 

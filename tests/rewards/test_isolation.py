@@ -255,7 +255,7 @@ def test_easyr1_compute_score(plugins):
 
 @pytest.mark.integration
 def test_failing_plugins_inside_a_training_step(tmp_path, tiny, plugins):
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     raises, hangs = f"{plugins / 'raises.py'}:score", f"{plugins / 'hangs.py'}:score"
     aio, trl = f"{plugins / 'asyncfn.py'}:score", f"{plugins / 'trlsig.py'}:score"
@@ -320,7 +320,7 @@ def test_required_columns_by_style(plugins):
 def test_missing_column_fails_at_startup_naming_reward_and_column(plugins):
     from mmrl.config import ConfigError
     from mmrl.datasets.sample import Sample
-    from mmrl.trainer import check_reward_columns
+    from mmrl.train.trainer import check_reward_columns
 
     term = make_term(f"{plugins / 'needs.py'}:solution_match", name="sol", isolate="never")
     plain = [Sample(id="a", messages=[], answer="1")]

@@ -10,10 +10,10 @@ import shutil
 import pytest
 import torch
 
-from mmrl import zoo
+from mmrl.model import zoo
 from mmrl.config import ModelConfig
 from mmrl.datasets.synthetic import make
-from mmrl.policy import Policy
+from mmrl.model.policy import Policy
 from mmrl.rollout.hf import HFEngine, _Sampler
 from mmrl.rollout.types import SamplingParams
 

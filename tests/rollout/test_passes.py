@@ -24,7 +24,7 @@ def test_text_helpers():
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny):
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     cfg = tiny(tmp_path_factory.mktemp("passes") / "run", "data.train.kwargs.choices=true",
                "data.eval.kwargs.choices=true", "rewards=[{fn: mc, name: accuracy}]",

@@ -53,7 +53,7 @@ VLLM_ENGINE_ARGS = {
 
 @pytest.fixture(scope="module")
 def policy(zoo_cache):
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     return Policy.load(ModelConfig(path="zoo:qwen2_vl"))
 
@@ -143,7 +143,7 @@ def test_build_requests_prefix(policy, samples):
 
 def test_qwen2_5_video_rate(zoo_cache, samples):
     """Qwen2.5-VL's time positions come from each video's metadata: the rate its frames were sampled at."""
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     q = Policy.load(ModelConfig(path="zoo:qwen2_5_vl"))
     p = q.encode(samples[2])
@@ -156,7 +156,7 @@ def test_qwen2_5_video_rate(zoo_cache, samples):
 def test_reference_positions_and_the_video_position_check(zoo_cache, samples):
     """The original Qwen2-VL layout: text resumes one past a block's largest position. transformers 5.x resumes at
     max(h, w): the two agree for images and short videos, and the check names the first token where they do not."""
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     pos = reference_positions(list(range(7)), [(1, 2, 1, 2, 3.0)])  # a 2×1×2 video block at token 1, t step 3
     assert pos.tolist() == [[0, 1, 1, 4, 4, 5, 6], [0, 1, 1, 1, 1, 5, 6], [0, 1, 2, 1, 2, 5, 6]]
@@ -250,7 +250,7 @@ def test_check_prompt_ids():
 
 # -------------------------------------------------------------------------------------------------- weights
 def test_weight_names_and_lora_merge(zoo_cache):
-    from mmrl.policy import Policy
+    from mmrl.model.policy import Policy
 
     assert vllm_weight_name("model._orig_mod.language_model._checkpoint_wrapped_module.x.weight") == \
         "model.language_model.x.weight"

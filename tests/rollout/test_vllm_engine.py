@@ -16,7 +16,7 @@ import torch
 from mmrl.config import ModelConfig, RolloutConfig, VideoConfig
 from mmrl.datasets import synthetic
 from mmrl.datasets.sample import BadSampleError, Sample
-from mmrl.policy import Policy
+from mmrl.model.policy import Policy
 from mmrl.rollout import make_engine
 from mmrl.rollout.types import SamplingParams
 

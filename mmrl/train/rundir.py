@@ -10,7 +10,7 @@ import sys
 import threading
 from pathlib import Path
 
-from mmrl import checkpoint
+from mmrl.train import checkpoint
 from mmrl.config import Config, ConfigError
 
 

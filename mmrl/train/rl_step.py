@@ -20,7 +20,7 @@ from mmrl.algorithms import keep_groups, kl_penalty_per_sequence
 from mmrl.algorithms.advantages import compute as compute_advantages
 from mmrl.algorithms.prompts import group_accuracy
 from mmrl.config import ConfigError
-from mmrl.policy import PromptInputs
+from mmrl.model.prompts import PromptInputs
 from mmrl.rewards.compose import score, summarize
 from mmrl.rollout import Rollouts, SamplingParams
 from mmrl.rollout.passes import EXTRA_PASSES, PassContext
@@ -28,7 +28,7 @@ from mmrl.rollout.rehearsal import build as build_rehearsal
 from mmrl.rollout.replay import merge as merge_replay
 from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
 from mmrl.runtime import HOST
-from mmrl.update import logprob_pass, rl_update
+from mmrl.train.update import logprob_pass, rl_update
 
 
 def _prompt_text(sample) -> str:

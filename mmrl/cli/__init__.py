@@ -11,7 +11,7 @@ import os
 import sys
 from pathlib import Path
 
-RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # bundled recipes, beside the package
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"  # bundled recipes, beside the package
 DEFAULT_RECIPE = RECIPES / "demo.yaml"
 LISTS = ("recipes", "rewards", "presets", "tasks", "zoo")
 
@@ -72,9 +72,9 @@ def cmd_train(args) -> int:
         return _fail(2, str(e))
     _quiet_hub()
     from mmrl.errors import BadSampleError, CheckpointError
-    from mmrl.policy import ModelLoadError
-    from mmrl.rundir import check_run_dir
-    from mmrl.trainer import Trainer
+    from mmrl.model.loading import ModelLoadError
+    from mmrl.train.rundir import check_run_dir
+    from mmrl.train.trainer import Trainer
 
     try:
         check_run_dir(cfg)  # in seconds, before the model loads
@@ -106,8 +106,8 @@ def cmd_train(args) -> int:
 def cmd_eval(args) -> int:
     from mmrl import config
     from mmrl.errors import CheckpointError
-    from mmrl.evaluation import EvalError, run_eval
-    from mmrl.policy import ModelLoadError
+    from mmrl.cli.evaluation import EvalError, run_eval
+    from mmrl.model.loading import ModelLoadError
 
     _quiet_hub()
     try:
@@ -159,7 +159,7 @@ def listing(kind: str) -> list[tuple[str, str]]:
         from mmrl.datasets.synthetic import TASKS
 
         return [(n, _first_line(TASKS.get(n).draw)) for n in TASKS.names()]
-    from mmrl import zoo
+    from mmrl.model import zoo
 
     return [(fam, "sizes: tiny, small") for fam in zoo.families()]
 
@@ -173,7 +173,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_zoo(args) -> int:
-    from mmrl import zoo
+    from mmrl.model import zoo
 
     _quiet_hub()
     if args.zoo_cmd == "list":
@@ -190,9 +190,9 @@ def cmd_zoo(args) -> int:
 
 def cmd_export(args) -> int:
     from mmrl.errors import CheckpointError
-    from mmrl.evaluation import EvalError
-    from mmrl.export import export
-    from mmrl.policy import ModelLoadError
+    from mmrl.cli.evaluation import EvalError
+    from mmrl.cli.export import export
+    from mmrl.model.loading import ModelLoadError
 
     _quiet_hub()
     try:
@@ -264,7 +264,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_plot(args) -> int:
-    from mmrl.plots import COMPARE_METRICS, plot_compare, plot_run
+    from mmrl.train.plots import COMPARE_METRICS, plot_compare, plot_run
 
     for d in args.run_dir:
         if not (Path(d) / "metrics.jsonl").exists():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmrl.metrics import read
+from mmrl.train.metrics import read
 
 
 def _series(rows: list[dict], key: str) -> tuple[list[int], list[float]]:
@@ -108,7 +108,7 @@ def _answer_picture(sample):
     """The image the answer's boxes refer to (`answer["media"]`, else the first); for a video, its first frame."""
     from mmrl.perception.images import load_image
     from mmrl.perception.video import Clip, load_video
-    from mmrl.policy import answer_media
+    from mmrl.model.prompts import answer_media
 
     k = answer_media(sample)
     kind = sample.media_kinds()[k]

@@ -8,7 +8,7 @@ Layout of `RUN/checkpoints/step_000040/`:
   rng.pt                 torch RNG state (CPU, and CUDA's when the run uses it)
   trainer_state.json     stage index, step counters, data cursor, best metric — written last
 
-A run of several processes (mmrl.distributed) writes instead `dcp/` — each process's shards of the trainable
+A run of several processes (mmrl.train.distributed) writes instead `dcp/` — each process's shards of the trainable
 weights and the optimizer state (and the KL reference), through torch.distributed.checkpoint — plus rng.pt and
 trainer_state.json; it loads into any number of processes, one included (`load_sharded`).
 
@@ -231,7 +231,7 @@ def save_sharded(root: Path, step: int, *, root_module, optimizer, state: dict[s
 
 
 def load_sharded(path: Path, root_module, *, optimizer=None, extra_models: dict[str, Any] = ()) -> dict[str, Any]:
-    """Read a sharded checkpoint into `root_module` (an FSDP root, or `mmrl.distributed.Root` around an unsharded
+    """Read a sharded checkpoint into `root_module` (an FSDP root, or `mmrl.train.distributed.Root` around an unsharded
     model in one process), and into `optimizer` / `extra_models` when given; returns the trainer state and RNG
     (`weights` etc. are None: they are already in place)."""
     import torch.distributed.checkpoint as dcp

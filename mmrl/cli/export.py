@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmrl.evaluation import EvalError, load_trainer
+from mmrl.cli.evaluation import EvalError, load_trainer
 
 
 def export(source: str, out: str, *, merge_lora: bool = False) -> Path:

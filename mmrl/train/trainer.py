@@ -1,7 +1,7 @@
 """The training loop: stages of SFT and RL steps, each step a sequence of named stages.
 
 RL step:  sample prompts → encode (processor, once) → rollout → extra passes → score → filter → advantage
-          → replay fill → update → log → checkpoint / eval   (the stages: `mmrl.rl_step.RLSteps`)
+          → replay fill → update → log → checkpoint / eval   (the stages: `mmrl.train.rl_step.RLSteps`)
 SFT step: sample prompts → encode → targets (true or random labels) → update (NLL) → log
 
 The loop never branches on a method's name: every algorithm piece is looked up by name in `mmrl.algorithms`,
@@ -21,19 +21,21 @@ from typing import Any
 
 import torch
 
-from mmrl import checkpoint, distributed, zoo
+from mmrl.model import zoo
+from mmrl.train import checkpoint, distributed
 from mmrl import config as config_mod
 from mmrl.algorithms.prompts import PROMPT_WEIGHTS, mix_count, weighted_draw
 from mmrl.config import Config, StageConfig
 from mmrl.datasets.sample import BadSampleError, Sample
 from mmrl.datasets.sources import drop_overlap, load_source
 from mmrl.datasets.synthetic import target_problems
-from mmrl.metrics import MetricsLogger, NullLogger
-from mmrl.policy import Policy, PromptInputs
+from mmrl.train.metrics import MetricsLogger, NullLogger
+from mmrl.model.policy import Policy
+from mmrl.model.prompts import PromptInputs
 from mmrl.rewards.errors import ErrorReport
 from mmrl.rewards.isolation import make_term
-from mmrl.rl_step import RLSteps, check_reward_columns
-from mmrl.rundir import Interrupted, check_run_dir, interruptible, remove_run, supersede_after
+from mmrl.train.rl_step import RLSteps, check_reward_columns
+from mmrl.train.rundir import Interrupted, check_run_dir, interruptible, remove_run, supersede_after
 from mmrl.runtime import HOST, Runtime
 from mmrl.rollout import make_engine
 from mmrl.rollout.rehearsal import Rehearsal
@@ -150,7 +152,7 @@ class Trainer(RLSteps):
 
     @property
     def dist(self):
-        """`mmrl.distributed.Dist` when several processes take part (the runtime's), else None."""
+        """`mmrl.train.distributed.Dist` when several processes take part (the runtime's), else None."""
         return self.runtime.dist
 
     @property
@@ -548,7 +550,7 @@ class Trainer(RLSteps):
         self.summary["runtime"] = self._where()
         if self.main:
             (self.run_dir / "summary.json").write_text(json.dumps(self.summary, indent=1))
-            from mmrl.plots import plot_run
+            from mmrl.train.plots import plot_run
 
             plot_run(self.run_dir)
         return self.summary

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmrl import checkpoint, config
+from mmrl import config
+from mmrl.train import checkpoint
 
 
 class EvalError(RuntimeError):
@@ -38,9 +39,9 @@ def resolve_source(source: str | Path, *,
     that verifies (`checkpoint.resume_point` / `require_intact`, which raise CheckpointError otherwise); what was
     skipped or could not be verified goes to `log`."""
     src = Path(source)
-    from mmrl.policy import is_hub_id
+    from mmrl.model.loading import is_hub_id
 
-    if is_hub_id(str(source)):  # a model in the Hugging Face cache (`mmrl.policy.model_dir`)
+    if is_hub_id(str(source)):  # a model in the Hugging Face cache (`mmrl.model.loading.model_dir`)
         return None, None, str(source)
     if not src.exists() and not str(source).startswith("zoo:"):
         raise EvalError(f"{source}: no such run, checkpoint, model directory or hub id")
@@ -75,7 +76,7 @@ def load_trainer(source: str | Path, overrides: list[str] = (), *, build: bool =
         base = str(DEFAULT_RECIPE)
         extra += ["model.mode=full"]
     cfg = config.load(base, [*extra, "resume=none", "run.progress=false", *overrides])
-    from mmrl.trainer import Trainer
+    from mmrl.train.trainer import Trainer
 
     trainer = Trainer(cfg, log=lambda *a: None)
     if ck is not None:
@@ -161,7 +162,7 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
     report = {"source": str(source), "checkpoint": str(ck) if ck else None, "metrics": metrics,
               "data": {"eval": vars(cfg.data.eval)}, "model": cfg.model.path}
     if any(isinstance(smp.answer, dict) and "boxes" in smp.answer for smp in trainer.eval_data):
-        from mmrl.plots import box_grid
+        from mmrl.train.plots import box_grid
 
         inputs = trainer._eval_inputs  # the encoded ones (a skipped sample has no completion)
         report["boxes_png"] = str(box_grid([p.sample for p in inputs], trainer.last_eval_texts,
@@ -169,7 +170,7 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
     if k:
         sampled, curve = sampled_metrics(trainer, k, temperature=temperature, seed=cfg.trainer.seed, correct=correct)
         report["sampled"] = sampled
-        from mmrl.plots import pass_curve
+        from mmrl.train.plots import pass_curve
 
         report["pass_at_k_png"] = str(pass_curve(curve, root / "pass_at_k.png", title=f"{name}, T = {temperature:g}"))
     report["completions"] = [{"id": smp.id, "answer": smp.answer, "completion": t}
