@@ -336,7 +336,7 @@ def test_demo_recipe_smoke():
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_loads(recipe):
     config.load(recipe)
-    if "smoke" in config._read_yaml(recipe):
+    if "smoke" in config.loading._read_yaml(recipe):
         config.load(recipe, ["smoke=true"])
 
 

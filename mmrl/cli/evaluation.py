@@ -71,7 +71,7 @@ def load_trainer(source: str | Path, overrides: list[str] = (), *, build: bool =
     extra = [f"model.path={model_dir}"] if model_dir else []
     base = str(cfg_path) if cfg_path else None
     if base is None:
-        from mmrl.cli import DEFAULT_RECIPE
+        from mmrl.cli.recipes import DEFAULT_RECIPE
 
         base = str(DEFAULT_RECIPE)
         extra += ["model.mode=full"]

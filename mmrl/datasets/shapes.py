@@ -12,7 +12,7 @@ from PIL import Image, ImageChops, ImageDraw
 
 from mmrl.datasets import mcq
 from mmrl.datasets.sample import Sample
-from mmrl.datasets.synthetic import TARGETS, TASKS, SyntheticTask, TargetFormat
+from mmrl.datasets.tasks import TARGETS, TASKS, SyntheticTask, TargetFormat
 
 # ------------------------------------------------------------------------------------------- grounding
 

@@ -19,35 +19,14 @@ from __future__ import annotations
 import inspect
 import random
 import string
-from dataclasses import dataclass
 from typing import Any, Callable
 
 from PIL import Image, ImageDraw
 
 from mmrl.datasets import mcq
 from mmrl.datasets.sample import BadSampleError, Sample
-from mmrl.registry import Registry, closest
-
-
-@dataclass(frozen=True)
-class SyntheticTask:
-    """A generator: `draw(rng, **kwargs) -> (image or [frames], prompt, answer)`; `task` is the samples'
-    `Sample.task`. A list of images becomes that many image parts, in order (a multi-frame prompt)."""
-
-    task: str
-    draw: Callable[..., tuple[Image.Image, str, Any]]
-
-
-@dataclass(frozen=True)
-class TargetFormat:
-    """SFT target texts for one `Sample.task`: the true answer, or a random one in the same format."""
-
-    target: Callable[..., str]  # (sample, geometry=None) -> str
-    random_target: Callable[..., str]  # (sample, rng, geometry=None) -> str
-
-
-TASKS: Registry[SyntheticTask] = Registry("synthetic task")
-TARGETS: Registry[TargetFormat] = Registry("target format")
+from mmrl.datasets.tasks import TARGETS, TASKS, SyntheticTask, TargetFormat  # noqa: F401  (re-exported)
+from mmrl.registry import closest
 
 
 def make(task: str, n: int, *, seed: int, split: str = "train", **kwargs: Any) -> list[Sample]:
@@ -269,6 +248,6 @@ TARGETS.register("puzzle/position")(TargetFormat(
 ))
 
 
-# The task families register themselves on import (they need the registries above).
+# The task families register themselves on import (in the registries of mmrl.datasets.tasks).
 from mmrl.datasets import shapes, temporal  # noqa: E402,F401
 from mmrl.datasets.shapes import BACKGROUND, COLOURS, SHAPES  # noqa: E402,F401  (re-exported)

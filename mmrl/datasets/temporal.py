@@ -10,7 +10,7 @@ from typing import Any
 from PIL import Image, ImageDraw
 
 from mmrl.datasets.shapes import COLOURS
-from mmrl.datasets.synthetic import TARGETS, TASKS, SyntheticTask, TargetFormat
+from mmrl.datasets.tasks import TARGETS, TASKS, SyntheticTask, TargetFormat
 
 # ------------------------------------------------------------------------------------------- motion (frames)
 

@@ -62,7 +62,7 @@ class Policy:
     # ------------------------------------------------------------------------------------------ loading
     @property
     def dist(self):
-        """`mmrl.train.distributed.Dist` when sharded across processes, else None."""
+        """`mmrl.runtime.Dist` when sharded across processes, else None."""
         return self.runtime.dist
 
     @property

@@ -24,49 +24,11 @@ Sampling is seeded per (seed, step, prompt id, completion), so which rank genera
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
 
-from mmrl.runtime import HOST
-
-
-@dataclass
-class Dist:
-    rank: int
-    size: int
-    backend: str = "gloo"
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    def block(self, n: int) -> tuple[list[int], int]:
-        """(this rank's contiguous rows of 0…n−1, how many padding rows it adds so every rank has ⌈n/K⌉)."""
-        per = -(-n // self.size)
-        lo, hi = min(self.rank * per, n), min((self.rank + 1) * per, n)
-        return list(range(lo, hi)), per - (hi - lo)
-
-    def gather(self, obj: Any) -> list[Any]:
-        """Every rank's `obj`, in rank order (pickled; host objects: a device tensor would unpickle onto the
-        sender's device)."""
-        out: list[Any] = [None] * self.size
-        torch.distributed.all_gather_object(out, obj)
-        return out
-
-    def barrier(self) -> None:
-        torch.distributed.barrier()
-
-
-def join(device: torch.device) -> Dist:
-    """Join the process group torchrun describes: NCCL when this process computes on CUDA, gloo on the CPU."""
-    import torch.distributed as dist
-
-    backend = "nccl" if device.type == "cuda" else "gloo"
-    if not dist.is_initialized():
-        dist.init_process_group(backend, device_id=device if device.type == "cuda" else None)
-    return Dist(dist.get_rank(), dist.get_world_size(), dist.get_backend())
+from mmrl.runtime import HOST, Dist
 
 
 class Root(torch.nn.Module):

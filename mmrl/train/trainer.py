@@ -152,7 +152,7 @@ class Trainer(RLSteps):
 
     @property
     def dist(self):
-        """`mmrl.train.distributed.Dist` when several processes take part (the runtime's), else None."""
+        """`mmrl.runtime.Dist` when several processes take part (the runtime's), else None."""
         return self.runtime.dist
 
     @property
