@@ -1,7 +1,8 @@
 """Learning: GRPO itself learns the rotation puzzle, and a shuffled-reward control does not.
 
 Both runs share one format warm start (SFT on random labels) and then run the same number of GRPO steps on
-2 threads with a fixed seed; the control shuffles the rewards within each group before the advantage, which
+one thread with a fixed seed (with two, CPU runs of the same seed differ from process to process, and 100 GRPO
+steps amplify that: held-out accuracies of 0.69 to 1.0 were seen for one seed); the control shuffles the rewards within each group before the advantage, which
 keeps every statistic of the reward signal except its link to the completions.
 """
 
@@ -36,7 +37,7 @@ if "test_shuffled_group_mean" not in BASELINES:
 
 def _cfg(run_dir: Path, *extra: str) -> config.Config:
     return config.load(REPO / "recipes" / "demo.yaml", [
-        f"run.dir={run_dir}", "run.progress=false", "trainer.threads=2", "trainer.seed=0",
+        f"run.dir={run_dir}", "run.progress=false", "trainer.threads=1", "trainer.seed=0",
         "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=0",
         "trainer.log_rollouts_every=0", "data.eval.n=200", *extra,
     ])  # the demo's own stages: a 40-step format warm start, then GRPO
