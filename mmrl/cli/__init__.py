@@ -53,6 +53,7 @@ def cmd_train(args) -> int:
     try:
         check_run_dir(cfg)  # in seconds, before the model loads
         summary = Trainer(cfg).run()
+        _leave_process_group()
     except config.ConfigError as e:  # e.g. a run directory that holds a run
         return _fail(2, str(e))
     except (BadSampleError, CheckpointError, ModelLoadError, FileNotFoundError) as e:  # e.g. a full disk
@@ -75,6 +76,16 @@ def cmd_train(args) -> int:
         print(f"  {key:28s} before {b if b is None else f'{b:.3f}':>6}   after {a if a is None else f'{a:.3f}':>6}")
     print(f"run directory: {cfg.run_dir}")
     return 0
+
+
+def _leave_process_group() -> None:
+    """After a run of several processes: wait for every rank, then tear the process group down, so no rank exits
+    while another still uses it (gloo's threads would abort the process)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def cmd_eval(args) -> int:
