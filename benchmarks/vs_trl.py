@@ -207,7 +207,7 @@ def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], wa
 
 # --------------------------------------------------------------------------------------------- mmrl child
 def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, steps: int, engine: str = "hf"):
-    from mmrl.config import load
+    from mmrl.cli.checks import load_config
     from mmrl.train.trainer import Trainer
 
     overrides = [
@@ -227,16 +227,15 @@ def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, ste
         f"run.dir={run_dir}", "run.backends=[]", "run.progress=false",
         f"rollout.engine={engine}", "rollout.vllm_gpu_memory_utilization=0.05",
     ]
-    cfg = load(None, overrides)
+    cfg = load_config(None, overrides)
     tr = Trainer(cfg, log=lambda *a, **k: None)
     # EOS off: `rollout.ignore_eos` adds every eos id to the ids the sampler sets to −inf (the vision specials), the
     # same suppression TRL gets through generation_kwargs.suppress_tokens = `_suppressed_ids`.
     assert sorted(set(tr.policy.never_sample) | set(tr.policy.eos_ids)) == _suppressed_ids(tr.policy.eos_ids,
                                                                                          tr.policy.tokenizer)
-    # What `Trainer._run_stages` does when the RL stage begins (no evaluation, logger or checkpoint here).
-    tr.policy.begin_rl(needs_reference=False, adapter_trained=False)
-    tr.progress.rl_started = True
-    tr._new_optimizer(cfg.stages[0])
+    # What the stage loop does when the RL stage begins (no evaluation, logger or checkpoint here).
+    tr.begin_rl()
+    tr.optim.new(cfg.stages[0])
     return tr
 
 
@@ -248,19 +247,19 @@ def _mmrl_child(path: str, image: int, warmup: int, steps: int, threads: int, en
     with tempfile.TemporaryDirectory() as run_dir:
         tr = _mmrl_trainer(path, image, n, threads, run_dir, warmup + steps, engine)
         timers = Timers()
-        tr.encode = timers.wrap("processor", tr.encode)
+        tr.batches.encode = timers.wrap("processor", tr.batches.encode)
         tr.engine.generate = timers.wrap("generate", tr.engine.generate)
-        tr.score = timers.wrap("reward", tr.score)
-        tr.advantage = timers.wrap("advantage", tr.advantage)
-        tr.update_rl = timers.wrap("update (total)", tr.update_rl)
+        tr.rl.score = timers.wrap("reward", tr.rl.score)
+        tr.rl.advantages = timers.wrap("advantage", tr.rl.advantages)
+        tr.rl.update = timers.wrap("update (total)", tr.rl.update)
         tr.policy.completion_logprobs = timers.wrap("update: forward (log-probs)", tr.policy.completion_logprobs)
-        tr._optimizer_step = timers.wrap("update: clip + optimizer", tr._optimizer_step)
+        tr.optim.step = timers.wrap("update: clip + optimizer", tr.optim.step)
         torch.Tensor.backward = timers.wrap("update: backward", torch.Tensor.backward)  # this child process only
         _time_vision(timers, tr.policy.hf)
         lengths, ends = [], []
         start = _clocks()
         for _ in range(warmup + steps):
-            m = tr.rl_step()
+            m = tr.rl.run()
             tr.progress.stage_step += 1
             tr.progress.step += 1
             ends.append(_clocks())
@@ -268,7 +267,7 @@ def _mmrl_child(path: str, image: int, warmup: int, steps: int, threads: int, en
             timers.cut()
             lengths.append(m["rollout/len_mean"])
             assert m["rollout/len_mean"] == TOKENS and m["rollout/truncated_frac"] == 1.0, m
-        prompt_len = tr.encode(tr._batch(1))[0].length
+        prompt_len = tr.batches.encode(tr.batches.samples(1))[0].length
     import transformers
 
     return _result(ends, start, warmup, timers, lengths, timers.calls["generate"], prompt_tokens=prompt_len,
@@ -287,12 +286,12 @@ def _mmrl_profile(path: str, image: int, warmup: int, steps: int, threads: int) 
     with tempfile.TemporaryDirectory() as run_dir:
         tr = _mmrl_trainer(path, image, max(64, PROMPTS * (warmup + steps)), threads, run_dir, warmup + steps)
         for _ in range(warmup):
-            tr.rl_step()
+            tr.rl.run()
             tr.progress.step += 1
         prof = cProfile.Profile()
         prof.enable()
         for _ in range(steps):
-            tr.rl_step()
+            tr.rl.run()
             tr.progress.step += 1
         prof.disable()
     stats = pstats.Stats(prof).strip_dirs()

@@ -88,10 +88,10 @@ def _tiny_overrides(run_dir: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny(zoo_cache):
     """`tiny(run_dir, *overrides)` → a validated Config for a few-second run of the demo recipe."""
-    from mmrl import config
+    from mmrl.cli.checks import load_config
 
     def make(run_dir: Path, *extra: str):
-        return config.load(REPO / "recipes" / "demo.yaml", _tiny_overrides(run_dir, *extra))
+        return load_config(REPO / "recipes" / "demo.yaml", _tiny_overrides(run_dir, *extra))
 
     make.overrides = _tiny_overrides
     return make

@@ -134,7 +134,7 @@ def test_data_make_new_tasks_options_and_multi_image_puzzles(tmp_path, capsys):
 
 
 def _policy_logprobs(policy, trainer) -> torch.Tensor:
-    prompts = [policy.encode(s) for s in trainer.eval_data[:3]]
+    prompts = [policy.encode(s) for s in trainer.data.eval[:3]]
     batch = policy.collate(prompts)
     enc = policy.tokenizer(["<answer>90</answer>", "<answer>0</answer>", "<answer>270</answer>"],
                            add_special_tokens=False, padding=True, padding_side="right", return_tensors="pt")

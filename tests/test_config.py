@@ -14,6 +14,7 @@ import pytest
 
 from mmrl import config
 from mmrl.algorithms import BASELINES, POLICY_LOSSES, PRESETS
+from mmrl.cli.checks import load_config, validate_config
 from mmrl.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def load_text(tmp_path: Path, text: str, overrides=()) -> config.Config:
-    return config.load(write(tmp_path / "recipe.yaml", text), list(overrides))
+    return load_config(write(tmp_path / "recipe.yaml", text), list(overrides))
 
 
 def error_of(tmp_path: Path, text: str, overrides=()) -> str:
@@ -126,7 +127,7 @@ def test_extends_chain_relative_deep_merge_and_list_replace(tmp_path):
         trainer: {lr: 0.3, betas: [0.5, 0.6]}
         rewards: [{fn: iou}]
     """)
-    cfg = config.load(child)
+    cfg = load_config(child)
     assert cfg.description == "root"
     assert cfg.trainer.lr == 0.3  # nearest file wins
     assert cfg.trainer.seed == 3 and cfg.trainer.warmup_steps == 5  # mappings merge deeply
@@ -138,13 +139,13 @@ def test_extends_cycle(tmp_path):
     write(tmp_path / "a.yaml", "extends: b.yaml\n")
     write(tmp_path / "b.yaml", "extends: a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
-        config.load(tmp_path / "a.yaml")
+        load_config(tmp_path / "a.yaml")
 
 
 def test_extends_self_cycle(tmp_path):
     write(tmp_path / "a.yaml", "extends: ./a.yaml\n")
     with pytest.raises(ConfigError, match="cycle"):
-        config.load(tmp_path / "a.yaml")
+        load_config(tmp_path / "a.yaml")
 
 
 def test_extends_missing_file(tmp_path):
@@ -175,7 +176,7 @@ def test_parse_override_values_are_yaml():
 @pytest.mark.parametrize("text", ["trainer.lr", "=3", "trainer.lr=[1,"])
 def test_bad_override(text):
     with pytest.raises(ConfigError, match="override"):
-        config.load(None, [text])
+        load_config(None, [text])
 
 
 def test_overrides_take_precedence(tmp_path):
@@ -186,11 +187,11 @@ def test_overrides_take_precedence(tmp_path):
 
 
 def test_later_override_wins():
-    assert config.load(None, ["trainer.seed=1", "trainer.seed=2"]).trainer.seed == 2
+    assert load_config(None, ["trainer.seed=1", "trainer.seed=2"]).trainer.seed == 2
 
 
 def test_no_recipe_gives_defaults():
-    assert config.load(None, []) == config.Config()
+    assert load_config(None, []) == config.Config()
 
 
 # ------------------------------------------------------------------------------------------ smoke
@@ -232,7 +233,7 @@ def test_smoke_without_block_fails(tmp_path):
 
 
 def test_dapo_preset_expands():
-    cfg = config.load(None, ["algorithm.preset=dapo"])
+    cfg = load_config(None, ["algorithm.preset=dapo"])
     for key, value in PRESETS.get("dapo").items():
         assert getattr(cfg.algorithm, key) == value, key
     assert cfg.algorithm.clip_high == 0.28 and cfg.algorithm.aggregation == "token_mean"
@@ -240,7 +241,7 @@ def test_dapo_preset_expands():
 
 @pytest.mark.parametrize("name", PRESETS.names())
 def test_every_preset_is_valid(name):
-    cfg = config.load(None, [f"algorithm.preset={name}"])
+    cfg = load_config(None, [f"algorithm.preset={name}"])
     for key, value in PRESETS.get(name).items():
         assert getattr(cfg.algorithm, key) == value, key
 
@@ -253,7 +254,7 @@ def test_recipe_values_override_preset(tmp_path):
 
 def test_preset_from_command_line_keeps_recipe_values():
     # demo.yaml sets `preset: dapo` and `kl_coef: 0.0`; switching the preset keeps the recipe's explicit value.
-    cfg = config.load(DEMO, ["algorithm.preset=grpo"])
+    cfg = load_config(DEMO, ["algorithm.preset=grpo"])
     assert cfg.algorithm.aggregation == PRESETS.get("grpo")["aggregation"]
     assert cfg.algorithm.kl_coef == 0.0
 
@@ -269,7 +270,7 @@ def test_preset_from_command_line_keeps_recipe_values():
 )
 def test_unknown_registry_name(override, key, hint, valid):
     with pytest.raises(ConfigError) as err:
-        config.load(None, [override])
+        load_config(None, [override])
     msg = str(err.value)
     assert msg.startswith(f"{key}:")
     if hint:
@@ -295,14 +296,14 @@ def test_data_source_path_only(tmp_path):
 
 def test_group_size_one_rejected_for_rl():
     with pytest.raises(ConfigError, match="rollout.group_size"):
-        config.load(None, ["rollout.group_size=1"])
+        load_config(None, ["rollout.group_size=1"])
 
 
 def test_batch_std_with_kl_in_the_reward_and_a_group_filter_is_refused():
     knobs = ["algorithm.scale=batch_std", "algorithm.kl_placement=reward", "algorithm.kl_coef=0.01"]
     with pytest.raises(ConfigError, match="algorithm.scale: batch_std .* group_filter"):
-        config.load(None, [*knobs, "algorithm.group_filter=nonzero_std"])
-    assert config.load(None, knobs).algorithm.group_filter == "none"  # without a filter the batch is the kept one
+        load_config(None, [*knobs, "algorithm.group_filter=nonzero_std"])
+    assert load_config(None, knobs).algorithm.group_filter == "none"  # without a filter the batch is the kept one
 
 
 def test_duplicate_reward_names(tmp_path):
@@ -318,14 +319,14 @@ def test_missing_resume_checkpoint(tmp_path):
 
 
 def test_demo_recipe_loads():
-    cfg = config.load(DEMO)
+    cfg = load_config(DEMO)
     assert cfg.algorithm.clip_high == 0.28  # from the dapo preset
     assert [s.kind for s in cfg.stages] == ["sft", "rl"]
     assert cfg.run_dir == Path("runs/demo")
 
 
 def test_demo_recipe_smoke():
-    full, smoke = config.load(DEMO), config.load(DEMO, ["smoke=true"])
+    full, smoke = load_config(DEMO), load_config(DEMO, ["smoke=true"])
     assert smoke.run.name == "demo-smoke" and smoke.run_dir == Path("runs/demo-smoke")
     assert all(s.steps <= 2 for s in smoke.stages)
     assert smoke.data.train.task == full.data.train.task  # deep merge keeps the task …
@@ -335,15 +336,15 @@ def test_demo_recipe_smoke():
 
 @pytest.mark.parametrize("recipe", sorted((ROOT / "recipes").rglob("*.yaml")), ids=lambda p: p.name)
 def test_every_recipe_loads(recipe):
-    config.load(recipe)
+    load_config(recipe)
     if "smoke" in config.loading._read_yaml(recipe):
-        config.load(recipe, ["smoke=true"])
+        load_config(recipe, ["smoke=true"])
 
 
 def test_dump_round_trip(tmp_path):
-    cfg = config.load(DEMO, ["smoke=true"])
+    cfg = load_config(DEMO, ["smoke=true"])
     config.dump(cfg, tmp_path / "resolved.yaml")
-    assert config.load(tmp_path / "resolved.yaml") == cfg
+    assert load_config(tmp_path / "resolved.yaml") == cfg
 
 
 # ------------------------------------------------------------------------------------------ CLI
@@ -368,12 +369,12 @@ def test_cli_bad_key_exits_2_before_loading_a_model(tmp_path):
 
 def test_reward_names_and_gates_are_checked(tmp_path):
     with pytest.raises(ConfigError, match=r"rewards\[0\]\.fn: .*did you mean 'format'"):
-        config.load(None, ["rewards=[{fn: formt}]"])
+        load_config(None, ["rewards=[{fn: formt}]"])
     with pytest.raises(ConfigError, match=r"rewards\[1\]\.gate: 'acuracy'.*did you mean 'accuracy'"):
-        config.load(None, ["rewards=[{fn: answer_match, name: accuracy}, {fn: format, gate: acuracy}]"])
+        load_config(None, ["rewards=[{fn: answer_match, name: accuracy}, {fn: format, gate: acuracy}]"])
     with pytest.raises(ConfigError, match="at least one must add"):
-        config.load(None, ["rewards=[{fn: format, mode: gate}]"])
-    cfg = config.load(None, ["rewards=[{fn: format, mode: gate}, {fn: answer_match, gate: format, gate_min: 0.5}]"])
+        load_config(None, ["rewards=[{fn: format, mode: gate}]"])
+    cfg = load_config(None, ["rewards=[{fn: format, mode: gate}, {fn: answer_match, gate: format, gate_min: 0.5}]"])
     assert cfg.rewards[1].gate == "format" and cfg.rewards[0].mode == "gate"
 
 
@@ -382,17 +383,17 @@ def test_every_preset_has_a_recipe_that_uses_it():
         path = ROOT / "recipes" / "algorithms" / f"{name}.yaml"
         assert path.exists(), f"preset {name!r} has no recipe"
         assert f"preset: {name}" in path.read_text()
-        assert config.load(path).algorithm == config.load(None, [f"algorithm.preset={name}"]).algorithm
+        assert load_config(path).algorithm == load_config(None, [f"algorithm.preset={name}"]).algorithm
 
 
 def test_a_new_task_starts_its_kwargs_afresh():
-    demo = config.load(DEMO)
+    demo = load_config(DEMO)
     assert demo.data.eval.kwargs  # the rotation prompt and size
-    other = config.load(DEMO, ["data.eval={task: grounding, n: 4}"])
+    other = load_config(DEMO, ["data.eval={task: grounding, n: 4}"])
     assert other.data.eval.task == "grounding" and other.data.eval.kwargs == {}
-    same = config.load(DEMO, ["data.eval={task: rotation, n: 4}"])
+    same = load_config(DEMO, ["data.eval={task: rotation, n: 4}"])
     assert same.data.eval.kwargs == demo.data.eval.kwargs  # the same task keeps its options
-    assert config.load(DEMO, ["data.eval={path: x.jsonl}"]).data.eval.kwargs == {}
+    assert load_config(DEMO, ["data.eval={path: x.jsonl}"]).data.eval.kwargs == {}
 
 
 # ------------------------------------------------------------------------------------------ ranges
@@ -444,7 +445,7 @@ def test_a_new_task_starts_its_kwargs_afresh():
 )
 def test_out_of_range_value_names_key_value_and_range(override, key, got):
     with pytest.raises(ConfigError) as err:
-        config.load(DEMO, [override])
+        load_config(DEMO, [override])
     msg = str(err.value)
     assert msg.startswith(f"{key}: ") and f", {got} (valid: " in msg, msg
     assert "\n" not in msg  # one mistake, one line
@@ -452,10 +453,10 @@ def test_out_of_range_value_names_key_value_and_range(override, key, got):
 
 def test_range_message_format():
     with pytest.raises(ConfigError) as err:
-        config.load(DEMO, ["rollout.temperature=0"])
+        load_config(DEMO, ["rollout.temperature=0"])
     assert str(err.value) == "rollout.temperature: must be > 0, got 0 (valid: (0, ∞))"
     with pytest.raises(ConfigError) as err:
-        config.load(DEMO, ["trainer.lr=nan"])
+        load_config(DEMO, ["trainer.lr=nan"])
     assert str(err.value) == "trainer.lr: must be a number, got nan (valid: (0, ∞))"
 
 
@@ -468,16 +469,16 @@ def test_range_message_format():
      "rewards=[{fn: format, weight: -0.5}]", "data.video.max_pixels=null", "trainer.lr=1"],
 )
 def test_documented_edge_values_are_accepted(override):
-    config.load(DEMO, [override])
+    load_config(DEMO, [override])
 
 
 def test_booleans_are_not_numbers():
     with pytest.raises(ConfigError, match="rollout.temperature: expected a number"):
-        config.load(None, ["rollout.temperature=true"])
+        load_config(None, ["rollout.temperature=true"])
     cfg = config.Config()
     cfg.rollout.max_new_tokens = True  # built in code, not loaded: validation still refuses it
     with pytest.raises(ConfigError, match=r"rollout.max_new_tokens: must be >= 1, got True"):
-        config.validate(cfg)
+        validate_config(cfg)
 
 
 def _numeric_fields(cls: type, seen: set) -> list[tuple[type, str]]:
@@ -507,19 +508,19 @@ def test_every_numeric_field_has_a_range():
 
 def test_stages_must_not_be_empty():
     with pytest.raises(ConfigError) as err:
-        config.load(DEMO, ["stages=[]"])
+        load_config(DEMO, ["stages=[]"])
     assert str(err.value).startswith("stages: must list at least one stage, got []")
 
 
 def test_mini_batches_at_most_the_completions_per_step():
     knobs = ["trainer.prompts_per_step=2", "rollout.group_size=2"]
     with pytest.raises(ConfigError) as err:
-        config.load(None, [*knobs, "algorithm.mini_batches=5"])
+        load_config(None, [*knobs, "algorithm.mini_batches=5"])
     assert str(err.value) == ("algorithm.mini_batches: must be <= the completions per step (trainer.prompts_per_step"
                               " × rollout.group_size = 2 × 2 = 4), got 5 (valid: [1, 4])")
-    assert config.load(None, [*knobs, "algorithm.mini_batches=4"]).algorithm.mini_batches == 4
+    assert load_config(None, [*knobs, "algorithm.mini_batches=4"]).algorithm.mini_batches == 4
     sft_only = ["stages=[{name: a, kind: sft, steps: 1}]", "algorithm.mini_batches=5"]  # no RL update
-    assert config.load(None, [*knobs, *sft_only]).algorithm.mini_batches == 5
+    assert load_config(None, [*knobs, *sft_only]).algorithm.mini_batches == 5
 
 
 @pytest.mark.parametrize(
@@ -537,12 +538,12 @@ def test_mini_batches_at_most_the_completions_per_step():
 )
 def test_cross_field_checks(overrides, start):
     with pytest.raises(ConfigError) as err:
-        config.load(None, overrides)
+        load_config(None, overrides)
     assert str(err.value).startswith(start), str(err.value)
 
 
 def test_fps_or_num_frames():
-    assert config.load(None, ["data.video.num_frames=8", "data.video.fps=null"]).data.video.num_frames == 8
+    assert load_config(None, ["data.video.num_frames=8", "data.video.fps=null"]).data.video.num_frames == 8
 
 
 # ------------------------------------------------------------------------------------------ all at once
@@ -550,7 +551,7 @@ def test_fps_or_num_frames():
 
 def test_three_mistakes_are_reported_at_once_in_field_order():
     with pytest.raises(ConfigError) as err:
-        config.load(DEMO, ["trainer.lr=-1", "stages=[]", "rollout.temperature=0"])
+        load_config(DEMO, ["trainer.lr=-1", "stages=[]", "rollout.temperature=0"])
     assert err.value.errors == [
         "rollout.temperature: must be > 0, got 0 (valid: (0, ∞))",
         "stages: must list at least one stage, got [] (valid: a non-empty list of {name, kind, steps, …})",
@@ -561,7 +562,7 @@ def test_three_mistakes_are_reported_at_once_in_field_order():
 
 def test_unknown_keys_and_wrong_types_are_reported_at_once():
     with pytest.raises(ConfigError) as err:
-        config.load(None, ["trainer.lrr=1", "model.lora.rr=8", "trainer.seed=x", "stages=[{lr: a}, {steps: b}]"])
+        load_config(None, ["trainer.lrr=1", "model.lora.rr=8", "trainer.seed=x", "stages=[{lr: a}, {steps: b}]"])
     keys = [e.split(" ")[2] if e.startswith("unknown key") else e.split(":")[0] for e in err.value.errors]
     assert sorted(keys) == sorted(["'trainer.lrr';", "'model.lora.rr';", "trainer.seed", "stages[0].lr",
                                    "stages[1].steps"])
@@ -571,12 +572,12 @@ def test_unknown_keys_and_wrong_types_are_reported_at_once():
 def test_a_check_that_depends_on_a_failed_one_is_skipped():
     # an unknown pass: its options cannot be checked (and must not crash the check)
     with pytest.raises(ConfigError) as err:
-        config.load(None, ["rollout.extra_passes=[{kind: shuffle_optins, kwargs: {colum: x}}]"])
+        load_config(None, ["rollout.extra_passes=[{kind: shuffle_optins, kwargs: {colum: x}}]"])
     assert len(err.value.errors) == 1 and "did you mean 'shuffle_options'" in str(err.value)
     # a group size out of range gives one line, not also the RL group-size and mini-batch lines
     for override in ("rollout.group_size=0", "trainer.prompts_per_step=0"):
         with pytest.raises(ConfigError) as err:
-            config.load(None, [override, "algorithm.mini_batches=4"])
+            load_config(None, [override, "algorithm.mini_batches=4"])
         assert len(err.value.errors) == 1, err.value.errors
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mmrl import config
+from mmrl.cli.checks import load_config
 from mmrl.algorithms import PRESETS
 from mmrl.config import AlgorithmConfig, ConfigError
 from mmrl.runtime import DeviceError, Runtime, resolve_device
@@ -44,7 +44,7 @@ def test_device_names_resolve_or_fail_naming_the_key():
     with pytest.raises(DeviceError, match="'gpu' is not one of auto, cpu, cuda, cuda:N"):
         resolve_device("gpu")
     with pytest.raises(ConfigError, match="runtime.device: 'cuda0' is not one of"):
-        config.load(REPO / "recipes" / "demo.yaml", ["runtime.device=cuda0"])
+        load_config(REPO / "recipes" / "demo.yaml", ["runtime.device=cuda0"])
     rt = Runtime()
     assert rt.rows([4, 5, 6]) == [4, 5, 6] and rt.sum({"a": 1.5}) == {"a": 1.5} and rt.main
     assert torch.equal(rt.gather_rows(torch.arange(6, device="cpu").view(3, 2), 2), torch.tensor([[0, 1], [2, 3]]))
@@ -74,7 +74,7 @@ def test_sft_rl_eval_and_checkpoints_name_their_devices(tmp_path, tiny, device, 
     ref = trainer.policy.reference
     assert ref is None or {p.device.type for p in ref.parameters()} == {device}
     if device == "cuda":
-        state = trainer.optimizer.state_dict()["state"]
+        state = trainer.optim.optimizer.state_dict()["state"]
         assert all(v.device.type == "cuda" for s in state.values() for k, v in s.items() if k != "step")
 
 
@@ -93,7 +93,7 @@ def rl_trainer(request, tmp_path_factory, tiny, plugin):
                f"rewards=[{{fn: '{plugin}:spread', name: spread, isolate: never}}]")
     t = Trainer(cfg, log=lambda *a: None)
     t.policy.begin_rl(needs_reference=True, adapter_trained=False)
-    t._new_optimizer(cfg.stages[0])
+    t.optim.new(cfg.stages[0])
     yield t
 
 
@@ -118,25 +118,23 @@ def _variant_steps(t, variant, plugin) -> list[dict]:
     knobs = {k: v for k, v in variant.items() if k not in ("_name", "tis_cap")}
     t.cfg.algorithm = dataclasses.replace(AlgorithmConfig(), **knobs)
     t.cfg.rollout.tis_cap = variant.get("tis_cap")
-    t.replay = ReplayBuffer(t.cfg.algorithm.replay_capacity, t.cfg.algorithm.replay_alpha)
-    if t.cfg.algorithm.rehearsal_coef > 0 and t.rehearsal is None:
-        t.build_rehearsal()
-    terms, steps = t.terms, 2 if variant["_name"] == "filter_replay" else 1
+    t.rl.replay = ReplayBuffer(t.cfg.algorithm.replay_capacity, t.cfg.algorithm.replay_alpha)
+    if t.cfg.algorithm.rehearsal_coef > 0 and t.rl.rehearsal is None:
+        t.rl.build_rehearsal()
+    terms, steps = t.rl.scorer.terms, 2 if variant["_name"] == "filter_replay" else 1
     if steps == 2:
-        t.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
+        t.rl.scorer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
     try:
         out = []
         for _ in range(steps):
-            out.append(t.rl_step())
+            out.append(t.rl.run())
             t.progress.step += 1
         return out
     finally:
-        t.terms = terms
+        t.rl.scorer.terms = terms
 
 
 def test_every_preset_step_and_sampled_eval_name_their_devices(rl_trainer, plugin):
-    from mmrl.cli.evaluation import sampled_metrics
-
     t = rl_trainer
     strict = StrictDevices()
     with strict:
@@ -156,9 +154,9 @@ def test_every_preset_step_and_sampled_eval_name_their_devices(rl_trainer, plugi
                 assert steps[0]["rollout/kept_groups"] == 2 and metrics["rollout/replayed_groups"] == 2, steps
         t.cfg.rollout.tis_cap = None
         t.evaluate()
-        sampled_metrics(t, 2, temperature=1.0)
+        t.evaluator.sampled(2, temperature=1.0, step=t.progress.step)
     assert not strict.report(), "\n".join(strict.report())
-    assert t.rehearsal is None or t.rehearsal.logp0.device.type == t.runtime.device.type
+    assert t.rl.rehearsal is None or t.rl.rehearsal.logp0.device.type == t.runtime.device.type
 
 
 @pytest.mark.parametrize("recipe", ["acre", "vl_rethinker", "video_r1"])
@@ -166,7 +164,7 @@ def test_extra_pass_recipes_name_their_devices(tmp_path, zoo_cache, recipe):
     """ACRE's option shuffle, VL-Rethinker's forced rethinking, T-GRPO's shuffled frames (+ replay, video)."""
     if recipe == "video_r1":
         pytest.importorskip("av")
-    cfg = config.load(REPO / "recipes" / f"{recipe}.yaml", ["smoke=true", f"run.dir={tmp_path / 'run'}",
+    cfg = load_config(REPO / "recipes" / f"{recipe}.yaml", ["smoke=true", f"run.dir={tmp_path / 'run'}",
                                                              "run.progress=false"])
     cfg.stages = [dataclasses.replace(s, steps=min(s.steps, 1)) for s in cfg.stages]
     _, summary, strict = _strict_run(cfg)

@@ -124,13 +124,12 @@ def test_sharded_checkpoint_exports_for_from_pretrained(runs, zoo_cache):
     from transformers import AutoModelForImageTextToText
 
     from mmrl.datasets.synthetic import make
-    from mmrl.cli.evaluation import load_trainer
+    from mmrl.cli.evaluation import load_policy
     from mmrl.cli.export import export
 
     out = export(str(runs / "two"), str(runs / "export"))
     model = AutoModelForImageTextToText.from_pretrained(out).eval()
-    trainer, _, _ = load_trainer(str(runs / "two"))
-    policy = trainer.policy
+    policy, _, _ = load_policy(str(runs / "two"))
     _close(_final(runs / "two"), {k: v for k, v in model.state_dict().items() if k in _final(runs / "two")})
     prompt = policy.encode(make("rotation", 1, seed=9)[0])
     batch = policy.collate([prompt])

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from mmrl.cli.evaluation import pass_at_k, sampled_metrics
+from mmrl.train.evaluate import pass_at_k
 
 
 @pytest.mark.parametrize("n,c,k", [(n, c, k) for n in range(1, 7) for c in range(n + 1) for k in range(1, n + 1)])
@@ -32,12 +32,12 @@ def test_sampled_metrics_agree_with_the_scored_completions(tmp_path, tiny, lengt
     cfg = tiny(tmp_path / "run", f"rewards=[{{fn: '{length_reward}', name: len}}]", "algorithm.correct_threshold=2.0",
                "data.eval={task: grounding, n: 3, seed: 1}", "data.train={task: grounding, n: 8}")
     trainer = Trainer(cfg, log=lambda *a: None)
-    metrics, curve = sampled_metrics(trainer, 4, temperature=1.0, seed=0)
+    metrics, curve = trainer.evaluator.sampled(4, temperature=1.0, seed=0)
     # the same seeded samples, scored again by hand: correct = the length reward reaches 2.0 (20+ characters)
     from mmrl.rollout import SamplingParams
 
     r = cfg.rollout
-    ro = trainer.engine.generate(trainer._eval_inputs, 4, SamplingParams(
+    ro = trainer.engine.generate(trainer.evaluator.inputs, 4, SamplingParams(
         temperature=1.0, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens, seed=0, step=-1))
     ok = [min(len(t), 40) / 10 >= 2.0 for t in ro.texts]
     per_prompt = [sum(ok[g * 4 : (g + 1) * 4]) for g in range(3)]

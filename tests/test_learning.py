@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from mmrl import config
+from mmrl.cli.checks import load_config
 from mmrl.train import checkpoint
 from mmrl.algorithms import BASELINES
 from mmrl.algorithms.advantages import group_mean
@@ -36,7 +37,7 @@ if "test_shuffled_group_mean" not in BASELINES:
 
 
 def _cfg(run_dir: Path, *extra: str) -> config.Config:
-    return config.load(REPO / "recipes" / "demo.yaml", [
+    return load_config(REPO / "recipes" / "demo.yaml", [
         f"run.dir={run_dir}", "run.progress=false", "trainer.threads=1", "trainer.seed=0",
         "trainer.eval_every=0", "trainer.checkpoint_every=0", "trainer.keep_checkpoints=0",
         "trainer.log_rollouts_every=0", "data.eval.n=200", *extra,

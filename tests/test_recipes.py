@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mmrl import config
+from mmrl.cli.checks import load_config
 from mmrl.rewards.registry import default_name
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,8 +86,8 @@ def test_recipe_header_and_full_config(recipe):
         assert field(text, key), f"{recipe.name}: no '# {key}:' header field"
     rel = f"recipes/{recipe.name}"
     assert f"mmrl train {rel}" in text and f"mmrl train {rel} smoke=true" in text, f"{recipe.name}: commands"
-    config.load(recipe)  # the full recipe validates (registry names, presets, extra passes, data sources)
-    smoke = config.load(recipe, ["smoke=true"])
+    load_config(recipe)  # the full recipe validates (registry names, presets, extra passes, data sources)
+    smoke = load_config(recipe, ["smoke=true"])
     assert smoke.model.path.startswith("zoo:"), f"{recipe.name}: smoke must use the offline zoo model"
     assert sum(s.steps for s in smoke.stages) <= MAX_STEPS, f"{recipe.name}: smoke runs more than {MAX_STEPS} steps"
     assert smoke.trainer.prompts_per_step <= 4 and smoke.rollout.group_size <= 4
@@ -109,7 +110,7 @@ def test_recipe_smoke_trains(recipe, tmp_path, zoo_cache):
     from mmrl.train.trainer import Trainer
 
     run_dir = tmp_path / "run"
-    cfg = config.load(recipe, ["smoke=true", f"run.dir={run_dir}", "run.progress=false"])
+    cfg = load_config(recipe, ["smoke=true", f"run.dir={run_dir}", "run.progress=false"])
     cfg.stages = two_steps(cfg.stages)
     trainer = Trainer(cfg, log=lambda *a: None)
     before = {k: v.detach().clone() for k, v in _merged_weights(trainer).items()}

@@ -16,7 +16,7 @@ from mmrl.datasets.jsonl import write_jsonl
 from mmrl.datasets.sample import Sample
 from mmrl.datasets.synthetic import make
 from mmrl.rewards.isolation import make_term
-from mmrl.train.rl_step import check_reward_columns
+from mmrl.train.scoring import check_reward_columns
 
 
 def _rotation_file(path: Path, n: int, *, answered: int = 0) -> Path:

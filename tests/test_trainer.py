@@ -13,7 +13,9 @@ from safetensors.torch import load_file
 from mmrl import config
 from mmrl.train import checkpoint
 from mmrl.errors import BadSampleError
-from mmrl.train.trainer import Trainer, batch_indices
+from mmrl.train.build import load_weights
+from mmrl.train.data import batch_indices
+from mmrl.train.trainer import Trainer
 
 pytestmark = pytest.mark.integration
 
@@ -24,7 +26,7 @@ def _snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def _logprobs(trainer: Trainer) -> torch.Tensor:
     """Log-probs of fixed completions on two eval prompts (the policy's own scoring path)."""
-    prompts = trainer.encode(trainer.eval_data[:2])
+    prompts = trainer.batches.encode(trainer.data.eval[:2])
     batch = trainer.policy.collate(prompts)
     ids = trainer.policy.tokenizer(["<answer>90</answer>", "<answer>180</answer>"], add_special_tokens=False,
                                    padding=True, padding_side="right", return_tensors="pt")
@@ -102,7 +104,7 @@ def test_lora_rl_changes_only_adapters_and_reloads(tmp_path, tiny, length_reward
     # A fresh policy + the saved adapter gives identical log-probs.
     fresh = Trainer(cfg, log=lambda *a: None)
     assert not torch.equal(_logprobs(fresh), expected)
-    fresh.load_weights(checkpoint.latest(tmp_path / "run" / "checkpoints"))
+    load_weights(fresh.policy, checkpoint.latest(tmp_path / "run" / "checkpoints"))
     assert torch.equal(_logprobs(fresh), expected)
 
 
@@ -117,7 +119,7 @@ def test_lora_sft_then_rl_merges_adapter_at_the_boundary(tmp_path, tiny, length_
     assert kls[0] == 0.0 and kls[-1] > 0.0
     expected = _logprobs(trainer)
     fresh = Trainer(cfg, log=lambda *a: None)
-    fresh.load_weights(checkpoint.latest(tmp_path / "run" / "checkpoints"))
+    load_weights(fresh.policy, checkpoint.latest(tmp_path / "run" / "checkpoints"))
     assert torch.equal(_logprobs(fresh), expected)
 
 
@@ -197,12 +199,12 @@ def test_over_long_prompts_are_dropped_whole_and_counted(tmp_path, tiny):
     lengths = [trainer.policy.encode(s, trainer.cfg.data.system_prompt).length for s in (short, long)]
     assert lengths[0] < lengths[1]
     trainer.cfg.data.max_prompt_tokens = lengths[0]
-    kept = trainer.encode([short, long])
+    kept = trainer.batches.encode([short, long])
     assert [p.sample.id for p in kept] == [short.id] and trainer.progress.too_long == 1
     assert kept[0].length == lengths[0]  # kept prompts are untouched, never truncated
     trainer.cfg.data.max_prompt_tokens = lengths[0] - 1
     with pytest.raises(BadSampleError, match="max_prompt_tokens"):
-        trainer.encode([short, long])
+        trainer.batches.encode([short, long])
 
 
 def test_weighted_mix_of_sources_splits_each_batch(tmp_path, tiny, length_reward, check_logged_run):
@@ -210,14 +212,14 @@ def test_weighted_mix_of_sources_splits_each_batch(tmp_path, tiny, length_reward
                "stages=[{name: rl, kind: rl, steps: 2}]", f"rewards=[{{fn: answer_match, name: accuracy}},"
                f" {{fn: format, weight: 0.1}}, {{fn: '{length_reward}', name: len}}]")  # + characters / 10: a gradient
     trainer = Trainer(cfg, log=lambda *a: None)
-    assert len(trainer.train_data) == 32
+    assert len(trainer.data.train) == 32
     batches = []
     for step in range(3):
         trainer.progress.step = step
-        batch = trainer._batch(4)
+        batch = trainer.batches.samples(4)
         assert sorted(s.task for s in batch) == ["puzzle/rotation"] * 3 + ["temporal/motion"]
         batches.append(batch)
-    data = {s.id: s for s in trainer.train_data}
+    data = {s.id: s for s in trainer.data.train}
     trainer.progress.step = 0
     trainer.run()
     logged = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
@@ -232,16 +234,17 @@ def test_weighted_mix_of_sources_splits_each_batch(tmp_path, tiny, length_reward
 def test_thought_dropout_in_sft_targets(tmp_path, tiny):
     import doctest
 
-    import mmrl.train.trainer as trainer_module
+    import mmrl.train.sft_step as sft_module
     from mmrl.config import StageConfig
 
-    assert doctest.testmod(trainer_module).failed == 0
+    result = doctest.testmod(sft_module)
+    assert result.failed == 0 and result.attempted > 0
     trainer = Trainer(tiny(tmp_path / "run"), log=lambda *a: None)
-    prompts = trainer.encode(trainer._batch(4))
+    prompts = trainer.batches.encode(trainer.batches.samples(4))
     for p in prompts:
         p.sample.meta["response"] = f"<think>because {p.sample.answer}</think><answer>{p.sample.answer}</answer>"
-    kept = trainer.sft_targets(prompts, StageConfig(kind="sft", thought_dropout=0.0))
-    dropped = trainer.sft_targets(prompts, StageConfig(kind="sft", thought_dropout=1.0))
+    kept = trainer.sft.targets(prompts, StageConfig(kind="sft", thought_dropout=0.0))
+    dropped = trainer.sft.targets(prompts, StageConfig(kind="sft", thought_dropout=1.0))
     assert all(t.startswith("<think>because") for t in kept)
     assert all(t.startswith("<think>\n\n</think><answer>") for t in dropped)
 

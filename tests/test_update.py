@@ -37,11 +37,11 @@ def trainer(tmp_path_factory, tiny, plugin):
                "stages=[{name: rl, kind: rl, steps: 100}]", "trainer.threads=2", "trainer.log_rollouts_every=0")
     t = Trainer(cfg, log=lambda *a: None)
     t.policy.begin_rl(needs_reference=True, adapter_trained=False)
-    t._new_optimizer(cfg.stages[0])
+    t.optim.new(cfg.stages[0])
     INITIAL[id(t)] = {k: v.detach().clone() for k, v in t.policy.hf.state_dict().items()}
     yield t
     INITIAL.pop(id(t))
-    for term in t.terms:
+    for term in t.rl.scorer.terms:
         getattr(term.fn, "close", lambda: None)()
 
 
@@ -63,11 +63,11 @@ def _restart(trainer) -> None:
 
     trainer.policy.hf.load_state_dict(INITIAL[id(trainer)])
     trainer.reset_reference(trainer.cfg.stages[0])
-    trainer._new_optimizer(trainer.cfg.stages[0])
+    trainer.optim.new(trainer.cfg.stages[0])
     trainer.progress.step = 0
     trainer.progress.prompt_accuracy.clear()
-    trainer.replay = ReplayBuffer(trainer.cfg.algorithm.replay_capacity, trainer.cfg.algorithm.replay_alpha)
-    trainer.rehearsal = None
+    trainer.rl.replay = ReplayBuffer(trainer.cfg.algorithm.replay_capacity, trainer.cfg.algorithm.replay_alpha)
+    trainer.rl.rehearsal = None
 
 
 @pytest.mark.parametrize("preset", PRESETS.names())
@@ -80,7 +80,7 @@ def test_every_preset_matches_its_recorded_two_steps(trainer, preset):
     before = _weights(trainer)
     got = []
     for _ in range(2):
-        metrics = trainer.rl_step()
+        metrics = trainer.rl.run()
         trainer.progress.step += 1
         finite = {k: v for k, v in metrics.items() if isinstance(v, float)}
         assert all(math.isfinite(v) for v in finite.values()), metrics
@@ -101,7 +101,7 @@ def test_every_preset_matches_its_recorded_two_steps(trainer, preset):
 
 
 def test_masked_pass_changes_only_pixels(trainer):
-    prompts = trainer.encode(trainer._batch(2))
+    prompts = trainer.batches.encode(trainer.batches.samples(2))
     batch = trainer.policy.collate(prompts, repeats=2)
     algo = dataclasses.replace(AlgorithmConfig(), mask_ratio=0.5)
     masked = masked_batch(trainer.policy, batch, algo, seed=3)
@@ -120,14 +120,15 @@ def test_masked_pass_changes_only_pixels(trainer):
 def test_dynamic_sampling_refills_filtered_groups(trainer, plugin):
     from mmrl.rewards.isolation import make_term
 
-    terms = trainer.terms
-    trainer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
+    terms = trainer.rl.scorer.terms
+    trainer.rl.scorer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
     try:
         _with(trainer, group_filter="nonzero_std", max_gen_batches=3)
-        prompts, kept, seen = trainer.generate()
-        metrics = trainer.rl_step()
+        gen = trainer.rl.generate()
+        prompts, kept, seen = gen.prompts, gen.kept, gen.seen
+        metrics = trainer.rl.run()
     finally:
-        trainer.terms = terms
+        trainer.rl.scorer.terms = terms
     assert len(seen) == 2 * 4 * 4 and len(kept) == 4 * 4  # even-indexed groups tie (all 0): two batches fill 4
     assert metrics["rollout/kept_groups"] == 4 and metrics["rollout/generated_groups"] == 8
     assert len(prompts) == 8 and all(seen.total[i] == 0 for i in range(4))  # group 0 of batch 1 is tied
@@ -140,14 +141,15 @@ def test_batch_std_spans_the_generated_batch_filtered_groups_included(trainer, p
     0 included), as ROLL normalises before it masks; over the 4 kept groups alone it would differ."""
     from mmrl.rewards.isolation import make_term
 
-    terms = trainer.terms
-    trainer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
+    terms = trainer.rl.scorer.terms
+    trainer.rl.scorer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]
     try:
         _with(trainer, group_filter="nonzero_std", max_gen_batches=3, scale="batch_std", adv_eps=0.0)
-        prompts, kept, seen = trainer.generate()
-        trainer.advantage(prompts, kept, seen)
+        gen = trainer.rl.generate()
+        prompts, kept, seen = gen.prompts, gen.kept, gen.seen
+        kept = trainer.rl.advantages(prompts, kept, seen).rollouts
     finally:
-        trainer.terms = terms
+        trainer.rl.scorer.terms = terms
     r = kept.total.view(-1, 4)
     centred = (r - r.mean(dim=1, keepdim=True)).reshape(-1)
     torch.testing.assert_close(kept.advantages, centred / seen.total.std())
@@ -157,14 +159,14 @@ def test_batch_std_spans_the_generated_batch_filtered_groups_included(trainer, p
 def test_all_groups_filtered_skips_the_update(trainer, plugin):
     from mmrl.rewards.isolation import make_term
 
-    terms = trainer.terms
-    trainer.terms = [make_term("format", name="fmt")]  # an untrained policy never answers in format: all 0
+    terms = trainer.rl.scorer.terms
+    trainer.rl.scorer.terms = [make_term("format", name="fmt")]  # an untrained policy never answers in format: all 0
     try:
         _with(trainer, group_filter="nonzero_std", max_gen_batches=2)
         before = _weights(trainer)
-        metrics = trainer.rl_step()
+        metrics = trainer.rl.run()
     finally:
-        trainer.terms = terms
+        trainer.rl.scorer.terms = terms
     assert metrics["actor/skipped"] == 1.0 and metrics["rollout/kept_groups"] == 0
     assert metrics["rollout/generated_groups"] == 8 and torch.equal(before, _weights(trainer))
 
@@ -172,13 +174,13 @@ def test_all_groups_filtered_skips_the_update(trainer, plugin):
 def test_epochs_and_mini_batches_anchor_the_ratio_to_the_rollout_policy(trainer):
     _with(trainer, ppo_epochs=2, mini_batches=2, clip_low=1e-4, clip_high=1e-4)
     steps = []
-    trainer.optimizer.step = (lambda orig: (lambda *a, **k: (steps.append(1), orig(*a, **k))[1]))(trainer.optimizer.step)
-    lr_before = trainer.scheduler.last_epoch
+    trainer.optim.optimizer.step = (lambda orig: (lambda *a, **k: (steps.append(1), orig(*a, **k))[1]))(trainer.optim.optimizer.step)
+    lr_before = trainer.optim.scheduler.last_epoch
     try:
-        metrics = trainer.rl_step()
+        metrics = trainer.rl.run()
     finally:
-        del trainer.optimizer.step  # back to the class method
-    assert len(steps) == 4 and trainer.scheduler.last_epoch == lr_before + 1  # one schedule step per RL step
+        del trainer.optim.optimizer.step  # back to the class method
+    assert len(steps) == 4 and trainer.optim.scheduler.last_epoch == lr_before + 1  # one schedule step per RL step
     assert metrics["actor/clip_frac"] > 0  # after the first step π_θ ≠ π_old: the tight clip engages
 
 
@@ -188,35 +190,35 @@ def test_the_lr_schedule_advances_once_per_rl_step_whatever_the_chunking(trainer
     advance only on chunk m − 1, which these splits never reach, and `actor/lr` froze."""
     _with(trainer, mini_batches=mini_batches)
     calls = []
-    trainer.optimizer.step = (lambda orig: (lambda *a, **k: (calls.append(1), orig(*a, **k))[1]))(trainer.optimizer.step)
-    lr_before = trainer.scheduler.last_epoch
+    trainer.optim.optimizer.step = (lambda orig: (lambda *a, **k: (calls.append(1), orig(*a, **k))[1]))(trainer.optim.optimizer.step)
+    lr_before = trainer.optim.scheduler.last_epoch
     try:
-        metrics = trainer.rl_step()
+        metrics = trainer.rl.run()
     finally:
-        del trainer.optimizer.step
-    assert len(calls) == steps and trainer.scheduler.last_epoch == lr_before + 1
+        del trainer.optim.optimizer.step
+    assert len(calls) == steps and trainer.optim.scheduler.last_epoch == lr_before + 1
     assert math.isfinite(metrics["actor/loss"])
 
 
 def test_kl_in_the_reward_is_zero_against_an_identical_reference(trainer):
     trainer.reset_reference(trainer.cfg.stages[0])
     _with(trainer, kl_coef=0.5, kl_placement="reward", kl_estimator="k1")
-    metrics = trainer.rl_step()
+    metrics = trainer.rl.run()
     assert metrics["actor/kl_in_reward"] == 0.0 and "actor/kl" not in metrics
-    metrics = trainer.rl_step()  # the policy moved: a non-zero penalty
+    metrics = trainer.rl.run()  # the policy moved: a non-zero penalty
     assert metrics["actor/kl_in_reward"] != 0.0
 
 
 def test_reference_reset_copies_the_policy_and_clears_adam(trainer):
     _with(trainer, kl_coef=0.01)
-    trainer.rl_step()
-    assert trainer.optimizer.state
+    trainer.rl.run()
+    assert trainer.optim.optimizer.state
     ref = trainer.policy.reference.state_dict()
     cur = trainer.policy.hf.state_dict()
     assert any(not torch.equal(ref[k], cur[k]) for k in cur)
     trainer.reset_reference(trainer.cfg.stages[0])
     ref = trainer.policy.reference.state_dict()
-    assert all(torch.equal(ref[k], cur[k]) for k in cur) and not trainer.optimizer.state
+    assert all(torch.equal(ref[k], cur[k]) for k in cur) and not trainer.optim.optimizer.state
 
 
 @pytest.mark.parametrize("recipe", ["acre", "vl_rethinker", "t_grpo"])
@@ -224,12 +226,12 @@ def test_extra_pass_recipes_train(tmp_path, tiny, recipe):
     """The method recipes whose extra passes change the rollout run end to end (2 RL steps, tiny sizes)."""
     from pathlib import Path
 
-    from mmrl import config
+    from mmrl.cli.checks import load_config
     from mmrl.train.trainer import Trainer
 
     path = Path(__file__).resolve().parent.parent / "recipes" / "algorithms" / f"{recipe}.yaml"
     overrides = [o for o in tiny.overrides(tmp_path / "run") if not o.startswith("stages=")]
-    cfg = config.load(path, [*overrides, "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.threads=2",
+    cfg = load_config(path, [*overrides, "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.threads=2",
                              "rollout.max_new_tokens=8"])
     trainer = Trainer(cfg, log=lambda *a: None)
     trainer.run()
@@ -250,17 +252,17 @@ def test_replay_fills_groups_the_filter_dropped(trainer, plugin):
     from mmrl.rewards.isolation import make_term
     from mmrl.rollout.replay import ReplayBuffer
 
-    terms = trainer.terms
-    trainer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]  # half the groups tie
-    trainer.replay = ReplayBuffer(capacity=8)
+    terms = trainer.rl.scorer.terms
+    trainer.rl.scorer.terms = [make_term(f"{plugin}:odd_only", name="odd", isolate="never")]  # half the groups tie
+    trainer.rl.replay = ReplayBuffer(capacity=8)
     try:
         _with(trainer, group_filter="nonzero_std", max_gen_batches=1, replay_capacity=8)
-        first = trainer.rl_step()
+        first = trainer.rl.run()
         trainer.progress.step += 1
-        second = trainer.rl_step()
+        second = trainer.rl.run()
     finally:
-        trainer.terms = terms
-        trainer.replay = ReplayBuffer(0)
+        trainer.rl.scorer.terms = terms
+        trainer.rl.replay = ReplayBuffer(0)
     assert first["rollout/kept_groups"] == 2 and first["rollout/replayed_groups"] == 0  # the buffer was empty
     assert first["rollout/replay_size"] == 2
     assert second["rollout/replayed_groups"] == 2 and second["rollout/replay_size"] == 4
@@ -270,16 +272,16 @@ def test_replay_fills_groups_the_filter_dropped(trainer, plugin):
 def test_prompt_weighting_records_accuracy_and_draws_part_of_the_batch(trainer):
     _with(trainer, prompt_weighting="variance", prompt_weight_mix=0.5)
     trainer.progress.prompt_accuracy.clear()
-    trainer.rl_step()
+    trainer.rl.run()
     seen = dict(trainer.progress.prompt_accuracy)
     assert len(seen) == 4 and all(0.0 <= v <= 1.0 for v in seen.values())
     trainer.progress.step += 1
-    batch = trainer._batch(4, weighted=True)
+    batch = trainer.batches.samples(4, weighted=True)
     assert len({s.id for s in batch}) == 4  # two from the uniform stream, two drawn by weight, all distinct
-    from mmrl.train.trainer import batch_indices
+    from mmrl.train.data import batch_indices
 
-    stream = batch_indices(len(trainer.train_data), 2, trainer.progress.step, trainer.cfg.trainer.seed)
-    assert [s.id for s in batch[:2]] == [trainer.train_data[i].id for i in stream]
+    stream = batch_indices(len(trainer.data.train), 2, trainer.progress.step, trainer.cfg.trainer.seed)
+    assert [s.id for s in batch[:2]] == [trainer.data.train[i].id for i in stream]
 
     from mmrl.train.trainer import Progress
 
@@ -291,16 +293,16 @@ def test_rehearsal_divergence_to_the_initial_policy(trainer):
 
     _with(trainer, rehearsal_coef=0.5, rehearsal_divergence="forward_kl", correct_threshold=0.0,
           rehearsal_prompts=2, rehearsal_batch=4)  # threshold 0: π₀ "solves" every prompt
-    trainer.build_rehearsal()
-    reh = trainer.rehearsal
+    trainer.rl.build_rehearsal()
+    reh = trainer.rl.rehearsal
     assert len(reh) == 2 * 4 and len(reh.prompts) == 2
-    first = trainer.rl_step()
+    first = trainer.rl.run()
     assert abs(first["actor/rehearsal_div"]) < 1e-5  # π_θ = π₀ at the first step: f(1) = 0
     trainer.progress.step += 1
-    second = trainer.rl_step()
+    second = trainer.rl.run()
     assert second["actor/rehearsal_div"] > 1e-6  # the policy moved away from π₀ and is pulled back
     state = reh.state()
-    by_id = {s.id: s for s in trainer.train_data}
+    by_id = {s.id: s for s in trainer.data.train}
     again = from_state(state, lambda ids: [trainer.policy.encode(by_id[i]) for i in ids], trainer.policy.pad_id)
     assert again.state() == state
-    trainer.rehearsal = None
+    trainer.rl.rehearsal = None

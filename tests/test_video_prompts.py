@@ -140,7 +140,7 @@ def test_synthetic_event_task_in_memory_on_disk_and_in_training(tmp_path, tiny, 
     encoded = trainer.policy.encode(sample, video=VideoConfig(max_frames=16))
     assert encoded.clips == [pytest.approx([k / 4 for k in range(16)])] and "pixel_values_videos" in encoded.tensors
     trainer.run()  # two GRPO steps on in-memory clips
-    rl = check_logged_run(tmp_path / "run", trainer.cfg, [s.id for s in trainer.train_data])
+    rl = check_logged_run(tmp_path / "run", trainer.cfg, [s.id for s in trainer.data.train])
     assert len(rl) == 2 and all(r["reward/temporal_iou/missing"] == 0 for r in rl)  # every answer has a span
     assert any(r["adv/zero_frac"] < 1 for r in rl)
 

@@ -32,6 +32,7 @@ def _fail(code: int, message: str) -> int:
 
 def cmd_train(args) -> int:
     from mmrl import config
+    from mmrl.cli.checks import load_config
 
     recipe = args.recipe
     overrides = list(args.overrides)
@@ -41,7 +42,7 @@ def cmd_train(args) -> int:
     recipe = recipe or (str(DEFAULT_RECIPE) if DEFAULT_RECIPE.exists() else None)
     try:
         recipe = resolve_recipe(recipe) if recipe else None
-        cfg = config.load(recipe, overrides)
+        cfg = load_config(recipe, overrides)
     except (config.ConfigError, ValueError) as e:
         return _fail(2, str(e))
     _quiet_hub()

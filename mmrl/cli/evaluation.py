@@ -15,13 +15,12 @@ task) go to the report's `sampled` block, and the pass@j curve (j = 1 … k) to 
 from __future__ import annotations
 
 import json
-import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from mmrl import config
+from mmrl.cli.checks import load_config
 from mmrl.train import checkpoint
 
 
@@ -64,9 +63,9 @@ def resolve_source(source: str | Path, *,
     raise EvalError(f"{source}: not a run directory, checkpoint (no {checkpoint.STATE_FILE}) or model (no config.json)")
 
 
-def load_trainer(source: str | Path, overrides: list[str] = (), *, build: bool = True,
-                 log: Callable[[str], None] = _to_stderr):
-    """A Trainer whose policy carries SOURCE's weights (used by eval and export); checkpoint notes go to `log`."""
+def load_policy(source: str | Path, overrides: list[str] = (), *, log: Callable[[str], None] = _to_stderr):
+    """(policy with SOURCE's weights, its run's config, the checkpoint or None), built as training builds them
+    (`mmrl.train.build`) without loading training data; checkpoint notes go to `log`. Used by eval and export."""
     cfg_path, ck, model_dir = resolve_source(source, log=log)
     extra = [f"model.path={model_dir}"] if model_dir else []
     base = str(cfg_path) if cfg_path else None
@@ -75,73 +74,30 @@ def load_trainer(source: str | Path, overrides: list[str] = (), *, build: bool =
 
         base = str(DEFAULT_RECIPE)
         extra += ["model.mode=full"]
-    cfg = config.load(base, [*extra, "resume=none", "run.progress=false", *overrides])
-    from mmrl.train.trainer import Trainer
+    cfg = load_config(base, [*extra, "resume=none", "run.progress=false", *overrides])
+    from mmrl.train.build import build_policy, load_weights
 
-    trainer = Trainer(cfg, log=lambda *a: None)
+    policy = build_policy(cfg)
     if ck is not None:
-        trainer.load_weights(ck)
-    return trainer, cfg, ck
+        load_weights(policy, ck)
+    return policy, cfg, ck
 
 
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k from n samples of which c are correct: 1 − C(n−c, k) / C(n, k) (Chen et al. 2021,
-    "Evaluating Large Language Models Trained on Code", arXiv:2107.03374).
+def evaluator(cfg, policy):
+    """The held-out `Evaluator` of `cfg` (its `data.eval`, its run's rewards) for `policy`."""
+    from mmrl.train.build import build_engine, build_eval_data, build_rewards
+    from mmrl.train.data import encode_samples
+    from mmrl.train.evaluate import Evaluator
+    from mmrl.train.scoring import Scorer, check_reward_columns
+    from mmrl.train.trainer import Progress
 
-    >>> pass_at_k(4, 0, 2), pass_at_k(4, 4, 1), round(pass_at_k(4, 1, 2), 4)
-    (0.0, 1.0, 0.5)
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"pass@k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    return 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
-
-def sampled_metrics(trainer, k: int, *, temperature: float, seed: int = 0,
-                    correct: str | None = None) -> tuple[dict[str, float], dict[int, float]]:
-    """avg@k and pass@k of the held-out prompts with k samples each at `temperature` (seeded per prompt).
-
-    A completion is correct when the total reward reaches `algorithm.correct_threshold` (as in training), or —
-    with `correct: NAME` — when reward NAME does. Returns (metrics, the pass@j curve for j = 1 … k): `avg@k/<reward>`
-    (mean over every sample), `pass@k`, `pass@1` (unbiased, = mean accuracy), and the same per `Sample.task` as
-    `<task>/pass@k` and `<task>/avg@k/total` when the data mixes tasks.
-    """
-    from mmrl.rollout import SamplingParams
-
-    if k < 1:
-        raise ValueError(f"k must be >= 1, got {k}")
-    inputs = trainer._eval_inputs if trainer._eval_inputs is not None else trainer.encode(trainer.eval_data)
-    trainer._eval_inputs = inputs
-    r, threshold = trainer.cfg.rollout, trainer.cfg.algorithm.correct_threshold
-    params = SamplingParams(temperature=temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
-                            seed=seed, step=-1)
-    values: dict[str, list[float]] = {}
-    correct_counts: list[int] = []
-    for i in range(0, len(inputs), trainer.cfg.trainer.eval_batch):
-        chunk = inputs[i : i + trainer.cfg.trainer.eval_batch]
-        ro = trainer.engine.generate(chunk, k, params, batch_prompts=r.batch_prompts)
-        trainer.score(ro, chunk, trainer.base_terms)
-        if correct is not None and correct not in ro.rewards:
-            raise ValueError(f"correct={correct!r} is not one of the rewards ({', '.join(ro.rewards)})")
-        judged = ro.total.tolist() if correct is None else [v if v is not None else 0.0 for v in ro.rewards[correct]]
-        for g in range(len(chunk)):
-            correct_counts.append(sum(v >= threshold for v in judged[g * k : (g + 1) * k]))
-        values.setdefault("total", []).extend(ro.total.tolist())
-        for name, vals in ro.rewards.items():
-            values.setdefault(name, []).extend(v for v in vals if v is not None)
-    out = {f"avg@{k}/{name}": sum(v) / len(v) for name, v in values.items() if v}
-    curve = {j: sum(pass_at_k(k, c, j) for c in correct_counts) / len(correct_counts) for j in range(1, k + 1)}
-    out.update({f"pass@{k}": curve[k], "pass@1": curve[1], "n_prompts": len(inputs), "k": k,
-                "temperature": temperature})
-    tasks = [p.sample.task or "-" for p in inputs]
-    if len(set(tasks)) > 1:
-        for task in sorted(set(tasks)):
-            rows = [j for j, t in enumerate(tasks) if t == task]
-            out[f"{task}/pass@{k}"] = sum(pass_at_k(k, correct_counts[j], k) for j in rows) / len(rows)
-            totals = [values["total"][j * k + g] for j in rows for g in range(k)]
-            out[f"{task}/avg@{k}/total"] = sum(totals) / len(totals)
-    return out, curve
+    terms, _ = build_rewards(cfg)
+    samples, _ = build_eval_data(cfg)
+    ev = cfg.data.eval
+    check_reward_columns(terms, {f"data.eval ({ev.path or ev.task})": samples})
+    progress = Progress()  # counts the samples skipped while encoding
+    return Evaluator(cfg, engine=build_engine(cfg, policy), scorer=Scorer(terms, sum(s.steps for s in cfg.stages)),
+                     encode=lambda batch: encode_samples(policy, batch, cfg.data, progress), samples=samples)
 
 
 def run_eval(source: str, *, data: str | None = None, task: str | None = None, n: int | None = None,
@@ -154,27 +110,28 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
         over.append(f"data.eval={{task: {task}, n: {n or 200}, seed: 1}}")
     elif n:
         over.append(f"data.eval.n={n}")
-    trainer, cfg, ck = load_trainer(source, over)
-    metrics = trainer.evaluate()
+    policy, cfg, ck = load_policy(source, over)
+    ev = evaluator(cfg, policy)
+    metrics = ev.greedy(step=0)
     name = Path(data).stem if data else (task or cfg.data.eval.task or "eval")
     root = Path(out) if out else (cfg.run_dir if ck is not None else Path("runs/eval")) / "eval" / name
     root.mkdir(parents=True, exist_ok=True)
     report = {"source": str(source), "checkpoint": str(ck) if ck else None, "metrics": metrics,
               "data": {"eval": vars(cfg.data.eval)}, "model": cfg.model.path}
-    if any(isinstance(smp.answer, dict) and "boxes" in smp.answer for smp in trainer.eval_data):
+    if any(isinstance(smp.answer, dict) and "boxes" in smp.answer for smp in ev.samples):
         from mmrl.train.plots import box_grid
 
-        inputs = trainer._eval_inputs  # the encoded ones (a skipped sample has no completion)
-        report["boxes_png"] = str(box_grid([p.sample for p in inputs], trainer.last_eval_texts,
+        inputs = ev.inputs  # the encoded ones (a skipped sample has no completion)
+        report["boxes_png"] = str(box_grid([p.sample for p in inputs], ev.texts,
                                            [p.answer_geometry for p in inputs], root / "boxes.png"))
     if k:
-        sampled, curve = sampled_metrics(trainer, k, temperature=temperature, seed=cfg.trainer.seed, correct=correct)
+        sampled, curve = ev.sampled(k, temperature=temperature, seed=cfg.trainer.seed, correct=correct)
         report["sampled"] = sampled
         from mmrl.train.plots import pass_curve
 
         report["pass_at_k_png"] = str(pass_curve(curve, root / "pass_at_k.png", title=f"{name}, T = {temperature:g}"))
     report["completions"] = [{"id": smp.id, "answer": smp.answer, "completion": t}
-                             for smp, t in list(zip([p.sample for p in trainer._eval_inputs], trainer.last_eval_texts))[:8]]
+                             for smp, t in list(zip([p.sample for p in ev.inputs], ev.texts))[:8]]
     path = root / "report.json"
     path.write_text(json.dumps(report, indent=1, default=str))
     report["path"] = str(path)

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mmrl.cli.evaluation import EvalError, load_trainer
+from mmrl.cli.evaluation import EvalError, load_policy
 
 
 def export(source: str, out: str, *, merge_lora: bool = False) -> Path:
-    trainer, cfg, ck = load_trainer(source)
-    policy = trainer.policy
+    policy, cfg, ck = load_policy(source)
     out_dir = Path(out)
     lora = cfg.model.mode == "lora"
     if lora and not merge_lora and policy.merged_adapters:  # refused before anything is written

@@ -3,9 +3,10 @@
 Precedence: dataclass defaults < algorithm preset < `extends:` chain < the recipe < its `smoke:` block (with
 `smoke=true`) < command-line `key=value` overrides; mappings merge deeply, lists replace.
 Unknown keys and wrong types raise `ConfigError` naming the dotted key (and the closest valid key) before any
-model loads; then `validate` checks every numeric field's range (`RANGES`), registry names and cross-field rules
+model loads; then `validate` checks every numeric field's range (`RANGES`), the registry names (each part checks
+its own: `mmrl.<part>.checks`, composed by `mmrl.cli.checks.load_config`, the loader to call) and cross-field rules
 (`CHECKS`). Each phase reports every problem it finds at once, one `key: what is wrong, got V (valid: RANGE)` line
-each; the CLI turns that into exit status 2.
+each; the CLI turns that into exit status 2. This package imports no other part of mmrl: they all import it.
 
 Sections (every field is documented where it is declared):
 
@@ -28,11 +29,12 @@ from mmrl.config.sections import (
     KernelsConfig, LoraConfig, MixSource, ModelConfig, RewardConfig, RolloutConfig, RunConfig, RuntimeConfig,
     StageConfig, TrainerConfig, VideoConfig,
 )
-from mmrl.config.validation import RANGES, Range, range_errors, ranges_of, validate
+from mmrl.config.validation import RANGES, Check, Range, data_sources, range_errors, ranges_of, reward_lists, validate
 
 __all__ = [
-    "AlgorithmConfig", "Config", "ConfigError", "DataConfig", "DataSource", "DistributedConfig", "ExtraPassConfig",
-    "KernelsConfig", "LoraConfig", "MixSource", "ModelConfig", "RANGES", "Range", "RewardConfig", "RolloutConfig",
-    "RunConfig", "RuntimeConfig", "StageConfig", "TrainerConfig", "VideoConfig", "deep_merge", "dump", "load",
-    "merge_layer", "parse_override", "range_errors", "ranges_of", "to_dict", "validate",
+    "AlgorithmConfig", "Check", "Config", "ConfigError", "DataConfig", "DataSource", "DistributedConfig",
+    "ExtraPassConfig", "KernelsConfig", "LoraConfig", "MixSource", "ModelConfig", "RANGES", "Range", "RewardConfig",
+    "RolloutConfig", "RunConfig", "RuntimeConfig", "StageConfig", "TrainerConfig", "VideoConfig", "data_sources",
+    "deep_merge", "dump", "load", "merge_layer", "parse_override", "range_errors", "ranges_of", "reward_lists",
+    "to_dict", "validate",
 ]

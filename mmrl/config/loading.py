@@ -1,6 +1,7 @@
 """Building a `Config`: a recipe's `extends:` chain, its algorithm preset, the `smoke:` block and command-line
 `key=value` overrides merged in that order, then every value converted to its field's type (unknown keys and
-wrong types reported together), then `validate`."""
+wrong types reported together), then `validate`. Presets and registry checks belong to other parts: `load` takes
+them as arguments (`mmrl.cli.checks.load_config` passes them)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,8 @@ from typing import Any, Literal
 import yaml
 
 from mmrl.config.sections import Config, ConfigError
-from mmrl.config.validation import validate
-from mmrl.registry import closest
+from mmrl.config.validation import Check, validate
+from mmrl.registry import UnknownNameError, closest
 
 
 # --------------------------------------------------------------------------------------------- building
@@ -180,8 +181,12 @@ def parse_override(text: str) -> dict:
     return value
 
 
-def load(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Resolve a recipe (+ `extends:` chain) and command-line overrides into a validated `Config`."""
+def load(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (), *,
+         preset: typing.Callable[[str], dict] | None = None, checks: typing.Sequence[Check] = ()) -> Config:
+    """Resolve a recipe (+ `extends:` chain) and command-line overrides into a validated `Config`. `preset(name)`
+    gives an `algorithm.preset`'s knobs (raising `UnknownNameError`); `checks` run in `validate` beside this
+    package's own. Without them a preset is refused and registry names go unchecked: load through
+    `mmrl.cli.checks.load_config`, which passes both."""
     data = _read_yaml(Path(recipe)) if recipe else {}
     parsed = [parse_override(text) for text in overrides]
     smoke = any(p.keys() == {"smoke"} and p["smoke"] for p in parsed)
@@ -193,26 +198,26 @@ def load(recipe: str | Path | None = None, overrides: list[str] | tuple[str, ...
     for over in parsed:
         if over.keys() != {"smoke"}:
             data = merge_layer(data, over)
-    data = _apply_preset(data)
+    data = _apply_preset(data, preset)
     cfg = _build(Config, data, "")
-    validate(cfg)
+    validate(cfg, checks)
     return cfg
 
 
-def _apply_preset(data: dict) -> dict:
-    """`algorithm.preset: NAME` expands to its knob bundle (presets < recipe values)."""
+def _apply_preset(data: dict, preset: typing.Callable[[str], dict] | None) -> dict:
+    """`algorithm.preset: NAME` expands to its knob bundle `preset(NAME)` (presets < recipe values)."""
     algo = data.get("algorithm")
     if not isinstance(algo, dict) or "preset" not in algo:
         return data
-    from mmrl.algorithms import PRESETS
-    from mmrl.registry import UnknownNameError
-
+    if preset is None:
+        raise ConfigError("algorithm.preset: this loader was given no presets (load through "
+                          "mmrl.cli.checks.load_config)")
     algo = dict(algo)
     try:
-        preset = PRESETS.get(str(algo.pop("preset")))
+        knobs = preset(str(algo.pop("preset")))
     except UnknownNameError as e:
         raise ConfigError(f"algorithm.preset: {e}") from None
-    return dict(data, algorithm=deep_merge(dict(preset), algo))
+    return dict(data, algorithm=deep_merge(dict(knobs), algo))
 
 
 def to_dict(cfg: Config) -> dict:

@@ -1,10 +1,11 @@
-"""Validating a built `Config`: every numeric field's range (`RANGES`), registry names and cross-field rules
-(`CHECKS`); one `ConfigError` lists every problem, in field order."""
+"""Validating a built `Config`: every numeric field's range (`RANGES`) and the cross-field rules that need no
+registry (`CHECKS`); one `ConfigError` lists every problem, in field order. Registry names are checked beside their
+registries (`mmrl.algorithms.checks`, `mmrl.datasets.checks`, `mmrl.rewards.checks`, `mmrl.rollout.checks`);
+`validate` runs those it is given (`mmrl.cli.checks` composes them), so this package imports no other part."""
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import re
 import typing
@@ -16,7 +17,6 @@ from mmrl.config.sections import (
     AlgorithmConfig, Config, ConfigError, DataConfig, DataSource, KernelsConfig, LoraConfig, MixSource,
     RewardConfig, RolloutConfig, StageConfig, TrainerConfig, VideoConfig,
 )
-from mmrl.registry import closest
 
 
 # ------------------------------------------------------------------------------------------- validation
@@ -164,10 +164,15 @@ def range_errors(obj: Any, prefix: str = "") -> typing.Iterator[str]:
             yield from range_errors(child, child_key)
 
 
-def validate(cfg: Config) -> None:
-    """Ranges, registry names and cross-field checks, before any model loads: one ConfigError with every problem."""
+# A check: (cfg, keys that failed their range or an earlier check) -> problems, one `key: …` line each.
+Check = typing.Callable[[Config, set[str]], typing.Iterable[str]]
+
+
+def validate(cfg: Config, checks: typing.Sequence[Check] = ()) -> None:
+    """Ranges, then `checks` (the parts' registry names: `mmrl.cli.checks` passes them), then the cross-field
+    `CHECKS`, before any model loads: one ConfigError with every problem, grouped by section in field order."""
     errors = list(range_errors(cfg))
-    for check in CHECKS:
+    for check in [*checks, *CHECKS]:
         errors += check(cfg, {e.split(":", 1)[0] for e in errors})
     if errors:
         raise ConfigError(*_in_field_order(errors))
@@ -184,57 +189,20 @@ def _in_field_order(errors: list[str]) -> list[str]:
     return sorted(dict.fromkeys(errors), key=rank)
 
 
-def _sources(cfg: Config) -> list[tuple[str, DataSource]]:
+def data_sources(cfg: Config) -> list[tuple[str, DataSource]]:
+    """(key, source) of every data source the config holds: train, eval, the mix, each stage's own."""
     out = [("data.train", cfg.data.train), ("data.eval", cfg.data.eval)]
     out += [(f"data.mix[{i}]", m) for i, m in enumerate(cfg.data.mix)]
     return out + [(f"stages[{i}].data", s.data) for i, s in enumerate(cfg.stages) if s.data is not None]
 
 
-def _named(cfg: Config) -> list[tuple[str, Any, str]]:
-    """(key, registry, name) of every registry name the config holds."""
-    from mmrl.algorithms import (
-        AGGREGATIONS, BASELINES, COV_MODES, GROUP_FILTERS, KL_ESTIMATORS, POLICY_LOSSES, PROMPT_WEIGHTS,
-        RATIO_LEVELS, SCALES,
-    )
-    from mmrl.algorithms.divergences import F_DIVERGENCES
-    from mmrl.datasets.formats import FORMATS
-
-    a = cfg.algorithm
-    out = [(f"algorithm.{k}", reg, getattr(a, k)) for k, reg in [
-        ("baseline", BASELINES), ("scale", SCALES), ("ratio_level", RATIO_LEVELS), ("policy_loss", POLICY_LOSSES),
-        ("aggregation", AGGREGATIONS), ("kl_estimator", KL_ESTIMATORS), ("masked_kl_estimator", KL_ESTIMATORS),
-        ("group_filter", GROUP_FILTERS), ("cov_mode", COV_MODES), ("prompt_weighting", PROMPT_WEIGHTS),
-        ("rehearsal_divergence", F_DIVERGENCES),
-    ]]
-    return out + [(f"{key}.format", FORMATS, src.format) for key, src in _sources(cfg) if src.format != "auto"]
+def reward_lists(cfg: Config) -> list[tuple[str, list[RewardConfig]]]:
+    """(key, rewards) of every reward list the config holds: the run's, then each stage's own."""
+    out = [("rewards", cfg.rewards)]
+    return out + [(f"stages[{i}].rewards", s.rewards) for i, s in enumerate(cfg.stages) if s.rewards is not None]
 
 
-def _check_names(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
-    from mmrl.registry import UnknownNameError
-    from mmrl.rollout import ENGINES
-
-    for key, registry, name in _named(cfg):
-        try:
-            registry.get(name)
-        except UnknownNameError as e:
-            yield f"{key}: {e}"
-    if cfg.rollout.engine not in ENGINES:
-        hint = closest(cfg.rollout.engine, list(ENGINES))
-        yield (f"rollout.engine: unknown engine {cfg.rollout.engine!r}" + (f"; did you mean {hint!r}?" if hint else "")
-               + f" (valid: {', '.join(ENGINES)})")
-
-
-def _check_sources(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
-    from mmrl.datasets.sample import check_template
-
-    for key, src in _sources(cfg):
-        if (src.task is None) == (src.path is None):
-            yield f"{key}: set exactly one of `task` (synthetic) or `path` (a data file)"
-        if src.template is not None:
-            try:
-                check_template(src.template)
-            except ValueError as e:
-                yield f"{key}.template: {e}"
+def _check_video(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
     v = cfg.data.video
     if v.fps is not None and v.num_frames is not None:
         yield (f"data.video.num_frames: set only one of fps / num_frames (fps: null to sample a frame count), got "
@@ -276,23 +244,8 @@ def _check_stages(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
 
 
 def _check_rollout(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
-    """Extra passes by name and option; vLLM's context and adapter mode."""
-    from mmrl.registry import UnknownNameError
-    from mmrl.rollout.passes import EXTRA_PASSES
-
+    """vLLM's context and adapter mode (the engine and extra passes by name: `mmrl.rollout.checks`)."""
     r = cfg.rollout
-    for i, xp in enumerate(r.extra_passes):
-        try:
-            fn = EXTRA_PASSES.get(xp.kind)
-        except UnknownNameError as e:
-            yield f"rollout.extra_passes[{i}].kind: {e}"
-            continue  # its options are only known for a known pass
-        valid = [p for p in inspect.signature(fn).parameters if p not in ("ctx", "prompts", "ro")]
-        for key in xp.kwargs:
-            if key not in valid:
-                hint = closest(key, valid)
-                extra = f"; did you mean {hint!r}?" if hint else ""
-                yield f"rollout.extra_passes[{i}].kwargs.{key}: unknown option{extra} (valid: {', '.join(valid)})"
     if r.vllm_max_model_len is not None and bad.isdisjoint({"rollout.vllm_max_model_len", "rollout.max_new_tokens"}) \
             and r.vllm_max_model_len <= r.max_new_tokens:
         yield (f"rollout.vllm_max_model_len: must exceed rollout.max_new_tokens ({r.max_new_tokens}) to leave room for"
@@ -301,38 +254,6 @@ def _check_rollout(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
     if adapter and not cfg.model.freeze_vision:
         yield ("rollout.vllm_lora_sync: adapter serves language-model adapters only, got adapter with "
                "model.freeze_vision: false (valid: merged, or adapter with model.freeze_vision: true)")
-
-
-def _check_rewards(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
-    yield from _reward_errors(cfg.rewards, "rewards")
-    for i, stage in enumerate(cfg.stages):
-        if stage.rewards is not None:
-            yield from _reward_errors(stage.rewards, f"stages[{i}].rewards")
-
-
-def _reward_errors(rewards: list[RewardConfig], key: str) -> typing.Iterator[str]:
-    """Names valid and unique, functions known, gates pointing at other rewards of the same list, one adding term."""
-    from mmrl.registry import UnknownNameError
-    from mmrl.rewards import REWARDS
-    from mmrl.rewards.registry import default_name
-
-    names = [r.name or default_name(r.fn) for r in rewards]
-    if len(set(names)) != len(names):
-        yield f"{key}: duplicate reward names {names}; give each a distinct `name`"
-    for i, (r, name) in enumerate(zip(rewards, names)):
-        if not name or "/" in name or name == "total":
-            yield f"{key}[{i}].name: must be non-empty, without '/', and not 'total', got {name!r}"
-        if ":" not in r.fn:
-            try:
-                REWARDS.get(r.fn)
-            except UnknownNameError as e:
-                yield f"{key}[{i}].fn: {e}; plug-ins are 'pkg.module:function' or 'file.py:function'"
-        if r.gate is not None and (r.gate not in names or r.gate == name):
-            hint = closest(r.gate, [n for n in names if n != name])
-            extra = f"; did you mean {hint!r}?" if hint else ""
-            yield f"{key}[{i}].gate: {r.gate!r} is not another reward of this run{extra} (rewards: {names})"
-    if rewards and all(r.mode == "gate" for r in rewards):
-        yield f"{key}: every reward is in `mode: gate`; at least one must add to the total"
 
 
 def _check_runtime(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
@@ -344,7 +265,5 @@ def _check_runtime(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
         yield f"resume: checkpoint {cfg.resume!r} does not exist"
 
 
-# each (cfg, keys that failed their range) -> problems; run in order, all of them
-CHECKS: list[typing.Callable[[Config, set[str]], typing.Iterable[str]]] = [
-    _check_names, _check_sources, _check_rollout, _check_stages, _check_algorithm, _check_rewards, _check_runtime,
-]
+# the cross-field checks that need no registry; run in order, all of them, after the parts' checks
+CHECKS: list[Check] = [_check_video, _check_rollout, _check_stages, _check_algorithm, _check_runtime]

@@ -1,17 +1,19 @@
 """Built-in rewards: `format`, `answer_match`, `iou`.
 
 Each is pure, runs in-process, never raises on any completion text, and returns one value per completion
-(`None` = not applicable). Options are keyword-only with defaults (the caller binds them with
-`functools.partial`); `**kwargs` takes the columns a reward does not use.
+(`None` = not applicable). Each is the score of one completion made a reward by `per_sample`: options are
+keyword-only with defaults (the caller binds them with `functools.partial`); `**kwargs` takes the columns a reward
+does not use.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from typing import Any
 
 from mmrl.perception.boxes import iou as box_iou  # re-exported: `mmrl.rewards.box_iou`
 from mmrl.rewards.parsing import extract_answer, parse_objects
+from mmrl.rewards.per_sample import per_sample
 from mmrl.rewards.registry import register
 
 # tempered tokens: block contents never contain another think/answer tag (linear matching, no smuggling)
@@ -19,17 +21,9 @@ _BODY = r"((?:(?!</?(?:think|answer)>).)*)"
 _FORMAT_RE = re.compile(rf"\s*(?:<think>{_BODY}</think>\s*)?<answer>{_BODY}</answer>\s*", re.DOTALL)
 
 
-def column(col: Sequence[Any] | None, name: str, n: int) -> list[Any]:
-    """A per-completion column, or n Nones when absent; a wrong length is a caller bug."""
-    if col is None:
-        return [None] * n
-    if len(col) != n:
-        raise ValueError(f"column {name!r} has {len(col)} values for {n} completions")
-    return list(col)
-
-
 @register("format")
-def format_reward(completions: list[str], *, require_think: bool = False, **kwargs: Any) -> list[float]:
+@per_sample
+def format_reward(text: Any, *, require_think: bool = False) -> float:
     """1.0 when a completion is exactly `(<think>…</think>)? <answer>…</answer>`, else 0.0. Range [0, 1].
 
     r = 1[text ≍ `\\s* (<think> T </think> \\s*)? <answer> A </answer> \\s*`, strip(A) ≠ "",
@@ -41,14 +35,11 @@ def format_reward(completions: list[str], *, require_think: bool = False, **kwar
     >>> format_reward(["<answer>4</answer>"], require_think=True)
     [0.0]
     """
-    out = []
-    for text in completions:
-        m = _FORMAT_RE.fullmatch(text) if isinstance(text, str) else None
-        ok = bool(m) and m.group(2).strip() != ""
-        if ok and require_think:
-            ok = m.group(1) is not None and m.group(1).strip() != ""
-        out.append(1.0 if ok else 0.0)
-    return out
+    m = _FORMAT_RE.fullmatch(text) if isinstance(text, str) else None
+    ok = bool(m) and m.group(2).strip() != ""
+    if ok and require_think:
+        ok = m.group(1) is not None and m.group(1).strip() != ""
+    return 1.0 if ok else 0.0
 
 
 def _norm(s: str) -> str:
@@ -56,7 +47,8 @@ def _norm(s: str) -> str:
 
 
 @register("answer_match")
-def answer_match(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def answer_match(text: Any, answer: Any) -> float | None:
     """Exact match of the `<answer>` block with the ground truth. Range [0, 1]; None = not applicable.
 
     r = 1[norm(extract_answer(text)) = norm(str(answer))], norm = strip, casefold, collapse whitespace.
@@ -67,26 +59,16 @@ def answer_match(completions: list[str], *, answer: Sequence[Any] | None = None,
     >>> answer_match(["<answer> Paris  </answer>", "<answer>Lyon</answer>", "x"], answer=["paris", "Paris", None])
     [1.0, 0.0, None]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        if isinstance(gt, dict):
-            gt = gt.get("choice")
-        if gt is None or isinstance(gt, (list, tuple, dict, set)):
-            out.append(None)
-            continue
-        pred = extract_answer(text) if isinstance(text, str) else None
-        out.append(1.0 if pred and _norm(pred) and _norm(pred) == _norm(str(gt)) else 0.0)
-    return out
+    gt = answer.get("choice") if isinstance(answer, dict) else answer
+    if gt is None or isinstance(gt, (list, tuple, dict, set)):
+        return None
+    pred = extract_answer(text) if isinstance(text, str) else None
+    return 1.0 if pred and _norm(pred) and _norm(pred) == _norm(str(gt)) else 0.0
 
 
 @register("iou")
-def iou(
-    completions: list[str],
-    *,
-    answer: Sequence[Any] | None = None,
-    geometry: Sequence[Any] | None = None,
-    **kwargs: Any,
-) -> list[float | None]:
+@per_sample
+def iou(text: Any, answer: Any, geometry: Any) -> float | None:
     """Max IoU of the first predicted box against the ground-truth boxes. Range [0, 1]; None = not applicable.
 
     r = max_j IoU(G(b̂_1), b_j), where b̂_1 is the first box parsed from the `<answer>` block (from the whole
@@ -98,18 +80,11 @@ def iou(
     >>> iou(["<answer>[0, 0, 2, 2]</answer>", "<answer>none</answer>"], answer=[{"boxes": [[1, 1, 3, 3]]}] * 2)
     [0.14285714285714285, 0.0]
     """
-    n = len(completions)
-    answers, geoms = column(answer, "answer", n), column(geometry, "geometry", n)
-    out: list[float | None] = []
-    for text, gt, geo in zip(completions, answers, geoms):
-        gt_boxes = gt.get("boxes") if isinstance(gt, dict) else None
-        if not isinstance(gt_boxes, (list, tuple)):
-            out.append(None)
-            continue
-        boxes = parse_objects(text).boxes  # capped, and counted in parse_stats
-        if not boxes:
-            out.append(0.0)
-            continue
-        pred = geo.to_original(boxes)[0] if geo is not None else boxes[0]
-        out.append(max((box_iou(pred, g) for g in gt_boxes), default=0.0))
-    return out
+    gt_boxes = answer.get("boxes") if isinstance(answer, dict) else None
+    if not isinstance(gt_boxes, (list, tuple)):
+        return None
+    boxes = parse_objects(text).boxes  # capped, and counted in parse_stats
+    if not boxes:
+        return 0.0
+    pred = geometry.to_original(boxes)[0] if geometry is not None else boxes[0]
+    return max((box_iou(pred, g) for g in gt_boxes), default=0.0)

@@ -9,7 +9,8 @@ A term with an `on_error` policy (set by `mmrl.rewards.isolation.make_term`) nev
 call unless the policy is `raise`: `zero` → every value of that call is 0.0, `skip` → every value is None;
 failures are counted per term (`errors`, `timeouts`, cumulative) and reported through `score`'s `stats`, as is,
 for a term that scores against a ground truth (`truth_columns`), the share of completions whose sample has none.
-Isolation and calling styles live in `mmrl.rewards.isolation`; this module is the arithmetic and the validation.
+Isolation and calling styles live in `mmrl.rewards.isolation` (with `process` and `styles`); this module is the
+arithmetic and the validation.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass, field
 from numbers import Real
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from mmrl.rewards.parsing import parse_stats
+from mmrl.rewards.parsed import parse_stats
 
 
 class RewardError(RuntimeError):
@@ -76,7 +77,7 @@ _NAMED = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONL
 
 def _named(fn: Any) -> set[str]:
     """The parameters `fn` names, looking through wrappers that keep the function they call as `.fn` (the
-    isolation and calling-style adapters of `mmrl.rewards.isolation`) or `.func` (`functools.partial`)."""
+    isolation and calling-style adapters of `mmrl.rewards.isolation` / `styles`) or `.func` (`functools.partial`)."""
     names: set[str] = set()
     for _ in range(4):
         try:

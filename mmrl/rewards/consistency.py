@@ -3,7 +3,8 @@
 
 For `acre`, the second pass — the same reasoning re-asked with the options shuffled — is produced by the rollout's extra
 passes (the algorithms' ACRE objective); this module is the pure scoring of a pair. Same contract as the other
-built-ins: pure, total on any text, input capped, one value per completion, `None` = not applicable.
+built-ins: pure, total on any text, input capped, one value per completion, `None` = not applicable. `acre` and
+`reasoning_consistency` score one completion each (`per_sample`); `group_agreement` votes across a group.
 """
 
 from __future__ import annotations
@@ -14,17 +15,17 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmrl.rewards.parsing import extract_answer
+from mmrl.rewards.per_sample import column, per_sample
 from mmrl.rewards.registry import register
-from mmrl.rewards.text import (
+from mmrl.rewards.text import mc_letter
+from mmrl.rewards.text_parsing import (
     MAX_CHARS,
-    _gt_text,
-    _mc_pred,
     answer_text,
-    column,
     normalize_text,
     numbers_close,
     parse_letter,
     parse_number,
+    truth_field,
 )
 
 
@@ -35,17 +36,17 @@ def _acre_range(both: float = 1.0, correct_only: float = 0.5, consistent_only: f
 
 
 @register("acre", range=_acre_range)
+@per_sample
 def acre(
-    completions: list[str],
+    text: Any,
+    answer: Any,
+    pair: Any,
     *,
-    answer: Sequence[Any] | None = None,
-    pair: Sequence[Any] | None = None,
     both: float = 1.0,
     correct_only: float = 0.5,
     consistent_only: float = 0.0,
     neither: float = 0.0,
-    **kwargs: Any,
-) -> list[float | None]:
+) -> float | None:
     """ACRE's four-way consistency-verification reward over an original and an option-shuffled pass.
     Range [min, max] of the four values (default [0, 1]); None = no pair or no gold letter.
 
@@ -66,22 +67,17 @@ def acre(
     ...                         {"completion": "<answer>cow</answer>", "permutation": [1, 2, 0]}, None])
     [1.0, 0.5, 0.0, None]
     """
-    n = len(completions)
-    out: list[float | None] = []
-    for text, gt, second in zip(completions, column(answer, "answer", n), column(pair, "pair", n)):
-        gold = _gt_text(gt, "choice")
-        gold = parse_letter(gold) if isinstance(gold, str) else None
-        if gold is None or not isinstance(second, dict) or not isinstance(second.get("completion"), str):
-            out.append(None)
-            continue
-        options = gt.get("options") if isinstance(gt, dict) else None
-        first = _mc_pred(answer_text(text), options, gt.get("permutation") if isinstance(gt, dict) else None)
-        again = _mc_pred(answer_text(second["completion"]), options, second.get("permutation"))
-        correct = first == gold
-        consistent = first is not None and first == again
-        value = both if correct and consistent else correct_only if correct else consistent_only if consistent else neither
-        out.append(float(value))
-    return out
+    gold = truth_field(answer, "choice")
+    gold = parse_letter(gold) if isinstance(gold, str) else None
+    if gold is None or not isinstance(pair, dict) or not isinstance(pair.get("completion"), str):
+        return None
+    options = answer.get("options") if isinstance(answer, dict) else None
+    first = mc_letter(answer_text(text), options, answer.get("permutation") if isinstance(answer, dict) else None)
+    again = mc_letter(answer_text(pair["completion"]), options, pair.get("permutation"))
+    correct = first == gold
+    consistent = first is not None and first == again
+    value = both if correct and consistent else correct_only if correct else consistent_only if consistent else neither
+    return float(value)
 
 
 # ---- consistency ------------------------------------------------------------------------------------------------
@@ -154,7 +150,8 @@ def answers_agree(c: str, a: str) -> bool:
 
 
 @register("reasoning_consistency")
-def reasoning_consistency(completions: list[str], **kwargs: Any) -> list[float | None]:
+@per_sample
+def reasoning_consistency(text: Any) -> float | None:
     """Reasoning–answer consistency: does the conclusion in `<think>` agree with `<answer>`? Range {0, 1}.
 
     r = 1[key(c) = key(â)], c = the last conclusion in the last `<think>` block ("the answer is X",
@@ -169,19 +166,15 @@ def reasoning_consistency(completions: list[str], **kwargs: Any) -> list[float |
     ...                        "<think>thus 12</think><answer>13</answer>", "<think>hmm</think><answer>B</answer>"])
     [1.0, 0.0, None]
     """
-    out: list[float | None] = []
-    for text in completions:
-        text = text if isinstance(text, str) else ""
-        think = last_think(text)
-        c = conclusion(think[-MAX_CHARS:]) if think is not None else None  # the conclusion ends the reasoning
-        end = text.rfind("</answer>")
-        start = text.rfind("<answer>", 0, end) if end >= 0 else -1
-        a = text[start + len("<answer>") : end].strip()[:MAX_CHARS] if start >= 0 else ""
-        if c is None or not a:
-            out.append(None)
-            continue
-        out.append(1.0 if answers_agree(c, a) else 0.0)
-    return out
+    text = text if isinstance(text, str) else ""
+    think = last_think(text)
+    c = conclusion(think[-MAX_CHARS:]) if think is not None else None  # the conclusion ends the reasoning
+    end = text.rfind("</answer>")
+    start = text.rfind("<answer>", 0, end) if end >= 0 else -1
+    a = text[start + len("<answer>") : end].strip()[:MAX_CHARS] if start >= 0 else ""
+    if c is None or not a:
+        return None
+    return 1.0 if answers_agree(c, a) else 0.0
 
 
 @register("group_agreement")

@@ -1,11 +1,11 @@
 """Failed reward calls made visible: the first few of each reward shown to the user, every one written to a file.
 
-The reward wrappers of `mmrl.rewards.isolation` call an `ErrorReport` with each failing call's exception (the
-plug-in's own exception, a timeout, a dead worker, its memory cap) before the term's `on_error` policy turns the
-failure into zeros or Nones. The first `show` failures of each reward name go to `log` (the trainer's log
-callback; stderr when None), one line each: the reward, the exception's type and message, the step and which
-completions and samples the call scored. Every failure is appended to `path` (the run's `reward_errors.log`) with
-its full traceback. `STDERR` (no file) is the report of a process that was given none (a notebook, a bare
+The reward wrappers of `mmrl.rewards.isolation` and `process` call an `ErrorReport` with each failing call's
+exception (the plug-in's own exception, a timeout, a dead worker, its memory cap) before the term's `on_error`
+policy turns the failure into zeros or Nones. The first `show` failures of each reward name go to `log` (the
+trainer's log callback; stderr when None), one line each: the reward, the exception's type and message, the step and
+which completions and samples the call scored. Every failure is appended to `path` (the run's `reward_errors.log`)
+with its full traceback. `STDERR` (no file) is the report of a process that was given none (a notebook, a bare
 `make_term`). Output checks of `mmrl.rewards.compose` (a wrong number of values, a NaN) are counted there, not
 reported here.
 """

@@ -10,22 +10,25 @@ pixels with each completion's `geometry.to_original` (no geometry: already origi
 pixels), `answer["points"]` or `answer["count"]`; `None` when the sample's answer lacks the field. Values are
 finite and inside the stated range on any text. Empty-set conventions (VLM-R1): no GT box and no predicted box
 → 1.0; exactly one of them empty → 0.0. Wrap a call in `mmrl.rewards.parsing.parse_stats()` to count caps and
-parse failures (`reward/<name>/truncated`, `reward/<name>/parse_fail`).
+parse failures (`reward/<name>/truncated`, `reward/<name>/parse_fail`). Each reward is the score of one
+completion made a reward by `per_sample`; the box rewards share one more stage, `_box_reward` (parse, convert,
+empty-set conventions, clamp), and score only the objects.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 from typing import Any, Callable
 
 from mmrl.perception import boxes as B
 from mmrl.rewards.parsing import MAX_ANSWER_CHARS, MAX_BOXES, Parsed, parse_number, parse_objects, parse_points
-from mmrl.rewards.builtin import column
+from mmrl.rewards.per_sample import per_sample
 from mmrl.rewards.registry import register
 
 Objects = list[dict[str, Any]]
-
-
+BoxScore = Callable[..., float]  # score(objects, gt_boxes, parsed, answer, *, <option>=default, …) -> float
 
 
 def _field(gt: Any, key: str) -> list[Any] | None:
@@ -42,28 +45,34 @@ def _to_original(geo: Any, rows: list[list[float]], points: bool = False) -> lis
         return []
 
 
-def _box_reward(score: Callable[[Objects, list[Any], Parsed, Any], float]) -> Callable[..., list[float | None]]:
-    """Shared loop of the box rewards: columns, parsing, geometry, empty-set conventions, clamping to [0, 1]."""
+def _box_reward(score: BoxScore | None = None, *, check: Callable[..., None] | None = None):
+    """Decorator: a box reward from `score(objects, gt_boxes, parsed, answer, *, <option>=default, …) -> float`.
 
-    def run(completions, *, answer=None, geometry=None, max_answer_chars=MAX_ANSWER_CHARS, max_boxes=MAX_BOXES):
-        n = len(completions)
-        out: list[float | None] = []
-        for text, gt, geo in zip(completions, column(answer, "answer", n), column(geometry, "geometry", n)):
-            gt_boxes = _field(gt, "boxes")
-            if gt_boxes is None:
-                out.append(None)
-                continue
-            parsed = parse_objects(text, max_answer_chars=max_answer_chars, max_boxes=max_boxes)
-            converted = _to_original(geo, parsed.boxes)
-            objects = [dict(o, box=b) for o, b in zip(parsed.objects, converted)]
-            if not gt_boxes or not objects:
-                out.append(1.0 if not gt_boxes and not objects else 0.0)
-                continue
-            v = score(objects, gt_boxes, parsed, gt)
-            out.append(min(max(v, 0.0), 1.0) if math.isfinite(v) else 0.0)
-        return out
+    The stage between `per_sample` and `score`: parse the objects (capped by the options `max_answer_chars` and
+    `max_boxes`), map them to original pixels with the sample's `geometry`, apply the empty-set conventions, and
+    keep the value finite in [0, 1]. `score` sees at least one predicted and one ground-truth box; the reward's
+    options are `score`'s keyword-only ones plus the two caps; `check` is `per_sample`'s.
+    """
+    if score is None:
+        return functools.partial(_box_reward, check=check)
 
-    return run
+    @functools.wraps(score)
+    def one(text, answer, geometry, *, max_answer_chars=MAX_ANSWER_CHARS, max_boxes=MAX_BOXES, **options):
+        gt_boxes = _field(answer, "boxes")
+        if gt_boxes is None:
+            return None
+        parsed = parse_objects(text, max_answer_chars=max_answer_chars, max_boxes=max_boxes)
+        converted = _to_original(geometry, parsed.boxes)
+        objects = [dict(o, box=b) for o, b in zip(parsed.objects, converted)]
+        if not gt_boxes or not objects:
+            return 1.0 if not gt_boxes and not objects else 0.0
+        v = score(objects, gt_boxes, parsed, answer, **options)
+        return min(max(v, 0.0), 1.0) if math.isfinite(v) else 0.0
+
+    own = list(inspect.signature(one, follow_wrapped=False).parameters.values())[:-1]  # all but **options
+    extra = [p for p in inspect.signature(score).parameters.values() if p.kind is p.KEYWORD_ONLY]
+    one.__signature__ = inspect.Signature(own + extra)  # what `per_sample` reads: the caps and `score`'s options
+    return per_sample(one, check=check)
 
 
 def _first_iou(objects: Objects, gt_boxes: list[Any]) -> float:
@@ -71,8 +80,8 @@ def _first_iou(objects: Objects, gt_boxes: list[Any]) -> float:
 
 
 @register("iou_sq")
-def iou_sq(completions: list[str], *, answer=None, geometry=None, max_answer_chars: int = MAX_ANSWER_CHARS,
-           max_boxes: int = MAX_BOXES, **kwargs: Any) -> list[float | None]:
+@_box_reward
+def iou_sq(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any) -> float:
     """Squared IoU of the first predicted box with its best ground-truth box. Range [0, 1].
 
     r = (max_j IoU(b̂_1, b_j))² — sharper than IoU near a perfect box. Perception-R1 (Yu et al.,
@@ -81,14 +90,12 @@ def iou_sq(completions: list[str], *, answer=None, geometry=None, max_answer_cha
     >>> iou_sq(["<answer>[0, 0, 2, 2]</answer>"], answer=[{"boxes": [[0, 0, 2, 1]]}])
     [0.25]
     """
-    run = _box_reward(lambda objs, gts, parsed, gt: _first_iou(objs, gts) ** 2)
-    return run(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars, max_boxes=max_boxes)
+    return _first_iou(objects, gt_boxes) ** 2
 
 
 @register("iou_thresh")
-def iou_thresh(completions: list[str], *, answer=None, geometry=None, threshold: float = 0.5,
-               max_answer_chars: int = MAX_ANSWER_CHARS, max_boxes: int = MAX_BOXES,
-               **kwargs: Any) -> list[float | None]:
+@_box_reward
+def iou_thresh(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any, *, threshold: float = 0.5) -> float:
     """1.0 when the first predicted box reaches IoU ≥ `threshold` with some ground-truth box, else 0.0. Range {0, 1}.
 
     r = 1[max_j IoU(b̂_1, b_j) ≥ τ], τ = 0.5 (VLM-R1's commented-out variant uses IoU > 0.5; "VLM-R1: A
@@ -97,13 +104,12 @@ def iou_thresh(completions: list[str], *, answer=None, geometry=None, threshold:
     >>> iou_thresh(["[0, 0, 2, 2]", "[0, 0, 4, 4]"], answer=[{"boxes": [[0, 0, 2, 1]]}] * 2)
     [1.0, 0.0]
     """
-    run = _box_reward(lambda objs, gts, parsed, gt: float(_first_iou(objs, gts) >= threshold))
-    return run(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars, max_boxes=max_boxes)
+    return float(_first_iou(objects, gt_boxes) >= threshold)
 
 
 @register("giou")
-def giou(completions: list[str], *, answer=None, geometry=None, max_answer_chars: int = MAX_ANSWER_CHARS,
-         max_boxes: int = MAX_BOXES, **kwargs: Any) -> list[float | None]:
+@_box_reward
+def giou(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any) -> float:
     """Generalized IoU of the first predicted box, **mapped to [0, 1]** as (GIoU + 1) / 2. Range [0, 1].
 
     r = (max_j GIoU(b̂_1, b_j) + 1) / 2, GIoU = IoU − |C \\ (b̂ ∪ b)| / |C| with C the enclosing box; unlike IoU
@@ -113,14 +119,18 @@ def giou(completions: list[str], *, answer=None, geometry=None, max_answer_chars
     >>> giou(["[0, 0, 1, 1]", "[2, 0, 3, 1]"], answer=[{"boxes": [[0, 0, 1, 1]]}] * 2)  # second: (−1/3 + 1)/2
     [1.0, 0.33333333333333337]
     """
-    run = _box_reward(lambda objs, gts, parsed, gt: (max(B.giou(objs[0]["box"], g) for g in gts) + 1) / 2)
-    return run(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars, max_boxes=max_boxes)
+    return (max(B.giou(objects[0]["box"], g) for g in gt_boxes) + 1) / 2
+
+
+def _det_metric(*, metric: str, **_: Any) -> None:
+    if metric not in ("f1", "precision", "recall"):
+        raise ValueError(f"det_f1: metric must be 'f1', 'precision' or 'recall', got {metric!r}")
 
 
 @register("det_f1")
-def det_f1(completions: list[str], *, answer=None, geometry=None, threshold: float = 0.5, metric: str = "f1",
-           max_answer_chars: int = MAX_ANSWER_CHARS, max_boxes: int = MAX_BOXES,
-           **kwargs: Any) -> list[float | None]:
+@_box_reward(check=_det_metric)
+def det_f1(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any, *, threshold: float = 0.5,
+           metric: str = "f1") -> float:
     """Detection precision / recall / F1 at an IoU threshold with Hungarian matching. Range [0, 1].
 
     TP = the most one-to-one pairs with IoU ≥ τ (`boxes.match`: then the largest Σ IoU among them);
@@ -131,15 +141,8 @@ def det_f1(completions: list[str], *, answer=None, geometry=None, threshold: flo
     >>> det_f1(["[0, 0, 2, 2] [0, 0, 2, 2]"], answer=[{"boxes": [[0, 0, 2, 2]]}])  # duplicate: P 1/2, R 1
     [0.6666666666666666]
     """
-    if metric not in ("f1", "precision", "recall"):
-        raise ValueError(f"det_f1: metric must be 'f1', 'precision' or 'recall', got {metric!r}")
     index = ("precision", "recall", "f1").index(metric)
-
-    def score(objs: Objects, gts: list[Any], parsed: Parsed, gt: Any) -> float:
-        return B.precision_recall_f1([o["box"] for o in objs], gts, threshold, n_pred=parsed.n_found)[index]
-
-    return _box_reward(score)(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars,
-                              max_boxes=max_boxes)
+    return B.precision_recall_f1([o["box"] for o in objects], gt_boxes, threshold, n_pred=parsed.n_found)[index]
 
 
 def _label_ok(pred: Any, gt_label: Any) -> bool:
@@ -147,10 +150,15 @@ def _label_ok(pred: Any, gt_label: Any) -> bool:
         gt_label.casefold().split())
 
 
+def _vlmr1_weights(*, alpha: float, beta: float, gamma: float, **_: Any) -> None:
+    if not all(math.isfinite(w) and w >= 0 for w in (alpha, beta, gamma)) or alpha + beta + gamma <= 0:
+        raise ValueError("vlmr1_det: alpha, beta, gamma must be finite, non-negative and not all zero")
+
+
 @register("vlmr1_det")
-def vlmr1_det(completions: list[str], *, answer=None, geometry=None, threshold: float = 0.5, alpha: float = 0.7,
-              beta: float = 0.0, gamma: float = 0.3, max_answer_chars: int = MAX_ANSWER_CHARS,
-              max_boxes: int = MAX_BOXES, **kwargs: Any) -> list[float | None]:
+@_box_reward(check=_vlmr1_weights)
+def vlmr1_det(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any, *, threshold: float = 0.5,
+              alpha: float = 0.7, beta: float = 0.0, gamma: float = 0.3) -> float:
     """VLM-R1's detection score: position, label and completeness. Range [0, 1].
 
     r = (α·pos + β·label + γ·completeness) / (α + β + γ), with the pairs matched at IoU ≥ τ,
@@ -165,30 +173,23 @@ def vlmr1_det(completions: list[str], *, answer=None, geometry=None, threshold: 
     >>> round(r[0], 6)  # 0.7·1 + 0.3·(1 − (0 + 1/2) / 2)
     0.925
     """
-    weights = alpha + beta + gamma
-    if not all(math.isfinite(w) and w >= 0 for w in (alpha, beta, gamma)) or weights <= 0:
-        raise ValueError("vlmr1_det: alpha, beta, gamma must be finite, non-negative and not all zero")
-
-    def score(objs: Objects, gts: list[Any], parsed: Parsed, gt: Any) -> float:
-        pairs = B.match([o["box"] for o in objs], gts, threshold)
-        labels = _field(gt, "labels")
-        pos = lab = 0.0
-        for k, j, v in pairs:
-            ok = labels is None or (j < len(labels) and _label_ok(objs[k]["label"], labels[j]))
-            pos, lab = pos + (v if ok else 0.0), lab + (1.0 if labels is not None and ok else 0.0)
-        n_pred = max(parsed.n_found, len(objs))
-        miss, false_alarm = 1 - len(pairs) / len(gts), 1 - len(pairs) / n_pred
-        completeness = 1 - (miss + false_alarm) / 2
-        return (alpha * pos / len(gts) + beta * lab / len(gts) + gamma * completeness) / weights
-
-    return _box_reward(score)(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars,
-                              max_boxes=max_boxes)
+    pairs = B.match([o["box"] for o in objects], gt_boxes, threshold)
+    labels = _field(answer, "labels")
+    pos = lab = 0.0
+    for k, j, v in pairs:
+        ok = labels is None or (j < len(labels) and _label_ok(objects[k]["label"], labels[j]))
+        pos, lab = pos + (v if ok else 0.0), lab + (1.0 if labels is not None and ok else 0.0)
+    n_pred = max(parsed.n_found, len(objects))
+    miss, false_alarm = 1 - len(pairs) / len(gt_boxes), 1 - len(pairs) / n_pred
+    completeness = 1 - (miss + false_alarm) / 2
+    n_gt = len(gt_boxes)
+    return (alpha * pos / n_gt + beta * lab / n_gt + gamma * completeness) / (alpha + beta + gamma)
 
 
 @register("rft_det")
-def rft_det(completions: list[str], *, answer=None, geometry=None, threshold: float = 0.5,
-            missing_confidence: float = 1.0, max_answer_chars: int = MAX_ANSWER_CHARS, max_boxes: int = MAX_BOXES,
-            **kwargs: Any) -> list[float | None]:
+@_box_reward
+def rft_det(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any, *, threshold: float = 0.5,
+            missing_confidence: float = 1.0) -> float:
     """Visual-RFT's detection reward with confidences: (IoU reward + confidence reward) / 2. Range [0, 1].
 
     Predictions are matched one-to-one to GT (Hungarian on IoU; IoU_k = 0 when unmatched or below τ = 0.5);
@@ -202,28 +203,23 @@ def rft_det(completions: list[str], *, answer=None, geometry=None, threshold: fl
     >>> rft_det(['[{"bbox_2d": [0, 0, 2, 2], "confidence": 0.8}]'], answer=[{"boxes": [[0, 0, 2, 2]]}])
     [0.9]
     """
-
-    def score(objs: Objects, gts: list[Any], parsed: Parsed, gt: Any) -> float:
-        ious = [0.0] * len(objs)
-        for k, _, v in B.match([o["box"] for o in objs], gts, threshold):
-            ious[k] = v
-        n_pred = max(parsed.n_found, len(objs))
-        r_iou = sum(ious) / max(n_pred, len(gts))
-        conf = []
-        for o, v in zip(objs, ious):
-            c = o["score"] if o["score"] is not None else missing_confidence
-            c = min(max(float(c), 0.0), 1.0) if math.isfinite(c) else 0.0
-            conf.append(c if v > 0 else 1.0 - c)
-        r_conf = sum(conf) / n_pred  # boxes beyond the cap earn no confidence reward
-        return (r_iou + r_conf) / 2
-
-    return _box_reward(score)(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars,
-                              max_boxes=max_boxes)
+    ious = [0.0] * len(objects)
+    for k, _, v in B.match([o["box"] for o in objects], gt_boxes, threshold):
+        ious[k] = v
+    n_pred = max(parsed.n_found, len(objects))
+    r_iou = sum(ious) / max(n_pred, len(gt_boxes))
+    conf = []
+    for o, v in zip(objects, ious):
+        c = o["score"] if o["score"] is not None else missing_confidence
+        c = min(max(float(c), 0.0), 1.0) if math.isfinite(c) else 0.0
+        conf.append(c if v > 0 else 1.0 - c)
+    r_conf = sum(conf) / n_pred  # boxes beyond the cap earn no confidence reward
+    return (r_iou + r_conf) / 2
 
 
 @register("union_iou")
-def union_iou(completions: list[str], *, answer=None, geometry=None, max_answer_chars: int = MAX_ANSWER_CHARS,
-              max_boxes: int = MAX_BOXES, **kwargs: Any) -> list[float | None]:
+@_box_reward
+def union_iou(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any) -> float:
     """IoU of the area union of the predicted boxes with the area union of the GT boxes. Range [0, 1].
 
     r = |∪_k b̂_k ∩ ∪_j b_j| / |∪_k b̂_k ∪ ∪_j b_j| (exact areas; order-free, robust to split or merged boxes,
@@ -234,8 +230,7 @@ def union_iou(completions: list[str], *, answer=None, geometry=None, max_answer_
     >>> union_iou(["[0, 0, 1, 1] [1, 0, 2, 1]"], answer=[{"boxes": [[0, 0, 2, 1]]}])
     [1.0]
     """
-    run = _box_reward(lambda objs, gts, parsed, gt: B.union_iou([o["box"] for o in objs], gts))
-    return run(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars, max_boxes=max_boxes)
+    return B.union_iou([o["box"] for o in objects], gt_boxes)
 
 
 def _salience(gt: Any, gts: list[Any]) -> list[float]:
@@ -252,9 +247,9 @@ def _salience(gt: Any, gts: list[Any]) -> list[float]:
 
 
 @register("salience_iou")
-def salience_iou(completions: list[str], *, answer=None, geometry=None, extra_penalty: bool = True,
-                 max_answer_chars: int = MAX_ANSWER_CHARS, max_boxes: int = MAX_BOXES,
-                 **kwargs: Any) -> list[float | None]:
+@_box_reward
+def salience_iou(objects: Objects, gt_boxes: list[Any], parsed: Parsed, answer: Any, *,
+                 extra_penalty: bool = True) -> float:
     """Salience-weighted IoU (GRiP): each GT box's matched IoU weighted by its salience. Range [0, 1].
 
     r = Σ_j s_j · IoU(b̂_π(j), b_j) / Σ_j s_j × (min(1, |GT| / |pred|) if `extra_penalty`), π the Hungarian
@@ -266,18 +261,14 @@ def salience_iou(completions: list[str], *, answer=None, geometry=None, extra_pe
     >>> salience_iou(["[0, 0, 2, 2]"], answer=[{"boxes": [[0, 0, 2, 2], [5, 5, 6, 6]], "salience": [3, 1]}])
     [0.75]
     """
-
-    def score(objs: Objects, gts: list[Any], parsed: Parsed, gt: Any) -> float:
-        w = _salience(gt, gts)
-        total = sum(w)
-        if not (total > 0 and math.isfinite(total)):
-            return 0.0
-        got = sum(w[j] * v for _, j, v in B.match([o["box"] for o in objs], gts, threshold=0.0, most_matches=False))
-        n_pred = max(parsed.n_found, len(objs))
-        return got / total * (min(1.0, len(gts) / n_pred) if extra_penalty else 1.0)
-
-    return _box_reward(score)(completions, answer=answer, geometry=geometry, max_answer_chars=max_answer_chars,
-                              max_boxes=max_boxes)
+    w = _salience(answer, gt_boxes)
+    total = sum(w)
+    if not (total > 0 and math.isfinite(total)):
+        return 0.0
+    pairs = B.match([o["box"] for o in objects], gt_boxes, threshold=0.0, most_matches=False)
+    got = sum(w[j] * v for _, j, v in pairs)
+    n_pred = max(parsed.n_found, len(objects))
+    return got / total * (min(1.0, len(gt_boxes) / n_pred) if extra_penalty else 1.0)
 
 
 def _first_point(text: Any, geo: Any, max_answer_chars: int) -> list[float] | None:
@@ -286,8 +277,8 @@ def _first_point(text: Any, geo: Any, max_answer_chars: int) -> list[float] | No
 
 
 @register("point_in_box")
-def point_in_box(completions: list[str], *, answer=None, geometry=None, max_answer_chars: int = MAX_ANSWER_CHARS,
-                 **kwargs: Any) -> list[float | None]:
+@per_sample
+def point_in_box(text: Any, answer: Any, geometry: Any, *, max_answer_chars: int = MAX_ANSWER_CHARS) -> float | None:
     """Fraction of GT boxes that contain the first predicted point `[x, y]` (1/0 for one box). Range [0, 1].
 
     r = (1/|GT|) Σ_j 1[p̂ ∈ b_j] (closed boxes); 0 when no point parses; None without `answer["boxes"]`
@@ -296,16 +287,11 @@ def point_in_box(completions: list[str], *, answer=None, geometry=None, max_answ
     >>> point_in_box(["<answer>(1, 1)</answer>", "(9, 9)"], answer=[{"boxes": [[0, 0, 2, 2]]}] * 2)
     [1.0, 0.0]
     """
-    n = len(completions)
-    out: list[float | None] = []
-    for text, gt, geo in zip(completions, column(answer, "answer", n), column(geometry, "geometry", n)):
-        gts = _field(gt, "boxes")
-        if gts is None:
-            out.append(None)
-            continue
-        p = _first_point(text, geo, max_answer_chars)
-        out.append(sum(B.point_in_box(p, g) for g in gts) / len(gts) if p is not None and gts else 0.0)
-    return out
+    gts = _field(answer, "boxes")
+    if gts is None:
+        return None
+    p = _first_point(text, geometry, max_answer_chars)
+    return sum(B.point_in_box(p, g) for g in gts) / len(gts) if p is not None and gts else 0.0
 
 
 def _gt_points(gt: Any) -> list[list[float]] | None:
@@ -326,8 +312,9 @@ def _gt_points(gt: Any) -> list[list[float]] | None:
 
 
 @register("point_dist")
-def point_dist(completions: list[str], *, answer=None, geometry=None, diagonal: float | None = None,
-               max_answer_chars: int = MAX_ANSWER_CHARS, **kwargs: Any) -> list[float | None]:
+@per_sample
+def point_dist(text: Any, answer: Any, geometry: Any, *, diagonal: float | None = None,
+               max_answer_chars: int = MAX_ANSWER_CHARS) -> float | None:
     """1 − min(1, d / D): d the distance from the first predicted point to the nearest GT point. Range [0, 1].
 
     D = the original image diagonal from `geometry`, else from `answer["size"] = [w, h]`, else the `diagonal`
@@ -337,21 +324,15 @@ def point_dist(completions: list[str], *, answer=None, geometry=None, diagonal: 
     >>> point_dist(["(3, 4)"], answer=[{"points": [[0, 0]], "size": [60, 80]}])  # 1 − 5/100
     [0.95]
     """
-    n = len(completions)
-    out: list[float | None] = []
-    for text, gt, geo in zip(completions, column(answer, "answer", n), column(geometry, "geometry", n)):
-        gts = _gt_points(gt)
-        if gts is None:
-            out.append(None)
-            continue
-        diag = _diagonal(geo, gt, diagonal)
-        p = _first_point(text, geo, max_answer_chars)
-        if p is None or not gts:
-            out.append(0.0)
-            continue
-        d = min(math.hypot(p[0] - g[0], p[1] - g[1]) for g in gts)
-        out.append(1.0 - min(1.0, d / diag) if math.isfinite(d) else 0.0)
-    return out
+    gts = _gt_points(answer)
+    if gts is None:
+        return None
+    diag = _diagonal(geometry, answer, diagonal)
+    p = _first_point(text, geometry, max_answer_chars)
+    if p is None or not gts:
+        return 0.0
+    d = min(math.hypot(p[0] - g[0], p[1] - g[1]) for g in gts)
+    return 1.0 - min(1.0, d / diag) if math.isfinite(d) else 0.0
 
 
 def _diagonal(geo: Any, gt: Any, diagonal: float | None) -> float:
@@ -375,23 +356,19 @@ def _gt_count(gt: Any) -> float | None:
     return float(c)
 
 
-def _counts(completions: list[str], answer: Any, max_answer_chars: int, score: Callable[[float, float], float]):
-    n = len(completions)
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", n)):
-        target = _gt_count(gt)
-        if target is None:
-            out.append(None)
-            continue
-        pred, _ = parse_number(text, max_answer_chars=max_answer_chars)
-        v = score(pred, target) if pred is not None else 0.0
-        out.append(min(max(v, 0.0), 1.0) if math.isfinite(v) else 0.0)
-    return out
+def _count_value(text: Any, answer: Any, max_answer_chars: int, score: Callable[[float, float], float]) -> float | None:
+    """`score(predicted, true)` of the last number in the answer against `answer["count"]`, in [0, 1]."""
+    target = _gt_count(answer)
+    if target is None:
+        return None
+    pred, _ = parse_number(text, max_answer_chars=max_answer_chars)
+    v = score(pred, target) if pred is not None else 0.0
+    return min(max(v, 0.0), 1.0) if math.isfinite(v) else 0.0
 
 
 @register("count_exact")
-def count_exact(completions: list[str], *, answer=None, max_answer_chars: int = MAX_ANSWER_CHARS,
-                **kwargs: Any) -> list[float | None]:
+@per_sample
+def count_exact(text: Any, answer: Any, *, max_answer_chars: int = MAX_ANSWER_CHARS) -> float | None:
     """1.0 when the last number in the `<answer>` block equals `answer["count"]`, else 0.0. Range {0, 1}.
 
     r = 1[p̂ = n]. Counting accuracy as in CLEVR counting (R1-V; TON, PAPO evaluations).
@@ -399,12 +376,12 @@ def count_exact(completions: list[str], *, answer=None, max_answer_chars: int = 
     >>> count_exact(["<answer>3</answer>", "<answer>three</answer>"], answer=[{"count": 3}] * 2)
     [1.0, 0.0]
     """
-    return _counts(completions, answer, max_answer_chars, lambda p, n: float(p == n))
+    return _count_value(text, answer, max_answer_chars, lambda p, n: float(p == n))
 
 
 @register("count_rel")
-def count_rel(completions: list[str], *, answer=None, max_answer_chars: int = MAX_ANSWER_CHARS,
-              **kwargs: Any) -> list[float | None]:
+@per_sample
+def count_rel(text: Any, answer: Any, *, max_answer_chars: int = MAX_ANSWER_CHARS) -> float | None:
     """Relative counting error reward: max(0, 1 − |p̂ − n| / max(n, 1)). Range [0, 1].
 
     Video-R1's regression reward 1 − min(1, |ŷ − y| / |y|) ("Video-R1: Reinforcing Video Reasoning in MLLMs",
@@ -413,4 +390,4 @@ def count_rel(completions: list[str], *, answer=None, max_answer_chars: int = MA
     >>> count_rel(["<answer>3</answer>", "<answer>8</answer>"], answer=[{"count": 4}] * 2)
     [0.75, 0.0]
     """
-    return _counts(completions, answer, max_answer_chars, lambda p, n: 1.0 - abs(p - n) / max(abs(n), 1.0))
+    return _count_value(text, answer, max_answer_chars, lambda p, n: 1.0 - abs(p - n) / max(abs(n), 1.0))

@@ -16,6 +16,7 @@ out of the purity tests, and its results are only as deterministic as the server
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import math
@@ -26,9 +27,10 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
-from mmrl.rewards.parsing import extract_answer, note_parse
+from mmrl.rewards.parsed import note_parse
+from mmrl.rewards.parsing import extract_answer
 from mmrl.rewards.registry import register
 
 CHECKLIST_RUBRIC = (
@@ -207,52 +209,64 @@ def judge(
     sample_list = list(samples) if samples is not None else [None] * n
     if not (len(questions) == len(refs) == len(sample_list) == n):
         raise ValueError(f"judge: columns must have {n} values (prompts, answer, samples)")
-    api_key = os.environ.get(api_key_env) if api_key_env else None
-    target = endpoint(url)
+    template = checklist_rubric if checklist else rubric
 
-    # per completion, the requests that decide its value: one (rubric) or one per checklist item
-    requests: list[list[str] | None] = []
-    for text, question, ref, sample in zip(completions, questions, refs, sample_list):
-        text = text if isinstance(text, str) else ""
-        block = extract_answer(text) if answer_only else None
-        response = (text if block is None else block)[:MAX_RESPONSE_CHARS]
+    def requests_for(text: Any, question: Any, ref: Any, sample: Any) -> list[str] | None:
+        """The JSON bodies that decide one completion's value: one (rubric) or one per checklist item."""
+        response = _response(text, answer_only)
         items = _checklist_items(ref, checklist) if checklist else [None]
         if not items:
-            requests.append(None)  # nothing to check for this sample: not applicable
-            continue
+            return None  # nothing to check for this sample: not applicable
         images = _image_parts(sample, max_images) if include_image and sample is not None else None
-        bodies = []
-        for item in items:
-            prompt = (checklist_rubric if checklist else rubric).format(
-                question=question or "", reference="" if ref is None else ref, response=response,
-                max_score=f"{max_score:g}", item=item,
-            )
-            body = build_request(model=model, text=prompt, temperature=temperature, max_tokens=max_tokens,
-                                 images=images)
-            bodies.append(json.dumps(body, sort_keys=True))
-        requests.append(bodies)
+        filled = [template.format(question=question or "", reference="" if ref is None else ref, response=response,
+                                  max_score=f"{max_score:g}", item=item) for item in items]
+        return [json.dumps(build_request(model=model, text=t, temperature=temperature, max_tokens=max_tokens,
+                                         images=images), sort_keys=True) for t in filled]
+
+    requests = [requests_for(*row) for row in zip(completions, questions, refs, sample_list)]
+    read = yes_no if checklist else functools.partial(score_from_reply, max_score=float(max_score))
+    api_key = os.environ.get(api_key_env) if api_key_env else None
+    results = _ask_all(requests, read, url=endpoint(url), api_key=api_key, concurrency=concurrency,
+                       timeout_s=request_timeout_s, retries=retries, backoff_s=backoff_s)
+    return [_value(bodies, results) for bodies in requests]
+
+
+def _response(text: Any, answer_only: bool) -> str:
+    """What the judge reads of a completion: its `<answer>` block when `answer_only` (else all of it), capped."""
+    text = text if isinstance(text, str) else ""
+    block = extract_answer(text) if answer_only else None
+    return (text if block is None else block)[:MAX_RESPONSE_CHARS]
+
+
+def _ask_all(requests: list[list[str] | None], read: Callable[[Any], float | None], *, url: str,
+             api_key: str | None, concurrency: int, timeout_s: float, retries: int,
+             backoff_s: float) -> dict[str, float | None | JudgeError]:
+    """Each distinct request body sent once, concurrently: body → the value `read` from the reply, or the error.
+
+    Raises the first JudgeError when every request failed (the term's `on_error` decides)."""
     unique = list(dict.fromkeys(b for bodies in requests if bodies for b in bodies))  # identical ones go once
 
     def ask(body: str) -> float | None | JudgeError:
         try:
-            reply = _post(target, json.loads(body), api_key=api_key, timeout_s=request_timeout_s,
-                          retries=retries, backoff_s=backoff_s)
+            reply = _post(url, json.loads(body), api_key=api_key, timeout_s=timeout_s, retries=retries,
+                          backoff_s=backoff_s)
         except JudgeError as exc:
             return exc
-        return yes_no(reply) if checklist else score_from_reply(reply, float(max_score))
+        return read(reply)
 
     with ThreadPoolExecutor(max_workers=max(1, min(int(concurrency), len(unique) or 1))) as pool:
         results = dict(zip(unique, pool.map(ask, unique)))
     failures = [r for r in results.values() if isinstance(r, JudgeError)]
     if unique and len(failures) == len(unique):
         raise failures[0]
-    out: list[float | None] = []
-    for bodies in requests:
-        if bodies is None:
-            out.append(None)
-            continue
-        values = [results[b] for b in bodies]
-        ok = all(isinstance(v, float) for v in values)
-        note_parse(truncated=False, failed=not ok)
-        out.append(sum(values) / len(values) if ok else None)
-    return out
+    return results
+
+
+def _value(bodies: list[str] | None, results: dict[str, float | None | JudgeError]) -> float | None:
+    """One completion's value: the mean of its requests' values; None when it has none or any of them failed."""
+    if bodies is None:
+        return None
+    values = [results[b] for b in bodies]
+    ok = all(isinstance(v, float) for v in values)
+    note_parse(truncated=False, failed=not ok)
+    return sum(values) / len(values) if ok else None

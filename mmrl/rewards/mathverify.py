@@ -17,7 +17,10 @@ from collections.abc import Sequence
 from typing import Any
 
 from mmrl.rewards.compose import RewardError, RewardTimeout
-from mmrl.rewards.parsing import MAX_CHARS, extract_answer, note_parse, note_timeout
+from mmrl.rewards.parsed import note_parse, note_timeout
+from mmrl.rewards.parsing import MAX_CHARS, extract_answer
+from mmrl.rewards.per_sample import per_sample
+from mmrl.rewards.process import IsolatedReward
 from mmrl.rewards.registry import register
 
 _WORKER = None
@@ -76,8 +79,6 @@ def check_pairs(completions: list[str], *, answer: Sequence[Any] | None = None, 
 def _worker(timeout_s: float):
     """The shared worker (one per process), restarted with a new timeout when `timeout_s` changes."""
     global _WORKER
-    from mmrl.rewards.isolation import IsolatedReward
-
     with _WORKER_LOCK:
         if _WORKER is None or _WORKER.timeout_s != timeout_s:
             if _WORKER is not None:
@@ -110,14 +111,8 @@ def prediction_text(text: Any, max_chars: int = MAX_CHARS) -> str | None:
 
 
 @register("math")
-def math_reward(
-    completions: list[str],
-    *,
-    answer: Sequence[Any] | None = None,
-    timeout_s: float = 5.0,
-    max_answer_chars: int = 4096,
-    **kwargs: Any,
-) -> list[float | None]:
+@per_sample
+def math_reward(text: Any, answer: Any, *, timeout_s: float = 5.0, max_answer_chars: int = 4096) -> float | None:
     """Mathematical equivalence of the answer with the ground truth via math-verify. Range {0, 1}; None = n/a.
 
     r = 1[verify(parse(gold), parse(pred))], pred = the last `<answer>` block (else the completion; math-verify
@@ -131,29 +126,21 @@ def math_reward(
     >>> math_reward([r"<think>…</think><answer>\\frac{1}{2}</answer>", "so \\boxed{3}"], answer=["0.5", "4"])
     [1.0, 0.0]
     """
-    n = len(completions)
-    golds = list(answer) if answer is not None else [None] * n
-    if len(golds) != n:
-        raise ValueError(f"column 'answer' has {len(golds)} values for {n} completions")
-    worker = _worker(float(timeout_s))
-    out: list[float | None] = []
-    for text, gold in zip(completions, golds):
-        if gold is None or isinstance(gold, (dict, list, tuple)) or (isinstance(gold, str) and not gold.strip()):
-            out.append(None)
-            continue
-        truncated = isinstance(text, str) and len(text) > max_answer_chars
-        pred = prediction_text(text[-max_answer_chars:] if truncated else text)
-        if pred is None:
-            note_parse(truncated=truncated, failed=True)
-            out.append(0.0)
-            continue
-        try:
-            value, parsed = worker([pred], answer=[str(gold)])[0]
-        except RewardTimeout:
-            note_timeout()
-            value, parsed = 0.0, False
-        except RewardError:  # a crash inside math-verify on this input: wrong, not fatal
-            value, parsed = 0.0, False
-        note_parse(truncated=truncated, failed=not parsed)
-        out.append(value)
-    return out
+    gold = answer
+    if gold is None or isinstance(gold, (dict, list, tuple)) or (isinstance(gold, str) and not gold.strip()):
+        return None
+    truncated = isinstance(text, str) and len(text) > max_answer_chars
+    pred = prediction_text(text[-max_answer_chars:] if truncated else text)
+    if pred is None:
+        note_parse(truncated=truncated, failed=True)
+        return 0.0
+    worker = _worker(float(timeout_s))  # started on the first completion that needs it; a failed start raises
+    try:
+        value, parsed = worker([pred], answer=[str(gold)])[0]
+    except RewardTimeout:
+        note_timeout()
+        value, parsed = 0.0, False
+    except RewardError:  # a crash inside math-verify on this input: wrong, not fatal
+        value, parsed = 0.0, False
+    note_parse(truncated=truncated, failed=not parsed)
+    return value

@@ -1,9 +1,10 @@
-"""Small, total parsers for model completions: the `<answer>` block and bounding boxes.
+"""Small, total parsers for model completions: the `<answer>` block, bounding boxes, labelled objects, points
+and numbers.
 
-Both functions never raise on any text. A fuller parser (labels, points, confidences) comes later; this one
-covers the forms grounding models actually emit: `[x1, y1, x2, y2]`, lists of such lists, JSON objects with a
-`bbox_2d` (Qwen2.5-VL / Qwen3-VL), `bbox`, `box` or `Position` (Visual-RFT) key, and Qwen2-VL's
-`(x1,y1),(x2,y2)`.
+None of them raises on any text. They cover the forms grounding models actually emit: `[x1, y1, x2, y2]`, lists
+of such lists, JSON objects with a `bbox_2d` (Qwen2.5-VL / Qwen3-VL), `bbox`, `box` or `Position` (Visual-RFT)
+key, and Qwen2-VL's `(x1,y1),(x2,y2)`. `parse_objects` / `parse_points` / `parse_number` also return what they
+found as a `Parsed` and count it in the active `parse_stats()` (both from `parsed.py`, re-exported here).
 """
 
 from __future__ import annotations
@@ -11,10 +12,15 @@ from __future__ import annotations
 import json
 import math
 import re
-from contextlib import contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
+
+from mmrl.rewards.parsed import ParseStats, Parsed, note_parse, note_timeout, parse_stats, record
+
+__all__ = [
+    "BOX_KEYS", "MAX_ANSWER_CHARS", "MAX_BOXES", "MAX_CHARS", "POINT_KEYS", "SCORE_KEYS", "ParseStats", "Parsed",
+    "extract_answer", "note_parse", "note_timeout", "parse_boxes", "parse_number", "parse_objects", "parse_points",
+    "parse_stats",
+]
 
 MAX_CHARS = 64 * 1024  # longer inputs are truncated before parsing
 BOX_KEYS = ("bbox_2d", "bbox", "box", "Position")
@@ -136,87 +142,6 @@ _OPEN_RE = re.compile(r"[\[{]")
 _POINT_RE = re.compile(rf"[\[(]\s*({_NUM}){_SEP}({_NUM})\s*[\])]")
 
 
-@dataclass
-class Parsed:
-    """What a parser found: `objects` ({"box"|"point": [...], "label": str | None, "score": float | None}),
-    `truncated` (the parsed text — the answer block, else the whole text — was longer than `max_answer_chars`,
-    or more than `max_boxes` objects were found),
-    `failed` (nothing usable parsed) and `n_found` (objects seen before truncation, ≥ len(objects); rewards
-    count the objects beyond the cap as false positives)."""
-
-    objects: list[dict[str, Any]] = field(default_factory=list)
-    truncated: bool = False
-    failed: bool = True
-    n_found: int = 0
-
-    @property
-    def boxes(self) -> list[list[float]]:
-        return [o["box"] for o in self.objects if "box" in o]
-
-    @property
-    def points(self) -> list[list[float]]:
-        return [o["point"] for o in self.objects if "point" in o]
-
-
-@dataclass
-class ParseStats:
-    """Counts of parser calls while `parse_stats()` is active: `calls`, `truncated`, `failed`, and `timed_out`
-    (per-completion checks a reward abandoned at its time limit, e.g. `math`)."""
-
-    calls: int = 0
-    truncated: int = 0
-    failed: int = 0
-    timed_out: int = 0
-
-    def as_metrics(self) -> dict[str, float]:
-        """Fractions of parsed completions: `{"truncated": …, "parse_fail": …}` (0.0 when nothing was parsed),
-        plus `timed_out` when any check timed out."""
-        n = max(self.calls, 1)
-        out = {"truncated": self.truncated / n, "parse_fail": self.failed / n}
-        if self.timed_out:
-            out["timed_out"] = self.timed_out / n
-        return out
-
-
-_STATS: ContextVar[ParseStats | None] = ContextVar("mmrl_parse_stats", default=None)
-
-
-@contextmanager
-def parse_stats() -> Iterator[ParseStats]:
-    """Count cap engagements and parse failures of `parse_objects`/`parse_points`/`parse_number` in a block.
-
-    The compose layer wraps one reward call: `with parse_stats() as st: values = fn(completions, **cols)`, then
-    logs `reward/<name>/truncated` and `reward/<name>/parse_fail` from `st.as_metrics()`.
-    """
-    stats = ParseStats()
-    token = _STATS.set(stats)
-    try:
-        yield stats
-    finally:
-        _STATS.reset(token)
-
-
-def _record(parsed: Parsed) -> Parsed:
-    stats = _STATS.get()
-    if stats is not None:
-        stats.calls += 1
-        stats.truncated += int(parsed.truncated)
-        stats.failed += int(parsed.failed)
-    return parsed
-
-
-def note_parse(*, truncated: bool, failed: bool) -> None:
-    """Record one parse done outside this module's parsers (e.g. by math-verify) in the active `parse_stats`."""
-    _record(Parsed(truncated=truncated, failed=failed))
-
-
-def note_timeout() -> None:
-    """Record one per-completion check abandoned at its time limit in the active `parse_stats`."""
-    stats = _STATS.get()
-    if stats is not None:
-        stats.timed_out += 1
-
-
 def _scope(text: Any, max_answer_chars: int) -> tuple[str | None, bool]:
     """The text to parse (the last `<answer>` block, else the whole text) after the length cap, and whether the
     cap cut it. The block is found in the whole text (`rfind`, linear), so a long reasoning does not push the
@@ -231,7 +156,7 @@ def _scope(text: Any, max_answer_chars: int) -> tuple[str | None, bool]:
 def _finish(objects: list[dict[str, Any]], truncated: bool, cap: int) -> Parsed:
     n = len(objects)
     cap = max(int(cap), 0)
-    return _record(Parsed(objects[:cap], truncated or n > cap, n == 0, n))
+    return record(Parsed(objects[:cap], truncated or n > cap, n == 0, n))
 
 
 def parse_objects(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_boxes: int = MAX_BOXES) -> Parsed:
@@ -253,7 +178,7 @@ def parse_objects(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_bo
     try:
         scope, truncated = _scope(text, max_answer_chars)
         if scope is None:
-            return _record(Parsed())
+            return record(Parsed())
         limit = max(int(max_boxes), 0) * 10 + 10  # count a little past the cap, bounded work
         objects = _json_objects(scope, "box", limit)
         if not objects and "<|box_start|>" in scope:
@@ -266,7 +191,7 @@ def parse_objects(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_bo
             objects = [{"box": b, "label": None, "score": None} for b in _regex_boxes(scope, limit)]
         return _finish(objects, truncated, max_boxes)
     except Exception:  # noqa: BLE001 — a parser of model output must be total
-        return _record(Parsed())
+        return record(Parsed())
 
 
 def parse_points(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_points: int = MAX_BOXES) -> Parsed:
@@ -282,7 +207,7 @@ def parse_points(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_poi
     try:
         scope, truncated = _scope(text, max_answer_chars)
         if scope is None:
-            return _record(Parsed())
+            return record(Parsed())
         limit = max(int(max_points), 0) * 10 + 10
         objects = _json_objects(scope, "point", limit)
         if not objects:
@@ -295,7 +220,7 @@ def parse_points(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS, max_poi
                         break
         return _finish(objects, truncated, max_points)
     except Exception:  # noqa: BLE001
-        return _record(Parsed())
+        return record(Parsed())
 
 
 def parse_number(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS) -> tuple[float | None, Parsed]:
@@ -311,9 +236,9 @@ def parse_number(text: str, *, max_answer_chars: int = MAX_ANSWER_CHARS) -> tupl
             for m in re.finditer(_NUM, scope[-4096:]):  # the answer is at the end; bounded work
                 v = _finite([m.group(0)])
                 value = v[0] if v is not None else value
-        return value, _record(Parsed([], truncated, value is None, int(value is not None)))
+        return value, record(Parsed([], truncated, value is None, int(value is not None)))
     except Exception:  # noqa: BLE001
-        return None, _record(Parsed())
+        return None, record(Parsed())
 
 
 def _finite(values: Sequence[Any]) -> list[float] | None:

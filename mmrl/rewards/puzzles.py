@@ -2,25 +2,19 @@
 
 Puzzles (annotation-free SSL pretext tasks): `rotation_exact`, `jigsaw`, `relative_position`, `patch_fit`.
 Video: `temporal_iou`, `frame_order`. (Consistency rewards live in `consistency.py`.)
-Same contract as `text.py`: pure, total on any text, input capped, one value per completion, `None` = n/a.
+Same contract as `text.py`: pure, total on any text, input capped, one value per completion, `None` = n/a; each
+is the score of one completion made a reward by `per_sample`.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
 from typing import Any
 
+from mmrl.rewards.per_sample import per_sample
 from mmrl.rewards.registry import register
-from mmrl.rewards.text import (
-    MAX_CHARS,
-    answer_text,
-    column,
-    normalize_text,
-    parse_letter,
-    parse_numbers,
-)
+from mmrl.rewards.text_parsing import MAX_CHARS, answer_text, normalize_text, parse_letter, parse_numbers
 
 MAX_ITEMS = 512  # longest order / permutation parsed from a completion
 
@@ -40,9 +34,8 @@ _ANGLE_RE = re.compile(r"(?<![\d.])([-+]?\d{1,6}(?:\.\d+)?)\s*(?:°|º|deg(?:ree
 
 
 @register("rotation_exact")
-def rotation_exact(
-    completions: list[str], *, answer: Sequence[Any] | None = None, tol: float = 1e-6, **kwargs: Any
-) -> list[float | None]:
+@per_sample
+def rotation_exact(text: Any, answer: Any, *, tol: float = 1e-6) -> float | None:
     """Exact rotation angle, modulo 360. Range {0, 1}; None = not applicable.
 
     r = 1[all angles θ̂ in the answer agree and (θ̂ − θ) mod 360 ∈ [−tol, tol]], answer θ = a number, numeric
@@ -54,23 +47,18 @@ def rotation_exact(
     ...                answer=[90, {"angle": 90}, "90"])
     [1.0, 1.0, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        theta = gt.get("angle") if isinstance(gt, dict) else gt
-        if isinstance(theta, str):  # "90°", "90 degrees"
-            m = _ANGLE_RE.search(theta[:64])
-            theta = m.group(1) if m else None
-        theta = _finite(theta)
-        if theta is None:
-            out.append(None)
-            continue
-        angles = {round(float(m.group(1)) % 360.0, 6) % 360.0 for m in _ANGLE_RE.finditer(answer_text(text)[:4096])}
-        if len(angles) != 1:
-            out.append(0.0)
-            continue
-        diff = (angles.pop() - theta) % 360.0
-        out.append(1.0 if min(diff, 360.0 - diff) <= tol else 0.0)
-    return out
+    theta = answer.get("angle") if isinstance(answer, dict) else answer
+    if isinstance(theta, str):  # "90°", "90 degrees"
+        m = _ANGLE_RE.search(theta[:64])
+        theta = m.group(1) if m else None
+    theta = _finite(theta)
+    if theta is None:
+        return None
+    angles = {round(float(m.group(1)) % 360.0, 6) % 360.0 for m in _ANGLE_RE.finditer(answer_text(text)[:4096])}
+    if len(angles) != 1:
+        return 0.0
+    diff = (angles.pop() - theta) % 360.0
+    return 1.0 if min(diff, 360.0 - diff) <= tol else 0.0
 
 
 # ---- orders: jigsaw and frame order -----------------------------------------------------------------------------
@@ -100,7 +88,8 @@ def parse_order(pred: str, gt: list[str]) -> list[str]:
 
 
 @register("jigsaw")
-def jigsaw(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def jigsaw(text: Any, answer: Any) -> float | None:
     """Jigsaw: fraction of tiles in place. Range [0, 1]; None = not applicable.
 
     r = (1/N) Σ_i 1[p̂_i = p_i] over the N entries of `answer["order"]`; p̂ is parsed from the answer ("2, 0,
@@ -111,17 +100,13 @@ def jigsaw(completions: list[str], *, answer: Sequence[Any] | None = None, **kwa
     >>> jigsaw(["<answer>[2, 0, 3, 1]</answer>", "<answer>2, 0, 1</answer>", "no"], answer=[{"order": [2, 0, 3, 1]}] * 3)
     [1.0, 0.5, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        order = _gt_order(gt)
-        if order is None:
-            out.append(None)
-            continue
-        if all(re.fullmatch(r"-?\d+", g) for g in order):
-            order = [str(int(g)) for g in order]
-        pred = parse_order(answer_text(text), order)
-        out.append(sum(p == g for p, g in zip(pred, order)) / len(order))
-    return out
+    order = _gt_order(answer)
+    if order is None:
+        return None
+    if all(re.fullmatch(r"-?\d+", g) for g in order):
+        order = [str(int(g)) for g in order]
+    pred = parse_order(answer_text(text), order)
+    return sum(p == g for p, g in zip(pred, order)) / len(order)
 
 
 def kendall_tau_partial(pred: list[str], gt: list[str]) -> float:
@@ -151,7 +136,8 @@ def kendall_tau_partial(pred: list[str], gt: list[str]) -> float:
 
 
 @register("frame_order")
-def frame_order(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def frame_order(text: Any, answer: Any) -> float | None:
     """Frame-order score: Kendall τ mapped to [0, 1]. Range [0, 1]; None = not applicable.
 
     r = (τ + 1)/2, τ = (C − D)/(N(N−1)/2) between the predicted order and `answer["order"]` (N distinct
@@ -163,17 +149,13 @@ def frame_order(completions: list[str], *, answer: Sequence[Any] | None = None, 
     ...             answer=[{"order": [1, 2, 3]}] * 3)
     [1.0, 0.6666666666666666, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        order = _gt_order(gt)
-        if order is not None and all(re.fullmatch(r"-?\d+", g) for g in order):
-            order = [str(int(g)) for g in order]
-        if order is None or len(set(order)) != len(order):
-            out.append(None)
-            continue
-        tau = kendall_tau_partial(parse_order(answer_text(text), order), order)
-        out.append(min(1.0, max(0.0, (tau + 1.0) / 2.0)))
-    return out
+    order = _gt_order(answer)
+    if order is not None and all(re.fullmatch(r"-?\d+", g) for g in order):
+        order = [str(int(g)) for g in order]
+    if order is None or len(set(order)) != len(order):
+        return None
+    tau = kendall_tau_partial(parse_order(answer_text(text), order), order)
+    return min(1.0, max(0.0, (tau + 1.0) / 2.0))
 
 
 # ---- relative position ------------------------------------------------------------------------------------------
@@ -207,9 +189,8 @@ def relations(text: str) -> set[str]:
 
 
 @register("relative_position")
-def relative_position(
-    completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any
-) -> list[float | None]:
+@per_sample
+def relative_position(text: Any, answer: Any) -> float | None:
     """Relative position with normalised synonyms. Range {0, 1}; None = not applicable.
 
     r = 1[R(â) = {R(y)}], R = the set of canonical relations named (top-left, top-right, bottom-left,
@@ -221,22 +202,17 @@ def relative_position(
     ...                   answer=[{"relation": "top-left"}, "left"])
     [1.0, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        rel = gt.get("relation") if isinstance(gt, dict) else gt
-        gold = relations(rel) if isinstance(rel, str) else set()
-        if len(gold) != 1:
-            out.append(None)
-            continue
-        out.append(1.0 if relations(answer_text(text)) == gold else 0.0)
-    return out
+    rel = answer.get("relation") if isinstance(answer, dict) else answer
+    gold = relations(rel) if isinstance(rel, str) else set()
+    if len(gold) != 1:
+        return None
+    return 1.0 if relations(answer_text(text)) == gold else 0.0
 
 
 # ---- patch fit --------------------------------------------------------------------------------------------------
 @register("patch_fit")
-def patch_fit(
-    completions: list[str], *, answer: Sequence[Any] | None = None, index_base: int = 1, **kwargs: Any
-) -> list[float | None]:
+@per_sample
+def patch_fit(text: Any, answer: Any, *, index_base: int = 1) -> float | None:
     """PatchFit: the candidate patch that fits the hole. Range {0, 1}; None = not applicable.
 
     r = 1[ĉ = c], c from `answer["choice"]` (a letter) and/or `answer["index"]` (an integer as numbered in the
@@ -248,29 +224,23 @@ def patch_fit(
     ...           answer=[{"choice": "B"}, {"choice": "B"}, {"index": 0}], index_base=1)
     [1.0, 1.0, 1.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        if not isinstance(gt, dict):
-            gt = {"choice": gt} if isinstance(gt, str) else {"index": gt}
-        letter = parse_letter(gt["choice"]) if isinstance(gt.get("choice"), str) else None
-        idx = gt.get("index")
-        idx = idx if isinstance(idx, int) and not isinstance(idx, bool) else None
-        if letter is None and idx is None:
-            out.append(None)
-            continue
-        if idx is None:
-            idx = ord(letter) - ord("A") + index_base
-        if letter is None and 0 <= idx - index_base < 26:
-            letter = chr(ord("A") + idx - index_base)
-        pred = answer_text(text)
-        p_letter = parse_letter(pred)
-        if p_letter is not None:
-            ok = p_letter == letter
-        else:  # every number named must be the index: "patch 2" yes, "1 or 2" no
-            nums = {v for v, _ in parse_numbers(pred[:1024])}
-            ok = nums == {float(idx)}
-        out.append(1.0 if ok else 0.0)
-    return out
+    gt = answer if isinstance(answer, dict) else {"choice": answer} if isinstance(answer, str) else {"index": answer}
+    letter = parse_letter(gt["choice"]) if isinstance(gt.get("choice"), str) else None
+    idx = gt.get("index")
+    idx = idx if isinstance(idx, int) and not isinstance(idx, bool) else None
+    if letter is None and idx is None:
+        return None
+    if idx is None:
+        idx = ord(letter) - ord("A") + index_base
+    if letter is None and 0 <= idx - index_base < 26:
+        letter = chr(ord("A") + idx - index_base)
+    pred = answer_text(text)
+    p_letter = parse_letter(pred)
+    if p_letter is not None:
+        ok = p_letter == letter
+    else:  # every number named must be the index: "patch 2" yes, "1 or 2" no
+        ok = {v for v, _ in parse_numbers(pred[:1024])} == {float(idx)}
+    return 1.0 if ok else 0.0
 
 
 # ---- temporal IoU -----------------------------------------------------------------------------------------------
@@ -307,7 +277,8 @@ def temporal_iou_of(a: tuple[float, float], b: tuple[float, float]) -> float:
 
 
 @register("temporal_iou")
-def temporal_iou(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def temporal_iou(text: Any, answer: Any) -> float | None:
     """Temporal IoU of a predicted [start, end] span in seconds. Range [0, 1]; None = not applicable.
 
     r = max(0, min(ê, e) − max(ŝ, s)) / (max(ê, e) − min(ŝ, s)), ŝ, ê = the first two times in the answer
@@ -319,21 +290,17 @@ def temporal_iou(completions: list[str], *, answer: Sequence[Any] | None = None,
     ...              answer=[{"span": [10, 20]}] * 3)
     [1.0, 0.3333333333333333, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        span = gt.get("span") if isinstance(gt, dict) else None
-        vals = [_finite(v) for v in span] if isinstance(span, (list, tuple)) and len(span) == 2 else [None]
-        if any(v is None for v in vals) or vals[1] < vals[0]:
-            out.append(None)
-            continue
-        pred = parse_span(answer_text(text))
-        out.append(0.0 if pred is None else temporal_iou_of(pred, (vals[0], vals[1])))
-    return out
+    span = answer.get("span") if isinstance(answer, dict) else None
+    vals = [_finite(v) for v in span] if isinstance(span, (list, tuple)) and len(span) == 2 else [None]
+    if any(v is None for v in vals) or vals[1] < vals[0]:
+        return None
+    pred = parse_span(answer_text(text))
+    return 0.0 if pred is None else temporal_iou_of(pred, (vals[0], vals[1]))
 
 
 @register("temporal_bonus", range=lambda alpha=0.3, **_: (0.0, max(0.0, float(alpha))))
-def temporal_bonus(completions: list[str], *, temporal: Sequence[Any] | None = None, alpha: float = 0.3,
-                   mu: float = 0.8, **kwargs: Any) -> list[float | None]:
+@per_sample
+def temporal_bonus(text: Any, temporal: Any, *, alpha: float = 0.3, mu: float = 0.8) -> float | None:
     """T-GRPO's temporal reward (Video-R1, arXiv:2503.21776). Range [0, α]; None = no contrast pass.
 
     r = α when the completion is correct and its prompt's accuracy on ordered frames p reaches μ·p̃, p̃ the
@@ -344,12 +311,9 @@ def temporal_bonus(completions: list[str], *, temporal: Sequence[Any] | None = N
     ...     {"correct": False, "ordered_acc": 0.5, "shuffled_acc": 0.25}, None])
     [0.3, 0.0, None]
     """
-    out: list[float | None] = []
-    for t in column(temporal, "temporal", len(completions)):
-        if not isinstance(t, dict) or not all(k in t for k in ("correct", "ordered_acc", "shuffled_acc")):
-            out.append(None)
-            continue
-        ok = bool(t["correct"]) and _finite(t["ordered_acc"]) is not None and _finite(t["shuffled_acc"]) is not None \
-            and float(t["ordered_acc"]) >= mu * float(t["shuffled_acc"])
-        out.append(float(alpha) if ok else 0.0)
-    return out
+    t = temporal
+    if not isinstance(t, dict) or not all(k in t for k in ("correct", "ordered_acc", "shuffled_acc")):
+        return None
+    ok = bool(t["correct"]) and _finite(t["ordered_acc"]) is not None and _finite(t["shuffled_acc"]) is not None \
+        and float(t["ordered_acc"]) >= mu * float(t["shuffled_acc"])
+    return float(alpha) if ok else 0.0

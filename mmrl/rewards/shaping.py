@@ -3,6 +3,8 @@
 Same contract as the other built-ins: pure, total on any completion text, input capped, one value per
 completion, `None` = not applicable (e.g. no `completion_ids` column for a length reward). Option errors (an
 unknown template, a negative buffer) are configuration bugs and raise `ValueError` naming the valid values.
+All but `cosine_length` (which calls a correctness reward over the whole batch) score one completion each
+(`per_sample`).
 """
 
 from __future__ import annotations
@@ -12,9 +14,10 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from mmrl.rewards.per_sample import column, per_sample
 from mmrl.rewards.registry import get as get_reward
 from mmrl.rewards.registry import register
-from mmrl.rewards.text import MAX_CHARS, column
+from mmrl.rewards.text_parsing import MAX_CHARS
 
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _BOX = rf"\[\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*,\s*{_NUM}\s*\]"
@@ -64,8 +67,14 @@ def _fits(text: str, template: str) -> bool:
     return True
 
 
+def _known_template(*, template: str, **_: Any) -> None:
+    if template not in TEMPLATES:
+        raise ValueError(f"format_template: unknown template {template!r} (valid: {', '.join(TEMPLATES)})")
+
+
 @register("format_template")
-def format_template(completions: list[str], *, template: str = "think_answer", **kwargs: Any) -> list[float]:
+@per_sample(check=_known_template)
+def format_template(text: Any, *, template: str = "think_answer") -> float:
     """1.0 when a completion has the layout of `template`, else 0.0. Range {0, 1}.
 
     Templates (whitespace between blocks allowed; a block never contains another template tag; the answer
@@ -83,11 +92,7 @@ def format_template(completions: list[str], *, template: str = "think_answer", *
     >>> format_template([r"\\boxed{\\frac{1}{2}}", r"\\boxed{}"], template="boxed")
     [1.0, 0.0]
     """
-    if template not in TEMPLATES:
-        raise ValueError(f"format_template: unknown template {template!r} (valid: {', '.join(TEMPLATES)})")
-    return [
-        1.0 if isinstance(t, str) and len(t) <= MAX_CHARS and _fits(t, template) else 0.0 for t in completions
-    ]
+    return 1.0 if isinstance(text, str) and len(text) <= MAX_CHARS and _fits(text, template) else 0.0
 
 
 def _length(ids: Any) -> int | None:
@@ -99,15 +104,14 @@ def _length(ids: Any) -> int | None:
         return None
 
 
+def _overlong_lengths(*, max_len: int, buffer: int, **_: Any) -> None:
+    if not (isinstance(max_len, int) and max_len > 0 and isinstance(buffer, int) and 0 <= buffer <= max_len):
+        raise ValueError(f"overlong: need 0 <= buffer <= max_len and max_len > 0, got {max_len=}, {buffer=}")
+
+
 @register("overlong", range=(-1.0, 0.0))
-def overlong(
-    completions: list[str],
-    *,
-    completion_ids: Sequence[Any] | None = None,
-    max_len: int = 20480,
-    buffer: int = 4096,
-    **kwargs: Any,
-) -> list[float | None]:
+@per_sample(check=_overlong_lengths)
+def overlong(text: Any, completion_ids: Any, *, max_len: int = 20480, buffer: int = 4096) -> float | None:
     """DAPO soft overlong penalty on the completion's token count. Range [−1, 0]; None = no `completion_ids`.
 
     r = 0 if L ≤ max_len − buffer; ((max_len − buffer) − L) / buffer if max_len − buffer < L ≤ max_len;
@@ -118,20 +122,14 @@ def overlong(
     >>> overlong(["a", "b", "c"], completion_ids=[[0] * 6, [0] * 9, [0] * 11], max_len=10, buffer=4)
     [0.0, -0.75, -1.0]
     """
-    if not (isinstance(max_len, int) and max_len > 0 and isinstance(buffer, int) and 0 <= buffer <= max_len):
-        raise ValueError(f"overlong: need 0 <= buffer <= max_len and max_len > 0, got {max_len=}, {buffer=}")
-    out: list[float | None] = []
-    for ids in column(completion_ids, "completion_ids", len(completions)):
-        n = _length(ids)
-        if n is None:
-            out.append(None)
-        elif n <= max_len - buffer:
-            out.append(0.0)
-        elif n <= max_len:
-            out.append(max(-1.0, ((max_len - buffer) - n) / buffer))
-        else:
-            out.append(-1.0)
-    return out
+    n = _length(completion_ids)
+    if n is None:
+        return None
+    if n <= max_len - buffer:
+        return 0.0
+    if n <= max_len:
+        return max(-1.0, ((max_len - buffer) - n) / buffer)
+    return -1.0
 
 
 def cosine_interp(length: float, max_len: float, r_start: float, r_end: float) -> float:
@@ -196,8 +194,14 @@ def cosine_length(
     return out
 
 
+def _positive_n(*, n: int, **_: Any) -> None:
+    if not (isinstance(n, int) and n > 0):
+        raise ValueError(f"repetition: n must be a positive int, got {n!r}")
+
+
 @register("repetition", range=(-1.0, 0.0))
-def repetition(completions: list[str], *, n: int = 3, **kwargs: Any) -> list[float]:
+@per_sample(check=_positive_n)
+def repetition(text: Any, *, n: int = 3) -> float:
     """N-gram repetition penalty: minus the fraction of repeated word n-grams. Range [−1, 0].
 
     r = −(1 − |unique n-grams| / |n-grams|) over whitespace words of the (capped) completion; 0 when it has
@@ -207,14 +211,8 @@ def repetition(completions: list[str], *, n: int = 3, **kwargs: Any) -> list[flo
     >>> repetition(["a b c a b c", "one two three", "x"], n=3)
     [-0.25, 0.0, 0.0]
     """
-    if not (isinstance(n, int) and n > 0):
-        raise ValueError(f"repetition: n must be a positive int, got {n!r}")
-    out = []
-    for text in completions:
-        words = text[:MAX_CHARS].split() if isinstance(text, str) else []
-        if len(words) < n:
-            out.append(0.0)
-            continue
-        grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
-        out.append(len(set(grams)) / len(grams) - 1.0)
-    return out
+    words = text[:MAX_CHARS].split() if isinstance(text, str) else []
+    if len(words) < n:
+        return 0.0
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return len(set(grams)) / len(grams) - 1.0

@@ -2,8 +2,9 @@
 
 Each reward reads the last `<answer>…</answer>` block (the whole completion when there is none), is pure, never
 raises on any completion text, caps its input at `MAX_CHARS`, and returns one value per completion (`None` = the
-ground truth does not fit this reward). Options are keyword-only with defaults; `**kwargs` takes unused columns.
-The small parsers here (`parse_letter`, `parse_number`, `normalize_text`) are shared with `puzzles.py`.
+ground truth does not fit this reward). Each is written as the score of one completion and made a reward by
+`per_sample` (options keyword-only with defaults; `**kwargs` takes unused columns). The small parsers they share
+with `puzzles.py` and `consistency.py` live in `text_parsing.py`.
 """
 
 from __future__ import annotations
@@ -11,131 +12,23 @@ from __future__ import annotations
 import math
 import re
 import string
-import unicodedata
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
-from mmrl.rewards.parsing import extract_answer
+from mmrl.rewards.per_sample import per_sample
 from mmrl.rewards.registry import register
+from mmrl.rewards.text_parsing import (
+    MAX_CHARS,
+    answer_text,
+    normalize_text,
+    numbers_close,
+    parse_letter,
+    parse_number,
+    truth_field,
+)
 
-MAX_CHARS = 64 * 1024  # completion text beyond this is ignored
 MAX_EDIT_UNITS = 2048  # Levenshtein inputs are truncated to this many chars/words (after prefix/suffix trimming)
-
-
-# ---- shared helpers ---------------------------------------------------------------------------------------------
-from mmrl.rewards.builtin import column  # noqa: E402  (re-exported for puzzles / shaping)
-
-
-
-def answer_text(text: Any) -> str:
-    """The last `<answer>` block, else the whole completion, capped at `MAX_CHARS` and stripped; "" for non-str.
-
-    The block is found in the whole completion (`rfind`, linear), so a long reasoning does not hide the answer.
-    """
-    if not isinstance(text, str):
-        return ""
-    block = extract_answer(text)
-    return (text if block is None else block)[:MAX_CHARS].strip()
-
-
-_ARTICLES = re.compile(r"\b(?:a|an|the)\b")
-
-
-def normalize_text(s: Any) -> str:
-    """SQuAD-style normalisation: casefold, `_`/`-` → space, drop punctuation and articles, collapse whitespace.
-
-    >>> normalize_text("  The Golden_Retriever!! ")
-    'golden retriever'
-    """
-    if not isinstance(s, str):
-        s = "" if s is None else str(s)
-    s = unicodedata.normalize("NFKC", s[:MAX_CHARS]).casefold().replace("_", " ").replace("-", " ")
-    s = "".join(" " if unicodedata.category(c).startswith(("P", "S")) else c for c in s)
-    return " ".join(_ARTICLES.sub(" ", s).split())
-
-
-_LETTER_RE = re.compile(  # no two adjacent unbounded quantifiers over the same characters (no backtracking blow-up)
-    r"[\s*$]*(?:\\boxed\{[\s*]*)?(?:(?:the\s+)?(?:final\s+)?(?:correct\s+)?answer\b(?:\s*is\b)?[\s:：*]*)?"
-    r"(?:(?:option|choice)\b\s*)?(?:\(([A-Za-z])\)|\[([A-Za-z])\]|([A-Za-z])(?=\s{0,8}(?:[.):：,}*$]|$)))",
-    re.IGNORECASE,
-)
-
-
-def parse_letter(pred: str) -> str | None:
-    """The option letter a short answer starts with ("B", "(B)", "B.", "B) cat", "Answer: B", "\\boxed{B}").
-
-    A bare letter must be followed by punctuation or the end ("a cat" and "I think B" are not options).
-
-    >>> [parse_letter(s) for s in ["B", "(c)", "D. a dog", "Answer: A", "because", "a cat"]]
-    ['B', 'C', 'D', 'A', None, None]
-    """
-    if not isinstance(pred, str):
-        return None
-    m = _LETTER_RE.match(pred[:1024])
-    if not m:
-        return None
-    return next(g for g in m.groups() if g).upper()
-
-
-_NUM = r"\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d*)?|\.\d+"
-_NUMBER_RE = re.compile(
-    rf"([-−]?)\s{{0,3}}\\d?frac\{{\s*(-?)\s*({_NUM})\s*\}}\{{\s*({_NUM})\s*\}}"  # \frac{3}{4}, -\frac{3}{4}
-    rf"|([-+−]?)\s{{0,3}}({_NUM})(?:\s{{0,3}}[eE]\s{{0,3}}([-+]?\d{{1,4}})"
-    rf"|\s{{0,3}}[×x*]\s{{0,3}}10\s{{0,3}}\^\s{{0,3}}\{{?\s{{0,3}}([-+]?\d{{1,4}})\s{{0,3}}\}}?)?"
-    rf"(?:\s{{0,3}}/\s{{0,3}}({_NUM}))?(\s{{0,3}}%)?"
-)
-
-
-def parse_numbers(pred: str, limit: int = 64) -> list[tuple[float, bool]]:
-    """Every number in `pred` as `(value, is_percent)`, in order, at most `limit`; no eval, non-finite dropped.
-
-    Handles "1,234.5", "-3/4", "\\frac{3}{4}", "-\\frac{3}{4}", "45%", "1.5e-3", "2 × 10^3".
-
-    >>> parse_numbers("x = 1,234.5 or 3/4 or 45% or 2e3")
-    [(1234.5, False), (0.75, False), (45.0, True), (2000.0, False)]
-    """
-    out: list[tuple[float, bool]] = []
-    if not isinstance(pred, str):
-        return out
-    for m in _NUMBER_RE.finditer(pred[:MAX_CHARS]):
-        try:
-            if m.group(3) is not None:  # \frac, signed before or inside its numerator
-                num, den = float(m.group(3).replace(",", "")), float(m.group(4).replace(",", ""))
-                value = (-1 if bool(m.group(1)) != bool(m.group(2)) else 1) * num / den
-                pct = False
-            else:
-                value = float(m.group(6).replace(",", ""))
-                exp = m.group(7) or m.group(8)
-                if exp is not None:
-                    value *= 10.0 ** int(exp)
-                if m.group(9) is not None:
-                    value /= float(m.group(9).replace(",", ""))
-                if m.group(5) in ("-", "−"):
-                    value = -value
-                pct = m.group(10) is not None
-        except (ValueError, ZeroDivisionError, OverflowError):
-            continue
-        if math.isfinite(value):
-            out.append((value, pct))
-            if len(out) >= limit:
-                break
-    return out
-
-
-def parse_number(pred: Any) -> tuple[float, bool] | None:
-    """The last number in `pred` (see `parse_numbers`), or None."""
-    found = parse_numbers(pred, limit=MAX_CHARS) if isinstance(pred, str) else []
-    return found[-1] if found else None
-
-
-def _gt_text(gt: Any, *keys: str) -> Any:
-    if isinstance(gt, dict):
-        for k in keys:
-            if k in gt:
-                return gt[k]
-        return None
-    return gt
 
 
 # ---- multiple choice --------------------------------------------------------------------------------------------
@@ -143,7 +36,7 @@ def _letters(n: int) -> str:
     return string.ascii_uppercase[: max(0, min(n, 26))]
 
 
-def _mc_pred(pred: str, options: Any, permutation: Any) -> str | None:
+def mc_letter(pred: str, options: Any, permutation: Any) -> str | None:
     """The original-order letter a prediction names (through the shown-order permutation), or None."""
     n_opt = len(options) if isinstance(options, (list, tuple, dict)) else 26
     letter = parse_letter(pred)
@@ -169,7 +62,8 @@ def _mc_pred(pred: str, options: Any, permutation: Any) -> str | None:
 
 
 @register("mc")
-def mc(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def mc(text: Any, answer: Any) -> float | None:
     """Multiple-choice letter accuracy, with option-shuffle mapping. Range {0, 1}; None = not applicable.
 
     r = 1[π(ℓ̂) = ℓ], ℓ̂ the letter parsed from the answer ("B", "(B)", "B.", "B) text", "Answer: B",
@@ -185,17 +79,13 @@ def mc(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs:
     ...    answer=[{"choice": "B"}, {"choice": "B", "permutation": [1, 0]}, {"choice": "C", "options": ["x", "y", "A dog"]}])
     [1.0, 1.0, 1.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        choice = _gt_text(gt, "choice")
-        choice = parse_letter(choice) if isinstance(choice, str) else None
-        if choice is None:
-            out.append(None)
-            continue
-        opts = gt.get("options") if isinstance(gt, dict) else None
-        perm = gt.get("permutation") if isinstance(gt, dict) else None
-        out.append(1.0 if _mc_pred(answer_text(text), opts, perm) == choice else 0.0)
-    return out
+    choice = truth_field(answer, "choice")
+    choice = parse_letter(choice) if isinstance(choice, str) else None
+    if choice is None:
+        return None
+    opts = answer.get("options") if isinstance(answer, dict) else None
+    perm = answer.get("permutation") if isinstance(answer, dict) else None
+    return 1.0 if mc_letter(answer_text(text), opts, perm) == choice else 0.0
 
 
 _SPLIT_RE = re.compile(r"\s*(?:,|;|/|&|\band\b|\s)\s*", re.IGNORECASE)
@@ -221,9 +111,8 @@ def _letter_set(s: Any) -> frozenset[str] | None:
 
 
 @register("multi_select")
-def multi_select(
-    completions: list[str], *, answer: Sequence[Any] | None = None, partial: bool = False, **kwargs: Any
-) -> list[float | None]:
+@per_sample
+def multi_select(text: Any, answer: Any, *, partial: bool = False) -> float | None:
     """Multi-select accuracy over a set of option letters. Range [0, 1]; None = not applicable.
 
     r = 1[Ŝ = S] (default), or Jaccard |Ŝ ∩ S| / |Ŝ ∪ S| with `partial=True`; S = `answer["choices"]` (a list
@@ -235,25 +124,20 @@ def multi_select(
     >>> multi_select(["<answer>A, B</answer>"], answer=["A, C"], partial=True)
     [0.3333333333333333]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        gold = _letter_set(_gt_text(gt, "choices"))
-        if not gold:
-            out.append(None)
-            continue
-        pred = _letter_set(answer_text(text))
-        if not pred:
-            out.append(0.0)
-        elif partial:
-            out.append(len(pred & gold) / len(pred | gold))
-        else:
-            out.append(1.0 if pred == gold else 0.0)
-    return out
+    gold = _letter_set(truth_field(answer, "choices"))
+    if not gold:
+        return None
+    pred = _letter_set(answer_text(text))
+    if not pred:
+        return 0.0
+    if partial:
+        return len(pred & gold) / len(pred | gold)
+    return 1.0 if pred == gold else 0.0
 
 
 # ---- numbers and strings ----------------------------------------------------------------------------------------
 def _gt_number(gt: Any) -> tuple[float, bool] | None:
-    gt = _gt_text(gt, "value", "number")
+    gt = truth_field(gt, "value", "number")
     if isinstance(gt, bool):
         return None
     if isinstance(gt, (int, float)):
@@ -265,20 +149,9 @@ def _gt_number(gt: Any) -> tuple[float, bool] | None:
     return parse_number(gt) if isinstance(gt, str) else None
 
 
-def numbers_close(a: float, b: float, rel_tol: float, abs_tol: float) -> bool:
-    """|a − b| ≤ max(abs_tol, rel_tol·|b|) (b is the reference)."""
-    return abs(a - b) <= max(abs_tol, rel_tol * abs(b))
-
-
 @register("numeric")
-def numeric(
-    completions: list[str],
-    *,
-    answer: Sequence[Any] | None = None,
-    rel_tol: float = 1e-4,
-    abs_tol: float = 1e-9,
-    **kwargs: Any,
-) -> list[float | None]:
+@per_sample
+def numeric(text: Any, answer: Any, *, rel_tol: float = 1e-4, abs_tol: float = 1e-9) -> float | None:
     """Numeric answer within a tolerance. Range {0, 1}; None = not applicable.
 
     r = 1[|ŷ − y| ≤ max(abs_tol, rel_tol·|y|)], ŷ the last number in the answer (hand parser: "1,234.5", "3/4",
@@ -290,25 +163,19 @@ def numeric(
     ...         answer=[1234.5, 0.45, "0.75", 1])
     [1.0, 1.0, 1.0, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        y = _gt_number(gt)
-        if y is None:
-            out.append(None)
-            continue
-        got = parse_number(answer_text(text))
-        if got is None:
-            out.append(0.0)
-            continue
-        cands = [got[0], got[0] / 100] if got[1] else [got[0]]
-        targets = [y[0], y[0] / 100] if y[1] else [y[0]]
-        ok = any(numbers_close(c, t, rel_tol, abs_tol) for c in cands for t in targets)
-        out.append(1.0 if ok else 0.0)
-    return out
+    y = _gt_number(answer)
+    if y is None:
+        return None
+    got = parse_number(answer_text(text))
+    if got is None:
+        return 0.0
+    cands = [got[0], got[0] / 100] if got[1] else [got[0]]
+    targets = [y[0], y[0] / 100] if y[1] else [y[0]]
+    return 1.0 if any(numbers_close(c, t, rel_tol, abs_tol) for c in cands for t in targets) else 0.0
 
 
 def _gt_strings(gt: Any, *keys: str) -> list[str] | None:
-    gt = _gt_text(gt, *keys)
+    gt = truth_field(gt, *keys)
     if isinstance(gt, bool) or gt is None:
         return None
     if isinstance(gt, (int, float, str)):
@@ -321,7 +188,8 @@ def _gt_strings(gt: Any, *keys: str) -> list[str] | None:
 
 
 @register("exact")
-def exact(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def exact(text: Any, answer: Any) -> float | None:
     """Normalised exact match against one or several references. Range {0, 1}; None = not applicable.
 
     r = max_j 1[norm(â) = norm(y_j)], norm = casefold, drop punctuation/symbols and articles, collapse
@@ -331,19 +199,16 @@ def exact(completions: list[str], *, answer: Sequence[Any] | None = None, **kwar
     >>> exact(["<answer>The Eiffel-Tower.</answer>", "<answer>tower</answer>"], answer=["eiffel tower", ["Eiffel Tower"]])
     [1.0, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        refs = _gt_strings(gt, "text")
-        if refs is None:
-            out.append(None)
-            continue
-        p = normalize_text(answer_text(text))
-        out.append(1.0 if p and any(p == normalize_text(r) for r in refs) else 0.0)
-    return out
+    refs = _gt_strings(answer, "text")
+    if refs is None:
+        return None
+    p = normalize_text(answer_text(text))
+    return 1.0 if p and any(p == normalize_text(r) for r in refs) else 0.0
 
 
 @register("cls_label")
-def cls_label(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def cls_label(text: Any, answer: Any) -> float | None:
     """Classification label match with synonyms (CLS-RL). Range {0, 1}; None = not applicable.
 
     r = 1[norm(â) ∈ {norm(label)} ∪ {norm(s) : s ∈ synonyms}], answer = a label string or
@@ -355,17 +220,13 @@ def cls_label(completions: list[str], *, answer: Sequence[Any] | None = None, **
     >>> cls_label(["<answer>Kitty</answer>", "dog"], answer=[{"label": "cat", "synonyms": ["kitty"]}, "Dog"])
     [1.0, 1.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        label = _gt_text(gt, "label")
-        syn = gt.get("synonyms") if isinstance(gt, dict) else None
-        names = [label] + (list(syn) if isinstance(syn, (list, tuple)) else [])
-        names = {normalize_text(s) for s in names if isinstance(s, str)} - {""}
-        if not isinstance(label, str) or not names:
-            out.append(None)
-            continue
-        out.append(1.0 if normalize_text(answer_text(text)) in names else 0.0)
-    return out
+    label = truth_field(answer, "label")
+    syn = answer.get("synonyms") if isinstance(answer, dict) else None
+    names = [label] + (list(syn) if isinstance(syn, (list, tuple)) else [])
+    names = {normalize_text(s) for s in names if isinstance(s, str)} - {""}
+    if not isinstance(label, str) or not names:
+        return None
+    return 1.0 if normalize_text(answer_text(text)) in names else 0.0
 
 
 # ---- OCR and token overlap --------------------------------------------------------------------------------------
@@ -394,16 +255,16 @@ def levenshtein(a: Sequence[Any], b: Sequence[Any]) -> int:
     return prev[-1]
 
 
+def _ocr_unit(*, unit: str, **_: Any) -> None:
+    if unit not in ("char", "word"):
+        raise ValueError(f"ocr: unit must be 'char' or 'word', got {unit!r}")
+
+
 @register("ocr")
+@per_sample(check=_ocr_unit)
 def ocr(
-    completions: list[str],
-    *,
-    answer: Sequence[Any] | None = None,
-    unit: str = "char",
-    casefold: bool = False,
-    max_units: int = MAX_EDIT_UNITS,
-    **kwargs: Any,
-) -> list[float | None]:
+    text: Any, answer: Any, *, unit: str = "char", casefold: bool = False, max_units: int = MAX_EDIT_UNITS
+) -> float | None:
     """OCR accuracy 1 − CER (`unit="char"`) or 1 − WER (`unit="word"`), clipped. Range [0, 1]; None = n/a.
 
     r = clip(1 − lev(ŷ, y) / |y|, 0, 1) over characters or whitespace words, after collapsing whitespace
@@ -416,30 +277,22 @@ def ocr(
     >>> ocr(["<answer>hello word</answer>"], answer=["hello world"], unit="word")
     [0.5]
     """
-    if unit not in ("char", "word"):
-        raise ValueError(f"ocr: unit must be 'char' or 'word', got {unit!r}")
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        ref = _gt_text(gt, "text")
-        if not isinstance(ref, str):
-            out.append(None)
-            continue
-        hyp = answer_text(text)
-        ref, hyp = " ".join(ref[:MAX_CHARS].split()), " ".join(hyp.split())
-        if casefold:
-            ref, hyp = ref.casefold(), hyp.casefold()
-        r_units = ref.split() if unit == "word" else ref
-        h_units = hyp.split() if unit == "word" else hyp
-        if not r_units:
-            out.append(1.0 if not h_units else 0.0)
-            continue
-        if len(h_units) >= 2 * len(r_units):
-            out.append(0.0)
-            continue
-        r_units, h_units = r_units[:max_units], h_units[:max_units]
-        err = levenshtein(h_units, r_units) / len(r_units)
-        out.append(min(1.0, max(0.0, 1.0 - err)))
-    return out
+    ref = truth_field(answer, "text")
+    if not isinstance(ref, str):
+        return None
+    hyp = answer_text(text)
+    ref, hyp = " ".join(ref[:MAX_CHARS].split()), " ".join(hyp.split())
+    if casefold:
+        ref, hyp = ref.casefold(), hyp.casefold()
+    r_units = ref.split() if unit == "word" else ref
+    h_units = hyp.split() if unit == "word" else hyp
+    if not r_units:
+        return 1.0 if not h_units else 0.0
+    if len(h_units) >= 2 * len(r_units):
+        return 0.0
+    r_units, h_units = r_units[:max_units], h_units[:max_units]
+    err = levenshtein(h_units, r_units) / len(r_units)
+    return min(1.0, max(0.0, 1.0 - err))
 
 
 def token_f1_score(pred: str, ref: str) -> float:
@@ -455,7 +308,8 @@ def token_f1_score(pred: str, ref: str) -> float:
 
 
 @register("token_f1")
-def token_f1(completions: list[str], *, answer: Sequence[Any] | None = None, **kwargs: Any) -> list[float | None]:
+@per_sample
+def token_f1(text: Any, answer: Any) -> float | None:
     """SQuAD-style token-overlap F1, max over references. Range [0, 1]; None = not applicable.
 
     r = max_j 2·P·R/(P + R), P = |T̂ ∩ T_j| / |T̂|, R = |T̂ ∩ T_j| / |T_j| (multiset intersection of
@@ -464,12 +318,8 @@ def token_f1(completions: list[str], *, answer: Sequence[Any] | None = None, **k
     >>> token_f1(["<answer>the red car</answer>", "<answer>blue</answer>"], answer=["red sports car", "red car"])
     [0.8, 0.0]
     """
-    out: list[float | None] = []
-    for text, gt in zip(completions, column(answer, "answer", len(completions))):
-        refs = _gt_strings(gt, "text")
-        if refs is None:
-            out.append(None)
-            continue
-        pred = answer_text(text)
-        out.append(max(token_f1_score(pred, r) for r in refs))
-    return out
+    refs = _gt_strings(answer, "text")
+    if refs is None:
+        return None
+    pred = answer_text(text)
+    return max(token_f1_score(pred, r) for r in refs)

@@ -1,8 +1,9 @@
 """Extra rollout passes (`rollout.extra_passes`): re-generate on perturbed inputs after the main rollout.
 
-A pass is `fn(ctx, prompts, rollouts, **kwargs) -> dict[str, float]` (its statistics): it either fills a reward
-column in `rollouts.columns` (`use: reward`, e.g. ACRE's option-shuffled second answer in `pair`) or replaces
-completions that the update then trains on (`use: loss`, e.g. VL-Rethinker's forced rethinking). Passes run in
+A pass is `fn(ctx, prompts, rollouts, **kwargs) -> (rollouts, stats)`: it returns new rollouts (the ones it was
+given stay as they were) that either carry a reward column in `rollouts.columns` (`use: reward`, e.g. ACRE's
+option-shuffled second answer in `pair`) or replace completions that the update then trains on (`use: loss`,
+e.g. VL-Rethinker's forced rethinking), and its statistics. Passes run in
 config order after the main rollout and before scoring; every random choice is seeded by (seed, step, sample
 id, index), like the main rollout's sampling.
 """
@@ -32,7 +33,7 @@ class PassContext:
     engine: Any
     params: SamplingParams
     batch_prompts: int
-    score: Callable[[Rollouts, list], None]  # fills rewards and total of a Rollouts for these prompts
+    score: Callable[[Rollouts, list], Rollouts]  # the rollouts scored against these prompts (`Scorer.score`)
     correct_threshold: float = 1.0
     video: Any = None  # the run's VideoConfig, for passes that re-encode videos
 
@@ -54,7 +55,7 @@ def think_block(text: str) -> str:
 
 @EXTRA_PASSES.register("shuffle_options")
 def shuffled_options_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, column: str = "pair",
-                          max_new_tokens: int | None = None, greedy: bool = False) -> dict[str, float]:
+                          max_new_tokens: int | None = None, greedy: bool = False) -> tuple[Rollouts, dict[str, float]]:
     """ACRE's second pass ("Answer-Consistent Chain-of-thought RL"; arXiv:2510.10104): each completion's
     question is asked again with its options in a new order and the completion's own `<think>` block as a forced
     prefix; the continuation fills `column` as `{"completion", "permutation"}` for the `acre` reward (None for
@@ -75,8 +76,7 @@ def shuffled_options_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, colu
     values: list[Any] = [None] * len(ro)
     for j, i in enumerate(rows):
         values[i] = {"completion": prefixes[i] + second.texts[j], "permutation": perms[int(ro.prompt_index[i])]}
-    ro.columns[column] = values
-    return {"asked": float(len(rows))}
+    return replace(ro, columns={**ro.columns, column: values}), {"asked": float(len(rows))}
 
 
 def _cut(text: str) -> str:
@@ -92,7 +92,7 @@ def _cut(text: str) -> str:
 @EXTRA_PASSES.register("rethink")
 def rethink_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, ratio: float = 0.5,
                  triggers: list[str] | tuple[str, ...] = TRIGGERS, max_new_tokens: int | None = None,
-                 temperature: float | None = None) -> dict[str, float]:
+                 temperature: float | None = None) -> tuple[Rollouts, dict[str, float]]:
     """VL-Rethinker's forced rethinking ("Incentivizing Self-Reflection of Vision-Language Models with RL";
     arXiv:2504.08837): a share `ratio` of completions is cut before its final answer, a trigger ("Wait, …")
     is appended and the policy continues from there; a continuation replaces its original completion only if it
@@ -105,7 +105,7 @@ def rethink_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, ratio: float 
         if rng.random() < ratio and ro.finish_reasons[i] != "error":
             picked.append((i, _cut(ro.texts[i]) + rng.choice(list(triggers))))
     if not picked:
-        return {"tried": 0.0, "accepted": 0.0}
+        return ro, {"tried": 0.0, "accepted": 0.0}
     params = _params(ctx, max_new_tokens, False)
     if temperature is not None:
         params = replace(params, temperature=temperature)
@@ -128,43 +128,43 @@ def rethink_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, ratio: float 
         sampling_logprobs=torch.tensor([p[2] + [0.0] * (width - len(p[2])) for p in pieces], device=dev),
         texts=[p[3] for p in pieces], finish_reasons=[p[4] for p in pieces], group_size=1,
     )
-    ctx.score(cand, prompts)
+    cand = ctx.score(cand, prompts)
     accepted = [j for j in range(len(pieces)) if float(cand.total[j]) >= ctx.correct_threshold
                 and cand.finish_reasons[j] != "error"]
-    replace_rows(ro, [pieces[j][0] for j in accepted], cand, accepted, ctx.policy.pad_id)
-    return {"tried": float(len(pieces)), "accepted": float(len(accepted))}
+    out = replace_rows(ro, [pieces[j][0] for j in accepted], cand, accepted, ctx.policy.pad_id)
+    return out, {"tried": float(len(pieces)), "accepted": float(len(accepted))}
 
 
 def ro_sample_id(prompts: list, ro: Rollouts, i: int) -> str:
     return prompts[int(ro.prompt_index[i])].sample.id
 
 
-def replace_rows(ro: Rollouts, rows: list[int], cand: Rollouts, src: list[int], pad_id: int) -> None:
-    """Rows `rows` of `ro` become candidates `src` (token tensors widened to fit)."""
+def replace_rows(ro: Rollouts, rows: list[int], cand: Rollouts, src: list[int], pad_id: int) -> Rollouts:
+    """`ro` with rows `rows` taken from candidates `src` (token tensors widened to fit); `ro` itself is unchanged."""
     if not rows:
-        return
+        return ro
     width = max(ro.completion_ids.shape[1], cand.completion_ids.shape[1])
-    widen = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731
-    ro.completion_ids = widen(ro.completion_ids, pad_id)
-    ro.completion_mask = widen(ro.completion_mask, 0)
-    ro.sampling_logprobs = widen(ro.sampling_logprobs, 0.0)
+    widen = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v).clone()  # noqa: E731
+    ids, mask, logps = widen(ro.completion_ids, pad_id), widen(ro.completion_mask, 0), widen(ro.sampling_logprobs, 0.0)
     c_ids, c_mask, c_lp = widen(cand.completion_ids, pad_id), widen(cand.completion_mask, 0), widen(cand.sampling_logprobs, 0.0)
+    texts, reasons = list(ro.texts), list(ro.finish_reasons)
     for i, j in zip(rows, src):
-        ro.completion_ids[i], ro.completion_mask[i], ro.sampling_logprobs[i] = c_ids[j], c_mask[j], c_lp[j]
-        ro.texts[i], ro.finish_reasons[i] = cand.texts[j], cand.finish_reasons[j]
+        ids[i], mask[i], logps[i] = c_ids[j], c_mask[j], c_lp[j]
+        texts[i], reasons[i] = cand.texts[j], cand.finish_reasons[j]
+    return replace(ro, completion_ids=ids, completion_mask=mask, sampling_logprobs=logps, texts=texts,
+                   finish_reasons=reasons)
 
 
 @EXTRA_PASSES.register("shuffle_frames")
 def shuffled_frames_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, column: str = "temporal",
-                         samples: int | None = None) -> dict[str, float]:
+                         samples: int | None = None) -> tuple[Rollouts, dict[str, float]]:
     """T-GRPO's contrast (Video-R1, arXiv:2503.21776): each multi-frame prompt is also answered with its
     frames shuffled (`samples` completions, default G/2); the column gets, per completion, whether it is correct
     and its prompt's accuracy on ordered and on shuffled frames, for the `temporal_bonus` reward. Correctness is
     the run's total reward ≥ `algorithm.correct_threshold`, scored here on both sets."""
     g = ro.group_size
     k = samples or max(1, g // 2)
-    ordered = side_copy(ro)
-    ctx.score(ordered, prompts)
+    ordered = ctx.score(ro, prompts)
     correct = [bool(v >= ctx.correct_threshold) for v in ordered.total.tolist()]
     shuffled_inputs, which = [], []
     for pi, p in enumerate(prompts):
@@ -180,19 +180,12 @@ def shuffled_frames_pass(ctx: PassContext, prompts: list, ro: Rollouts, *, colum
     values: list[Any] = [None] * len(ro)
     if which:
         contrast = ctx.engine.generate(shuffled_inputs, k, ctx.params, batch_prompts=ctx.batch_prompts)
-        contrast.prompt_index = torch.tensor(which, device=HOST).repeat_interleave(k)
-        ctx.score(contrast, prompts)
+        contrast = replace(contrast, prompt_index=torch.tensor(which, device=HOST).repeat_interleave(k))
+        contrast = ctx.score(contrast, prompts)
         for j, pi in enumerate(which):
             shuffled_acc = float((contrast.total[j * k : (j + 1) * k] >= ctx.correct_threshold).float().mean())
             rows = [i for i in range(len(ro)) if int(ro.prompt_index[i]) == pi]
             ordered_acc = sum(correct[i] for i in rows) / len(rows)
             for i in rows:
                 values[i] = {"correct": correct[i], "ordered_acc": ordered_acc, "shuffled_acc": shuffled_acc}
-    ro.columns[column] = values
-    return {"prompts": float(len(which))}
-
-
-def side_copy(ro: Rollouts) -> Rollouts:
-    """A copy of `ro` for scoring on the side (its rewards and total do not touch `ro`)."""
-    return Rollouts(ro.prompt_index.clone(), ro.completion_ids, ro.completion_mask, ro.sampling_logprobs,
-                    list(ro.texts), list(ro.finish_reasons), ro.group_size, columns=dict(ro.columns))
+    return replace(ro, columns={**ro.columns, column: values}), {"prompts": float(len(which))}

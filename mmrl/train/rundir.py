@@ -85,10 +85,10 @@ def supersede_after(ckpt_dir: Path, resume_from: Path, log=print) -> None:
     continuation abandoned by resuming an older one) to `ckpt_dir/superseded/`: kept, but never resumed from,
     exported or pruned in place of the new ones."""
     resume_from = Path(resume_from)
-    if not resume_from.name.startswith("step_") or resume_from.resolve().parent != ckpt_dir.resolve():
+    step = checkpoint.step_of(resume_from)
+    if step is None or resume_from.resolve().parent != ckpt_dir.resolve():
         return
-    step = int(resume_from.name.removeprefix("step_"))
-    newer = [p for p in sorted(ckpt_dir.glob("step_*")) if int(p.name.removeprefix("step_")) > step]
+    newer = [p for p in checkpoint.step_folders(ckpt_dir) if checkpoint.step_of(p) > step]
     if not newer:
         return
     aside = ckpt_dir / "superseded"

@@ -1,19 +1,15 @@
-"""The training loop: stages of SFT and RL steps, each step a sequence of named stages.
+"""The training loop: stages of SFT and RL steps, held-out evaluation on schedule, checkpoints.
 
-RL step:  sample prompts → encode (processor, once) → rollout → extra passes → score → filter → advantage
-          → replay fill → update → log → checkpoint / eval   (the stages: `mmrl.train.rl_step.RLSteps`)
-SFT step: sample prompts → encode → targets (true or random labels) → update (NLL) → log
-
-The loop never branches on a method's name: every algorithm piece is looked up by name in `mmrl.algorithms`,
-rewards in `mmrl.rewards`, extra passes in `mmrl.rollout.passes`. Dimension letters: B prompts, G group size,
-N = B·G completions, C completion tokens, P prompt tokens.
+The `Trainer` builds a run's parts (`mmrl.train.build`) and wires them into the two kinds of step:
+- `RLStep` (`mmrl.train.rl_step`): rollout → extra passes → score → filter → advantages → replay fill → update;
+- `SFTStep` (`mmrl.train.sft_step`): prompts → targets → NLL → optimizer step.
+It keeps the stage loop, the evaluation cadence (`Evaluator`) and the checkpoints; it never branches on a
+method's name. Dimension letters: B prompts, G group size, N = B·G completions, C completion tokens.
 """
 
 from __future__ import annotations
 
 import json
-import random
-import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,42 +17,21 @@ from typing import Any
 
 import torch
 
-from mmrl.model import zoo
-from mmrl.train import checkpoint, distributed
 from mmrl import config as config_mod
-from mmrl.algorithms.prompts import PROMPT_WEIGHTS, mix_count, weighted_draw
 from mmrl.config import Config, StageConfig
-from mmrl.datasets.sample import BadSampleError, Sample
-from mmrl.datasets.sources import drop_overlap, load_source
-from mmrl.datasets.synthetic import target_problems
-from mmrl.train.metrics import MetricsLogger, NullLogger
-from mmrl.model.policy import Policy
-from mmrl.model.prompts import PromptInputs
 from mmrl.rewards.errors import ErrorReport
-from mmrl.rewards.isolation import make_term
-from mmrl.train.rl_step import RLSteps, check_reward_columns
-from mmrl.train.rundir import Interrupted, check_run_dir, interruptible, remove_run, supersede_after
-from mmrl.runtime import HOST, Runtime
-from mmrl.rollout import make_engine
-from mmrl.rollout.rehearsal import Rehearsal
 from mmrl.rollout.rehearsal import from_state as rehearsal_from_state
-from mmrl.rollout.replay import ReplayBuffer
 from mmrl.rollout.types import row_seed
-
-
-_THINK = re.compile(r"<think>.*?</think>", re.DOTALL)
-
-
-def drop_thought(text: str) -> str:
-    r"""The target with its reasoning replaced by an empty thought (TON, "Think or Not? Selective Reasoning via
-    Reinforcement Learning for Vision-Language Models", arXiv:2505.16854): `<think>\n\n</think>` stands where
-    the `<think>` block was, or is put first when there was none.
-
-    >>> drop_thought("<think>it points up</think><answer>0</answer>"), drop_thought("<answer>0</answer>")
-    ('<think>\n\n</think><answer>0</answer>', '<think>\n\n</think><answer>0</answer>')
-    """
-    empty = "<think>\n\n</think>"
-    return _THINK.sub(empty, text, count=1) if _THINK.search(text) else empty + text
+from mmrl.train import checkpoint, distributed
+from mmrl.train.build import build_engine, build_policy, build_rewards, load_weights
+from mmrl.train.data import Batches, TrainData
+from mmrl.train.evaluate import Evaluator
+from mmrl.train.metrics import MetricsLogger, NullLogger
+from mmrl.train.optim import Optimization
+from mmrl.train.rl_step import RLStep
+from mmrl.train.rundir import Interrupted, check_run_dir, interruptible, remove_run, supersede_after
+from mmrl.train.scoring import Scorer
+from mmrl.train.sft_step import SFTStep
 
 
 @dataclass
@@ -72,65 +47,42 @@ class Progress:
     adapter_trained: bool = False  # lora: the current adapter has been trained (merge it at the RL boundary)
     prompt_accuracy: dict[str, float] = field(default_factory=dict)  # last group accuracy per prompt id
 
-
-def batch_indices(num: int, batch: int, step: int, seed: int) -> list[int]:
-    """Indices of step `step`'s batch: consecutive slices of per-epoch permutations seeded by (seed, epoch)."""
-    out = []
-    pos = step * batch
-    while len(out) < batch:
-        epoch, offset = divmod(pos, num)
-        perm = torch.randperm(num, generator=torch.Generator().manual_seed(row_seed(seed, "data", epoch)), device=HOST)
-        take = min(batch - len(out), num - offset)
-        out.extend(perm[offset : offset + take].tolist())
-        pos += take
-    return out
+    def load(self, state: dict[str, Any]) -> None:
+        """Take a checkpoint's progress, in place (the steps hold this object)."""
+        vars(self).update(vars(Progress(**state)))
 
 
-class Trainer(RLSteps):
+class Trainer:
+    """A run: its data and rewards (loaded and checked before the model), the policy, the engine, the steps."""
+
     def __init__(self, cfg: Config, *, log=print):
         self.cfg = cfg
         self.log = log
         self.run_dir = cfg.run_dir
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.progress = Progress()
-        self._pass_stats: dict[str, float] = {}
-        self.replay = ReplayBuffer(cfg.algorithm.replay_capacity, cfg.algorithm.replay_alpha)
-        self.rehearsal: Rehearsal | None = None  # π₀'s perfect samples (algorithm.rehearsal_coef > 0)
-        self.mix_parts: list[list[Sample]] | None = None  # data.mix: each source's samples, for batching
         # reward failures: the first few of each reward through self.log (a no-op off rank 0), every one in the file
         self.reward_errors = ErrorReport(self.run_dir / "reward_errors.log", log=lambda line: self.log(line))
-        self.base_terms = self.terms = self._terms(cfg.rewards, "rewards")
-        self.train_data, skipped_train = self._load_split("train")
-        self.eval_data, skipped_eval = self._load_split("eval")
-        self.base_train = (self.train_data, self.mix_parts)
-        # stages with their own data / rewards (e.g. perception RL → reasoning RL)
-        self.stage_terms = {i: self._terms(s.rewards, f"stages[{i}].rewards")
-                            for i, s in enumerate(cfg.stages) if s.rewards is not None}
-        self.stage_train: dict[int, list[Sample]] = {}
-        for i, s in enumerate(cfg.stages):
-            if s.data is not None:
-                self.stage_train[i], skipped = self._load_source(s.data, "train")
-                skipped_train += skipped
-        every_train = self.train_data + [x for samples in self.stage_train.values() for x in samples]
-        self._check_data()  # before the model loads: SFT targets, reward columns per source
-        self.progress.skipped = skipped_train + skipped_eval
-        self.eval_data, overlap = drop_overlap(every_train, self.eval_data)
-        if overlap:
-            log(f"data.eval: dropped {overlap} held-out samples whose images also occur in training")
-        if not self.eval_data:
-            raise BadSampleError("data.eval", "every held-out sample also occurs in the training data")
-        if cfg.trainer.threads:
-            torch.set_num_threads(cfg.trainer.threads)
-        torch.manual_seed(cfg.trainer.seed)
-        zoo.resolve(cfg.model.path)  # build a zoo model first: under a process group transformers saves on rank 0 only
-        self.runtime = Runtime.create(cfg.runtime.device, autocast=cfg.model.autocast)
-        self.policy = Policy.load(cfg.model, cfg.kernels, self.runtime)
-        self.engine = make_engine(cfg.rollout.engine, self.policy, cfg.rollout, cfg.data.video)
+        self.base_terms, self.stage_terms = build_rewards(cfg, self.reward_errors)
+        self.data = TrainData(cfg, log=log)
+        self.data.check(self.stage_terms, self.base_terms)  # before the model loads: SFT targets, reward columns
+        self.progress.skipped = self.data.skipped
+        self.policy = build_policy(cfg)
+        self.runtime = self.policy.runtime
+        self.engine = build_engine(cfg, self.policy)
         if self.dist is not None:
             self._shard(cfg)
-        self.optimizer: torch.optim.Optimizer | None = None
-        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
-        self._eval_inputs: list[PromptInputs] | None = None
+        self.optim = Optimization(self.policy, cfg.trainer)
+        self.batches = Batches(cfg, self.data, self.policy, self.progress)
+        max_steps = sum(s.steps for s in cfg.stages)
+        self.scorers = {i: Scorer(terms, max_steps) for i, terms in self.stage_terms.items()}
+        self.base_scorer = Scorer(self.base_terms, max_steps)
+        self.rl = RLStep(cfg, policy=self.policy, engine=self.engine, scorer=self.base_scorer, batches=self.batches,
+                         optim=self.optim, progress=self.progress, run_dir=self.run_dir if self.main else None,
+                         log=lambda *a, **k: self.log(*a, **k))
+        self.sft = SFTStep(cfg, policy=self.policy, batches=self.batches, optim=self.optim, progress=self.progress)
+        self.evaluator = Evaluator(cfg, engine=self.engine, scorer=self.base_scorer,  # always the run's rewards
+                                   encode=self.batches.encode, samples=self.data.eval)
         self.summary: dict[str, Any] = {}
 
     def _shard(self, cfg: Config) -> None:
@@ -160,233 +112,30 @@ class Trainer(RLSteps):
         """Whether this process writes the run directory (rank 0, or the only process)."""
         return self.runtime.main
 
-    def _terms(self, rewards, key: str) -> list:
-        return [make_term(r.fn, name=r.name, weight=r.weight, kwargs=r.kwargs, on_error=r.on_error,
-                          timeout_s=r.timeout_s, style=r.style, isolate=r.isolate, gate=r.gate, mode=r.mode,
-                          gate_min=r.gate_min, gate_penalty=r.gate_penalty, workers=r.workers,
-                          memory_mb=r.memory_mb, report=self.reward_errors, config_key=f"{key}[{i}]")
-                for i, r in enumerate(rewards)]
+    def enter_stage(self, si: int) -> None:
+        """Stage `si`'s training data and rewards (its own, or the run's)."""
+        self.data.enter(si)
+        self.rl.scorer = self.scorers.get(si, self.base_scorer)
 
-    def stage_sources(self, si: int) -> dict[str, list[Sample]]:
-        """Stage `si`'s training samples by source, named by config key and file or task (`data.train (x.parquet)`)."""
-        stage, data = self.cfg.stages[si], self.cfg.data
-        if stage.data is not None:
-            return {f"stages[{si}].data ({stage.data.path or stage.data.task})": self.stage_train[si]}
-        samples, parts = self.base_train
-        if parts:
-            return {f"data.mix[{j}] ({m.path or m.task})": part for j, (m, part) in enumerate(zip(data.mix, parts))}
-        return {f"data.train ({data.train.path or data.train.task})": samples}
-
-    def _check_data(self) -> None:
-        """Each SFT stage has a target for every sample it trains on, and each reward finds the columns it scores
-        against in every source it scores (its stage's training data; the run's rewards also data.eval)."""
-        for si, stage in enumerate(self.cfg.stages):
-            sources = self.stage_sources(si)
-            if stage.kind == "sft":
-                problems = target_problems(sources, stage.labels)
-                if problems:
-                    raise config_mod.ConfigError(*(f"stage {stage.name!r} (sft, labels: {stage.labels}): {p}"
-                                                   for p in problems))
-            else:
-                terms = self.stage_terms.get(si, self.base_terms)
-                check_reward_columns(terms, sources, where=f"stage {stage.name!r}: ")
-        ev = self.cfg.data.eval
-        check_reward_columns(self.base_terms, {f"data.eval ({ev.path or ev.task})": self.eval_data})
-
-    def _every_train_sample(self) -> list[Sample]:
-        return [*self.base_train[0], *(x for samples in self.stage_train.values() for x in samples)]
-
-    def _enter_stage(self, si: int) -> None:
-        """Stage `si`'s training data and reward terms (its own, or the run's)."""
-        self.terms = self.stage_terms.get(si, self.base_terms)
-        if si in self.stage_train:
-            self.train_data, self.mix_parts = self.stage_train[si], None
-        else:
-            self.train_data, self.mix_parts = self.base_train
-
-    # ------------------------------------------------------------------------------------------- data
-    def _load_split(self, split: str) -> tuple[list[Sample], int]:
-        if split == "train" and self.cfg.data.mix:  # several weighted sources: kept apart for batching
-            parts = [self._load_source(m, split) for m in self.cfg.data.mix]
-            self.mix_parts = [samples for samples, _ in parts]
-            return [s for samples, _ in parts for s in samples], sum(k for _, k in parts)
-        return self._load_source(getattr(self.cfg.data, split), split)
-
-    def _load_source(self, src, split: str) -> tuple[list[Sample], int]:
-        samples, skipped = load_source(
-            task=src.task, path=src.path, n=src.n, seed=src.seed, split=split, kwargs=src.kwargs,
-            on_bad_sample=self.cfg.data.on_bad_sample, format=src.format, fields=src.fields,
-            image_root=src.image_root, template=src.template, system_prompt=src.system_prompt,
-        )
-        if not samples:
-            raise BadSampleError(f"data.{split}", f"no usable samples in {src.path or src.task}")
-        return samples, skipped
-
-    def encode(self, samples: list[Sample]) -> list[PromptInputs]:
-        """Process each prompt once; bad samples raise or, with `on_bad_sample: skip`, are counted and dropped."""
-        out = []
-        limit = self.cfg.data.max_prompt_tokens
-        for s in samples:
-            try:
-                p = self.policy.encode(s, self.cfg.data.system_prompt, self.cfg.data.video)
-            except BadSampleError:
-                if self.cfg.data.on_bad_sample == "raise":
-                    raise
-                self.progress.skipped += 1
-                continue
-            if limit is not None and p.length > limit:  # dropped whole: truncating would cut vision tokens
-                self.progress.too_long += 1
-                continue
-            out.append(p)
-        if not out:
-            raise BadSampleError(samples[0].id if samples else "?",
-                                 "every sample of the batch was bad or longer than data.max_prompt_tokens")
-        return out
-
-    def _batch(self, size: int, refill: int = 0, weighted: bool = False) -> list[Sample]:
-        """The step's prompts; refill k > 0 draws from a separate seeded stream (dynamic sampling). `weighted`
-        (RL steps): a share `prompt_weight_mix` is drawn by `algorithm.prompt_weighting` instead."""
-        a = self.cfg.algorithm
-        seed = self.cfg.trainer.seed if refill == 0 else row_seed(self.cfg.trainer.seed, "refill", refill)
-        if self.mix_parts:
-            return self._mixed_batch(size, seed)
-        k = mix_count(size, a.prompt_weight_mix) if weighted and a.prompt_weighting != "uniform" else 0
-        idx = batch_indices(len(self.train_data), size - k, self.progress.step, seed)
-        if k:
-            seen = self.progress.prompt_accuracy
-            acc = torch.tensor([seen.get(s.id, float("nan")) for s in self.train_data], device=HOST)  # [M]
-            gen = torch.Generator().manual_seed(row_seed(seed, "weighted", self.progress.step))
-            idx += weighted_draw(PROMPT_WEIGHTS.get(a.prompt_weighting)(acc), k, gen, exclude=set(idx))
-        return [self.train_data[i] for i in idx]
-
-    # ------------------------------------------------------------------------------------ optimisation
-    def _mixed_batch(self, size: int, seed: int) -> list[Sample]:
-        """`size` prompts split across the mixed sources by weight (largest remainder), each source drawn from its
-        own seeded per-epoch stream, so a source's share does not depend on the others' sizes."""
-        weights = [m.weight for m in self.cfg.data.mix]
-        exact = [size * w / sum(weights) for w in weights]
-        counts = [int(e) for e in exact]
-        for j in sorted(range(len(exact)), key=lambda j: exact[j] - counts[j], reverse=True)[: size - sum(counts)]:
-            counts[j] += 1
-        out: list[Sample] = []
-        for j, (part, k) in enumerate(zip(self.mix_parts, counts)):
-            idx = batch_indices(len(part), k, self.progress.step, row_seed(seed, "mix", j)) if k else []
-            out += [part[i] for i in idx]
-        return out
-
-    def _new_optimizer(self, stage: StageConfig) -> None:
-        t = self.cfg.trainer
-        lr = stage.lr if stage.lr is not None else t.lr
-        self.optimizer = torch.optim.AdamW(
-            self.policy.parameters(), lr=lr, betas=tuple(t.betas), weight_decay=t.weight_decay
-        )
-        total = max(stage.steps, 1)
-        schedule = stage.lr_schedule or t.lr_schedule
-
-        def factor(i: int) -> float:
-            if i < t.warmup_steps:
-                return (i + 1) / (t.warmup_steps + 1)
-            frac = min((i - t.warmup_steps) / max(total - t.warmup_steps, 1), 1.0)
-            if schedule == "linear":
-                return 1.0 - (1.0 - t.min_lr_ratio) * frac
-            if schedule == "cosine":
-                import math
-
-                return t.min_lr_ratio + (1.0 - t.min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * frac))
-            return 1.0
-
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, factor)
+    def begin_rl(self) -> None:
+        """The RL boundary: the reference is frozen (LoRA: the SFT adapter merged first); with rehearsal, π₀'s
+        perfect samples are kept. The stage loop then starts a fresh optimizer."""
+        cfg = self.cfg
+        torch.manual_seed(row_seed(cfg.trainer.seed, "rl-begin"))
+        self.policy.begin_rl(needs_reference=cfg.algorithm.kl_coef > 0, adapter_trained=self.progress.adapter_trained)
+        self.progress.rl_started = True
+        self.progress.adapter_trained = False
+        if cfg.algorithm.rehearsal_coef > 0:
+            self.rl.build_rehearsal()
 
     def reset_reference(self, stage: StageConfig) -> None:
         """π_ref ← π_θ and a fresh optimizer state, the LR schedule where it was (ProRL's hard reset)."""
         self.policy.reset_reference()
-        schedule = self.scheduler.state_dict()
-        self._new_optimizer(stage)
-        self.scheduler.load_state_dict(schedule)
-        for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
-            group["lr"] = lr
+        self.optim.restart(stage)
 
-    def _optimizer_step(self, step_scheduler: bool = True) -> float:
-        """Clip, step, zero; the LR schedule advances once per training step (`step_scheduler` on its last)."""
-        params = self.policy.parameters()
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.trainer.grad_clip)
-        self.optimizer.step()
-        if step_scheduler:
-            self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return distributed.full_norm(grad_norm)
-
-    # ---------------------------------------------------------------------------------------- SFT step
-    def sft_targets(self, prompts: list[PromptInputs], stage: StageConfig) -> list[str]:
-        from mmrl.datasets.synthetic import random_target_text, target_text
-
-        out = []
-        for p in prompts:
-            geometry = p.answer_geometry
-            rng = random.Random(row_seed(self.cfg.trainer.seed, "sft-label", self.progress.step, p.sample.id))
-            if stage.labels == "random":
-                text = random_target_text(p.sample, rng)
-            elif isinstance(p.sample.meta.get("response"), str):  # a data set's own full response
-                text = p.sample.meta["response"]
-            else:
-                text = target_text(p.sample, geometry)
-            out.append(drop_thought(text) if rng.random() < stage.thought_dropout else text)
-        return out
-
-    def sft_step(self, stage: StageConfig) -> dict[str, Any]:
-        t0 = time.perf_counter()
-        prompts = self.encode(self._batch(self.cfg.trainer.sft_batch_size))
-        texts = self.sft_targets(prompts, stage)
-        tok = self.policy.tokenizer
-        seqs = [tok(t, add_special_tokens=False)["input_ids"] + [self.policy.eos_id] for t in texts]
-        width = max(len(s) for s in seqs)
-        dev = self.runtime.device
-        ids = torch.tensor([s + [self.policy.pad_id] * (width - len(s)) for s in seqs], device=dev)  # [B, C]
-        mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=dev)  # [B, C]
-        total = int(mask.sum())
-        self.policy.train()
-        loss_sum = 0.0
-        rows = self.runtime.rows(list(range(len(prompts))))  # all, or this process's block (padded)
-        for chunk in [rows[i : i + self.cfg.trainer.micro_batch_size]
-                      for i in range(0, len(rows), self.cfg.trainer.micro_batch_size)]:
-            idx = [0 if r is None else r for r in chunk]
-            real = torch.tensor([[r is not None] for r in chunk], dtype=mask.dtype, device=dev)
-            m = mask[idx] * real  # padding rows weigh nothing
-            logp, _ = self.policy.completion_logprobs(self.policy.collate([prompts[i] for i in idx]), ids[idx], m)
-            loss = -(logp * m).sum() / total
-            loss.backward()
-            loss_sum += float(loss.detach())
-        loss_sum = self.runtime.sum({"loss": loss_sum})["loss"]
-        grad_norm = self._optimizer_step()
-        self.progress.adapter_trained = True
-        return {"sft/loss": loss_sum, "actor/grad_norm": grad_norm, "perf/step_s": time.perf_counter() - t0}
-
-    # ------------------------------------------------------------------------------------------- eval
-    @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
         """Greedy decoding on the held-out split; `eval/<reward name>` means and `eval/total`."""
-        if self._eval_inputs is None:
-            self._eval_inputs = self.encode(self.eval_data)
-        inputs = self._eval_inputs
-        size = self.cfg.trainer.eval_batch
-        texts, components, totals = [], {}, []
-        for i in range(0, len(inputs), size):
-            chunk = inputs[i : i + size]
-            ro = self.rollout(chunk, 1, greedy=True)
-            self.score(ro, chunk, self.base_terms)  # held-out metrics: always the run's rewards
-            texts += ro.texts
-            totals += ro.total.tolist()
-            for k, v in ro.rewards.items():
-                components.setdefault(k, []).extend(v)
-        out = {}
-        for k, vals in components.items():
-            vals = [v for v in vals if v is not None]
-            if vals:
-                out[f"eval/{k}"] = sum(vals) / len(vals)
-        out["eval/total"] = sum(totals) / len(totals)
-        out["eval/n"] = len(inputs)
-        self.last_eval_texts = texts  # aligned with self._eval_inputs (skipped samples have none)
-        return out
+        return self.evaluator.greedy(self.progress.step)
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save_checkpoint(self) -> Path:
@@ -399,7 +148,7 @@ class Trainer(RLSteps):
         state = self._state()
         return checkpoint.save(
             self.ckpt_dir, self.progress.step, weights=p.state_for_checkpoint(),
-            optimizer=self.optimizer.state_dict() if self.optimizer else None, state=state,
+            optimizer=self.optim.state_dict()[0], state=state,
             merged=p.merged_adapters, reference=ref, keep=self.cfg.trainer.keep_checkpoints,
         )
 
@@ -411,8 +160,8 @@ class Trainer(RLSteps):
     def _state(self) -> dict[str, Any]:
         self.summary["wall_s"] = self._elapsed()
         return {"progress": vars(self.progress), "summary": self.summary,
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "rehearsal": self.rehearsal.state() if self.rehearsal is not None else None}
+                "scheduler": self.optim.state_dict()[1],
+                "rehearsal": self.rl.rehearsal.state() if self.rl.rehearsal is not None else None}
 
     def _save_sharded(self) -> Path:
         """Across processes: each writes its shards of the weights and optimizer (torch.distributed.checkpoint);
@@ -420,19 +169,9 @@ class Trainer(RLSteps):
         p = self.policy
         extra = {"reference": p.ref_root} if p.ref_root is not None and self.progress.rl_started else {}
         return checkpoint.save_sharded(
-            self.ckpt_dir, self.progress.step, root_module=p.root, optimizer=self.optimizer, extra_models=extra,
+            self.ckpt_dir, self.progress.step, root_module=p.root, optimizer=self.optim.optimizer, extra_models=extra,
             state=self._state(), main=self.dist.main, barrier=self.dist.barrier,
             keep=self.cfg.trainer.keep_checkpoints)
-
-    def load_weights(self, path: Path) -> dict[str, Any]:
-        """Put checkpoint `path`'s weights into the policy (replaying merged LoRA stages); return it."""
-        if checkpoint.is_sharded(path):  # written across processes: read back into this policy's own layout
-            return checkpoint.load_sharded(path, self.policy.root or distributed.Root(self.policy.hf))
-        ck = checkpoint.load(path)
-        if ck["merged"]:
-            self.policy.replay_merged_adapters(ck["merged"])
-        self.policy.load_checkpoint_state(ck["weights"])
-        return ck
 
     def restore(self, path: Path) -> None:
         """Resume: weights, reference, optimizer, scheduler, RNG and progress from checkpoint `path`."""
@@ -440,14 +179,10 @@ class Trainer(RLSteps):
             return self._restore_sharded(path)
         if self.dist is not None:
             raise ValueError(f"{path} was written by one process; resuming it across processes is not supported yet")
-        ck = self.load_weights(path)
+        ck = load_weights(self.policy, path)
         state = ck["state"]
-        self.progress = Progress(**state["progress"])
-        if state.get("rehearsal"):
-            by_id = {smp.id: smp for smp in self._every_train_sample()}
-            self.rehearsal = rehearsal_from_state(
-                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id,
-                self.runtime.device)
+        self.progress.load(state["progress"])
+        self._restore_rehearsal(state)
         self.summary = state.get("summary", {})
         stage = self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)]
         if self.progress.rl_started and self.policy.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
@@ -455,36 +190,39 @@ class Trainer(RLSteps):
                 raise FileNotFoundError(f"{path}: the KL reference is missing from the checkpoint")
             self.policy.begin_rl(needs_reference=True, adapter_trained=False)
             self.policy.reference.load_state_dict(ck["reference"])
-        self._new_optimizer(stage)
+        self.optim.new(stage)
         if ck["optimizer"] is not None:
-            self.optimizer.load_state_dict(ck["optimizer"])
+            self.optim.optimizer.load_state_dict(ck["optimizer"])
         if state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.optim.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng(ck["rng"])
         self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage})")
 
     def _restore_sharded(self, path: Path) -> None:
         """Resume from a checkpoint written across processes, with this run's number of processes (one included)."""
         state = checkpoint.read_state(path)
-        self.progress = Progress(**state["progress"])
+        self.progress.load(state["progress"])
         self.summary = state.get("summary", {})
-        if state.get("rehearsal"):
-            by_id = {smp.id: smp for smp in self._every_train_sample()}
-            self.rehearsal = rehearsal_from_state(
-                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id,
-                self.runtime.device)
+        self._restore_rehearsal(state)
         p, extra = self.policy, {}
         if self.progress.rl_started and p.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
             if p.reference is None:
                 p.begin_rl(needs_reference=True, adapter_trained=False)
             extra["reference"] = p.ref_root or distributed.Root(p.reference)
-        self._new_optimizer(self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)])
-        ck = checkpoint.load_sharded(path, p.root or distributed.Root(p.hf), optimizer=self.optimizer,
+        self.optim.new(self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)])
+        ck = checkpoint.load_sharded(path, p.root or distributed.Root(p.hf), optimizer=self.optim.optimizer,
                                      extra_models=extra)
         if state.get("scheduler"):
-            self.scheduler.load_state_dict(state["scheduler"])
+            self.optim.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng(ck["rng"])
         self.log(f"resumed from {path} (step {self.progress.step}, stage {self.progress.stage}, sharded)")
+
+    def _restore_rehearsal(self, state: dict[str, Any]) -> None:
+        if state.get("rehearsal"):
+            by_id = {smp.id: smp for smp in self.data.every_train_sample()}
+            self.rl.rehearsal = rehearsal_from_state(
+                state["rehearsal"], lambda ids: [self.policy.encode(by_id[i]) for i in ids], self.policy.pad_id,
+                self.runtime.device)
 
     def _resume_choice(self) -> Path | None:
         """The checkpoint to resume from: `resume=auto` takes the newest one that verifies (naming those it skips),
@@ -574,27 +312,21 @@ class Trainer(RLSteps):
         rl_stages = [i for i, s in enumerate(cfg.stages) if s.kind == "rl"]
         for si in range(self.progress.stage, len(cfg.stages)):
             stage = cfg.stages[si]
-            self._enter_stage(si)
-            fresh_stage = self.progress.stage != si or self.optimizer is None
+            self.enter_stage(si)
+            fresh_stage = self.progress.stage != si or self.optim.optimizer is None
             if self.progress.stage != si:
                 self.progress.stage, self.progress.stage_step = si, 0
             if stage.kind == "rl" and not self.progress.rl_started:
-                torch.manual_seed(row_seed(cfg.trainer.seed, "rl-begin"))
-                self.policy.begin_rl(needs_reference=cfg.algorithm.kl_coef > 0,
-                                     adapter_trained=self.progress.adapter_trained)
-                self.progress.rl_started = True
-                self.progress.adapter_trained = False
+                self.begin_rl()
                 fresh_stage = True
-                if cfg.algorithm.rehearsal_coef > 0:
-                    self.build_rehearsal()
                 self.summary["eval_before"] = self.evaluate()
                 self.log(f"eval before RL: {self._fmt(self.summary['eval_before'])}")
                 logger.log({"train/step": self.progress.step, "train/event": "eval_before", **self.summary["eval_before"]},
                            advance=False)
             if fresh_stage:
-                self._new_optimizer(stage)
+                self.optim.new(stage)
             while self.progress.stage_step < stage.steps:
-                metrics = self.rl_step() if stage.kind == "rl" else self.sft_step(stage)
+                metrics = self.rl.run() if stage.kind == "rl" else self.sft.run(stage)
                 self.progress.stage_step += 1
                 self.progress.step += 1
                 reset = cfg.algorithm.ref_reset_every
@@ -602,7 +334,7 @@ class Trainer(RLSteps):
                     self.reset_reference(stage)
                     metrics["actor/ref_reset"] = 1.0
                 metrics.update({"train/step": self.progress.step, "train/stage": stage.name,
-                                "actor/lr": self.scheduler.get_last_lr()[0], "data/skipped": self.progress.skipped,
+                                "actor/lr": self.optim.lr, "data/skipped": self.progress.skipped,
                                 "data/too_long": self.progress.too_long})
                 last_rl = si == rl_stages[-1] if rl_stages else False
                 done_stage = self.progress.stage_step == stage.steps

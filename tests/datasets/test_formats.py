@@ -118,8 +118,8 @@ def test_errors_name_file_record_and_field_and_can_be_skipped(tmp_path, images):
 
 
 def test_config_names_the_format(tmp_path):
-    from mmrl import config
+    from mmrl.cli.checks import load_config
     from mmrl.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"data.train.format: .*did you mean 'llava'"):
-        config.load(None, ["data.train={path: x.json, format: lava}"])
+        load_config(None, ["data.train={path: x.json, format: lava}"])

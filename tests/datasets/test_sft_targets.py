@@ -58,10 +58,10 @@ def test_sft_with_true_labels_trains_on_a_peer_data_sets_own_targets(tmp_path, t
     path = _peer_files(tmp_path)[kind]
     trainer = Trainer(tiny(tmp_path / "run", f"data.train={{path: {path}}}", SFT, "data.eval.n=2"), log=lambda *a: None)
     stage = trainer.cfg.stages[0]
-    prompts = trainer.encode(trainer.train_data)
-    assert set(trainer.sft_targets(prompts, stage)) == targets
-    trainer._new_optimizer(stage)
-    metrics = trainer.sft_step(stage)
+    prompts = trainer.batches.encode(trainer.data.train)
+    assert set(trainer.sft.targets(prompts, stage)) == targets
+    trainer.optim.new(stage)
+    metrics = trainer.sft.run(stage)
     assert math.isfinite(metrics["sft/loss"]) and metrics["sft/loss"] > 0
 
 

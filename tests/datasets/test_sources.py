@@ -54,10 +54,11 @@ def test_templates_and_system_prompts_apply_per_source(tmp_path):
 def test_a_bad_template_is_a_config_error_naming_the_source():
     import pytest
 
-    from mmrl.config import ConfigError, load
+    from mmrl.cli.checks import load_config
+    from mmrl.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"data\.mix\[1\]\.template: .*no \{problem\}"):
-        load(None, ["data.mix=[{task: rotation, n: 4}, {task: grounding, n: 4, template: 'Find it.'}]"])
+        load_config(None, ["data.mix=[{task: rotation, n: 4}, {task: grounding, n: 4, template: 'Find it.'}]"])
 
 
 def test_an_empty_system_prompt_replaces_the_templates_default(zoo_cache):

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-import mmrl.rewards  # noqa: F401  (registers the library)
 from mmrl.datasets.sample import Sample
+from mmrl.rewards import names  # importing the package registers the library
 from mmrl.rewards.compose import RewardTerm, missing_share, score, summarize, truth_columns
 from mmrl.rewards.isolation import make_term
-from mmrl.rewards.registry import names
 
 NO_GROUND_TRUTH = {"format", "format_template", "overlong", "repetition", "group_agreement", "reasoning_consistency",
                    "temporal_bonus"}

@@ -270,7 +270,7 @@ def test_failing_plugins_inside_a_training_step(tmp_path, tiny, plugins):
     try:
         trainer.run()
     finally:
-        for t in trainer.terms:
+        for t in trainer.base_terms:
             getattr(t.fn, "close", lambda: None)()
     from mmrl.rewards import get
 
@@ -320,7 +320,7 @@ def test_required_columns_by_style(plugins):
 def test_missing_column_fails_at_startup_naming_reward_and_column(plugins):
     from mmrl.config import ConfigError
     from mmrl.datasets.sample import Sample
-    from mmrl.train.trainer import check_reward_columns
+    from mmrl.train.scoring import check_reward_columns
 
     term = make_term(f"{plugins / 'needs.py'}:solution_match", name="sol", isolate="never")
     plain = [Sample(id="a", messages=[], answer="1")]

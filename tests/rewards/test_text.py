@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import mmrl.rewards.text as text_mod
+import mmrl.rewards.text_parsing as text_parsing
 from mmrl.rewards import get
 from mmrl.rewards.text import (
     cls_label,
@@ -20,10 +21,9 @@ from mmrl.rewards.text import (
     multi_select,
     numeric,
     ocr,
-    parse_letter,
-    parse_numbers,
     token_f1,
 )
+from mmrl.rewards.text_parsing import parse_letter, parse_numbers
 
 RANGES = {  # name -> (lo, hi, a ground truth that applies)
     "mc": (0.0, 1.0, {"choice": "B", "options": ["cat", "dog", "bird"]}),
@@ -56,6 +56,10 @@ def test_registered():
 
 def test_doctests():
     assert doctest.testmod(text_mod).failed == 0
+
+
+def test_text_parsing_doctests():  # the parsers text.py shares with puzzles and consistency
+    assert doctest.testmod(text_parsing).failed == 0
 
 
 # ---- parsers ----------------------------------------------------------------------------------------------------

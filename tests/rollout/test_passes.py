@@ -3,6 +3,7 @@ rethinking (real processor, real generation; the engine is wrapped only to recor
 
 from __future__ import annotations
 
+import dataclasses
 import doctest
 
 import pytest
@@ -30,7 +31,7 @@ def setup(tmp_path_factory, tiny):
                "data.eval.kwargs.choices=true", "rewards=[{fn: mc, name: accuracy}]",
                "stages=[{name: rl, kind: rl, steps: 10}]", "trainer.threads=2")
     t = Trainer(cfg, log=lambda *a: None)
-    prompts = t.encode(t._batch(2))
+    prompts = t.batches.encode(t.batches.samples(2))
     asked: list = []
     real = t.engine.generate
 
@@ -39,7 +40,7 @@ def setup(tmp_path_factory, tiny):
         return real(inputs, n, params, batch_prompts=batch_prompts)
 
     t.engine.generate = recording
-    ctx = PassContext(t.policy, t.engine, SamplingParams(max_new_tokens=6, seed=0, step=3), 16, t.score, 1.0)
+    ctx = PassContext(t.policy, t.engine, SamplingParams(max_new_tokens=6, seed=0, step=3), 16, t.rl.score, 1.0)
     return t, prompts, ctx, asked
 
 
@@ -59,7 +60,9 @@ def test_shuffle_options_asks_again_with_shuffled_options_and_the_same_reasoning
     t, prompts, ctx, asked = setup
     asked.clear()
     ro = _rollouts(["<think>it points left</think><answer>A</answer>", "<answer>B</answer>"] * 2, 2, t.policy)
-    stats = shuffled_options_pass(ctx, prompts, ro)
+    given = ro
+    ro, stats = shuffled_options_pass(ctx, prompts, ro)
+    assert "pair" not in given.columns  # a new record; the one given stays as it was
     assert stats == {"asked": 4.0} and len(asked) == 1 and len(asked[0]) == 4
     pairs = ro.columns["pair"]
     for i, pair in enumerate(pairs):
@@ -74,15 +77,13 @@ def test_shuffle_options_asks_again_with_shuffled_options_and_the_same_reasoning
             assert pair["completion"].startswith("<think>it points left</think>")
         assert asked[0][i].sample.id == f"{p.sample.id}#options{i}"
     assert pairs[0]["permutation"] == pairs[1]["permutation"]  # one shuffle per prompt
-    again = _rollouts(["<answer>A</answer>"] * 4, 2, t.policy)
-    shuffled_options_pass(ctx, prompts, again)
+    again, _ = shuffled_options_pass(ctx, prompts, _rollouts(["<answer>A</answer>"] * 4, 2, t.policy))
     assert [q["completion"] for q in again.columns["pair"]] == [q["completion"] for q in
                                                                _fresh_pairs(t, prompts, ctx)]  # seeded
 
 
 def _fresh_pairs(t, prompts, ctx):
-    ro = _rollouts(["<answer>A</answer>"] * 4, 2, t.policy)
-    shuffled_options_pass(ctx, prompts, ro)
+    ro, _ = shuffled_options_pass(ctx, prompts, _rollouts(["<answer>A</answer>"] * 4, 2, t.policy))
     return ro.columns["pair"]
 
 
@@ -92,8 +93,8 @@ def test_non_multiple_choice_samples_get_no_pair(setup):
     t, prompts, ctx, asked = setup
     broken = [dataclasses.replace(p, sample=dataclasses.replace(p.sample, answer="90")) for p in prompts]
     ro = _rollouts(["<answer>A</answer>"] * 4, 2, t.policy)
-    assert shuffled_options_pass(ctx, broken, ro) == {"asked": 0.0}
-    assert ro.columns["pair"] == [None] * 4
+    ro, stats = shuffled_options_pass(ctx, broken, ro)
+    assert stats == {"asked": 0.0} and ro.columns["pair"] == [None] * 4
 
 
 def test_rethink_replaces_only_continuations_that_end_correct(setup, monkeypatch):
@@ -104,17 +105,18 @@ def test_rethink_replaces_only_continuations_that_end_correct(setup, monkeypatch
 
     def score_all(value):
         def score(cand, prompts_):
-            cand.total = torch.full((len(cand),), value)
-            cand.rewards = {}
+            return dataclasses.replace(cand, total=torch.full((len(cand),), value), rewards={})
         return score
 
     rejecting = PassContext(ctx.policy, ctx.engine, ctx.params, 16, score_all(0.0), 1.0)
-    stats = rethink_pass(rejecting, prompts, ro, ratio=1.0, triggers=["\nWait"])
-    assert stats == {"tried": 4.0, "accepted": 0.0} and ro.texts == texts and torch.equal(ro.completion_ids, before)
+    out, stats = rethink_pass(rejecting, prompts, ro, ratio=1.0, triggers=["\nWait"])
+    assert stats == {"tried": 4.0, "accepted": 0.0} and out.texts == texts and torch.equal(out.completion_ids, before)
 
     accepting = PassContext(ctx.policy, ctx.engine, ctx.params, 16, score_all(1.0), 1.0)
-    stats = rethink_pass(accepting, prompts, ro, ratio=1.0, triggers=["\nWait"])
+    given = ro
+    ro, stats = rethink_pass(accepting, prompts, ro, ratio=1.0, triggers=["\nWait"])
     assert stats == {"tried": 4.0, "accepted": 4.0}
+    assert given.texts == texts and torch.equal(given.completion_ids, before)  # the given record is unchanged
     assert ro.texts[0].startswith("<think>hmm\nWait") and ro.texts[2].startswith("C\nWait")
     for i in range(4):  # tokens, mask and text agree; the trigger's sampling log-probs are 0
         n = int(ro.completion_mask[i].sum())
@@ -127,4 +129,5 @@ def test_rethink_replaces_only_continuations_that_end_correct(setup, monkeypatch
 def test_rethink_ratio_zero_touches_nothing(setup):
     t, prompts, ctx, asked = setup
     ro = _rollouts(["<answer>A</answer>"] * 4, 2, t.policy)
-    assert rethink_pass(ctx, prompts, ro, ratio=0.0) == {"tried": 0.0, "accepted": 0.0}
+    out, stats = rethink_pass(ctx, prompts, ro, ratio=0.0)
+    assert stats == {"tried": 0.0, "accepted": 0.0} and out is ro

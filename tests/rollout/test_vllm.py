@@ -22,25 +22,14 @@ import mmrl.rollout.vllm as vllm_module
 from mmrl.config import ModelConfig, RolloutConfig, VideoConfig
 from mmrl.datasets import synthetic
 from mmrl.datasets.sample import BadSampleError, Sample
-from mmrl.rollout import HFEngine, make_engine
+from mmrl.rollout import HFEngine, make_engine, vllm_requests, vllm_sampling, vllm_weights
 from mmrl.rollout.types import SamplingParams, row_seed
-from mmrl.rollout.vllm import (
-    MISSING,
-    build_requests,
-    check_prompt_ids,
-    collapse_placeholders,
-    llm_kwargs,
-    lora_free_weights,
-    lora_rank,
-    parse_outputs,
-    check_version,
-    prompt_seed,
-    reference_positions,
-    sampling_params_kwargs,
-    sleep_level,
-    video_position_conflict,
-    vllm_weight_name,
+from mmrl.rollout.vllm import MISSING, check_version, llm_kwargs, sleep_level
+from mmrl.rollout.vllm_requests import (
+    build_requests, collapse_placeholders, reference_positions, video_position_conflict,
 )
+from mmrl.rollout.vllm_sampling import check_prompt_ids, parse_outputs, prompt_seed, sampling_params_kwargs
+from mmrl.rollout.vllm_weights import lora_free_weights, lora_rank, vllm_weight_name
 
 # vLLM 0.32.0, vllm/engine/arg_utils.py, `class EngineArgs` (what `LLM(**kwargs)` takes): the fields this engine
 # may set, each checked there (the real engine checks them too: tests/rollout/test_vllm_engine.py).
@@ -70,7 +59,8 @@ def _requests(policy, prompts, **kw):
 
 # ------------------------------------------------------------------------------------------------ requests
 def test_collapse_placeholders():
-    assert doctest.testmod(vllm_module).failed == 0
+    for module in (vllm_module, vllm_requests, vllm_sampling, vllm_weights):  # the engine and its parts
+        assert doctest.testmod(module).failed == 0
     assert collapse_placeholders([7, 7, 7, 7, 7], 7, [2, 3]) == [7, 7]  # adjacent items split by their counts
     assert collapse_placeholders([1, 2], 7, []) == [1, 2]
     with pytest.raises(ValueError, match="expected 3"):

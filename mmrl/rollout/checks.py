@@ -1,0 +1,38 @@
+"""The `rollout` section's names checked beside their registries (`mmrl.cli.checks` runs this with
+`mmrl.config`'s own checks): the engine (`ENGINES`) and each extra pass with its options (`EXTRA_PASSES`), one
+`key: …` line per problem with a did-you-mean."""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING
+
+from mmrl.registry import UnknownNameError, closest
+from mmrl.rollout import ENGINES
+from mmrl.rollout.passes import EXTRA_PASSES
+
+if TYPE_CHECKING:
+    from mmrl.config import RolloutConfig
+
+
+def check_rollout(rollout: RolloutConfig) -> list[str]:
+    """The engine's name, then each extra pass's kind and, for a known kind, its option names."""
+    errors = []
+    if rollout.engine not in ENGINES:
+        hint = closest(rollout.engine, list(ENGINES))
+        extra = f"; did you mean {hint!r}?" if hint else ""
+        errors.append(f"rollout.engine: unknown engine {rollout.engine!r}{extra} (valid: {', '.join(ENGINES)})")
+    for i, xp in enumerate(rollout.extra_passes):
+        try:
+            fn = EXTRA_PASSES.get(xp.kind)
+        except UnknownNameError as e:
+            errors.append(f"rollout.extra_passes[{i}].kind: {e}")
+            continue  # its options are only known for a known pass
+        valid = [p for p in inspect.signature(fn).parameters if p not in ("ctx", "prompts", "ro")]
+        for key in xp.kwargs:
+            if key not in valid:
+                hint = closest(key, valid)
+                extra = f"; did you mean {hint!r}?" if hint else ""
+                errors.append(f"rollout.extra_passes[{i}].kwargs.{key}: unknown option{extra} "
+                              f"(valid: {', '.join(valid)})")
+    return errors
