@@ -14,6 +14,7 @@ import torch
 
 from mmrl.algorithms import PRESETS
 from mmrl.config import AlgorithmConfig
+from mmrl.train.rl_step import TrainBatch
 from mmrl.train.update import masked_batch
 
 pytestmark = pytest.mark.integration
@@ -147,7 +148,7 @@ def test_batch_std_spans_the_generated_batch_filtered_groups_included(trainer, p
         _with(trainer, group_filter="nonzero_std", max_gen_batches=3, scale="batch_std", adv_eps=0.0)
         gen = trainer.rl.generate()
         prompts, kept, seen = gen.prompts, gen.kept, gen.seen
-        kept = trainer.rl.advantages(prompts, kept, seen).rollouts
+        kept = trainer.rl.advantages(TrainBatch(prompts, kept), seen).rollouts
     finally:
         trainer.rl.scorer.terms = terms
     r = kept.total.view(-1, 4)
@@ -306,3 +307,24 @@ def test_rehearsal_divergence_to_the_initial_policy(trainer):
     again = from_state(state, lambda ids: [trainer.policy.encode(by_id[i]) for i in ids], trainer.policy.pad_id)
     assert again.state() == state
     trainer.rl.rehearsal = None
+
+
+def test_pi_old_is_computed_once_by_the_step_and_required_by_the_update(trainer, monkeypatch):
+    """π_old has one source, `RLStep.with_old_logprobs`: an update of several optimizer steps without it is refused,
+    and a step with the KL in the reward and 2 mini-batches (both need it) makes exactly one π_old pass."""
+    from mmrl.train import rl_step as rl_step_module
+    from mmrl.train.update import rl_update
+
+    _with(trainer, mini_batches=2)
+    _restart(trainer)
+    gen = trainer.rl.generate()
+    batch = trainer.rl.advantages(TrainBatch(gen.prompts, gen.kept), gen.seen)
+    with pytest.raises(ValueError, match="needs π_old"):
+        rl_update(trainer.policy, batch.prompts, batch.rollouts, trainer.cfg.algorithm, micro=8, temperature=1.0,
+                  max_tokens=8, seed=0, step=0, optimizer_step=trainer.optim.step)
+    passes = []
+    real = rl_step_module.logprob_pass
+    monkeypatch.setattr(rl_step_module, "logprob_pass", lambda *a, **k: (passes.append(k.get("model")), real(*a, **k))[1])
+    _with(trainer, mini_batches=2, kl_coef=0.01, kl_placement="reward")
+    trainer.rl.run()
+    assert passes.count(None) == 1 and len(passes) == 2  # π_old once, π_ref once (for the KL in the reward)

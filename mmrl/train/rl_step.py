@@ -37,7 +37,7 @@ from mmrl.rollout.replay import merge as merge_replay
 from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
 from mmrl.runtime import HOST
 from mmrl.train.scoring import Scorer, usable
-from mmrl.train.update import logprob_pass, rl_update
+from mmrl.train.update import logprob_pass, needs_old_logp, rl_update
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ class RLStep:
         t0 = time.perf_counter()
         gen = self.generate()  # rollout (+ extra passes) → score → filter
         t_roll = time.perf_counter()
-        batch = self.advantages(gen.prompts, gen.kept, gen.seen)
+        batch = self.advantages(TrainBatch(gen.prompts, gen.kept), gen.seen)
         batch = self.replay_fill(batch)
         metrics = self.update(batch)
         metrics.update(self.metrics(gen, batch, seconds=(t0, t_roll, time.perf_counter())))
@@ -147,46 +147,54 @@ class RLStep:
         return logprob_pass(self.policy, prompts, rollouts, micro=self.cfg.trainer.micro_batch_size,
                             temperature=self.cfg.rollout.temperature, model=model)
 
-    def advantages(self, prompts: list[PromptInputs], rollouts: Rollouts, seen: Rollouts) -> TrainBatch:
-        """The kept rollouts with their advantages [N]; with the KL placed in the reward, r_i −= β·Σ_t
-        k(π_old, π_ref) first (π_old is then kept for the update). `seen` is every rollout the step generated: the
-        batch std runs over it, dropped groups included (config validation refuses the KL in the reward together
-        with a group filter there)."""
-        a = self.cfg.algorithm
+    def with_old_logprobs(self, batch: TrainBatch) -> TrainBatch:
+        """The batch with π_old [N, C]: its completions' log-probs under the policy before this step's update. The
+        one place π_old is computed, once per step, by the first stage that needs it: the KL in the reward, replay
+        (fresh rows beside replayed ones) or an update of several optimizer steps (`needs_old_logp`). With a single
+        step and none of those, the update uses sg[π_θ] itself (ratio 1) and no pass is made."""
+        if batch.old_logp is not None:
+            return batch
+        return dataclasses.replace(batch, old_logp=self._logprobs(batch.prompts, batch.rollouts))
+
+    def advantages(self, batch: TrainBatch, seen: Rollouts) -> TrainBatch:
+        """The batch with its advantages [N]; with the KL placed in the reward, r_i −= β·Σ_t k(π_old, π_ref)
+        first. `seen` is every rollout the step generated: the batch std runs over it, dropped groups included
+        (config validation refuses the KL in the reward together with a group filter there)."""
+        a, rollouts = self.cfg.algorithm, batch.rollouts
         if not len(rollouts):  # every group was filtered out
-            return TrainBatch(prompts, dataclasses.replace(rollouts, advantages=torch.zeros(0, device=rollouts.device)))
-        rewards, old, kl = rollouts.total, None, None
+            return dataclasses.replace(batch, rollouts=dataclasses.replace(
+                rollouts, advantages=torch.zeros(0, device=rollouts.device)))
+        rewards, kl = rollouts.total, None
         if a.kl_coef > 0 and a.kl_placement == "reward":
-            old = self._logprobs(prompts, rollouts)
+            batch = self.with_old_logprobs(batch)
             with self.policy.as_reference() as ref:
-                ref_logp = self._logprobs(prompts, rollouts, model=ref)
-            kl = kl_penalty_per_sequence(old, ref_logp, rollouts.completion_mask.float(), a.kl_estimator)  # [N]
+                ref_logp = self._logprobs(batch.prompts, rollouts, model=ref)
+            kl = kl_penalty_per_sequence(batch.old_logp, ref_logp, rollouts.completion_mask.float(),
+                                         a.kl_estimator)  # [N]
             rewards = rewards - a.kl_coef * kl
         lengths = rollouts.completion_mask.sum(dim=1)  # [N]
         valid = usable(rollouts)  # [N]
-        batch = rewards.masked_fill(~valid, float("nan"))  # [M]: the generated batch, for batch statistics
+        generated = rewards.masked_fill(~valid, float("nan"))  # [M]: the generated batch, for batch statistics
         if len(seen) != len(rollouts):  # groups were dropped: they count in the batch std (no KL in these rewards)
-            batch = seen.total.masked_fill(~usable(seen), float("nan"))
+            generated = seen.total.masked_fill(~usable(seen), float("nan"))
         adv, kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
-                                            correctness=rollouts.total, valid=valid, batch_rewards=batch)
-        scored = dataclasses.replace(rollouts, advantages=adv, kl_weight=kl_weight, kl_penalty=kl)
-        return TrainBatch(prompts, scored, old)
+                                            correctness=rollouts.total, valid=valid, batch_rewards=generated)
+        return dataclasses.replace(batch, rollouts=dataclasses.replace(
+            rollouts, advantages=adv, kl_weight=kl_weight, kl_penalty=kl))
 
     def replay_fill(self, batch: TrainBatch) -> TrainBatch:
         """With a replay buffer: fill the groups the filters dropped from it, then keep this step's informative
         groups for later. Replayed rows use their sampling log-probs as π_old, fresh rows the policy now."""
         if not self.cfg.algorithm.replay_capacity:
             return batch
-        prompts, rollouts, old_logp = batch.prompts, batch.rollouts, batch.old_logp
-        deficit = self.cfg.trainer.prompts_per_step - len(rollouts) // rollouts.group_size
+        deficit = self.cfg.trainer.prompts_per_step - len(batch.rollouts) // batch.rollouts.group_size
         gen = torch.Generator().manual_seed(row_seed(self.cfg.trainer.seed, "replay", self.progress.step))
         replayed = self.replay.sample(deficit, gen)
-        self.replay.add(prompts, rollouts)
+        self.replay.add(batch.prompts, batch.rollouts)
         if not replayed:
             return batch
-        if old_logp is None:
-            old_logp = self._logprobs(prompts, rollouts)
-        prompts, rollouts, old_logp = merge_replay(prompts, rollouts, old_logp, replayed)
+        batch = self.with_old_logprobs(batch)
+        prompts, rollouts, old_logp = merge_replay(batch.prompts, batch.rollouts, batch.old_logp, replayed)
         return TrainBatch(prompts, rollouts, old_logp, len(replayed))
 
     def update(self, batch: TrainBatch) -> dict[str, float]:
@@ -194,6 +202,8 @@ class RLStep:
         if not len(batch.rollouts):
             return {"actor/skipped": 1.0}
         r, a, t = self.cfg.rollout, self.cfg.algorithm, self.cfg.trainer
+        if needs_old_logp(a):  # several optimizer steps on one batch: π_old before the first
+            batch = self.with_old_logprobs(batch)
         rehearsal = None
         if a.rehearsal_coef > 0 and self.rehearsal is not None:
             gen = torch.Generator().manual_seed(row_seed(t.seed, "rehearsal", self.progress.step))

@@ -1,7 +1,7 @@
 """The RL update of one rollout batch: log-prob passes, mini-batches × epochs, micro-batch accumulation.
 
-Stages (each looked up by name in `mmrl.algorithms`, never by method): π_old log-probs are computed once, before
-any weight changes, when the update needs them (several optimizer steps per batch, the KL in the reward); each
+Stages (each looked up by name in `mmrl.algorithms`, never by method): π_old comes with the batch when the update
+needs it (several optimizer steps per batch, the KL in the reward; `RLStep.with_old_logprobs` computes it); each
 optimizer step then sums `objective` over micro-batches with the mini-batch's global normalisers, so the gradient
 does not depend on the micro-batch size. What a method adds to the policy loss — π_ref's pass, PAPO's masked-image
 pass, Lp-Reg's min-p pass, rehearsal's own backward, TIS weights, Clip-/KL-Cov — is a registered regulariser
@@ -51,9 +51,10 @@ def rl_update(
     """Run `ppo_epochs` × `mini_batches` optimizer steps on one rollout batch (fewer when the N rows split into
     fewer chunks of ⌈N / mini_batches⌉, e.g. 7 of 16 → 6); returns `actor/*` metrics.
 
-    `optimizer_step(last)` clips, steps and zeroes the gradients (advancing the LR schedule when `last`);
-    `rehearsal` = (π₀'s prompts, stored completions, their log-probs) turns on the rehearsal term; `tis_cap` turns
-    on truncated importance weights min(π_old / π_sampler, cap) on the policy term.
+    `old_logp` [N, C]: π_old, required when `needs_old_logp(algo)` (else sg[π_θ] is used). `optimizer_step(last)`
+    clips, steps and zeroes the gradients (advancing the LR schedule when `last`); `rehearsal` = (π₀'s prompts,
+    stored completions, their log-probs) turns on the rehearsal term; `tis_cap` turns on truncated
+    importance weights min(π_old / π_sampler, cap) on the policy term.
     """
     size = -(-len(ro) // algo.mini_batches)  # ceil: fewer, fuller chunks when mini_batches does not divide N
     ctx = UpdateContext(policy, prompts, ro, algo, micro=micro, temperature=temperature, seed=seed, step=step,
@@ -62,7 +63,8 @@ def rl_update(
     for reg in regs:  # passes that must see the weights before they change (π_ref)
         reg.before(ctx)
     if old_logp is None and needs_old_logp(algo):
-        old_logp = logprob_pass(policy, prompts, ro, micro=micro, temperature=temperature)
+        raise ValueError("rl_update: this update takes several optimizer steps or places the KL in the reward, so "
+                         "it needs π_old from before the first one (old_logp; RLStep.with_old_logprobs)")
     sums: dict[str, float] = defaultdict(float)
     gaps: list[float] = []  # max |trainer − sampler| log-prob per micro-batch, before any weight changes
     grad_norms: list[float] = []
