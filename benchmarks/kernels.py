@@ -30,12 +30,13 @@ import argparse
 import importlib.util
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
+
+from fresh_process import emit, maxrss_mib
+from fresh_process import run as run_child
 
 H, V = 512, 151936
 TARGET_N = 2048
@@ -46,10 +47,6 @@ NAMES = {"torch": "fused (torch)", "liger": "liger GRPO loss"}
 def _rss_mib() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 def _step(method: str, h, w, t, entropy: bool) -> None:
@@ -80,14 +77,14 @@ def child(method: str, n: int, entropy: bool, repeats: int, threads: int) -> dic
     w = torch.randn(V, H, generator=g).mul_(H**-0.5).requires_grad_()  # [V, H], in place: no temporary
     t = torch.randint(0, V, (n,), generator=g)  # [N]
     h.grad, w.grad = torch.zeros_like(h), torch.zeros_like(w)
-    base, rss = _maxrss_mib(), _rss_mib()
+    base, rss = maxrss_mib(), _rss_mib()
     _step(method, h[:128], w, t[:128], entropy)  # warm-up: thread pool, BLAS, allocator
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         _step(method, h, w, t, entropy)
         times.append(time.perf_counter() - start)
-    return {"peak_extra_mib": _maxrss_mib() - base, "baseline_gap_mib": base - rss, "times_s": times,
+    return {"peak_extra_mib": maxrss_mib() - base, "baseline_gap_mib": base - rss, "times_s": times,
             "time_s": statistics.median(times)}
 
 
@@ -98,13 +95,7 @@ def measure(method: str, n: int, entropy: bool, repeats: int, threads: int) -> d
     row = {"method": method, "entropy": entropy, "n": n, "load_avg": os.getloadavg()[0]}
     if method == "liger" and importlib.util.find_spec("liger_kernel") is None:
         return {**row, "skipped": "liger-kernel not installed"}
-    root = Path(__file__).resolve().parents[1]
-    proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=root,
-                          env={**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"})
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {**row, "skipped": (proc.stderr.strip().splitlines() or ["no output"])[-1][:200]}
-    return {**row, **json.loads(lines[-1][len("RESULT "):])}
+    return {**row, **run_child(cmd, reason_chars=200)}
 
 
 def plan(args) -> list[tuple[str, int, bool]]:
@@ -189,7 +180,7 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     if args.child:
         method, n, entropy, repeats, threads = args.child
-        print("RESULT " + json.dumps(child(method, int(n), entropy == "1", int(repeats), int(threads))), flush=True)
+        emit(child(method, int(n), entropy == "1", int(repeats), int(threads)))
         return
     start, rows = time.time(), []
     for method, n, entropy in plan(args):

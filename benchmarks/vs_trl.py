@@ -82,13 +82,15 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from fresh_process import emit, maxrss_mib
+from fresh_process import run as run_child
 
 PROMPTS, GROUP, TOKENS, LR = 4, 4, 32, 1e-5
 TOKENS_PER_STEP = PROMPTS * GROUP * TOKENS
@@ -134,10 +136,6 @@ def model_path(size: str) -> str:
 def _clocks() -> tuple[float, float]:
     """(wall, this process's CPU) seconds: CPU time is less inflated than wall time by other processes' load."""
     return time.perf_counter(), time.process_time()
-
-
-def _maxrss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 class Timers:
@@ -202,7 +200,7 @@ def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], wa
     return {"times_s": times, "step_s": statistics.median(times[warmup:]), "cpu_times_s": cpu,
             "cpu_step_s": statistics.median(cpu[warmup:]), "stages_s": timers.medians(warmup),
             "len_mean": lengths, "generate_calls": generate_calls, "steps_total": len(times),
-            "peak_rss_mib": _maxrss_mib(), **extra}
+            "peak_rss_mib": maxrss_mib(), **extra}
 
 
 # --------------------------------------------------------------------------------------------- mmrl child
@@ -400,21 +398,16 @@ def measure(framework: str, size: str, warmup: int, steps: int, threads: int, ti
     if python is None and framework == "mmrl+vllm":
         return {**row, "skipped": "no vLLM venv (--vllm-python)"}
     cmd = [python or sys.executable, __file__, "--child", framework, size, str(warmup), str(steps), str(threads)]
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+    env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(threads)}
     t0 = time.time()
-    try:
-        proc = subprocess.run(cmd, check=False, capture_output=True, text=True, cwd=ROOT, env=env, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return {**row, "skipped": f"timed out after {timeout:.0f} s"}
-    row["child_wall_s"] = time.time() - t0
-    row["load_avg_end"] = os.getloadavg()[0]
-    lines = [x for x in proc.stdout.splitlines() if x.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        return {**row, "skipped": (proc.stderr.strip().splitlines() or ["no output"])[-1][:300]}
-    out = {**row, **json.loads(lines[-1][len("RESULT "):])}
-    out["tokens_per_s"] = TOKENS_PER_STEP / out["step_s"]
+    out = {**row, **run_child(cmd, env=env, timeout=timeout)}
+    if "skipped" in out and out["skipped"].startswith("timed out"):
+        return out
+    out["child_wall_s"] = time.time() - t0
+    out["load_avg_end"] = os.getloadavg()[0]
+    if "skipped" not in out:
+        out["tokens_per_s"] = TOKENS_PER_STEP / out["step_s"]
     return out
 
 
@@ -528,7 +521,7 @@ def main(argv: list[str] | None = None) -> None:
                  "mmrl+vllm": lambda *a: _mmrl_child(*a, engine="vllm")}[fw]
         res = child(model_path(size), SIZES[size]["image"], int(warmup), int(steps), int(threads))
         if res is not None:
-            print("RESULT " + json.dumps(res), flush=True)
+            emit(res)
         return
     sizes = ["tiny"] if args.quick else [s.strip() for s in args.sizes.split(",") if s.strip()]
     unknown = [s for s in sizes if s not in SIZES]
