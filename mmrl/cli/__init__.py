@@ -13,8 +13,6 @@ from pathlib import Path
 
 from mmrl.cli.recipes import DEFAULT_RECIPE, bundled_recipes, resolve_recipe
 
-LISTS = ("recipes", "rewards", "presets", "tasks", "zoo")
-
 
 def _quiet_hub() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # nothing downloads: zoo models or local directories only
@@ -122,32 +120,47 @@ def _first_line(obj) -> str:
     return re.split(r"(?<=[.!?])\s", paragraph, maxsplit=1)[0]
 
 
-def listing(kind: str) -> list[tuple[str, str]]:
-    """(name, one line) for each bundled recipe, registered reward, algorithm preset, synthetic task or zoo family."""
-    if kind == "recipes":
-        import yaml
+def _recipes() -> list[tuple[str, str]]:
+    import yaml
 
-        out = []
-        for name, path in bundled_recipes().items():
-            data = yaml.safe_load(path.read_text()) or {}
-            out.append((name, str(data.get("description", "")) if isinstance(data, dict) else ""))
-        return out
-    if kind == "rewards":
-        from mmrl.rewards.registry import REWARDS
+    out = []
+    for name, path in bundled_recipes().items():
+        data = yaml.safe_load(path.read_text()) or {}
+        out.append((name, str(data.get("description", "")) if isinstance(data, dict) else ""))
+    return out
 
-        return [(n, _first_line(REWARDS.get(n))) for n in REWARDS.names()]
-    if kind == "presets":
-        from mmrl.algorithms import PRESETS
 
-        keys = ("baseline", "scale", "policy_loss", "aggregation", "kl_coef", "group_filter")
-        return [(n, ", ".join(f"{k}={v}" for k, v in PRESETS.get(n).items() if k in keys)) for n in PRESETS.names()]
-    if kind == "tasks":
-        from mmrl.datasets.synthetic import TASKS
+def _rewards() -> list[tuple[str, str]]:
+    from mmrl.rewards.registry import REWARDS
 
-        return [(n, _first_line(TASKS.get(n).draw)) for n in TASKS.names()]
+    return [(n, _first_line(REWARDS.get(n))) for n in REWARDS.names()]
+
+
+def _presets() -> list[tuple[str, str]]:
+    from mmrl.algorithms import PRESETS
+
+    keys = ("baseline", "scale", "policy_loss", "aggregation", "kl_coef", "group_filter")
+    return [(n, ", ".join(f"{k}={v}" for k, v in PRESETS.get(n).items() if k in keys)) for n in PRESETS.names()]
+
+
+def _tasks() -> list[tuple[str, str]]:
+    from mmrl.datasets.synthetic import TASKS
+
+    return [(n, _first_line(TASKS.get(n).draw)) for n in TASKS.names()]
+
+
+def _zoo() -> list[tuple[str, str]]:
     from mmrl.model import zoo
 
     return [(fam, "sizes: tiny, small") for fam in zoo.families()]
+
+
+LISTS = {"recipes": _recipes, "rewards": _rewards, "presets": _presets, "tasks": _tasks, "zoo": _zoo}
+
+
+def listing(kind: str) -> list[tuple[str, str]]:
+    """(name, one line) for each bundled recipe, registered reward, algorithm preset, synthetic task or zoo family."""
+    return LISTS[kind]()
 
 
 def cmd_list(args) -> int:
@@ -323,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(fn=cmd_data)
 
     li = sub.add_parser("list", help="list bundled recipes, rewards, algorithm presets, synthetic tasks or zoo models")
-    li.add_argument("kind", choices=LISTS)
+    li.add_argument("kind", choices=list(LISTS))
     li.set_defaults(fn=cmd_list)
 
     p = sub.add_parser("plot", help="draw a run's curves into RUN_DIR/plots, or compare runs into --out")
