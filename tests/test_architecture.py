@@ -97,3 +97,18 @@ def test_the_steps_are_built_from_collaborators_not_mixins():
     from mmrl.train.trainer import Trainer
 
     assert Trainer.__bases__ == RLStep.__bases__ == SFTStep.__bases__ == (object,)
+
+
+def test_no_benchmark_script_shadows_a_package_of_the_stack():
+    """`python benchmarks/X.py` puts benchmarks/ first on sys.path: a script named like an installed top-level package
+    (e.g. Hugging Face's `kernels`, which transformers imports) or a standard-library module would be imported in its
+    place. Every installed distribution's top-level names and the standard library are checked, plus the ones the
+    stack may bring that are not installed here."""
+    import sys
+    from importlib.metadata import packages_distributions
+
+    taken = set(packages_distributions()) | set(sys.stdlib_module_names)
+    taken |= {"kernels", "vllm", "flash_attn", "liger_kernel", "trl", "peft", "accelerate", "decord", "deepspeed"}
+    scripts = {p.stem for p in (PACKAGE.parent / "benchmarks").glob("*.py")}
+    assert "vs_trl" in scripts and "transformers" in taken  # the check sees both sides
+    assert scripts & taken == set()

@@ -1,9 +1,9 @@
 """Benchmark `token_logprobs`: the fused "torch" backend against the naive reference (full logits) and, when
 importable, Liger-Kernel's chunked fused-linear GRPO loss — peak extra memory and time of forward + backward.
 
-    python benchmarks/kernels.py            # full: N = 512 … 4096 (fused also 8192), H = 512, V = 151936, fp32
-    python benchmarks/kernels.py --quick    # N = 512 only, one repeat (about 30 s)
-    python benchmarks/kernels.py --large    # adds fused N = 16384
+    python benchmarks/bench_logprobs.py            # full: N = 512 … 4096 (fused also 8192), H = 512, V = 151936, fp32
+    python benchmarks/bench_logprobs.py --quick    # N = 512 only, one repeat (about 30 s)
+    python benchmarks/bench_logprobs.py --large    # adds fused N = 16384
 
 Loss: Σ logp (+ Σ entropy with --entropy rows), so both outputs carry gradient; hidden and weight both need grad.
 
