@@ -11,14 +11,17 @@ from mmrl.kernels import minp_log_mass, token_logprobs
 from mmrl.kernels.logprobs import renormalize_without
 from mmrl.model.packing import pack, rope_index_of
 from mmrl.model.prompts import TOKEN_KEYS
+from mmrl.model.vision_once import VISION_ROWS, shared_vision
 from mmrl.runtime import Runtime
 
 
 def completion_hidden(batch, completion_ids, completion_mask, model, *, packs: bool, runtime: Runtime):
     """Last hidden states of the completion positions [N·C, H], their targets [N·C] (−100 where masked)
-    and the lm_head weight [V, H]. Packed (`mmrl.model.packing`) or padded, the same numbers."""
+    and the lm_head weight [V, H]. Packed (`mmrl.model.packing`) or padded, the same numbers; a batch collated
+    with `share_vision` has its vision encoded once per distinct image or video (`mmrl.model.vision_once`)."""
     prompt_len = batch["input_ids"].shape[1]
     inputs = dict(batch)
+    rows = inputs.pop(VISION_ROWS, None)  # [N, 6] host
     for k in TOKEN_KEYS:
         if k in inputs:
             ext = completion_ids if k == "input_ids" else (
@@ -26,6 +29,8 @@ def completion_hidden(batch, completion_ids, completion_mask, model, *, packs: b
             )
             inputs[k] = torch.cat([inputs[k], ext.to(inputs[k].dtype)], dim=1)  # [N, P+C]
     with runtime.autocast():
+        if rows is not None:
+            inputs = shared_vision(model.model, inputs, rows)
         if packs:
             packed = pack(inputs, prompt_len, completion_mask, rope_index_of(model))
             flat = model.model(**packed.inputs, use_cache=False).last_hidden_state[0]  # [ΣL, H]

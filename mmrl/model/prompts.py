@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mmrl.datasets.sample import BadSampleError, Sample
+from mmrl.model.vision_once import VISION_ROWS, vision_rows
 from mmrl.perception.geometry import Geometry, processed_size
 from mmrl.runtime import HOST, Runtime
 
@@ -172,9 +173,12 @@ class PromptEncoder:
         sample = dataclasses.replace(prompt.sample, id=f"{prompt.sample.id}#{tag}")
         return PromptInputs(sample=sample, tensors=tensors, geometry=prompt.geometry, clips=prompt.clips)
 
-    def collate(self, prompts: list[PromptInputs], repeats: int = 1) -> dict[str, torch.Tensor]:
+    def collate(self, prompts: list[PromptInputs], repeats: int = 1,
+                share_vision: bool = False) -> dict[str, torch.Tensor]:
         """Batch prompts (each repeated `repeats` times, adjacent) with left padding, media concatenated, on the
-        runtime's device (each distinct prompt crosses once)."""
+        runtime's device (each distinct prompt crosses once). `share_vision`: the batch also says which rows show
+        the same media (`mmrl.model.vision_once.VISION_ROWS`), so log-prob passes encode each once; only for
+        `mmrl.model.logprobs`, not for a model's own forward or `generate`."""
         moved = {id(p): self.runtime.to(p.tensors) for p in prompts}
         rows = [p for p in prompts for _ in range(repeats)]
         width = max(p.length for p in rows)
@@ -186,4 +190,7 @@ class PromptEncoder:
                     fill = self.pad_id if k == "input_ids" else 0
                     v = torch.nn.functional.pad(v, (pad, 0), value=fill)
                 batch.setdefault(k, []).append(v)
-        return {k: torch.cat(v, dim=0) for k, v in batch.items()}
+        out = {k: torch.cat(v, dim=0) for k, v in batch.items()}
+        if share_vision:
+            out[VISION_ROWS] = vision_rows(rows)  # [N, 6] host
+        return out

@@ -27,12 +27,14 @@ def row_index(rows: list[int | None], device: torch.device) -> torch.Tensor:
 
 def micro_inputs(policy, prompts, ro: Rollouts, rows: list[int | None]):
     """(collated prompts, completion ids [n, W], mask [n, W], W) of `rows`; a `None` row repeats a real one with an
-    empty mask."""
+    empty mask. The rows of one prompt share its vision features: each distinct image or video is encoded once
+    per pass (`mmrl.model.vision_once`), exactly as if per row."""
     idx = row_index(rows, ro.device)
     real = torch.tensor([[r is not None] for r in rows], dtype=ro.completion_mask.dtype, device=ro.device)
     mask = ro.completion_mask[idx] * real  # [n, C]
     width = max(int(mask.sum(1).max()), 1)
-    batch = policy.collate([prompts[int(ro.prompt_index[i])] for i in row_index(rows, HOST).tolist()])
+    batch = policy.collate([prompts[int(ro.prompt_index[i])] for i in row_index(rows, HOST).tolist()],
+                           share_vision=True)
     return batch, ro.completion_ids[idx, :width], mask[:, :width], width
 
 
