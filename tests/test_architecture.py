@@ -72,6 +72,29 @@ def test_no_import_cycles_among_mmrl_modules():
     assert cycles(graph) == []
 
 
+# which parts a part must never import (docs/architecture.md, "Dependencies"): they point down
+NEVER = {
+    "config": {"train", "cli", "model", "rollout", "rewards", "datasets", "algorithms", "perception", "kernels"},
+    "algorithms": {"train", "cli", "model", "rollout", "rewards", "datasets"},
+    "rewards": {"train", "cli", "model"},
+    "datasets": {"train", "cli", "model"},
+    **{part: {"train", "cli"} for part in ("model", "rollout", "perception", "kernels", "runtime", "registry",
+                                           "errors")},
+}
+
+
+def _part(module: str) -> str:
+    return module.split(".")[1] if "." in module else ""
+
+
+def test_dependencies_point_down():
+    modules = _modules()
+    upward = sorted((name, dep) for name, path in modules.items() for dep in _imports(path, modules)
+                    if _part(dep) in NEVER.get(_part(name), set()))
+    assert len(modules) > 100 and "mmrl.train.trainer" in modules  # the scan sees the package
+    assert upward == []
+
+
 def test_no_file_over_400_lines_and_no_function_over_80():
     long_files, long_functions = [], []
     for path in sorted(PACKAGE.rglob("*.py")):

@@ -147,7 +147,7 @@ def test_reading_a_damaged_file_names_the_checkpoint_and_the_file(two, name, dam
 
 def test_a_sharded_checkpoint_lists_its_shards_and_falls_back_past_a_damaged_one(tmp_path):
     """`save_sharded` in one process (no process group): rank 0's manifest covers the dcp/ folder."""
-    from mmrl.train.distributed import Root
+    from mmrl.model.sharding import Root
 
     lin = torch.nn.Linear(4, 3)
     opt = torch.optim.Adam(lin.parameters())

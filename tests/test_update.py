@@ -15,7 +15,7 @@ import torch
 from mmrl.algorithms import PRESETS
 from mmrl.config import AlgorithmConfig
 from mmrl.train.rl_step import TrainBatch
-from mmrl.train.update import masked_batch
+from mmrl.train.regularisers import masked_batch
 
 pytestmark = pytest.mark.integration
 
@@ -284,7 +284,7 @@ def test_prompt_weighting_records_accuracy_and_draws_part_of_the_batch(trainer):
     stream = batch_indices(len(trainer.data.train), 2, trainer.progress.step, trainer.cfg.trainer.seed)
     assert [s.id for s in batch[:2]] == [trainer.data.train[i].id for i in stream]
 
-    from mmrl.train.trainer import Progress
+    from mmrl.train.progress import Progress
 
     assert Progress(**json.loads(json.dumps(vars(trainer.progress)))).prompt_accuracy == trainer.progress.prompt_accuracy
 
@@ -309,10 +309,11 @@ def test_rehearsal_divergence_to_the_initial_policy(trainer):
     trainer.rl.rehearsal = None
 
 
-def test_pi_old_is_computed_once_by_the_step_and_required_by_the_update(trainer, monkeypatch):
+def test_pi_old_is_computed_once_by_the_step_and_required_by_the_update(trainer):
     """π_old has one source, `RLStep.with_old_logprobs`: an update of several optimizer steps without it is refused,
-    and a step with the KL in the reward and 2 mini-batches (both need it) makes exactly one π_old pass."""
-    from mmrl.train import rl_step as rl_step_module
+    and a step with the KL in the reward and 2 mini-batches (both need π_old) makes one π_old pass and one π_ref
+    pass — counted as the no-gradient log-prob calls of the policy and of the reference, micro-batch by
+    micro-batch."""
     from mmrl.train.update import rl_update
 
     _with(trainer, mini_batches=2)
@@ -322,9 +323,49 @@ def test_pi_old_is_computed_once_by_the_step_and_required_by_the_update(trainer,
     with pytest.raises(ValueError, match="needs π_old"):
         rl_update(trainer.policy, batch.prompts, batch.rollouts, trainer.cfg.algorithm, micro=8, temperature=1.0,
                   max_tokens=8, seed=0, step=0, optimizer_step=trainer.optim.step)
-    passes = []
-    real = rl_step_module.logprob_pass
-    monkeypatch.setattr(rl_step_module, "logprob_pass", lambda *a, **k: (passes.append(k.get("model")), real(*a, **k))[1])
-    _with(trainer, mini_batches=2, kl_coef=0.01, kl_placement="reward")
-    trainer.rl.run()
-    assert passes.count(None) == 1 and len(passes) == 2  # π_old once, π_ref once (for the KL in the reward)
+    calls = []
+    policy = trainer.policy
+    real = policy.completion_logprobs
+
+    def counted(*a, **k):
+        if not torch.is_grad_enabled():
+            calls.append("ref" if k.get("model") is not None else "old")
+        return real(*a, **k)
+
+    policy.completion_logprobs = counted
+    try:
+        _with(trainer, mini_batches=2, kl_coef=0.01, kl_placement="reward")
+        trainer.rl.run()
+    finally:
+        del policy.completion_logprobs  # back to the class method
+    micro_batches = -(-trainer.cfg.trainer.prompts_per_step * trainer.cfg.rollout.group_size
+                      // trainer.cfg.trainer.micro_batch_size)
+    assert calls.count("old") == calls.count("ref") == micro_batches, calls
+
+
+def test_an_rl_step_built_from_its_parts_alone_trains_as_the_trainers(trainer):
+    """`RLStep` needs no `Trainer`: built from its collaborators (data, prompt batches, scorer, optimizer, progress
+    made here; the trainer's policy and engine), its first step from the same start gives the trainer's metrics
+    and weights exactly."""
+    from mmrl.train.data import Batches, TrainData
+    from mmrl.train.optim import Optimization
+    from mmrl.train.progress import Progress
+    from mmrl.train.rl_step import RLStep
+    from mmrl.train.scoring import Scorer
+
+    _with(trainer, mini_batches=2, kl_coef=0.01)
+    _restart(trainer)
+    want = trainer.rl.run()
+    weights = _weights(trainer)
+    _restart(trainer)
+    cfg, policy = trainer.cfg, trainer.policy
+    progress = Progress()
+    optim = Optimization(policy, cfg.trainer)
+    optim.new(cfg.stages[0])
+    data = TrainData(cfg, base_terms=trainer.base_terms, stage_terms={})
+    step = RLStep(cfg, policy=policy, engine=trainer.engine, scorer=Scorer(trainer.base_terms, 100),
+                  batches=Batches(cfg, data, policy, progress), optim=optim, progress=progress)
+    got = step.run()
+    plain = lambda m: {k: v for k, v in m.items() if not k.startswith("perf/")}  # noqa: E731
+    assert plain(got) == plain(want) and "actor/kl" in got
+    assert torch.equal(_weights(trainer), weights)

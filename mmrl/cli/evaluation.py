@@ -10,6 +10,9 @@ The report goes to `eval/<name>/report.json` (greedy metrics, settings, a few co
 picture, `eval/<name>/boxes.png`, shows ground-truth (green) and predicted (red) boxes on the first images. With
 `k`, each prompt is also sampled k times at `temperature`: avg@k per reward, pass@k and pass@1 (overall and per
 task) go to the report's `sampled` block, and the pass@j curve (j = 1 … k) to `eval/<name>/pass_at_k.png`.
+Reward failures are shown on stderr and kept in full in `eval/<name>/reward_errors.log`. `data.eval` is
+evaluated as given: the training data is not loaded (training alone drops held-out samples that share an image
+with it).
 """
 
 from __future__ import annotations
@@ -83,15 +86,17 @@ def load_policy(source: str | Path, overrides: list[str] = (), *, log: Callable[
     return policy, cfg, ck
 
 
-def evaluator(cfg, policy):
-    """The held-out `Evaluator` of `cfg` (its `data.eval`, its run's rewards) for `policy`."""
+def evaluator(cfg, policy, errors_log: Path | None = None):
+    """The held-out `Evaluator` of `cfg` (its `data.eval`, its run's rewards) for `policy`; reward failures are shown
+    on stderr and, with `errors_log`, written there in full."""
+    from mmrl.rewards.errors import ErrorReport
     from mmrl.train.build import build_engine, build_eval_data, build_rewards
     from mmrl.train.data import encode_samples
     from mmrl.train.evaluate import Evaluator
     from mmrl.train.scoring import Scorer, check_reward_columns
-    from mmrl.train.trainer import Progress
+    from mmrl.train.progress import Progress
 
-    terms, _ = build_rewards(cfg)
+    terms, _ = build_rewards(cfg, ErrorReport(errors_log))
     samples, _ = build_eval_data(cfg)
     ev = cfg.data.eval
     check_reward_columns(terms, {f"data.eval ({ev.path or ev.task})": samples})
@@ -111,11 +116,11 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
     elif n:
         over.append(f"data.eval.n={n}")
     policy, cfg, ck = load_policy(source, over)
-    ev = evaluator(cfg, policy)
-    metrics = ev.greedy(step=0)
     name = Path(data).stem if data else (task or cfg.data.eval.task or "eval")
     root = Path(out) if out else (cfg.run_dir if ck is not None else Path("runs/eval")) / "eval" / name
     root.mkdir(parents=True, exist_ok=True)
+    ev = evaluator(cfg, policy, errors_log=root / "reward_errors.log")
+    metrics = ev.greedy(step=0)
     report = {"source": str(source), "checkpoint": str(ck) if ck else None, "metrics": metrics,
               "data": {"eval": vars(cfg.data.eval)}, "model": cfg.model.path}
     if any(isinstance(smp.answer, dict) and "boxes" in smp.answer for smp in ev.samples):

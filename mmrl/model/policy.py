@@ -111,10 +111,10 @@ class Policy:
 
     # -------------------------------------------------------------------------------------- processes
     def shard(self, *, needs_reference: bool, mixed_precision: str = "none", reshard_after_forward: bool = True) -> None:
-        """FSDP2-shard the policy across the runtime's processes (`mmrl.train.distributed`), each rank's shards on its
+        """FSDP2-shard the policy across the runtime's processes (`mmrl.model.sharding`; the run: `mmrl.train.distributed`), each rank's shards on its
         device. In full mode with a KL term the frozen reference is copied now and sharded alike; `begin_rl` then
         copies the weights into it."""
-        from mmrl.train.distributed import shard
+        from mmrl.model.sharding import shard
 
         kw = dict(mixed_precision=mixed_precision, reshard_after_forward=reshard_after_forward)
         if self.cfg.mode == "full" and needs_reference:

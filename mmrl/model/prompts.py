@@ -177,8 +177,9 @@ class PromptEncoder:
                 share_vision: bool = False) -> dict[str, torch.Tensor]:
         """Batch prompts (each repeated `repeats` times, adjacent) with left padding, media concatenated, on the
         runtime's device (each distinct prompt crosses once). `share_vision`: the batch also says which rows show
-        the same media (`mmrl.model.vision_once.VISION_ROWS`), so log-prob passes encode each once; only for
-        `mmrl.model.logprobs`, not for a model's own forward or `generate`."""
+        the same media (`mmrl.model.vision_once.VISION_ROWS`), so log-prob passes and the `hf` engine encode each
+        once; the key must be taken out (`mmrl.model.logprobs`, `mmrl.rollout.hf`) before the batch reaches a
+        model."""
         moved = {id(p): self.runtime.to(p.tensors) for p in prompts}
         rows = [p for p in prompts for _ in range(repeats)]
         width = max(p.length for p in rows)

@@ -9,6 +9,13 @@ row per token, located by block sums and a float64 cumulative sum inside one blo
 not depend on the batch's composition, the number of processes or restarts (on a GPU the logits themselves vary
 in the last bits with the batch shape), and nothing crosses to the host per token. Vision special tokens are
 never sampled.
+
+Vision once per prompt: the G rows of a prompt show the same images and videos, so the batch is collated with
+`share_vision` and the distinct media are encoded once (`mmrl.model.vision_once.shared_vision`), their features
+expanded to the rows and handed to `generate` as `mm_encoder_outputs`. transformers forwards that argument to the
+prefill only (`MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL`), as it does the pixels it would otherwise encode itself
+for every row; the grids stay in the batch for the rope positions. Decode steps are unchanged. A model whose
+forward takes no `mm_encoder_outputs`, or a batch with nothing to share, keeps the per-row path.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import contextlib
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
+from mmrl.model.vision_once import VISION_ROWS, shared_vision
 from mmrl.rollout.philox import uniforms
 from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
 from mmrl.runtime import HOST
@@ -121,8 +129,9 @@ def checkpoint_defaults_off(hf, gen_cfg: GenerationConfig):
 
 
 class HFEngine:
-    def __init__(self, policy):
+    def __init__(self, policy, share_vision: bool = True):
         self.policy = policy
+        self.share_vision = share_vision  # encode each distinct image / video once per call (False: once per row)
 
     def sync_weights(self, policy) -> None:
         """The hf engine samples from the training model itself: nothing to copy."""
@@ -144,7 +153,8 @@ class HFEngine:
 
     def _generate(self, prompts, n: int, params: SamplingParams):
         policy = self.policy
-        batch = policy.collate(prompts, repeats=n)  # on the runtime's device
+        batch = policy.collate(prompts, repeats=n, share_vision=self.share_vision)  # on the runtime's device
+        rows = batch.pop(VISION_ROWS, None)  # [N, 6] host: which rows show the same media
         seeds = [row_seed(params.seed, params.step, p.sample.id, g) for p in prompts for g in range(n)]
         suppress = policy.never_sample + (policy.eos_ids if params.ignore_eos else [])
         prompt_len = batch["input_ids"].shape[1]
@@ -155,8 +165,9 @@ class HFEngine:
         policy.eval()
 
         def run(hf):  # across processes: in lock-step until every rank is done
+            inputs = batch if rows is None else shared_vision(hf.model, batch, rows)  # pixels → features, once
             with checkpoint_defaults_off(hf, gen_cfg):
-                return hf.generate(**batch, generation_config=gen_cfg,
+                return hf.generate(**inputs, generation_config=gen_cfg,
                                    logits_processor=LogitsProcessorList([sampler]), synced_gpus=policy.dist is not None)
 
         out = policy.call(run)

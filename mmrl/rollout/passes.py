@@ -144,7 +144,7 @@ def replace_rows(ro: Rollouts, rows: list[int], cand: Rollouts, src: list[int], 
     if not rows:
         return ro
     width = max(ro.completion_ids.shape[1], cand.completion_ids.shape[1])
-    widen = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v).clone()  # noqa: E731
+    widen = lambda t, v: torch.nn.functional.pad(t, (0, width - t.shape[1]), value=v)  # noqa: E731  (a copy)
     ids, mask, logps = widen(ro.completion_ids, pad_id), widen(ro.completion_mask, 0), widen(ro.sampling_logprobs, 0.0)
     c_ids, c_mask, c_lp = widen(cand.completion_ids, pad_id), widen(cand.completion_mask, 0), widen(cand.sampling_logprobs, 0.0)
     texts, reasons = list(ro.texts), list(ro.finish_reasons)

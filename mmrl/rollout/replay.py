@@ -9,6 +9,7 @@ log-probs serve as π_old, so the PPO ratio corrects for its staleness. The buff
 
 from __future__ import annotations
 
+import dataclasses
 from collections import deque
 from dataclasses import dataclass
 
@@ -62,11 +63,10 @@ def merge(prompts: list, ro: Rollouts, old_logp: torch.Tensor, replayed: list[Re
     """(prompts, rollouts, π_old log-probs) of the fresh batch followed by the replayed groups."""
     parts = [ro] + [grp.rollouts for grp in replayed]
     offsets = [0] + [len(prompts) + i for i in range(len(replayed))]
-    out = concat_rollouts(parts, offsets)
-    out.advantages = torch.cat([p.advantages for p in parts])
+    out = dataclasses.replace(concat_rollouts(parts, offsets), advantages=torch.cat([p.advantages for p in parts]))
     if ro.kl_weight is not None:  # replayed groups keep the full KL weight
         ones = torch.ones(len(out) - len(ro), dtype=ro.kl_weight.dtype, device=ro.kl_weight.device)
-        out.kl_weight = torch.cat([ro.kl_weight, ones])
+        out = dataclasses.replace(out, kl_weight=torch.cat([ro.kl_weight, ones]))  # [N + replayed rows]
     width = out.completion_ids.shape[1]
     pad = lambda t: torch.nn.functional.pad(t, (0, width - t.shape[1]))  # noqa: E731
     old = torch.cat([pad(old_logp)] + [pad(grp.rollouts.sampling_logprobs.float()) for grp in replayed])

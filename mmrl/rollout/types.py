@@ -28,13 +28,22 @@ class SamplingParams:
     step: int = 0  # with `seed` and each prompt's id, fixes that prompt's sampling noise
     ignore_eos: bool = False  # EOS is never sampled: every completion runs to max_new_tokens (benchmarks)
 
+    @classmethod
+    def of(cls, rollout, *, seed: int, step: int, greedy: bool = False) -> "SamplingParams":
+        """The sampling a `RolloutConfig` asks for at training step `step` (greedy: held-out evaluation)."""
+        return cls(temperature=rollout.temperature, top_p=rollout.top_p, top_k=rollout.top_k,
+                   max_new_tokens=rollout.max_new_tokens, greedy=greedy, seed=seed, step=step,
+                   ignore_eos=rollout.ignore_eos)
+
 
 @dataclass
 class Rollouts:
     """N = B·G completions; rows g·G … g·G+G−1 are prompt g's group.
 
-    Later stages fill `rewards` (per component), `total` and `advantages`. Every tensor lives on the runtime's
-    device except `prompt_index`, Python-side bookkeeping kept on the host (`mmrl.runtime`).
+    An engine returns them with the completions; each later stage returns a new record (`dataclasses.replace`)
+    with its fields filled — scoring `rewards` (per component) and `total`, the advantage step `advantages` — and
+    leaves the one it was given as it was. Every tensor lives on the runtime's device except `prompt_index`,
+    Python-side bookkeeping kept on the host (`mmrl.runtime`).
     """
 
     prompt_index: torch.Tensor  # [N] index into the step's prompt list (host)

@@ -13,11 +13,12 @@ from mmrl.config import Config
 from mmrl.datasets.sample import Sample
 from mmrl.model import zoo
 from mmrl.model.policy import Policy
+from mmrl.model.sharding import Root
 from mmrl.rewards.errors import ErrorReport
 from mmrl.rewards.isolation import make_term
 from mmrl.rollout import make_engine
 from mmrl.runtime import Runtime
-from mmrl.train import checkpoint, distributed
+from mmrl.train import checkpoint
 from mmrl.train.data import load_samples
 
 
@@ -62,7 +63,7 @@ def build_engine(cfg: Config, policy: Policy):
 def load_weights(policy: Policy, path: Path) -> dict[str, Any]:
     """Put checkpoint `path`'s weights into `policy` (replaying merged LoRA stages); return the checkpoint."""
     if checkpoint.is_sharded(path):  # written across processes: read back into this policy's own layout
-        return checkpoint.load_sharded(path, policy.root or distributed.Root(policy.hf))
+        return checkpoint.load_sharded(path, policy.root or Root(policy.hf))
     ck = checkpoint.load(path)
     if ck["merged"]:
         policy.replay_merged_adapters(ck["merged"])

@@ -70,10 +70,11 @@ def encode_samples(policy, samples: list[Sample], data: DataConfig, progress) ->
 
 class TrainData:
     """Every sample the run uses: `data.train` (or `data.mix`'s sources, kept apart for batching), each stage's own
-    `data`, and `data.eval` without the samples whose images also occur in training. `skipped`: bad samples
+    `data`, and `data.eval` without the samples whose images also occur in training; checked against the run's
+    reward terms (`base_terms`) and each stage's own (`stage_terms`: {stage index: terms}). `skipped`: bad samples
     dropped while loading (`data.on_bad_sample: skip`)."""
 
-    def __init__(self, cfg: Config, *, log=print):
+    def __init__(self, cfg: Config, *, base_terms: list, stage_terms: dict[int, list], log=print):
         self.cfg = cfg
         self.mix_parts: list[list[Sample]] | None = None
         self.train, self.skipped = self._load_split("train")
@@ -85,6 +86,7 @@ class TrainData:
             if s.data is not None:
                 self.stage_train[i], skipped = self._load_source(s.data, "train")
                 self.skipped += skipped
+        self.check(stage_terms, base_terms)  # before the model loads: SFT targets, reward columns
         self.eval, overlap = drop_overlap(self.every_train_sample(), self.eval)
         if overlap:
             log(f"data.eval: dropped {overlap} held-out samples whose images also occur in training")

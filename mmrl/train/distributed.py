@@ -4,7 +4,7 @@
 starts K processes; each reads RANK / WORLD_SIZE from the environment and joins one process group (NCCL on GPU,
 gloo on CPU). A run gives the same losses and weights with 1 or K processes for the same global batch:
 
-- **The model** is sharded with FSDP2: every decoder layer and vision block (the classes the model lists in
+- **The model** is sharded with FSDP2 (`mmrl.model.sharding`): every decoder layer and vision block (the classes the model lists in
   `_no_split_modules`) is its own `fully_shard` unit, and a root unit (`Root`) holds the rest (embeddings, patch
   embedding, merger, final norm, lm_head). Everything that runs the model — generation, log-prob passes — goes
   through `Root.forward(fn)` so the root's parameters are gathered and its gradients reduced by FSDP itself.
@@ -24,50 +24,11 @@ Sampling is seeded per (seed, step, prompt id, completion), so which rank genera
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
 from mmrl.runtime import HOST, Dist
-
-
-class Root(torch.nn.Module):
-    """The root FSDP unit around a transformers model: `root(fn)` runs `fn(model)` inside the root's forward, so
-    FSDP gathers the root-level parameters first and reduces their gradients afterwards."""
-
-    def __init__(self, module: torch.nn.Module):
-        super().__init__()
-        self.module = module
-
-    def forward(self, fn: Callable[[torch.nn.Module], Any]) -> Any:  # noqa: D401
-        return fn(self.module)
-
-
-def shard(model: torch.nn.Module, device: torch.device, *, mixed_precision: str = "none",
-          reshard_after_forward: bool = True) -> Root:
-    """FSDP2-shard `model` in place over the processes' `device`s (each rank's shards move there): each
-    `_no_split_modules` block (decoder layers, vision blocks), then a `Root` over the rest; gradients summed across
-    ranks. Returns the root."""
-    from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-
-    mesh = init_device_mesh(device.type, (torch.distributed.get_world_size(),))
-    kw: dict[str, Any] = {"reshard_after_forward": reshard_after_forward, "mesh": mesh}
-    if mixed_precision == "bfloat16":
-        kw["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-    blocks = set(getattr(model, "_no_split_modules", None) or [])
-    if not blocks:
-        raise ValueError(f"{type(model).__name__} names no `_no_split_modules`: cannot choose FSDP units")
-    for module in list(model.modules()):
-        if type(module).__name__ in blocks:
-            fully_shard(module, **kw)
-    root = Root(model)
-    fully_shard(root, **kw)
-    for module in root.modules():
-        if isinstance(module, FSDPModule):
-            module.set_gradient_divide_factor(1.0)  # sum: each rank's loss has the global normalisers
-            module.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
-    return root
 
 
 def full_norm(norm: torch.Tensor) -> float:

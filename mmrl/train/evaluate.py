@@ -11,7 +11,6 @@ from mmrl.config import Config
 from mmrl.datasets.sample import Sample
 from mmrl.model.prompts import PromptInputs
 from mmrl.rollout import Rollouts, SamplingParams
-from mmrl.train.rl_step import sampling_params
 from mmrl.train.scoring import Scorer
 
 
@@ -56,7 +55,7 @@ class Evaluator:
     def greedy(self, step: int) -> dict[str, float]:
         """Greedy decoding: `eval/<reward name>` means over the completions a reward applies to, `eval/total`,
         `eval/n`."""
-        params = sampling_params(self.cfg, step, greedy=True)
+        params = SamplingParams.of(self.cfg.rollout, seed=self.cfg.trainer.seed, step=step, greedy=True)
         texts, components, totals = [], {}, []
         for _, ro in self._chunks(1, params, step):
             texts += ro.texts

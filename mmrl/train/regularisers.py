@@ -210,7 +210,7 @@ def rehearsal_backward(policy, prompts, ro: Rollouts, logp0: torch.Tensor, algo,
 
 
 @REGULARISERS.register("rehearsal")
-class Rehearsal(Regulariser):
+class RehearsalDivergence(Regulariser):
     """DPH-RL ("The Choice of Divergence: A Neglected Key to Mitigating Diversity Collapse in Reinforcement
     Learning with Verifiable Reward", arXiv:2509.07430): per optimizer step, its own forward and backward over
     stored π₀ completions π₀ solved (`rehearsal_backward`), coef · mean_t f(π_θ / π₀) with a mass-covering f.

@@ -37,7 +37,8 @@ from mmrl.rollout.replay import merge as merge_replay
 from mmrl.rollout.types import concat_rollouts, row_seed, select_groups
 from mmrl.runtime import HOST
 from mmrl.train.scoring import Scorer, usable
-from mmrl.train.update import logprob_pass, needs_old_logp, rl_update
+from mmrl.train.rows import logprob_pass
+from mmrl.train.update import needs_old_logp, rl_update
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,6 @@ class TrainBatch:
     rollouts: Rollouts
     old_logp: torch.Tensor | None = None
     replayed: int = 0
-
-
-def sampling_params(cfg: Config, step: int, *, greedy: bool = False) -> SamplingParams:
-    r = cfg.rollout
-    return SamplingParams(temperature=r.temperature, top_p=r.top_p, top_k=r.top_k, max_new_tokens=r.max_new_tokens,
-                          greedy=greedy, seed=cfg.trainer.seed, step=step, ignore_eos=r.ignore_eos)
 
 
 class RLStep:
@@ -94,7 +89,8 @@ class RLStep:
 
     # ------------------------------------------------------------------------------------ rollout → filter
     def rollout(self, prompts: list[PromptInputs], n: int, *, greedy: bool = False) -> Rollouts:
-        params = sampling_params(self.cfg, self.progress.step, greedy=greedy)
+        params = SamplingParams.of(self.cfg.rollout, seed=self.cfg.trainer.seed, step=self.progress.step,
+                                   greedy=greedy)
         return self.engine.generate(prompts, n, params, batch_prompts=self.cfg.rollout.batch_prompts)
 
     def score(self, rollouts: Rollouts, prompts: list[PromptInputs]) -> Rollouts:
@@ -103,7 +99,8 @@ class RLStep:
     def generate(self) -> Generated:
         """rollout → extra passes → score → filter. Groups the `algorithm.group_filter` drops are refilled with fresh
         prompts, up to `max_gen_batches` rollout batches; the step then trains on the kept groups (at most
-        `prompts_per_step`), however few."""
+        `prompts_per_step`), however few. Each prompt's group accuracy goes to `progress.prompt_accuracy` (for
+        prompt weighting)."""
         a, want, g = self.cfg.algorithm, self.cfg.trainer.prompts_per_step, self.cfg.rollout.group_size
         prompts: list[PromptInputs] = []
         parts: list[Rollouts] = []
@@ -111,7 +108,9 @@ class RLStep:
         stats: dict[str, float] = {}
         for k in range(a.max_gen_batches):
             batch = self.batches.draw(want, refill=k, weighted=True)
-            ro = self.extra_passes(batch, self.rollout(batch, g), stats)
+            ro, pass_stats = self.extra_passes(batch, self.rollout(batch, g))
+            for key, value in pass_stats.items():  # summed over the refills
+                stats[key] = stats.get(key, 0.0) + value
             ro = self.score(ro, batch)
             for p, acc in zip(batch, group_accuracy(ro.total, g, a.correct_threshold)):
                 self.progress.prompt_accuracy[p.sample.id] = acc
@@ -128,19 +127,19 @@ class RLStep:
         seen = dataclasses.replace(concat_rollouts(parts, offsets), parse_stats=parts[-1].parse_stats)
         return Generated(prompts, select_groups(seen, kept[:want]), seen, stats)
 
-    def extra_passes(self, prompts: list[PromptInputs], rollouts: Rollouts, stats: dict[str, float]) -> Rollouts:
-        """The rollouts after `rollout.extra_passes`, in order; their statistics are added to `stats` as
-        `rollout/<kind>/<stat>`."""
-        r = self.cfg.rollout
+    def extra_passes(self, prompts: list[PromptInputs], rollouts: Rollouts) -> tuple[Rollouts, dict[str, float]]:
+        """(the rollouts after `rollout.extra_passes`, in order; their statistics as `rollout/<kind>/<stat>`)."""
+        r, stats = self.cfg.rollout, {}
         if not r.extra_passes:
-            return rollouts
-        ctx = PassContext(self.policy, self.engine, sampling_params(self.cfg, self.progress.step), r.batch_prompts,
-                          self.score, self.cfg.algorithm.correct_threshold, self.cfg.data.video)
+            return rollouts, stats
+        params = SamplingParams.of(r, seed=self.cfg.trainer.seed, step=self.progress.step)
+        ctx = PassContext(self.policy, self.engine, params, r.batch_prompts, self.score,
+                          self.cfg.algorithm.correct_threshold, self.cfg.data.video)
         for xp in r.extra_passes:
             rollouts, values = EXTRA_PASSES.get(xp.kind)(ctx, prompts, rollouts, **xp.kwargs)
             for key, value in values.items():
                 stats[f"rollout/{xp.kind}/{key}"] = stats.get(f"rollout/{xp.kind}/{key}", 0.0) + value
-        return rollouts
+        return rollouts, stats
 
     # ------------------------------------------------------------------------------ advantages → update
     def _logprobs(self, prompts, rollouts, model=None) -> torch.Tensor:
@@ -174,9 +173,9 @@ class RLStep:
             rewards = rewards - a.kl_coef * kl
         lengths = rollouts.completion_mask.sum(dim=1)  # [N]
         valid = usable(rollouts)  # [N]
-        generated = rewards.masked_fill(~valid, float("nan"))  # [M]: the generated batch, for batch statistics
+        generated = rewards.masked_fill(~valid, float("nan"))  # [N]: the generated batch, for batch statistics
         if len(seen) != len(rollouts):  # groups were dropped: they count in the batch std (no KL in these rewards)
-            generated = seen.total.masked_fill(~usable(seen), float("nan"))
+            generated = seen.total.masked_fill(~usable(seen), float("nan"))  # [N_seen] every generated completion
         adv, kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
                                             correctness=rollouts.total, valid=valid, batch_rewards=generated)
         return dataclasses.replace(batch, rollouts=dataclasses.replace(
@@ -202,7 +201,7 @@ class RLStep:
         if not len(batch.rollouts):
             return {"actor/skipped": 1.0}
         r, a, t = self.cfg.rollout, self.cfg.algorithm, self.cfg.trainer
-        if needs_old_logp(a):  # several optimizer steps on one batch: π_old before the first
+        if needs_old_logp(a):  # several optimizer steps on one batch (or the KL in the reward): π_old, once
             batch = self.with_old_logprobs(batch)
         rehearsal = None
         if a.rehearsal_coef > 0 and self.rehearsal is not None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import torch
 
 from mmrl import config as config_mod
 from mmrl.config import Config, StageConfig
+from mmrl.model.sharding import Root
 from mmrl.rewards.errors import ErrorReport
 from mmrl.rollout.rehearsal import from_state as rehearsal_from_state
 from mmrl.rollout.types import row_seed
@@ -28,28 +28,11 @@ from mmrl.train.data import Batches, TrainData
 from mmrl.train.evaluate import Evaluator
 from mmrl.train.metrics import MetricsLogger, NullLogger
 from mmrl.train.optim import Optimization
+from mmrl.train.progress import Progress
 from mmrl.train.rl_step import RLStep
 from mmrl.train.rundir import Interrupted, check_run_dir, interruptible, remove_run, supersede_after
 from mmrl.train.scoring import Scorer
 from mmrl.train.sft_step import SFTStep
-
-
-@dataclass
-class Progress:
-    """Where the run stands (saved in every checkpoint)."""
-
-    stage: int = 0  # index into cfg.stages
-    stage_step: int = 0  # optimizer steps done in this stage
-    step: int = 0  # optimizer steps done in the whole run
-    skipped: int = 0  # bad samples skipped so far
-    too_long: int = 0  # prompts dropped for exceeding data.max_prompt_tokens
-    rl_started: bool = False
-    adapter_trained: bool = False  # lora: the current adapter has been trained (merge it at the RL boundary)
-    prompt_accuracy: dict[str, float] = field(default_factory=dict)  # last group accuracy per prompt id
-
-    def load(self, state: dict[str, Any]) -> None:
-        """Take a checkpoint's progress, in place (the steps hold this object)."""
-        vars(self).update(vars(Progress(**state)))
 
 
 class Trainer:
@@ -64,8 +47,7 @@ class Trainer:
         # reward failures: the first few of each reward through self.log (a no-op off rank 0), every one in the file
         self.reward_errors = ErrorReport(self.run_dir / "reward_errors.log", log=lambda line: self.log(line))
         self.base_terms, self.stage_terms = build_rewards(cfg, self.reward_errors)
-        self.data = TrainData(cfg, log=log)
-        self.data.check(self.stage_terms, self.base_terms)  # before the model loads: SFT targets, reward columns
+        self.data = TrainData(cfg, base_terms=self.base_terms, stage_terms=self.stage_terms, log=log)
         self.progress.skipped = self.data.skipped
         self.policy = build_policy(cfg)
         self.runtime = self.policy.runtime
@@ -81,8 +63,9 @@ class Trainer:
                          optim=self.optim, progress=self.progress, run_dir=self.run_dir if self.main else None,
                          log=lambda *a, **k: self.log(*a, **k))
         self.sft = SFTStep(cfg, policy=self.policy, batches=self.batches, optim=self.optim, progress=self.progress)
-        self.evaluator = Evaluator(cfg, engine=self.engine, scorer=self.base_scorer,  # always the run's rewards
-                                   encode=self.batches.encode, samples=self.data.eval)
+        eval_scorer = Scorer(self.base_terms, max_steps)  # held-out metrics: always the run's rewards, its own scorer
+        self.evaluator = Evaluator(cfg, engine=self.engine, scorer=eval_scorer, encode=self.batches.encode,
+                                   samples=self.data.eval)
         self.summary: dict[str, Any] = {}
 
     def _shard(self, cfg: Config) -> None:
@@ -208,9 +191,9 @@ class Trainer:
         if self.progress.rl_started and p.cfg.mode == "full" and self.cfg.algorithm.kl_coef > 0:
             if p.reference is None:
                 p.begin_rl(needs_reference=True, adapter_trained=False)
-            extra["reference"] = p.ref_root or distributed.Root(p.reference)
+            extra["reference"] = p.ref_root or Root(p.reference)
         self.optim.new(self.cfg.stages[min(self.progress.stage, len(self.cfg.stages) - 1)])
-        ck = checkpoint.load_sharded(path, p.root or distributed.Root(p.hf), optimizer=self.optim.optimizer,
+        ck = checkpoint.load_sharded(path, p.root or Root(p.hf), optimizer=self.optim.optimizer,
                                      extra_models=extra)
         if state.get("scheduler"):
             self.optim.scheduler.load_state_dict(state["scheduler"])

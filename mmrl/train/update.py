@@ -20,12 +20,8 @@ import torch
 from mmrl.algorithms import TokenTerms, objective
 from mmrl.rollout.types import Rollouts, row_seed
 from mmrl.runtime import HOST
-from mmrl.train.rows import chunks, logprob_pass, micro_inputs, row_index
-from mmrl.train.regularisers import (MicroBatch, Regulariser, UpdateContext, active_regularisers, masked_batch,
-                                     rehearsal_backward)
-
-__all__ = ["logprob_gap", "logprob_pass", "masked_batch", "needs_old_logp", "rehearsal_backward", "rl_update",
-           "row_index"]
+from mmrl.train.regularisers import MicroBatch, Regulariser, UpdateContext, active_regularisers
+from mmrl.train.rows import chunks, micro_inputs, row_index
 
 
 def logprob_gap(trainer_logp: torch.Tensor, sampling_logp: torch.Tensor, mask: torch.Tensor) -> tuple[float, float, float]:

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import doctest
 import inspect
+import json
+import os
+from pathlib import Path
 
 import pytest
 
@@ -76,3 +79,28 @@ def test_builtins_keep_their_batch_signatures():
         assert all(p.default is not p.empty for p in params[1:-1]), name
     box = inspect.signature(get("det_f1")).parameters
     assert {"answer", "geometry", "threshold", "metric", "max_answer_chars", "max_boxes"} <= set(box)
+
+
+SIGNATURES = Path(__file__).parent.parent / "fixtures" / "reward_signatures.json"
+
+
+def _signature(fn) -> dict:
+    """What a config and the column checks see of a reward: each parameter's name, kind and default."""
+    return {p.name: [p.kind.name, repr(p.default) if p.default is not inspect.Parameter.empty else None]
+            for p in inspect.signature(fn).parameters.values()}
+
+
+def test_every_built_in_keeps_its_parameters_and_defaults():
+    """Every registered reward's parameters (names, kinds, defaults) and its required and ground-truth columns
+    equal the recorded ones (tests/fixtures/reward_signatures.json, recorded when the rewards moved onto the
+    per-sample skeleton and checked equal to the hand-written loops before it): a renamed column, a changed default
+    or a lost option fails here. Re-record on purpose with MMRL_RECORD_REWARDS=1."""
+    from mmrl.rewards.registry import REWARDS
+
+    got = {name: {"parameters": _signature(REWARDS.get(name)), "required": required_columns(REWARDS.get(name)),
+                  "truth": sorted(truth_columns(RewardTerm(name=name, fn=REWARDS.get(name), weight=1.0)))}
+           for name in REWARDS.names()}
+    if os.environ.get("MMRL_RECORD_REWARDS"):
+        SIGNATURES.write_text(json.dumps(got, indent=1, sort_keys=True) + "\n")
+    recorded = json.loads(SIGNATURES.read_text())
+    assert len(recorded) >= 38 and got == recorded

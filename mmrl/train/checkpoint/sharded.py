@@ -66,7 +66,7 @@ def save_sharded(root: Path, step: int, *, root_module, optimizer, state: dict[s
 
 
 def load_sharded(path: Path, root_module, *, optimizer=None, extra_models: dict[str, Any] = ()) -> dict[str, Any]:
-    """Read a sharded checkpoint into `root_module` (an FSDP root, or `mmrl.train.distributed.Root` around an unsharded
+    """Read a sharded checkpoint into `root_module` (an FSDP root, or `mmrl.model.sharding.Root` around an unsharded
     model in one process), and into `optimizer` / `extra_models` when given; returns the trainer state and RNG
     (`weights` etc. are None: they are already in place)."""
     import torch.distributed.checkpoint as dcp
