@@ -12,10 +12,11 @@ Sizes
 - tiny:   `zoo:qwen2_vl` (hidden 128, 2 layers, vision 64 × 2; ~0.8 M parameters), 56² images → 4 vision tokens.
 - medium: built here from the zoo's own pieces (`mmrl.model.zoo._train_tokenizer/_make_processor/_make_config`, the same
   recipe as `zoo:qwen2_vl-small` with larger dims; mmrl.model.zoo has no medium size): 18.1 M parameters, text hidden 512,
-  4 layers, 8 heads / 4 KV heads, MLP 1536, vocab 1526 (2048 asked; the zoo's BPE corpus yields no more); vision
+  4 layers, 8 heads / 4 KV heads, MLP 1536, Qwen2-VL's 151,936 rows of embedding and lm_head (the tokenizer keeps
+  1526 tokens: 2048 asked, the zoo's BPE corpus yields no more; ids past it decode to nothing); vision
   width 256, depth 4, 4 heads; the image processor's max_pixels raised to 448² so a 448² image stays 448²
   (32 × 32 patches → 256 vision tokens after the 2×2 merge; 293 prompt tokens). Cached under the zoo cache
-  directory (`bench-qwen2_vl-medium`).
+  directory (`bench-qwen2_vl-medium-v151936`).
 
 One RL step = 4 prompts × G 4 completions × exactly 32 new tokens = 512 generated tokens, then ONE optimizer step.
 What makes the two sides do the same work:
@@ -63,11 +64,13 @@ transformers 5.23 — named in the table. TRL + vLLM is not measured: TRL 1.16 a
 `vllm` extra and import check) and starts its colocated vLLM with the `external_launcher` backend and CUDA calls;
 the CPU build here is 0.32.0 (read from TRL's code, not run).
 
-Time: per-step wall time = the interval between consecutive optimizer-step ends (TRL: `on_step_end` callbacks,
-so its dataloader, logging bookkeeping and FLOP counting are inside; mmrl: around `rl_step` plus its loop
-bookkeeping); the median of --steps steps after --warmup steps. Generated tokens / s = 4 · 4 · 32 / median.
-Each (size, framework) runs --rounds times (default 2) in ABBA order and the round with the lowest median is
-reported (every round's median is in the table and the JSON): on a shared 2-core machine another process makes
+Time: both sides end to end, the same way — wall clock from the end of the last warm-up step to the end of the last
+timed step, divided by --steps (TRL: `on_step_end` callbacks, so its dataloader, logging bookkeeping and FLOP
+counting are inside; mmrl: around `RLStep.run` plus its loop bookkeeping, without its metrics logger and
+checkpoint checks — an asymmetry in mmrl's favour, not measured: its logger writes one JSON line a step). Generated tokens / s = 4 · 4 · 32 / that
+time; the per-step median is reported beside it.
+Each (size, framework) runs --rounds times (default 2) in ABBA order and the round with the lowest end-to-end time is
+reported (every round's time is in the table and the JSON): on a shared 2-core machine another process makes
 OpenMP's two threads wait for each other, which slowed one measured run ~20× (CPU time ≈ wall time, i.e. one core
 busy), so a single run can be far off.
 Each child also reports a stage breakdown (seconds per step, medians over the timed steps) from thin timers
@@ -99,8 +102,9 @@ SIZES = {  # model (resolved in the child), rotation image size, data set size
     "medium": {"image": 448},
 }
 MEDIUM = {"hidden": 512, "layers": 4, "heads": 8, "kv": 4, "inter": 1536, "vocab": 2048,  # zoo._SIZES keys
-          "v_dim": 256, "v_depth": 4, "v_heads": 4}
-MEDIUM_NAME = "bench-qwen2_vl-medium"
+          "v_dim": 256, "v_depth": 4, "v_heads": 4,
+          "model_vocab": 151936}  # Qwen2-VL's embedding / lm_head rows: where sampling and the lm_head cost
+MEDIUM_NAME = "bench-qwen2_vl-medium-v151936"
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -197,7 +201,8 @@ def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], wa
     """`step_ends` / `start`: (wall, process CPU) clock readings at the end of each step / before the first."""
     times = [b[0] - a[0] for a, b in zip([start] + step_ends[:-1], step_ends)]
     cpu = [b[1] - a[1] for a, b in zip([start] + step_ends[:-1], step_ends)]
-    return {"times_s": times, "step_s": statistics.median(times[warmup:]), "cpu_times_s": cpu,
+    return {"times_s": times, "median_step_s": statistics.median(times[warmup:]),
+            "step_s": sum(times[warmup:]) / len(times[warmup:]), "cpu_times_s": cpu,  # end to end: first → last
             "cpu_step_s": statistics.median(cpu[warmup:]), "stages_s": timers.medians(warmup),
             "len_mean": lengths, "generate_calls": generate_calls, "steps_total": len(times),
             "peak_rss_mib": maxrss_mib(), **extra}
@@ -412,15 +417,17 @@ def measure(framework: str, size: str, warmup: int, steps: int, threads: int, ti
 
 
 def table(rows: list[dict]) -> str:
-    out = [("| size | framework | s / step (median) | generated tokens / s | peak RSS (MiB) | CPU s / step | "
-            "warm-up + timed steps | prompt tokens | load avg (start → end) | every round's median (s) | stack |"),
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = [("| size | framework | s / step (end to end) | s / step (median) | generated tokens / s | peak RSS (MiB) | "
+            "CPU s / step | warm-up + timed steps | prompt tokens | load avg (start → end) | every round's s / step | "
+            "stack |"),
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
         if "skipped" in r:
-            out.append(f"| {r['size']} | {r['framework']} | skipped: {r['skipped']} | | | | | | | | |")
+            out.append(f"| {r['size']} | {r['framework']} | skipped: {r['skipped']} | | | | | | | | | |")
             continue
         every = " / ".join("–" if x.get("step_s") is None else f"{x['step_s']:.3f}" for x in r.get("rounds", [r]))
-        out.append(f"| {r['size']} | {r['framework']} | {r['step_s']:.3f} | {r['tokens_per_s']:.0f} | "
+        out.append(f"| {r['size']} | {r['framework']} | {r['step_s']:.3f} | {r.get('median_step_s', 0):.3f} | "
+                   f"{r['tokens_per_s']:.0f} | "
                    f"{r['peak_rss_mib']:.0f} | {r['cpu_step_s']:.3f} | {r['warmup']} + {r['steps']} | "
                    f"{r['prompt_tokens']} | {r['load_avg']:.1f} → {r['load_avg_end']:.1f} | {every} | "
                    f"{r.get('stack', '')} |")
@@ -484,7 +491,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax_t.text(x, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
         for x, v in zip(xs, sec):
             ax_s.text(x, v, f"{v:.2f}", ha="center", va="bottom", fontsize=8)
-    labels = ("generated tokens / s (higher is better)", "s / RL step, median (lower is better)")
+    labels = ("generated tokens / s (higher is better)", "s / RL step, end to end (lower is better)")
     for ax, label in zip((ax_t, ax_s), labels):
         ax.set_xticks(range(len(sizes)), sizes)
         ax.set_ylabel(label)
@@ -507,7 +514,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--sizes", default="tiny,medium", help="comma-separated: tiny, medium")
     p.add_argument("--quick", action="store_true", help="tiny only, 1 warm-up + 4 timed steps")
     p.add_argument("--rounds", type=int, default=2,
-                   help="fresh runs per (size, framework), in ABBA order; the round with the lowest median is kept")
+                   help="fresh runs per (size, framework), in ABBA order; the round with the lowest end-to-end time is kept")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--timeout", type=float, default=900, help="seconds per child process")
     p.add_argument("--profile", choices=["mmrl"], help="cProfile the mmrl child of the first size instead")

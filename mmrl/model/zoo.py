@@ -273,7 +273,7 @@ def _make_config(family: str, d: dict, tokenizer):
     import transformers as tf
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in tokenizer.get_vocab() if t.startswith("<")}
-    vocab = len(tokenizer)
+    vocab = max(len(tokenizer), d.get("model_vocab", 0))  # rows of embedding / lm_head (a real model's, benchmarks)
     head_dim = d["hidden"] // d["heads"]
     text = dict(
         vocab_size=vocab, hidden_size=d["hidden"], intermediate_size=d["inter"],
