@@ -4,6 +4,10 @@ importable, Liger-Kernel's chunked fused-linear GRPO loss — peak extra memory 
     python benchmarks/bench_logprobs.py            # full: N = 512 … 4096 (fused also 8192), H = 512, V = 151936, fp32
     python benchmarks/bench_logprobs.py --quick    # N = 512 only, one repeat (about 30 s)
     python benchmarks/bench_logprobs.py --large    # adds fused N = 16384
+    python benchmarks/bench_logprobs.py --hidden 3584 --sizes 2048   # Qwen2.5-VL-7B's hidden size, one N
+
+The Liger-Kernel column needs `pip install --no-deps liger-kernel==0.8.5` (its chunked GRPO loss runs on the CPU
+with `compiled=False`; `--no-liger` skips it, and it is skipped when not importable).
 
 Loss: Σ logp (+ Σ entropy with --entropy rows), so both outputs carry gradient; hidden and weight both need grad.
 
@@ -38,7 +42,7 @@ from pathlib import Path
 from fresh_process import emit, maxrss_mib
 from fresh_process import run as run_child
 
-H, V = 512, 151936
+H, V = 512, 151936  # H: --hidden
 TARGET_N = 2048
 NAMES = {"torch": "fused (torch)", "liger": "liger GRPO loss"}
 
@@ -68,13 +72,13 @@ def _step(method: str, h, w, t, entropy: bool) -> None:
     loss.backward()
 
 
-def child(method: str, n: int, entropy: bool, repeats: int, threads: int) -> dict:
+def child(method: str, n: int, entropy: bool, repeats: int, threads: int, hidden: int = H) -> dict:
     import torch
 
     torch.set_num_threads(threads)
     g = torch.Generator().manual_seed(0)
-    h = torch.randn(n, H, generator=g).requires_grad_()  # [N, H]
-    w = torch.randn(V, H, generator=g).mul_(H**-0.5).requires_grad_()  # [V, H], in place: no temporary
+    h = torch.randn(n, hidden, generator=g).requires_grad_()  # [N, H]
+    w = torch.randn(V, hidden, generator=g).mul_(hidden**-0.5).requires_grad_()  # [V, H], in place: no temporary
     t = torch.randint(0, V, (n,), generator=g)  # [N]
     h.grad, w.grad = torch.zeros_like(h), torch.zeros_like(w)
     base, rss = maxrss_mib(), _rss_mib()
@@ -89,18 +93,19 @@ def child(method: str, n: int, entropy: bool, repeats: int, threads: int) -> dic
 
 
 # ---------------------------------------------------------------------------------------------- parent process
-def measure(method: str, n: int, entropy: bool, repeats: int, threads: int) -> dict:
+def measure(method: str, n: int, entropy: bool, repeats: int, threads: int, hidden: int = H) -> dict:
     """Runs `child` in a fresh interpreter; failures (e.g. a missing optional peer) come back as a skip reason."""
-    cmd = [sys.executable, __file__, "--child", method, str(n), str(int(entropy)), str(repeats), str(threads)]
-    row = {"method": method, "entropy": entropy, "n": n, "load_avg": os.getloadavg()[0]}
+    cmd = [sys.executable, __file__, "--child", method, str(n), str(int(entropy)), str(repeats), str(threads),
+           str(hidden)]
+    row = {"method": method, "entropy": entropy, "n": n, "hidden": hidden, "load_avg": os.getloadavg()[0]}
     if method == "liger" and importlib.util.find_spec("liger_kernel") is None:
         return {**row, "skipped": "liger-kernel not installed"}
     return {**row, **run_child(cmd, reason_chars=200)}
 
 
 def plan(args) -> list[tuple[str, int, bool]]:
-    sizes = [512] if args.quick else [512, 1024, 2048, 4096]
-    fused_only = [] if args.quick else [8192] + ([16384] if args.large else [])
+    sizes = [512] if args.quick else args.sizes or [512, 1024, 2048, 4096]
+    fused_only = [] if args.quick or args.sizes else [8192] + ([16384] if args.large else [])
     runs = []
     for entropy in (False, True):
         for n in sizes:
@@ -112,14 +117,15 @@ def plan(args) -> list[tuple[str, int, bool]]:
 
 
 def table(rows: list[dict]) -> str:
-    out = ["| method | entropy | N | peak extra (MiB) | time (s, median) | repeats | load avg |",
-           "|---|---|---:|---:|---:|---:|---:|"]
+    out = ["| method | entropy | N | H | peak extra (MiB) | time (s, median) | repeats | load avg |",
+           "|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         name = NAMES.get(r["method"], r["method"])
         if "skipped" in r:
-            out.append(f"| {name} | {r['entropy']} | {r['n']} | skipped: {r['skipped']} | | | |")
+            out.append(f"| {name} | {r['entropy']} | {r['n']} | {r['hidden']} | skipped: {r['skipped']} | | | |")
             continue
-        out.append(f"| {name} | {r['entropy']} | {r['n']} | {r['peak_extra_mib']:.0f} | {r['time_s']:.2f} | "
+        out.append(f"| {name} | {r['entropy']} | {r['n']} | {r['hidden']} | {r['peak_extra_mib']:.0f} | "
+                   f"{r['time_s']:.2f} | "
                    f"{len(r['times_s'])} | {r['load_avg']:.1f} |")
     return "\n".join(out)
 
@@ -162,7 +168,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_ylabel(ylabel)
         ax.grid(True, which="both", alpha=0.3)
     ax_t.legend(fontsize=8)
-    fig.suptitle(f"token_logprobs, H={H}, V={V}, fp32, {rows[0].get('threads', '?')} threads")
+    fig.suptitle(f"token_logprobs, H={rows[0].get('hidden', H)}, V={V}, fp32, {rows[0].get('threads', '?')} threads")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -174,18 +180,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--large", action="store_true", help="also fused N = 16384")
     p.add_argument("--no-liger", dest="liger", action="store_false", help="skip the Liger-Kernel peer")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per measurement up to N = 2048")
+    p.add_argument("--hidden", type=int, default=H, help="H: hidden size (Qwen2.5-VL-7B: 3584)")
+    p.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")], help="N values, e.g. 2048 or 512,1024")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/kernels.png"))
-    p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
+    p.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        method, n, entropy, repeats, threads = args.child
-        emit(child(method, int(n), entropy == "1", int(repeats), int(threads)))
+        method, n, entropy, repeats, threads, hidden = args.child
+        emit(child(method, int(n), entropy == "1", int(repeats), int(threads), int(hidden)))
         return
     start, rows = time.time(), []
     for method, n, entropy in plan(args):
         repeats = 1 if args.quick or n > TARGET_N else args.repeats
-        rows.append({**measure(method, n, entropy, repeats, args.threads), "threads": args.threads})
+        rows.append({**measure(method, n, entropy, repeats, args.threads, args.hidden), "threads": args.threads})
         print(f"  {method:6s} entropy={entropy!s:5s} N={n:5d}: {rows[-1].get('time_s', rows[-1].get('skipped'))}",
               file=sys.stderr, flush=True)
     print(table(rows))
