@@ -591,3 +591,10 @@ def test_cli_out_of_range_exits_2_naming_the_key_before_building_anything(tmp_pa
     assert "mmrl: error: rollout.temperature: must be > 0, got 0 (valid: (0, ∞))" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not run_dir.exists() and not (tmp_path / "runs").exists()  # no run (and no model) was started
+
+
+def test_prompt_sharing_with_packing_always_is_refused_at_load():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["model.share_prompt=true", "model.packing=always"])
+    assert str(err.value).startswith("model.share_prompt: runs each prompt once under a 4-D attention mask")
+    assert load_config(None, ["model.share_prompt=true", "model.packing=never"]).model.share_prompt

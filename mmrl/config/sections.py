@@ -53,6 +53,10 @@ class ModelConfig:
     # padding-free packing of prompt+completion sequences in log-prob passes (mmrl.model.packing): `auto` packs with
     # flash_attention_2 (varlen kernel); with sdpa/eager the exact block-diagonal mask costs more than padding
     packing: Literal["auto", "always", "never"] = "auto"
+    # the prompt once per group in log-prob passes (mmrl.model.shared_prompt): a micro-batch's rows of one prompt run
+    # as one sequence prompt + completion_1 + … + completion_k under a 4-D mask, the same numbers as per row; needs
+    # sdpa/eager attention, so not with `packing: always` nor flash-attention (refused when the policy loads)
+    share_prompt: bool = False
     autocast: Literal["none", "bfloat16"] = "none"  # bf16 autocast of the log-prob forwards (weights keep dtype)
     # Box convention of the model's outputs: `auto` (from the model type) or qwen2_vl|qwen2_5_vl|qwen3_vl|pixel|norm
     box_convention: str = "auto"

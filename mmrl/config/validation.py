@@ -256,6 +256,14 @@ def _check_rollout(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
                "model.freeze_vision: false (valid: merged, or adapter with model.freeze_vision: true)")
 
 
+def _check_model(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
+    """Prompt sharing needs a 4-D attention mask, which packing does not take (`auto` with flash-attention is
+    refused when the policy loads)."""
+    if cfg.model.share_prompt and cfg.model.packing == "always":
+        yield ("model.share_prompt: runs each prompt once under a 4-D attention mask and does not combine with "
+               "model.packing: always (valid: share_prompt false, or packing never / auto without flash-attention)")
+
+
 def _check_runtime(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
     from mmrl.runtime import DEVICE_PATTERN
 
@@ -266,4 +274,4 @@ def _check_runtime(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
 
 
 # the cross-field checks that need no registry; run in order, all of them, after the parts' checks
-CHECKS: list[Check] = [_check_video, _check_rollout, _check_stages, _check_algorithm, _check_runtime]
+CHECKS: list[Check] = [_check_model, _check_video, _check_rollout, _check_stages, _check_algorithm, _check_runtime]

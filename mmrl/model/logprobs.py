@@ -11,14 +11,17 @@ from mmrl.kernels import minp_log_mass, token_logprobs
 from mmrl.kernels.logprobs import renormalize_without
 from mmrl.model.packing import pack, rope_index_of
 from mmrl.model.prompts import TOKEN_KEYS
+from mmrl.model.shared_prompt import prompt_groups, share
 from mmrl.model.vision_once import VISION_ROWS, shared_vision
 from mmrl.runtime import Runtime
 
 
-def completion_hidden(batch, completion_ids, completion_mask, model, *, packs: bool, runtime: Runtime):
+def completion_hidden(batch, completion_ids, completion_mask, model, *, packs: bool, runtime: Runtime,
+                      shares: bool = False):
     """Last hidden states of the completion positions [N·C, H], their targets [N·C] (−100 where masked)
-    and the lm_head weight [V, H]. Packed (`mmrl.model.packing`) or padded, the same numbers; a batch collated
-    with `share_vision` has its vision encoded once per distinct image or video (`mmrl.model.vision_once`)."""
+    and the lm_head weight [V, H]. Packed (`mmrl.model.packing`), padded, or with each prompt once for the rows
+    that continue it (`shares`: `mmrl.model.shared_prompt`), the same numbers; a batch collated with `share_vision`
+    has its vision encoded once per distinct image or video (`mmrl.model.vision_once`)."""
     prompt_len = batch["input_ids"].shape[1]
     inputs = dict(batch)
     rows = inputs.pop(VISION_ROWS, None)  # [N, 6] host
@@ -28,19 +31,35 @@ def completion_hidden(batch, completion_ids, completion_mask, model, *, packs: b
                 completion_mask.to(inputs[k].dtype) if k == "attention_mask" else torch.zeros_like(completion_ids)
             )
             inputs[k] = torch.cat([inputs[k], ext.to(inputs[k].dtype)], dim=1)  # [N, P+C]
+    leader = prompt_groups(inputs, prompt_len, rows) if shares else []
     with runtime.autocast():
-        if rows is not None:
-            inputs = shared_vision(model.model, inputs, rows)
-        if packs:
-            packed = pack(inputs, prompt_len, completion_mask, rope_index_of(model))
-            flat = model.model(**packed.inputs, use_cache=False).last_hidden_state[0]  # [ΣL, H]
-            hidden = flat[packed.index]  # [N, C, H]
+        if len(set(leader)) < len(leader):  # some prompt continued by several rows: it runs once
+            hidden = _shared_hidden(inputs, prompt_len, completion_mask, leader, rows, model)  # [N, C, H]
         else:
-            hidden = model.model(**inputs, use_cache=False).last_hidden_state  # [N, P+C, H]
-            hidden = hidden[:, prompt_len - 1 : -1]  # [N, C, H]: position t predicts completion token t
+            if rows is not None:
+                inputs = shared_vision(model.model, inputs, rows)
+            if packs:
+                packed = pack(inputs, prompt_len, completion_mask, rope_index_of(model))
+                flat = model.model(**packed.inputs, use_cache=False).last_hidden_state[0]  # [ΣL, H]
+                hidden = flat[packed.index]  # [N, C, H]
+            else:
+                hidden = model.model(**inputs, use_cache=False).last_hidden_state  # [N, P+C, H]
+                hidden = hidden[:, prompt_len - 1 : -1]  # [N, C, H]: position t predicts completion token t
     n, c, h = hidden.shape
     targets = torch.where(completion_mask.bool(), completion_ids, torch.full_like(completion_ids, -100))
     return hidden.reshape(n * c, h), targets.reshape(-1), model.get_output_embeddings().weight
+
+
+def _shared_hidden(inputs, prompt_len, completion_mask, leader, rows, model):
+    """[N, C, H] through the shared batch of `mmrl.model.shared_prompt` (each prompt once, its media once)."""
+    attn = str(getattr(model.config, "_attn_implementation", "sdpa"))
+    shared = share(inputs, prompt_len, completion_mask, leader, rope_index=rope_index_of(model), rows_table=rows,
+                   attn=attn, dtype=model.dtype)
+    batch = shared.inputs
+    if shared.rows is not None:
+        batch = shared_vision(model.model, batch, shared.rows)
+    out = model.model(**batch, use_cache=False).last_hidden_state  # [B', T', H]
+    return out.reshape(-1, out.shape[-1])[shared.index]  # [N, C, H]
 
 
 def scored_tokens(hidden, targets, weight, *, temperature: float, with_entropy: bool, kernels, never_sample):

@@ -56,6 +56,10 @@ class Policy:
         self.root = None  # its FSDP2 root over `hf` (and `ref_root` over the reference)
         self.ref_root = None
         self.merged_adapters: list[dict[str, torch.Tensor]] = []  # lora: adapters merged at stage boundaries
+        if cfg.share_prompt and self.packs:
+            raise ValueError("model.share_prompt runs each prompt once under a 4-D attention mask (sdpa or eager "
+                             "attention) and does not combine with packing (model.packing: always, or auto with "
+                             "flash-attention): set model.packing: never or model.share_prompt: false")
         self.prompts = PromptEncoder(processor, convention=self.convention, pad_id=self.pad_id,
                                      media_dtype=hf_model.dtype, runtime=self.runtime)
 
@@ -232,7 +236,7 @@ class Policy:
         softmax is over the ids the rollout engines may sample (`mmrl.model.logprobs`)."""
         def compute(m):
             hidden, targets, weight = completion_hidden(batch, completion_ids, completion_mask, m, packs=self.packs,
-                                                        runtime=self.runtime)
+                                                        runtime=self.runtime, shares=self.cfg.share_prompt)
             return scored_tokens(hidden, targets, weight, temperature=temperature, with_entropy=with_entropy,
                                  kernels=self.kernels, never_sample=self.never_sample)
 
@@ -249,7 +253,7 @@ class Policy:
         the sampled token survives it (`mmrl.kernels.minp_log_mass`); no gradient."""
         def compute(m):
             hidden, targets, weight = completion_hidden(batch, completion_ids, completion_mask, m, packs=self.packs,
-                                                        runtime=self.runtime)
+                                                        runtime=self.runtime, shares=self.cfg.share_prompt)
             return minp_mass(hidden, targets, weight, kappa=kappa, temperature=temperature)
 
         n, c = completion_ids.shape
