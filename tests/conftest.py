@@ -152,3 +152,62 @@ def check_logged_run():
     """`check_logged_run(run_dir, cfg, ids, known=None)`: check a finished run's logged rollouts and return its RL
     metric rows (see `_check_logged_run`)."""
     return _check_logged_run
+
+
+# --------------------------------------------------- media batches (vision once, prompt once: model and hf engine)
+def _media_samples(family: str):
+    """Image, text-only, (video,) and another image prompt — uneven lengths, so the prompts are left-padded; LLaVA
+    (no video) without the video."""
+    from mmrl.datasets.sample import Sample
+    from mmrl.datasets.synthetic import make
+
+    text_only = Sample(id="text", messages=[{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}])
+    image = make("grounding", 1, seed=2, width=70, height=42)[0]
+    other = make("rotation", 1, seed=5)[0]
+    if family == "llava":
+        return [image, text_only, other]
+    return [image, text_only, make("event", 1, seed=1, frames=4, size=28)[0], other]
+
+
+class _PixelCount:
+    """Pixel rows (patches, or LLaVA's images) the vision tower encodes, summed over its calls; `handle.remove()`
+    ends the count."""
+
+    def __init__(self, policy):
+        inner = policy.hf.model
+        tower = getattr(inner, "visual", None) or inner.vision_tower
+        self.rows = 0
+        self.handle = tower.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        self.rows += int((args[0] if args else kwargs["pixel_values"]).shape[0])
+
+
+def _pixel_rows(prompts) -> int:
+    """Pixel rows of the images and videos of encoded `prompts` (each counted as often as it is listed)."""
+    return sum(int(p.tensors[k].shape[0]) for p in prompts for k in ("pixel_values", "pixel_values_videos")
+               if k in p.tensors)
+
+
+def _grad_pass(policy, batch, ids, mask):
+    """Log-probs and entropies [n, C], and every trainable parameter's gradient of a scalar of both."""
+    import torch
+
+    policy.model.zero_grad(set_to_none=True)
+    logp, ent = policy.completion_logprobs(batch, ids, mask, temperature=0.8, with_entropy=True)
+    weights = torch.linspace(-1.0, 1.0, logp.numel()).view_as(logp)
+    ((logp * weights).sum() + 0.1 * (ent * mask).sum()).backward()
+    grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.requires_grad and p.grad is not None}
+    return logp.detach(), ent.detach(), grads
+
+
+@pytest.fixture(scope="session")
+def media():
+    """Helpers of the tests that share media across a batch's rows (test_vision_once, test_shared_prompt,
+    rollout/test_hf_vision_once): `samples(family)` mixed prompts, `PixelCount(policy)` a vision-tower counter,
+    `pixel_rows(prompts)` the pixel rows of encoded prompts, `grad_pass(policy, batch, ids, mask)` (log-probs,
+    entropies, gradients)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(samples=_media_samples, PixelCount=_PixelCount, pixel_rows=_pixel_rows,
+                           grad_pass=_grad_pass)

@@ -1,7 +1,7 @@
 """Multi-process training (mmrl.train.distributed) on CPU with gloo: `torchrun --nproc_per_node=2 -m mmrl train` gives the
-losses and final weights of one process with the same global batch; a SIGKILLed 2-process run resumed with
-`resume=auto` — by 2 processes or by 1 — ends where the uninterrupted run ends; the sharded checkpoint exports to a
-directory `from_pretrained` loads."""
+losses and final weights of one process with the same global batch (also with `model.share_prompt` on the 2); a
+SIGKILLed 2-process run resumed with `resume=auto` — by 2 processes or by 1 — ends where the uninterrupted run
+ends; the sharded checkpoint exports to a directory `from_pretrained` loads."""
 
 from __future__ import annotations
 
@@ -92,6 +92,19 @@ def test_two_processes_give_the_losses_and_weights_of_one(runs):
     _close(_final(one), _final(two), tol=1e-4)
     assert [json.loads(x)["completion"] for x in (one / "rollouts.jsonl").read_text().splitlines()] == \
            [json.loads(x)["completion"] for x in (two / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_two_processes_sharing_prompts_give_the_losses_and_weights_of_one_unshared(runs, tiny, reward):
+    """`model.share_prompt` with each rank's block of rows (2 groups of G 4 each): the 1-process per-row run's
+    losses, completions and final weights, to the tolerances of the 1-vs-2 test above."""
+    one, shared = runs / "one", runs / "two_shared"
+    _run(_cmd(tiny, shared, 2, reward, "model.share_prompt=true"))
+    a, b = _rows(one), _rows(shared)
+    assert sum(abs(r["actor/loss"]) > 1e-4 for r in a if "actor/loss" in r) >= 2
+    _same_rows(a, b)
+    _close(_final(one), _final(shared), tol=1e-4)
+    assert [json.loads(x)["completion"] for x in (one / "rollouts.jsonl").read_text().splitlines()] == \
+           [json.loads(x)["completion"] for x in (shared / "rollouts.jsonl").read_text().splitlines()]
 
 
 def test_killed_two_process_run_resumes_with_two_or_one(runs, tiny, reward):

@@ -16,44 +16,7 @@ from mmrl.model.vision_once import VISION_ROWS
 QWEN = ["qwen2_vl", "qwen2_5_vl", "qwen3_vl"]
 
 
-def _samples(family: str) -> list[Sample]:
-    text_only = Sample(id="text", messages=[{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}])
-    image = make("grounding", 1, seed=2, width=70, height=42)[0]
-    other = make("rotation", 1, seed=5)[0]
-    if family == "llava":
-        return [image, text_only, other]
-    return [image, text_only, make("event", 1, seed=1, frames=4, size=28)[0], other]
-
-
-class PixelCount:
-    """Pixel rows (patches, or LLaVA's images) the vision tower encodes, summed over its calls."""
-
-    def __init__(self, policy):
-        inner = policy.hf.model
-        tower = getattr(inner, "visual", None) or inner.vision_tower
-        self.rows = 0
-        self.handle = tower.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        self.rows += int((args[0] if args else kwargs["pixel_values"]).shape[0])
-
-
-def _pixel_rows(prompts) -> int:
-    return sum(int(p.tensors[k].shape[0]) for p in prompts for k in ("pixel_values", "pixel_values_videos")
-               if k in p.tensors)
-
-
-def _pass(policy, batch, ids, mask):
-    """Log-probs and entropies [n, C], and every trainable parameter's gradient of a scalar of both."""
-    policy.model.zero_grad(set_to_none=True)
-    logp, ent = policy.completion_logprobs(batch, ids, mask, temperature=0.8, with_entropy=True)
-    weights = torch.linspace(-1.0, 1.0, logp.numel()).view_as(logp)
-    ((logp * weights).sum() + 0.1 * (ent * mask).sum()).backward()
-    grads = {n: p.grad.clone() for n, p in policy.model.named_parameters() if p.requires_grad and p.grad is not None}
-    return logp.detach(), ent.detach(), grads
-
-
-def _compare(policy, samples, g: int = 3):
+def _compare(media, policy, samples, g: int = 3):
     """Shared vs per-row on the rows of `samples` × g (interleaved, so copies are not adjacent): the encoded pixel
     rows of both, and the largest log-prob difference and relative gradient difference."""
     prompts = [policy.encode(s) for s in samples]
@@ -63,15 +26,15 @@ def _compare(policy, samples, g: int = 3):
     ids = torch.randint(20, 200, (n, 7), generator=gen)
     lengths = torch.randint(1, 8, (n,), generator=gen)
     mask = (torch.arange(7).unsqueeze(0) < lengths.unsqueeze(1)).long()  # [n, 7] prefixes
-    count = PixelCount(policy)
+    count = media.PixelCount(policy)
     try:
-        base = _pass(policy, policy.collate(rows), ids, mask)
+        base = media.grad_pass(policy, policy.collate(rows), ids, mask)
         per_row, count.rows = count.rows, 0
-        shared = _pass(policy, policy.collate(rows, share_vision=True), ids, mask)
+        shared = media.grad_pass(policy, policy.collate(rows, share_vision=True), ids, mask)
         once = count.rows
     finally:
         count.handle.remove()
-    assert per_row == _pixel_rows(rows) and once == _pixel_rows(prompts)  # each distinct prompt's media once
+    assert per_row == media.pixel_rows(rows) and once == media.pixel_rows(prompts)  # each distinct prompt's media once
     dlogp = float((base[0] - shared[0]).abs().max())
     dent = float((base[1] - shared[1]).abs().max())
     assert base[2].keys() == shared[2].keys()
@@ -86,9 +49,9 @@ def _compare(policy, samples, g: int = 3):
 @pytest.mark.parametrize("packing", ["never", "always"])
 @pytest.mark.parametrize("mode", ["full", "lora"])
 @pytest.mark.parametrize("family", QWEN + ["llava"])
-def test_shared_vision_equals_per_row_logprobs_and_gradients(zoo_cache, family, mode, packing):
+def test_shared_vision_equals_per_row_logprobs_and_gradients(zoo_cache, media, family, mode, packing):
     policy = Policy.load(ModelConfig(path=f"zoo:{family}", mode=mode, freeze_vision=False, packing=packing))
-    dlogp, dent, rel, grads = _compare(policy, _samples(family))
+    dlogp, dent, rel, grads = _compare(media, policy, media.samples(family))
     assert dlogp < 1e-5 and dent < 1e-5 and rel < 1e-5, (dlogp, dent, rel)
     vision = [k for k in grads if policy._is_vision(k) and grads[k].abs().max() > 0]
     assert vision  # the vision tower (or its adapters) gets a gradient through the shared features
@@ -107,7 +70,7 @@ def test_text_only_prompts_have_nothing_to_share(zoo_cache):
     assert torch.equal(a, b)
 
 
-def test_copies_whose_pixels_differ_keep_their_own_rows(zoo_cache):
+def test_copies_whose_pixels_differ_keep_their_own_rows(zoo_cache, media):
     """PAPO's masked view changes pixels per row: sharing must then encode every row's pixels, as before."""
     from mmrl.model.vision_once import shared_vision
 
@@ -120,7 +83,7 @@ def test_copies_whose_pixels_differ_keep_their_own_rows(zoo_cache):
     pixels = batch["pixel_values"].clone()
     pixels[half:] = 0.0  # the second row's copy masked
     changed = dict(batch, pixel_values=pixels)
-    count = PixelCount(policy)
+    count = media.PixelCount(policy)
     ids, mask = torch.randint(20, 200, (2, 3)), torch.ones(2, 3, dtype=torch.long)
     try:
         with torch.no_grad():

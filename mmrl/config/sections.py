@@ -135,6 +135,10 @@ class RolloutConfig:
     max_new_tokens: int = 32
     batch_prompts: int = 16  # prompts per generate() call (memory knob; results do not depend on it)
     ignore_eos: bool = False  # never sample EOS: every completion is max_new_tokens long (throughput benchmarks)
+    # the `hf` engine's token loop: `mmrl` prefills each prompt once for its G rows and expands the KV cache
+    # (mmrl.rollout.hf_decode); `generate` = transformers' generate, every row prefilled (a model the mmrl loop
+    # cannot drive falls back to it, with a warning). Both draw the same tokens (tests/rollout/test_hf_decode.py)
+    hf_loop: Literal["mmrl", "generate"] = "mmrl"
     # re-generations on perturbed inputs after the main rollout, in order: ACRE's option-shuffled second answer
     # (`shuffle_options`, fills the `pair` reward column), VL-Rethinker's forced rethinking (`rethink`)
     extra_passes: list[ExtraPassConfig] = field(default_factory=list)

@@ -1,6 +1,6 @@
 """Rollout engines: `generate(prompts, n, sampling) -> Rollouts` and `sync_weights(policy)`.
 
-Backends: `hf` (transformers generate; CPU and GPU), `vllm` (vLLM >= 0.32 offline engine, on a GPU or through its
+Backends: `hf` (the training model itself, each prompt prefilled once per group; CPU and GPU), `vllm` (vLLM >= 0.32 offline engine, on a GPU or through its
 CPU build; import-guarded: without vLLM, creating it raises a clear ImportError — see `mmrl.rollout.vllm`).
 """
 
@@ -10,7 +10,7 @@ from mmrl.rollout.vllm import VLLMEngine
 
 # name -> factory(policy, rollout: RolloutConfig | None, video: VideoConfig | None)
 ENGINES = {
-    "hf": lambda policy, rollout, video: HFEngine(policy),
+    "hf": lambda policy, rollout, video: HFEngine(policy, loop=rollout.hf_loop if rollout else "mmrl"),
     "vllm": lambda policy, rollout, video: VLLMEngine(policy, rollout, video),
 }
 

@@ -1,36 +1,45 @@
-"""The `hf` rollout engine: batched sampling with transformers `generate`, on the runtime's device.
+"""The `hf` rollout engine: batched sampling from the training model itself, on the runtime's device.
+
+Two token loops (`rollout.hf_loop`): `mmrl` (default) prefills each prompt once for its G rows, expands the KV
+cache and decodes in mmrl's own loop (`mmrl.rollout.hf_decode`); `generate` is transformers' `generate`, every
+row prefilled. Both draw the same tokens with the same sampler, below; a model the `mmrl` loop cannot drive
+falls back to `generate` with a warning.
 
 Sampling randomness is a function of (seed, step, prompt id, completion index, token position) only: each row's
 key is `row_seed(seed, step, prompt id, g)`, and the uniform it draws at completion position t is Philox-4x32-10 of
 (key, t) (`mmrl.rollout.philox`), computed on the device for every row and position in one go before decoding.
 Each token is then drawn by inverse-CDF sampling from softmax(logits / T) after top-k / top-p (one uniform per
-row per token, located by block sums and a float64 cumulative sum inside one block: `inverse_cdf`), and
-`generate` takes it as its argmax. So on the CPU results do
-not depend on the batch's composition, the number of processes or restarts (on a GPU the logits themselves vary
-in the last bits with the batch shape), and nothing crosses to the host per token. Vision special tokens are
-never sampled.
+row per token, located by block sums and a float64 cumulative sum inside one block: `inverse_cdf`). So on the CPU
+results do not depend on the batch's composition, the number of processes, restarts or the loop (on a GPU the
+logits themselves vary in the last bits with the batch shape), and nothing crosses to the host per token but
+the loop's "every row ended" flag. Vision special tokens are never sampled.
 
-Vision once per prompt: the G rows of a prompt show the same images and videos, so the batch is collated with
-`share_vision` and the distinct media are encoded once (`mmrl.model.vision_once.shared_vision`), their features
-expanded to the rows and handed to `generate` as `mm_encoder_outputs`. transformers forwards that argument to the
-prefill only (`MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL`), as it does the pixels it would otherwise encode itself
-for every row; the grids stay in the batch for the rope positions. Decode steps are unchanged. A model whose
-forward takes no `mm_encoder_outputs`, or a batch with nothing to share, keeps the per-row path.
+Vision once per prompt: the `mmrl` loop's prefill sees each prompt once. With `generate`, the G rows of a prompt
+show the same images and videos, so the batch is collated with `share_vision` and the distinct media are encoded
+once (`mmrl.model.vision_once.shared_vision`), their features expanded to the rows and handed to `generate` as
+`mm_encoder_outputs`. transformers forwards that argument to the prefill only
+(`MULTIMODAL_INPUTS_TO_DROP_OUTSIDE_PREFILL`), as it does the pixels it would otherwise encode itself for every
+row; the grids stay in the batch for the rope positions. A model whose forward takes no `mm_encoder_outputs`, or
+a batch with nothing to share, keeps the per-row path; `HFEngine(share_vision=False)` is that per-row path
+(`generate`, every row its own media), the reference the tests compare against.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import torch
 from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from mmrl.model.vision_once import VISION_ROWS, shared_vision
+from mmrl.rollout.hf_decode import decode, reason_unsupported
 from mmrl.rollout.philox import uniforms
 from mmrl.rollout.types import Rollouts, SamplingParams, row_seed
 from mmrl.runtime import HOST
 
 
+log = logging.getLogger(__name__)
 BLOCK = 1024  # vocabulary columns per block of the two-level inverse CDF
 
 
@@ -64,8 +73,9 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, t
 
 class _Sampler(LogitsProcessor):
     """Suppress ids → temperature → top-k → top-p → draw (inverse CDF, the row's uniform for this position) →
-    record the pick's log-prob; returns scores whose argmax is the pick. Works in place on one copy of the logits
-    (a few passes over [N, V] per token, no other [N, V] buffer)."""
+    record the pick's log-prob. `draw(logits, t)` returns the picks (mmrl's own loop, `mmrl.rollout.hf_decode`);
+    as a transformers logits processor it returns scores whose argmax is the pick. Works in place on one copy of
+    the logits (a few passes over [N, V] per token, no other [N, V] buffer)."""
 
     def __init__(self, params: SamplingParams, row_seeds: list[int], suppress: list[int], prompt_len: int,
                  device: torch.device):
@@ -77,13 +87,18 @@ class _Sampler(LogitsProcessor):
         self.logprobs: list[torch.Tensor] = []  # per step: [N]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        scores = scores.float().clone()  # [N, V]
+        pick = self.draw(scores, input_ids.shape[1] - self.prompt_len)
+        return torch.zeros_like(scores).scatter_(1, pick[:, None], 1.0)  # generate takes the argmax: the pick
+
+    def draw(self, logits: torch.Tensor, t: int) -> torch.Tensor:
+        """The ids [N] drawn from `logits` [N, V] at completion position t; their log-probs are recorded."""
+        scores = logits.float().clone()  # [N, V]
         if len(self.suppress):
             scores[:, self.suppress] = -float("inf")
         if self.p.greedy:
             pick = scores.argmax(dim=-1)
             self.logprobs.append(torch.log_softmax(scores, -1).gather(1, pick[:, None]).squeeze(1))
-            return scores
+            return pick
         if self.p.temperature != 1.0:
             scores.div_(self.p.temperature)
         if self.p.top_k > 0:
@@ -96,13 +111,13 @@ class _Sampler(LogitsProcessor):
             scores = scores.masked_fill(drop.scatter(1, idx, drop), -float("inf"))
         top, mode = scores.max(dim=-1, keepdim=True)  # [N, 1]
         weights = scores.sub_(top).exp_()  # [N, V] ∝ the sampling distribution (the mode has weight 1)
-        t = input_ids.shape[1] - self.prompt_len  # completion position of this token
         pick, total = inverse_cdf(weights, self.u[:, min(t, self.u.shape[1] - 1)])  # [N], [N]
         w = weights.gather(1, pick[:, None]).squeeze(1)  # [N]
-        pick = torch.where(w > 0, pick, mode.squeeze(1))  # never an id of weight 0 (a parallel scan's last ulp)
-        logp = weights.gather(1, pick[:, None]).squeeze(1).log() - total.log()  # [N] log-prob of the pick
+        hit = w > 0
+        pick = torch.where(hit, pick, mode.squeeze(1))  # never an id of weight 0 (a parallel scan's last ulp)
+        logp = torch.where(hit, w, torch.ones_like(w)).log() - total.log()  # [N] log-prob of the pick (mode: 1)
         self.logprobs.append(logp.float())
-        return weights.scatter_(1, pick[:, None], float("inf"))  # generate takes the argmax: the pick
+        return pick
 
 
 def neutral_config(**fields) -> GenerationConfig:
@@ -129,9 +144,15 @@ def checkpoint_defaults_off(hf, gen_cfg: GenerationConfig):
 
 
 class HFEngine:
-    def __init__(self, policy, share_vision: bool = True):
+    def __init__(self, policy, share_vision: bool = True, loop: str = "mmrl"):
         self.policy = policy
-        self.share_vision = share_vision  # encode each distinct image / video once per call (False: once per row)
+        # `mmrl`: each prompt prefilled once for its G rows, mmrl's token loop (`mmrl.rollout.hf_decode`);
+        # `generate`: transformers' generate, every row prefilled (also the fallback for a model the loop can't drive)
+        self.loop = loop if share_vision else "generate"
+        # with `generate`: encode each distinct image / video once per call (False: every row its own copy — the
+        # per-row reference path the tests compare against)
+        self.share_vision = share_vision
+        self.fallback_logged = False
 
     def sync_weights(self, policy) -> None:
         """The hf engine samples from the training model itself: nothing to copy."""
@@ -153,27 +174,15 @@ class HFEngine:
 
     def _generate(self, prompts, n: int, params: SamplingParams):
         policy = self.policy
-        batch = policy.collate(prompts, repeats=n, share_vision=self.share_vision)  # on the runtime's device
-        rows = batch.pop(VISION_ROWS, None)  # [N, 6] host: which rows show the same media
         seeds = [row_seed(params.seed, params.step, p.sample.id, g) for p in prompts for g in range(n)]
         suppress = policy.never_sample + (policy.eos_ids if params.ignore_eos else [])
-        prompt_len = batch["input_ids"].shape[1]
-        sampler = _Sampler(params, seeds, suppress, prompt_len, batch["input_ids"].device)
-        gen_cfg = neutral_config(max_new_tokens=params.max_new_tokens, eos_token_id=policy.eos_ids,
-                                 pad_token_id=policy.pad_id)
+        prompt_len = max(p.length for p in prompts)  # the collated width (left padding)
+        sampler = _Sampler(params, seeds, suppress, prompt_len, policy.runtime.device)
         was_training = policy.model.training
         policy.eval()
-
-        def run(hf):  # across processes: in lock-step until every rank is done
-            inputs = batch if rows is None else shared_vision(hf.model, batch, rows)  # pixels → features, once
-            with checkpoint_defaults_off(hf, gen_cfg):
-                return hf.generate(**inputs, generation_config=gen_cfg,
-                                   logits_processor=LogitsProcessorList([sampler]), synced_gpus=policy.dist is not None)
-
-        out = policy.call(run)
+        ids = policy.call(lambda hf: self._sample(hf, prompts, n, params, sampler))  # [N, C]
         if was_training:
             policy.train()
-        ids = out[:, prompt_len:]  # [N, C]
         is_eos = torch.isin(ids, torch.tensor(policy.eos_ids, dtype=ids.dtype, device=ids.device))  # [N, C]
         ended = is_eos.any(dim=1)
         first_eos = torch.where(ended, is_eos.float().argmax(dim=1), ids.shape[1])  # [N]
@@ -192,3 +201,24 @@ class HFEngine:
             for i in bad.any(dim=1).nonzero().flatten().tolist():
                 reasons[i] = "error"
         return ids, mask, logps, texts, reasons
+
+    def _sample(self, hf, prompts, n: int, params: SamplingParams, sampler: _Sampler) -> torch.Tensor:
+        """Completion ids [N, C] (after EOS: padding) — across processes, in lock-step until every rank is done."""
+        policy, synced = self.policy, self.policy.dist is not None
+        why = reason_unsupported(hf) if self.loop == "mmrl" else None
+        if self.loop == "mmrl" and why is None:
+            batch = policy.collate(prompts, repeats=1, share_vision=True)  # each prompt once, on the device
+            return decode(hf, batch, n, sampler.draw, params.max_new_tokens, policy.eos_ids, policy.pad_id, synced)
+        if why is not None and not self.fallback_logged:
+            self.fallback_logged = True
+            log.warning("hf engine: %s cannot be sampled by mmrl's loop (%s); using transformers' generate",
+                        type(hf).__name__, why)
+        batch = policy.collate(prompts, repeats=n, share_vision=self.share_vision)  # on the runtime's device
+        rows = batch.pop(VISION_ROWS, None)  # [N, 6] host: which rows show the same media
+        inputs = batch if rows is None else shared_vision(hf.model, batch, rows)  # pixels → features, once
+        gen_cfg = neutral_config(max_new_tokens=params.max_new_tokens, eos_token_id=policy.eos_ids,
+                                 pad_token_id=policy.pad_id)
+        with checkpoint_defaults_off(hf, gen_cfg):
+            out = hf.generate(**inputs, generation_config=gen_cfg, logits_processor=LogitsProcessorList([sampler]),
+                              synced_gpus=synced)
+        return out[:, batch["input_ids"].shape[1]:]

@@ -49,14 +49,20 @@ def _recording(monkeypatch, policy) -> list:
     return seen
 
 
-def test_checkpoint_defaults_never_reshape_sampling_and_the_gap_is_rounding(tmp_path, zoo_cache, monkeypatch):
+@pytest.mark.parametrize("loop", ["mmrl", "generate"])
+def test_checkpoint_defaults_never_reshape_sampling_and_the_gap_is_rounding(tmp_path, zoo_cache, monkeypatch, loop):
+    """mmrl's loop never calls `generate` (so no processor of the checkpoint's); `generate` runs mmrl's sampler only."""
     policy = Policy.load(ModelConfig(path=_qwen_like(tmp_path), freeze_vision=False))
     assert policy.eos_ids == policy.eos_ids[:1] + [policy.tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     assert policy.hf.generation_config.repetition_penalty == 1.05  # the checkpoint's defaults are loaded …
     seen = _recording(monkeypatch, policy)
     prompts = [policy.encode(s) for s in make("rotation", 3, seed=2)]
-    ro = HFEngine(policy).generate(prompts, 4, SamplingParams(temperature=1.0, max_new_tokens=12, seed=5, step=1))
-    assert seen and all(len(procs) == 1 and isinstance(procs[0], _Sampler) for procs in seen), seen  # … unused
+    ro = HFEngine(policy, loop=loop).generate(prompts, 4, SamplingParams(temperature=1.0, max_new_tokens=12, seed=5,
+                                                                         step=1))
+    if loop == "mmrl":
+        assert seen == []
+    else:
+        assert seen and all(len(procs) == 1 and isinstance(procs[0], _Sampler) for procs in seen), seen  # … unused
     assert policy.hf.generation_config.repetition_penalty == 1.05  # and left as they were
     with torch.no_grad():
         logp, _ = policy.completion_logprobs(policy.collate(prompts, repeats=4), ro.completion_ids,
@@ -66,13 +72,14 @@ def test_checkpoint_defaults_never_reshape_sampling_and_the_gap_is_rounding(tmp_
     assert len(set(ro.texts)) > 1, "temperature 1 must not collapse to the checkpoint's top_k=1"
 
 
-def test_every_eos_id_of_the_checkpoint_ends_a_completion(tmp_path, zoo_cache):
+@pytest.mark.parametrize("loop", ["mmrl", "generate"])
+def test_every_eos_id_of_the_checkpoint_ends_a_completion(tmp_path, zoo_cache, loop):
     """Greedy decoding stops at an id that only the checkpoint's eos list names."""
     plain = Policy.load(ModelConfig(path="zoo:qwen2_vl", freeze_vision=False))
     prompts = [plain.encode(s) for s in make("rotation", 2, seed=3)]
     greedy = SamplingParams(greedy=True, max_new_tokens=6)
     first = HFEngine(plain).generate(prompts, 1, greedy).completion_ids[:, 0].tolist()
     policy = Policy.load(ModelConfig(path=_qwen_like(tmp_path, eos_extra=sorted(set(first))), freeze_vision=False))
-    ro = HFEngine(policy).generate(prompts, 1, greedy)
+    ro = HFEngine(policy, loop=loop).generate(prompts, 1, greedy)
     assert ro.completion_mask.sum(1).tolist() == [1, 1] and ro.finish_reasons == ["eos", "eos"]
     assert ro.completion_ids[:, 0].tolist() == first

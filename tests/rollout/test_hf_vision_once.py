@@ -1,4 +1,5 @@
-"""Vision once per prompt in the hf engine (`HFEngine(share_vision=True)`, the default): `generate` encodes each
+"""Vision once per prompt in the hf engine's `generate` loop (`HFEngine(loop="generate")`; mmrl's own loop
+prefills each prompt once, tests/rollout/test_hf_decode.py): `generate` encodes each
 distinct image and video once per call and hands the features to the prefill, and its completions, finish reasons
 and sampling log-probs equal the per-row path's (every row encodes its own copy) — per family, greedy and
 sampled with top-k / top-p, image, video and text-only prompts."""
@@ -20,38 +21,11 @@ PARAMS = {"greedy": SamplingParams(greedy=True, max_new_tokens=8, seed=3, step=1
           "sampled": SamplingParams(temperature=1.0, top_p=0.9, top_k=50, max_new_tokens=8, seed=3, step=1)}
 
 
-def _samples(family: str) -> list[Sample]:
-    text_only = Sample(id="text", messages=[{"role": "user", "content": [{"type": "text", "text": "Say hi."}]}])
-    image = make("grounding", 1, seed=2, width=70, height=42)[0]
-    other = make("rotation", 1, seed=5)[0]
-    if family == "llava":
-        return [image, text_only, other]
-    return [image, text_only, make("event", 1, seed=1, frames=4, size=28)[0], other]
-
-
-class PixelCount:
-    """Pixel rows (patches, or LLaVA's images) the vision tower encodes, summed over its calls."""
-
-    def __init__(self, policy):
-        inner = policy.hf.model
-        tower = getattr(inner, "visual", None) or inner.vision_tower
-        self.rows = 0
-        self.handle = tower.register_forward_pre_hook(self.hook, with_kwargs=True)
-
-    def hook(self, module, args, kwargs):
-        self.rows += int((args[0] if args else kwargs["pixel_values"]).shape[0])
-
-
-def _pixel_rows(prompts) -> int:
-    return sum(int(p.tensors[k].shape[0]) for p in prompts for k in ("pixel_values", "pixel_values_videos")
-               if k in p.tensors)
-
-
-def _run(policy, prompts, params, share: bool):
+def _run(media, policy, prompts, params, share: bool):
     """The rollouts of `prompts` × G and the pixel rows the vision tower encoded for them."""
-    count = PixelCount(policy)
+    count = media.PixelCount(policy)
     try:
-        ro = HFEngine(policy, share_vision=share).generate(prompts, G, params)
+        ro = HFEngine(policy, share_vision=share, loop="generate").generate(prompts, G, params)
     finally:
         count.handle.remove()
     return ro, count.rows
@@ -67,21 +41,21 @@ def _assert_same(a, b):
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava"])
-def test_shared_vision_generates_what_the_per_row_path_does(zoo_cache, family, mode):
+def test_shared_vision_generates_what_the_per_row_path_does(zoo_cache, media, family, mode):
     policy = Policy.load(ModelConfig(path=f"zoo:{family}", mode=mode))
-    prompts = [policy.encode(s) for s in _samples(family)]
-    assert _pixel_rows(prompts) > 0
+    prompts = [policy.encode(s) for s in media.samples(family)]
+    assert media.pixel_rows(prompts) > 0
     for name, params in PARAMS.items():
-        per_row, rows_per_row = _run(policy, prompts, params, share=False)
-        shared, rows_shared = _run(policy, prompts, params, share=True)
-        assert rows_per_row == G * _pixel_rows(prompts), name  # every row's copy
-        assert rows_shared == _pixel_rows(prompts), name  # each distinct prompt's media once
+        per_row, rows_per_row = _run(media, policy, prompts, params, share=False)
+        shared, rows_shared = _run(media, policy, prompts, params, share=True)
+        assert rows_per_row == G * media.pixel_rows(prompts), name  # every row's copy
+        assert rows_shared == media.pixel_rows(prompts), name  # each distinct prompt's media once
         _assert_same(shared, per_row)
         if name == "sampled":
             assert len(set(shared.texts)) > 1  # the check compares real draws, not one collapsed text
 
 
-def test_one_completion_per_prompt_and_text_only_prompts_are_unchanged(zoo_cache):
+def test_one_completion_per_prompt_and_text_only_prompts_are_unchanged(zoo_cache, media):
     """G = 1 has nothing to share, a text-only batch no media: both take the per-row path unchanged."""
     policy = Policy.load(ModelConfig(path="zoo:qwen2_vl"))
     image = policy.encode(make("rotation", 1, seed=5)[0])
@@ -91,12 +65,13 @@ def test_one_completion_per_prompt_and_text_only_prompts_are_unchanged(zoo_cache
     for prompts, g in [([image], 1), (text, G)]:
         runs = []
         for share in (False, True):
-            count = PixelCount(policy)
+            count = media.PixelCount(policy)
             try:
-                runs.append((HFEngine(policy, share_vision=share).generate(prompts, g, params), count.rows))
+                engine = HFEngine(policy, share_vision=share, loop="generate")
+                runs.append((engine.generate(prompts, g, params), count.rows))
             finally:
                 count.handle.remove()
         (a, rows_a), (b, rows_b) = runs
-        assert rows_a == rows_b == g * _pixel_rows(prompts)
+        assert rows_a == rows_b == g * media.pixel_rows(prompts)
         assert torch.equal(a.completion_ids, b.completion_ids) and a.finish_reasons == b.finish_reasons
         assert torch.equal(a.sampling_logprobs, b.sampling_logprobs)
