@@ -27,14 +27,14 @@ from mmrl.config.loading import deep_merge, dump, load, merge_layer, parse_overr
 from mmrl.config.sections import (
     AlgorithmConfig, Config, ConfigError, DataConfig, DataSource, DistributedConfig, ExtraPassConfig,
     KernelsConfig, LoraConfig, MixSource, ModelConfig, RewardConfig, RolloutConfig, RunConfig, RuntimeConfig,
-    StageConfig, TrainerConfig, VideoConfig,
+    StageConfig, ToolConfig, TrainerConfig, VideoConfig,
 )
 from mmrl.config.validation import RANGES, Check, Range, data_sources, range_errors, ranges_of, reward_lists, validate
 
 __all__ = [
     "AlgorithmConfig", "Check", "Config", "ConfigError", "DataConfig", "DataSource", "DistributedConfig",
     "ExtraPassConfig", "KernelsConfig", "LoraConfig", "MixSource", "ModelConfig", "RANGES", "Range", "RewardConfig",
-    "RolloutConfig", "RunConfig", "RuntimeConfig", "StageConfig", "TrainerConfig", "VideoConfig", "data_sources",
-    "deep_merge", "dump", "load", "merge_layer", "parse_override", "range_errors", "ranges_of", "reward_lists",
-    "to_dict", "validate",
+    "RolloutConfig", "RunConfig", "RuntimeConfig", "StageConfig", "ToolConfig", "TrainerConfig", "VideoConfig",
+    "data_sources", "deep_merge", "dump", "load", "merge_layer", "parse_override", "range_errors", "ranges_of",
+    "reward_lists", "to_dict", "validate",
 ]

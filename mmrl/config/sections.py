@@ -195,6 +195,22 @@ class RewardConfig:
 
 
 @dataclass
+class ToolConfig:
+    """A tool the policy may call in a multi-turn rollout (`mmrl.tools`; issue 19: not yet read by any section)."""
+
+    fn: str = "zoom_in"  # registry name (zoom_in | crop | rotate), `pkg.module:function` or `path/file.py:function`
+    name: str | None = None  # the name the policy calls it by (default: the registry name, or the function's name)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the tool's options (e.g. zoom_in's min_size, max_ratio)
+    # seconds one call may take: an isolated tool's worker is killed (and restarted on the next call) past it and the
+    # policy sees an error; async functions get `asyncio.wait_for`; a synchronous in-process function cannot be stopped
+    timeout_s: float = 10.0
+    # where it runs: `auto` = registry names in-process, any `module:function` / `file.py:function` spec in a
+    # persistent worker process; `always` / `never` force one or the other
+    isolate: Literal["auto", "always", "never"] = "auto"
+    memory_mb: int | None = 4096  # an isolated tool's data memory (MB) past its start-up, as RewardConfig's; null: none
+
+
+@dataclass
 class AlgorithmConfig:
     """Policy-optimisation knobs; each named one is a registry entry in `mmrl.algorithms` (presets bundle them)."""
 

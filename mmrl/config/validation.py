@@ -15,7 +15,7 @@ from typing import Any
 
 from mmrl.config.sections import (
     AlgorithmConfig, Config, ConfigError, DataConfig, DataSource, KernelsConfig, LoraConfig, MixSource,
-    RewardConfig, RolloutConfig, StageConfig, TrainerConfig, VideoConfig,
+    RewardConfig, RolloutConfig, StageConfig, ToolConfig, TrainerConfig, VideoConfig,
 )
 
 
@@ -108,6 +108,7 @@ RANGES: dict[type, dict[str, Range]] = {
     },
     RewardConfig: {"weight": ANY_NUMBER, "timeout_s": above(0), "workers": at_least(1), "gate_min": ANY_NUMBER,
                    "gate_penalty": ANY_NUMBER, "memory_mb": at_least(1, "MB per worker; or null = no cap")},
+    ToolConfig: {"timeout_s": above(0), "memory_mb": at_least(1, "MB; or null = no cap")},
     AlgorithmConfig: {
         "adv_eps": at_least(0), "pos_weight": at_least(0), "neg_weight": at_least(0), "virtual_reward": ANY_NUMBER,
         "virtual_count": at_least(1), "sign_threshold": ANY_NUMBER, "neg_length_rate": at_least(0, "0 = off"),

@@ -1,5 +1,5 @@
 """What keeps a plug-in's worker process in bounds: it dies with the trainer, its memory is capped, and its end is
-reported as the exit code or signal it really had. Used by `mmrl.rewards.process`'s worker (the first two run
+reported as the exit code or signal it really had. Used by `mmrl.plugins.process`'s worker (the first two run
 in the worker, before the plug-in is imported).
 """
 
