@@ -1,6 +1,6 @@
 """mmrl against TRL's `GRPOTrainer`: seconds per RL step and generated tokens per second on the same work.
 
-    python benchmarks/vs_trl.py                   # tiny + medium, 3 + 20 steps (medium 1 + 6), 2 rounds: ~8 min
+    python benchmarks/vs_trl.py                   # tiny + medium, 3 + 20 steps (medium 1 + 6), 2 rounds: ~20 min
     python benchmarks/vs_trl.py --quick           # tiny only, 1 warm-up + 4 timed steps, 1 round (~30 s)
     python benchmarks/vs_trl.py --profile mmrl    # cProfile of the tiny mmrl child instead of the comparison
     python benchmarks/vs_trl.py --vllm-python .venv-vllm/bin/python   # adds the `mmrl+vllm` row (its own venv)
@@ -18,7 +18,7 @@ Sizes
   4 layers, 8 heads / 4 KV heads, MLP 1536, Qwen2-VL's 151,936 rows of embedding and lm_head (the tokenizer keeps
   1526 tokens: 2048 asked, the zoo's BPE corpus yields no more; ids past it decode to nothing); vision
   width 256, depth 4, 4 heads; the image processor's max_pixels raised to 448² so a 448² image stays 448²
-  (32 × 32 patches → 256 vision tokens after the 2×2 merge; 293 prompt tokens). Cached under the zoo cache
+  (32 × 32 patches → 256 vision tokens after the 2×2 merge; 304 prompt tokens with the chat template). Cached under the zoo cache
   directory (`bench-qwen2_vl-medium-v151936`).
 
 One RL step = 4 prompts × G completions (--group, default 4) × exactly 32 new tokens = 128·G generated tokens (512 at
@@ -97,13 +97,10 @@ What it is for: mmrl processes each prompt once, encodes each image once per pas
 its G rows in generation; its update runs the prompt through the language model once per group only with
 --mmrl-set model.share_prompt=true (off by default). TRL repeats every prompt G times throughout. So mmrl's step
 time should grow slower than linearly in G; the table reports whatever is measured.
-How long (an ESTIMATE: only the quick curve was run): `--quick --g-curve 4,8,16` (tiny, 6 children of 1 + 4 steps)
-took 3 min on this 2-core machine under a load average of 3–4.6 (another measurement running; tiny mmrl steps ~20×
-slower than in benchmarks/results/vs_trl_tiny.json). Scaled from it, the default tiny curve (3 + 20 steps,
-2 rounds, 12 children) takes ~20 min under such load and ~3–5 min on an idle machine (the idle G 4 children took
-10–12 s each). A medium curve takes hours: at G 4 one round was ~11 min (vs_trl_medium_v151936.json: mmrl with
-share_prompt ~2 min, TRL ~9 min); if both grow linearly in G, 4,8,16 is ~2.5 h for 2 rounds, and TRL's children at
-G 8 / 16 need --timeout above the default 900 s (~1100 / ~2200 s; a child past it comes back as a skipped row).
+How long: the default tiny curve (3 + 20 steps, 2 rounds, 12 children) took 186 s on the 2-core machine
+(2026-12-06, load average 1.0–1.5; benchmarks/results/vs_trl_gcurve_tiny.json). A medium curve takes hours (an
+estimate: at G 4 one round is ~10 min, TRL ~72 s a step; if both grow linearly in G, 4,8,16 is ~2.5 h for 2 rounds),
+and TRL's children at G 8 / 16 need --timeout above the default 900 s (a child past it comes back as a skipped row).
 """
 
 from __future__ import annotations

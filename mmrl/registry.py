@@ -18,6 +18,18 @@ def closest(name: str, options: list[str] | tuple[str, ...]) -> str | None:
     return hits[0] if hits else None
 
 
+def unknown_options(given, valid: list[str], where: str, what: str) -> list[str]:
+    """One error per option in `given` that is not in `valid`: `where.OPTION: unknown option of WHAT; did you mean
+    …? (valid: …)` — `where` is the config key holding the options (e.g. `rollout.extra_passes[0].kwargs`)."""
+    errors = []
+    for option in given:
+        if option not in valid:
+            hint = closest(option, valid)
+            extra = f"; did you mean {hint!r}?" if hint else ""
+            errors.append(f"{where}.{option}: unknown option{what}{extra} (valid: {', '.join(valid) or 'none'})")
+    return errors
+
+
 class UnknownNameError(KeyError):
     """A registry lookup failed; the message lists the valid names and a suggestion."""
 

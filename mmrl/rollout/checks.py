@@ -7,7 +7,7 @@ from __future__ import annotations
 import inspect
 from typing import TYPE_CHECKING
 
-from mmrl.registry import UnknownNameError, closest
+from mmrl.registry import UnknownNameError, closest, unknown_options
 from mmrl.rollout import ENGINES
 from mmrl.rollout.passes import EXTRA_PASSES
 
@@ -29,10 +29,5 @@ def check_rollout(rollout: RolloutConfig) -> list[str]:
             errors.append(f"rollout.extra_passes[{i}].kind: {e}")
             continue  # its options are only known for a known pass
         valid = [p for p in inspect.signature(fn).parameters if p not in ("ctx", "prompts", "ro")]
-        for key in xp.kwargs:
-            if key not in valid:
-                hint = closest(key, valid)
-                extra = f"; did you mean {hint!r}?" if hint else ""
-                errors.append(f"rollout.extra_passes[{i}].kwargs.{key}: unknown option{extra} "
-                              f"(valid: {', '.join(valid)})")
+        errors += unknown_options(xp.kwargs, valid, f"rollout.extra_passes[{i}].kwargs", "")
     return errors

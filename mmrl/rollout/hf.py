@@ -84,6 +84,7 @@ class _Sampler(LogitsProcessor):
         keys = torch.tensor(row_seeds, dtype=torch.int64, device=device)  # [N]
         self.u = None if params.greedy else uniforms(keys, max(params.max_new_tokens, 1))  # [N, C] float64
         self.suppress = torch.tensor(suppress, dtype=torch.long, device=device)
+        self.blocked: torch.Tensor | None = None
         self.logprobs: list[torch.Tensor] = []  # per step: [N]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
@@ -92,9 +93,10 @@ class _Sampler(LogitsProcessor):
 
     def draw(self, logits: torch.Tensor, t: int) -> torch.Tensor:
         """The ids [N] drawn from `logits` [N, V] at completion position t; their log-probs are recorded."""
-        scores = logits.float().clone()  # [N, V]
-        if len(self.suppress):
-            scores[:, self.suppress] = -float("inf")
+        if self.blocked is None or self.blocked.shape[0] != logits.shape[-1]:  # [V]: 0, or -inf where suppressed
+            zeros = torch.zeros(logits.shape[-1], device=logits.device)
+            self.blocked = zeros.index_fill_(0, self.suppress, -float("inf"))
+        scores = logits.float() + self.blocked  # [N, V] a fresh copy, suppressed ids at -inf
         if self.p.greedy:
             pick = scores.argmax(dim=-1)
             self.logprobs.append(torch.log_softmax(scores, -1).gather(1, pick[:, None]).squeeze(1))

@@ -7,7 +7,7 @@ import inspect
 from typing import TYPE_CHECKING, Any
 
 from mmrl.plugins.loading import is_plugin
-from mmrl.registry import UnknownNameError, closest
+from mmrl.registry import UnknownNameError, unknown_options
 from mmrl.tools import TOOLS
 from mmrl.tools.calls import call_format
 from mmrl.tools.registry import default_name
@@ -34,12 +34,7 @@ def check_tools(tools: list[ToolConfig], key: str) -> list[str]:
             errors.append(f"{key}[{i}].fn: {e}; plug-ins are 'pkg.module:function' or 'file.py:function'")
             continue
         valid = [p.name for p in inspect.signature(fn).parameters.values() if p.kind == p.KEYWORD_ONLY]
-        for option in t.kwargs:
-            if option not in valid:
-                hint = closest(option, valid)
-                extra = f"; did you mean {hint!r}?" if hint else ""
-                errors.append(f"{key}[{i}].kwargs.{option}: unknown option of tool {t.fn!r}{extra} "
-                              f"(valid: {', '.join(valid) or 'none'})")
+        errors += unknown_options(t.kwargs, valid, f"{key}[{i}].kwargs", f" of tool {t.fn!r}")
     return errors
 
 
