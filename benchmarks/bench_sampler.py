@@ -7,7 +7,7 @@ timed the same way (median of `--reps` calls after a warm-up, `cuda.synchronize`
 
 - **before** — the sampler as it was: one `torch.Generator` per row, `torch.rand(V)` drawn per row per token on
   the host, stacked, copied to the logits' device, Gumbel-max (argmax of logits + Gumbel noise);
-- **after** — `mmrl.rollout.hf._Sampler`: one Philox uniform per row per token (all positions computed on the
+- **after** — `mmrl.rollout.hf.Sampler`: one Philox uniform per row per token (all positions computed on the
   device once per `generate`, reported separately and amortised over `--tokens` tokens into the per-token
   figure), inverse-CDF draw with a float64 cumulative sum.
 
@@ -24,7 +24,7 @@ import time
 
 import torch
 
-from mmrl.rollout.hf import _Sampler
+from mmrl.rollout.hf import Sampler
 from mmrl.rollout.types import SamplingParams, row_seed
 
 
@@ -66,8 +66,8 @@ def measure(n: int, vocab: int, device: torch.device, tokens: int, reps: int) ->
     prompt = torch.zeros(n, 8, dtype=torch.long, device=device)
     seeds = [row_seed(0, 0, f"p{i // 8}", i % 8) for i in range(n)]
     params = SamplingParams(max_new_tokens=tokens)
-    setup = _time(lambda: _Sampler(params, seeds, [], 8, device), reps, device)  # uniforms for every position
-    after = _Sampler(params, seeds, [], 8, device)
+    setup = _time(lambda: Sampler(params, seeds, [], 8, device), reps, device)  # uniforms for every position
+    after = Sampler(params, seeds, [], 8, device)
     before = GumbelHostSampler(seeds)
     t_after = _time(lambda: after(prompt, scores), reps, device)
     t_before = _time(lambda: before(prompt, scores), reps, device)
@@ -87,8 +87,8 @@ def main() -> None:
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
     row = measure(args.n, args.vocab, torch.device(args.device), args.tokens, args.reps)
-    print(f"| rows N | vocab V | device | before (host Gumbel) ms/token | after (device Philox) ms/token "
-          f"| after: setup per generate ms | before / after |")
+    print("| rows N | vocab V | device | before (host Gumbel) ms/token | after (device Philox) ms/token "
+          "| after: setup per generate ms | before / after |")
     print("|---|---|---|---|---|---|---|")
     print(f"| {row['n']} | {row['vocab']} | {row['device']} | {row['before_ms']:.1f} | {row['after_ms']:.1f} "
           f"| {row['after_setup_ms']:.2f} | {row['speedup']:.2f}× |")

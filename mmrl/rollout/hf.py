@@ -71,7 +71,7 @@ def inverse_cdf(weights: torch.Tensor, u: torch.Tensor) -> tuple[torch.Tensor, t
     return (block * BLOCK + j).squeeze(1), total.squeeze(1)
 
 
-class _Sampler(LogitsProcessor):
+class Sampler(LogitsProcessor):
     """Suppress ids → temperature → top-k → top-p → draw (inverse CDF, the row's uniform for this position) →
     record the pick's log-prob. `draw(logits, t)` returns the picks (mmrl's own loop, `mmrl.rollout.hf_decode`);
     as a transformers logits processor it returns scores whose argmax is the pick. Works in place on one copy of
@@ -179,7 +179,7 @@ class HFEngine:
         seeds = [row_seed(params.seed, params.step, p.sample.id, g) for p in prompts for g in range(n)]
         suppress = policy.never_sample + (policy.eos_ids if params.ignore_eos else [])
         prompt_len = max(p.length for p in prompts)  # the collated width (left padding)
-        sampler = _Sampler(params, seeds, suppress, prompt_len, policy.runtime.device)
+        sampler = Sampler(params, seeds, suppress, prompt_len, policy.runtime.device)
         was_training = policy.model.training
         policy.eval()
         ids = policy.call(lambda hf: self._sample(hf, prompts, n, params, sampler))  # [N, C]
@@ -204,7 +204,7 @@ class HFEngine:
                 reasons[i] = "error"
         return ids, mask, logps, texts, reasons
 
-    def _sample(self, hf, prompts, n: int, params: SamplingParams, sampler: _Sampler) -> torch.Tensor:
+    def _sample(self, hf, prompts, n: int, params: SamplingParams, sampler: Sampler) -> torch.Tensor:
         """Completion ids [N, C] (after EOS: padding) — across processes, in lock-step until every rank is done."""
         policy, synced = self.policy, self.policy.dist is not None
         why = reason_unsupported(hf) if self.loop == "mmrl" else None

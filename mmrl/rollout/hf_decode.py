@@ -40,7 +40,7 @@ def reason_unsupported(hf) -> str | None:
     return None
 
 
-def _positions(hf, batch: dict) -> torch.Tensor | None:
+def generation_positions(hf, batch: dict) -> torch.Tensor | None:
     """The prompt positions `generate` would use: [B, P], or [A, B, P] for multi-axis rope (Qwen-VL's M-RoPE)."""
     if "position_ids" not in inspect.signature(hf.forward).parameters:
         return None
@@ -69,7 +69,7 @@ def decode(hf, batch: dict, repeats: int, draw, max_new_tokens: int, eos_ids: li
     returns the ids [N] at completion position t (mmrl's sampler, which records their log-probs)."""
     rows = batch.pop(VISION_ROWS, None)
     inputs = batch if rows is None else shared_vision(hf.model, batch, rows)  # each distinct media once
-    positions = _positions(hf, inputs)
+    positions = generation_positions(hf, inputs)
     keep = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(hf.forward).parameters else {}
     extra = keep if positions is None else {**keep, "position_ids": positions}
     out = hf(**inputs, **extra, use_cache=True)

@@ -14,7 +14,7 @@ from mmrl.model import zoo
 from mmrl.config import ModelConfig
 from mmrl.datasets.synthetic import make
 from mmrl.model.policy import Policy
-from mmrl.rollout.hf import HFEngine, _Sampler
+from mmrl.rollout.hf import HFEngine, Sampler
 from mmrl.rollout.types import SamplingParams
 
 pytestmark = pytest.mark.integration
@@ -62,7 +62,7 @@ def test_checkpoint_defaults_never_reshape_sampling_and_the_gap_is_rounding(tmp_
     if loop == "mmrl":
         assert seen == []
     else:
-        assert seen and all(len(procs) == 1 and isinstance(procs[0], _Sampler) for procs in seen), seen  # … unused
+        assert seen and all(len(procs) == 1 and isinstance(procs[0], Sampler) for procs in seen), seen  # … unused
     assert policy.hf.generation_config.repetition_penalty == 1.05  # and left as they were
     with torch.no_grad():
         logp, _ = policy.completion_logprobs(policy.collate(prompts, repeats=4), ro.completion_ids,

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from mmrl.rollout.hf import _Sampler, inverse_cdf
+from mmrl.rollout.hf import Sampler, inverse_cdf
 from mmrl.rollout.philox import philox4x32, uniforms
 from mmrl.rollout.types import SamplingParams
 
@@ -85,9 +85,9 @@ def test_sampler_rows_depend_on_their_keys_not_the_batch():
     scores = torch.randn(4, 50)
     params = SamplingParams(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=3)
     prompt = torch.zeros(4, 5, dtype=torch.long)
-    full = _Sampler(params, [11, 12, 13, 14], [3], 5, torch.device("cpu"))
+    full = Sampler(params, [11, 12, 13, 14], [3], 5, torch.device("cpu"))
     picks = full(prompt, scores).argmax(-1)
-    alone = _Sampler(params, [13], [3], 5, torch.device("cpu"))
+    alone = Sampler(params, [13], [3], 5, torch.device("cpu"))
     assert int(alone(prompt[2:3], scores[2:3]).argmax(-1)) == int(picks[2])
     assert int(picks.eq(3).sum()) == 0, "a suppressed id was drawn"
     later = full(torch.zeros(4, 6, dtype=torch.long), scores).argmax(-1)  # completion position 1
@@ -121,7 +121,7 @@ def test_top_k_top_p_sampling_draws_from_the_truncated_softmax_and_records_its_l
     params = SamplingParams(temperature=0.7, top_k=20, top_p=0.9, max_new_tokens=1)
     ref = _truncated_reference(scores, 0.7, 20, 0.9, [3])[0]  # [V]
     n = 20_000
-    sampler = _Sampler(params, list(range(n)), [3], 5, torch.device("cpu"))
+    sampler = Sampler(params, list(range(n)), [3], 5, torch.device("cpu"))
     picks = sampler(torch.zeros(n, 5, dtype=torch.long), scores.expand(n, -1)).argmax(-1)
     assert torch.isfinite(ref[picks]).all(), "a draw outside the truncated support (or the banned id)"
     torch.testing.assert_close(sampler.logprobs[0], ref[picks].float(), atol=1e-5, rtol=0)
