@@ -142,6 +142,15 @@ def _check(row: Sequence[float], n: int) -> Sequence[float]:
 
 
 # ---- the processor's own resize ---------------------------------------------------------------------------
+def pixel_limits(processor: Any) -> tuple[int | None, int | None]:
+    """(min_pixels, max_pixels) a Qwen-style image processor resizes into: `size.shortest_edge` / `longest_edge`,
+    or its `min_pixels` / `max_pixels` attributes; None for a limit it does not have."""
+    ip = getattr(processor, "image_processor", processor)
+    size = _as_dict(getattr(ip, "size", None))
+    return (size.get("shortest_edge") or getattr(ip, "min_pixels", None),
+            size.get("longest_edge") or getattr(ip, "max_pixels", None))
+
+
 def processed_size(processor: Any, width: int, height: int) -> tuple[int, int]:
     """(proc_w, proc_h): the size `processor` resizes a `width`×`height` image to, by its own code.
 
@@ -156,8 +165,7 @@ def processed_size(processor: Any, width: int, height: int) -> tuple[int, int]:
     smart_resize = _own_smart_resize(ip)
     patch, merge = getattr(ip, "patch_size", None), getattr(ip, "merge_size", None)
     if callable(smart_resize) and patch and merge:
-        min_px = size.get("shortest_edge") or getattr(ip, "min_pixels", None)
-        max_px = size.get("longest_edge") or getattr(ip, "max_pixels", None)
+        min_px, max_px = pixel_limits(ip)
         if min_px and max_px:
             h, w = smart_resize(int(height), int(width), factor=patch * merge, min_pixels=min_px, max_pixels=max_px)
             return int(w), int(h)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from mmrl.model.prompts import TOKEN_KEYS
 from mmrl.rollout.hf import Sampler
 from mmrl.rollout.hf_decode import generation_positions
 from mmrl.rollout.observation import encode_observation, observation_text, tool_messages
@@ -189,8 +190,7 @@ class MultiTurnHF:
 
     def _run(self, hf, prompt, params: SamplingParams, sampler, state: TrajectoryState) -> Trajectory:
         row = _Row(hf, prompt, self.policy.runtime.device)
-        media = {k: v for k, v in prompt.tensors.items() if k not in ("input_ids", "attention_mask",
-                                                                      "mm_token_type_ids", "token_type_ids")}
+        media = {k: v for k, v in prompt.tensors.items() if k not in TOKEN_KEYS}
         logits = row.extend(media)
         history, turns, tool_images = self.messages(prompt), [], []
         reason = "max_turns"

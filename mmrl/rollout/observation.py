@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import torch
 
+from mmrl.model.prompts import TOKEN_KEYS
 from mmrl.tools.types import ToolResult
 
 MARK = "\u0000mmrl-turn\u0000"  # never in a template, never produced by a tokenizer's decode of a sampled turn
@@ -83,8 +84,7 @@ def encode_observation(processor, text: str, images: Sequence[Any], media_dtype:
     ids = out["input_ids"][0].long()  # [K]
     types = out.get("mm_token_type_ids")
     token_types = types[0].long() if isinstance(types, torch.Tensor) else torch.zeros_like(ids)
-    skip = {"input_ids", "attention_mask", "mm_token_type_ids", "token_type_ids"}
-    media = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in skip}
+    media = {k: v for k, v in out.items() if isinstance(v, torch.Tensor) and k not in TOKEN_KEYS}
     if "pixel_values" in media:
         media["pixel_values"] = media["pixel_values"].to(media_dtype)
     return Observation(text, ids, token_types, media)

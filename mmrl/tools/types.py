@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from mmrl.perception.frames import Frame
-from mmrl.perception.geometry import Geometry
+from mmrl.perception.geometry import Geometry, pixel_limits
 
 
 class ToolArgumentError(ValueError):
@@ -42,12 +42,8 @@ class ImageLimits:
     def from_processor(cls, processor: Any, convention: str) -> "ImageLimits":
         """The limits a Qwen-style processor resizes into (`size.shortest_edge` / `longest_edge`, or `min_pixels` /
         `max_pixels`), falling back to the defaults for a processor that has neither."""
-        ip = getattr(processor, "image_processor", processor)
-        size = getattr(ip, "size", None) or {}
-        get = size.get if isinstance(size, dict) else (lambda k: getattr(size, k, None))
-        lo = get("shortest_edge") or getattr(ip, "min_pixels", None) or cls.min_pixels
-        hi = get("longest_edge") or getattr(ip, "max_pixels", None) or cls.max_pixels
-        return cls(convention, int(lo), int(hi), processor)
+        lo, hi = pixel_limits(processor)
+        return cls(convention, int(lo or cls.min_pixels), int(hi or cls.max_pixels), processor)
 
     def geometry(self, width: int, height: int) -> Geometry:
         """The `Geometry` of a `width` × `height` image as the policy's processor sees it."""
