@@ -60,6 +60,10 @@ class ModelConfig:
     autocast: Literal["none", "bfloat16"] = "none"  # bf16 autocast of the log-prob forwards (weights keep dtype)
     # Box convention of the model's outputs: `auto` (from the model type) or qwen2_vl|qwen2_5_vl|qwen3_vl|pixel|norm
     box_convention: str = "auto"
+    # the processor's image pixel range (Qwen-VL's min_pixels / max_pixels): each image, the tools' included, is
+    # resized into it; null = the checkpoint's
+    image_min_pixels: int | None = None
+    image_max_pixels: int | None = None
 
 
 @dataclass
@@ -126,6 +130,22 @@ class ExtraPassConfig:
 
 
 @dataclass
+class ToolConfig:
+    """A tool the policy may call in a multi-turn rollout (`rollout.tools`, `mmrl.tools`)."""
+
+    fn: str = "zoom_in"  # registry name (zoom_in | crop | rotate), `pkg.module:function` or `path/file.py:function`
+    name: str | None = None  # the name the policy calls it by (default: the registry name, or the function's name)
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the tool's options (e.g. zoom_in's min_size, max_ratio)
+    # seconds one call may take: an isolated tool's worker is killed (and restarted on the next call) past it and the
+    # policy sees an error; async functions get `asyncio.wait_for`; a synchronous in-process function cannot be stopped
+    timeout_s: float = 10.0
+    # where it runs: `auto` = registry names in-process, any `module:function` / `file.py:function` spec in a
+    # persistent worker process; `always` / `never` force one or the other
+    isolate: Literal["auto", "always", "never"] = "auto"
+    memory_mb: int | None = 4096  # an isolated tool's data memory (MB) past its start-up, as RewardConfig's; null: none
+
+
+@dataclass
 class RolloutConfig:
     engine: str = "hf"
     group_size: int = 8  # G completions per prompt
@@ -158,6 +178,22 @@ class RolloutConfig:
     # truncated importance sampling against the sampler/trainer mismatch: each token's policy-gradient loss
     # × min(π_old / π_sampler, tis_cap) (Yao et al. 2025, mmrl.algorithms.objective.tis_weights); null = off
     tis_cap: float | None = None
+    # multi-turn rollouts with tools (mmrl.rollout.tool_engine; the hf engine): the tools the policy may call; empty =
+    # single-turn. A trajectory is one completion: the policy's tokens train, the observations' are masked
+    tools: list[ToolConfig] = field(default_factory=list)
+    # how calls are written: `qwen` (<tool_call>{"name": …, "arguments": {…}}</tool_call>; the tools' schemas go into
+    # the chat template), `box` (<box>[x1, y1, x2, y2]</box> → zoom_in), `region` (<region>Q</region> → region), or
+    # {pattern, tool}: a regular expression whose named groups are the arguments of `tool`
+    tool_format: Any = "qwen"
+    # strings that end a policy turn besides EOS; null = the call format's closing tag (</tool_call>, </box>,
+    # </region>; none for a custom pattern)
+    tool_stops: list[str] | None = None
+    max_turns: int = 4  # the policy's turns per trajectory at most (its last turn's calls are not run)
+    # trajectories that reach max_turns with a call still pending: `keep` (trained as they are), `mask` (out of the
+    # loss; their rewards still count in the group statistics — Mini-o3's over-turn masking) or `penalize`
+    # (turn_cap_penalty subtracted from their reward)
+    turn_cap: Literal["keep", "mask", "penalize"] = "mask"
+    turn_cap_penalty: float = 1.0
 
 
 @dataclass
@@ -192,22 +228,6 @@ class RewardConfig:
     mode: Literal["add", "gate"] = "add"
     gate_min: float = 1.0
     gate_penalty: float = 0.0
-
-
-@dataclass
-class ToolConfig:
-    """A tool the policy may call in a multi-turn rollout (`mmrl.tools`; issue 19: not yet read by any section)."""
-
-    fn: str = "zoom_in"  # registry name (zoom_in | crop | rotate), `pkg.module:function` or `path/file.py:function`
-    name: str | None = None  # the name the policy calls it by (default: the registry name, or the function's name)
-    kwargs: dict[str, Any] = field(default_factory=dict)  # the tool's options (e.g. zoom_in's min_size, max_ratio)
-    # seconds one call may take: an isolated tool's worker is killed (and restarted on the next call) past it and the
-    # policy sees an error; async functions get `asyncio.wait_for`; a synchronous in-process function cannot be stopped
-    timeout_s: float = 10.0
-    # where it runs: `auto` = registry names in-process, any `module:function` / `file.py:function` spec in a
-    # persistent worker process; `always` / `never` force one or the other
-    isolate: Literal["auto", "always", "never"] = "auto"
-    memory_mb: int | None = 4096  # an isolated tool's data memory (MB) past its start-up, as RewardConfig's; null: none
 
 
 @dataclass

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mmrl.config.sections import (
-    AlgorithmConfig, Config, ConfigError, DataConfig, DataSource, KernelsConfig, LoraConfig, MixSource,
+    AlgorithmConfig, Config, ConfigError, DataConfig, DataSource, KernelsConfig, LoraConfig, MixSource, ModelConfig,
     RewardConfig, RolloutConfig, StageConfig, ToolConfig, TrainerConfig, VideoConfig,
 )
 
@@ -94,6 +94,8 @@ PROBABILITY = within(0, 1)
 RANGES: dict[type, dict[str, Range]] = {
     LoraConfig: {"r": at_least(1), "alpha": at_least(1), "dropout": within(0, 1, open_hi=True)},
     KernelsConfig: {"chunk_size": at_least(1)},
+    ModelConfig: {"image_min_pixels": at_least(1, "or null = the checkpoint's"),
+                  "image_max_pixels": at_least(1, "or null = the checkpoint's")},
     DataSource: {"n": at_least(1), "seed": ANY_INT},
     MixSource: {"weight": above(0, "shares are normalised over the mix")},
     VideoConfig: {"fps": above(0, "or null (then num_frames)"), "num_frames": at_least(1, "or null (then fps)"),
@@ -104,7 +106,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "top_p": within(0, 1, open_lo=True), "top_k": at_least(-1, "0 or -1 = off"), "max_new_tokens": at_least(1),
         "batch_prompts": at_least(1), "vllm_gpu_memory_utilization": within(0, 1, open_lo=True),
         "vllm_max_model_len": at_least(1, "or null = the model's"), "vllm_sleep_level": SLEEP_LEVEL,
-        "tis_cap": above(0, "or null = off"),
+        "tis_cap": above(0, "or null = off"), "max_turns": at_least(1), "turn_cap_penalty": ANY_NUMBER,
     },
     RewardConfig: {"weight": ANY_NUMBER, "timeout_s": above(0), "workers": at_least(1), "gate_min": ANY_NUMBER,
                    "gate_penalty": ANY_NUMBER, "memory_mb": at_least(1, "MB per worker; or null = no cap")},
@@ -251,6 +253,20 @@ def _check_rollout(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
             and r.vllm_max_model_len <= r.max_new_tokens:
         yield (f"rollout.vllm_max_model_len: must exceed rollout.max_new_tokens ({r.max_new_tokens}) to leave room for"
                f" the prompt, got {r.vllm_max_model_len} (valid: ({r.max_new_tokens}, ∞) or null)")
+    if r.tools:
+        a = cfg.algorithm
+        clash = [(r.engine != "hf", f"rollout.engine: {r.engine}"),
+                 (bool(r.extra_passes), "rollout.extra_passes"),
+                 (a.rehearsal_coef > 0, "algorithm.rehearsal_coef > 0"),
+                 (a.replay_capacity > 0, "algorithm.replay_capacity > 0")]
+        for hit, what in clash:
+            if hit:
+                yield (f"rollout.tools: multi-turn rollouts run on the hf engine, without extra passes, rehearsal or "
+                       f"replay for now; got {what} (valid: engine hf, none of those)")
+    m = cfg.model
+    if m.image_min_pixels and m.image_max_pixels and m.image_min_pixels > m.image_max_pixels:
+        yield (f"model.image_min_pixels: must be <= model.image_max_pixels ({m.image_max_pixels}), got "
+               f"{m.image_min_pixels}")
     adapter = r.engine == "vllm" and r.vllm_lora_sync == "adapter" and cfg.model.mode == "lora"
     if adapter and not cfg.model.freeze_vision:
         yield ("rollout.vllm_lora_sync: adapter serves language-model adapters only, got adapter with "

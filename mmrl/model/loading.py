@@ -91,4 +91,11 @@ def load_transformers(cfg: ModelConfig, runtime: Runtime | None = None):
         )
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"model.path: cannot load {path}: {e}") from e
+    if cfg.image_min_pixels is not None or cfg.image_max_pixels is not None:
+        from mmrl.perception.geometry import set_pixel_limits
+
+        try:
+            set_pixel_limits(processor, cfg.image_min_pixels, cfg.image_max_pixels)
+        except ValueError as e:
+            raise ModelLoadError(f"model.image_min_pixels / image_max_pixels: {e}") from e
     return model, processor, path

@@ -16,21 +16,31 @@ from mmrl.model.vision_once import VISION_ROWS, shared_vision
 from mmrl.runtime import Runtime
 
 
+PRESENT = "_mmrl_present"  # batch keys of multi-turn rows (`mmrl.train.rows.micro_inputs`): [N, C] every token …
+TOKEN_TYPES = "_mmrl_token_types"  # … and the completion's mm_token_type_ids [N, C]; taken out before the model
+
+
 def completion_hidden(batch, completion_ids, completion_mask, model, *, packs: bool, runtime: Runtime,
                       shares: bool = False):
     """Last hidden states of the completion positions [N·C, H], their targets [N·C] (−100 where masked)
     and the lm_head weight [V, H]. Packed (`mmrl.model.packing`), padded, or with each prompt once for the rows
     that continue it (`shares`: `mmrl.model.shared_prompt`), the same numbers; a batch collated with `share_vision`
-    has its vision encoded once per distinct image or video (`mmrl.model.vision_once`)."""
+    has its vision encoded once per distinct image or video (`mmrl.model.vision_once`). A batch of multi-turn rows
+    (`PRESENT`, `TOKEN_TYPES`) attends to every token of the completion, observations included, and scores the
+    policy's (`completion_mask`) only."""
     prompt_len = batch["input_ids"].shape[1]
     inputs = dict(batch)
     rows = inputs.pop(VISION_ROWS, None)  # [N, 6] host
+    present = inputs.pop(PRESENT, completion_mask)  # [N, C] multi-turn rows: observation tokens too
+    types = inputs.pop(TOKEN_TYPES, None)  # [N, C] their mm_token_type_ids
     for k in TOKEN_KEYS:
         if k in inputs:
             ext = completion_ids if k == "input_ids" else (
-                completion_mask.to(inputs[k].dtype) if k == "attention_mask" else torch.zeros_like(completion_ids)
+                present.to(inputs[k].dtype) if k == "attention_mask"
+                else types if types is not None and k == "mm_token_type_ids" else torch.zeros_like(completion_ids)
             )
             inputs[k] = torch.cat([inputs[k], ext.to(inputs[k].dtype)], dim=1)  # [N, P+C]
+    shares = shares and types is None  # multi-turn rows hold different media after the prompt: run per row
     leader = prompt_groups(inputs, prompt_len, rows) if shares else []
     with runtime.autocast():
         if len(set(leader)) < len(leader):  # some prompt continued by several rows: it runs once
@@ -39,7 +49,7 @@ def completion_hidden(batch, completion_ids, completion_mask, model, *, packs: b
             if rows is not None:
                 inputs = shared_vision(model.model, inputs, rows)
             if packs:
-                packed = pack(inputs, prompt_len, completion_mask, rope_index_of(model))
+                packed = pack(inputs, prompt_len, present, rope_index_of(model))
                 flat = model.model(**packed.inputs, use_cache=False).last_hidden_state[0]  # [ΣL, H]
                 hidden = flat[packed.index]  # [N, C, H]
             else:

@@ -214,11 +214,12 @@ class Policy:
         """`PromptEncoder.with_prefix`: the prompt with a forced start of the answer."""
         return self.prompts.with_prefix(prompt, text, tag)
 
-    def collate(self, prompts: list[PromptInputs], repeats: int = 1,
-                share_vision: bool = False) -> dict[str, torch.Tensor]:
+    def collate(self, prompts: list[PromptInputs], repeats: int = 1, share_vision: bool = False,
+                after: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """`PromptEncoder.collate`: a padded batch on the runtime's device (`share_vision`: for log-prob passes
-        that encode each distinct image or video once, `mmrl.model.vision_once`)."""
-        return self.prompts.collate(prompts, repeats, share_vision)
+        that encode each distinct image or video once, `mmrl.model.vision_once`; `after`: per row, media after
+        its own, a multi-turn row's tool images)."""
+        return self.prompts.collate(prompts, repeats, share_vision, after)
 
     # --------------------------------------------------------------------------------------- log-probs
     @property

@@ -88,6 +88,7 @@ class PromptEncoder:
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         self.convention, self.pad_id, self.media_dtype, self.runtime = convention, pad_id, media_dtype, runtime
+        self.template_kwargs: dict = {}  # extra chat-template arguments (`tools=[…]`: set by `ToolEngine`)
 
     def encode(self, sample: Sample, system_prompt: str | None = None, video=None,
                frame_seed: int | None = None) -> PromptInputs:
@@ -124,7 +125,8 @@ class PromptEncoder:
             extra = dict(videos=[c.frames for c in clips], video_metadata=[_metadata(c) for c in clips],
                          do_sample_frames=False)
         try:
-            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,
+                                                      **self.template_kwargs)
             out = self.processor(text=[text], images=images or None, return_tensors="pt", **extra)
         except (ValueError, TypeError, KeyError, IndexError) as e:
             raise BadSampleError(sample.id, f"the processor rejected it: {e}") from e
@@ -173,24 +175,30 @@ class PromptEncoder:
         sample = dataclasses.replace(prompt.sample, id=f"{prompt.sample.id}#{tag}")
         return PromptInputs(sample=sample, tensors=tensors, geometry=prompt.geometry, clips=prompt.clips)
 
-    def collate(self, prompts: list[PromptInputs], repeats: int = 1,
-                share_vision: bool = False) -> dict[str, torch.Tensor]:
+    def collate(self, prompts: list[PromptInputs], repeats: int = 1, share_vision: bool = False,
+                after: list[dict[str, torch.Tensor]] | None = None) -> dict[str, torch.Tensor]:
         """Batch prompts (each repeated `repeats` times, adjacent) with left padding, media concatenated, on the
         runtime's device (each distinct prompt crosses once). `share_vision`: the batch also says which rows show
         the same media (`mmrl.model.vision_once.VISION_ROWS`), so log-prob passes and the `hf` engine encode each
         once; the key must be taken out (`mmrl.model.logprobs`, `mmrl.rollout.hf`) before the batch reaches a
-        model."""
+        model. `after`: per row, media tensors that follow the row's own (a multi-turn row's tool images, whose
+        placeholders lie in its completion), so the batch's media stay in the order of their placeholders."""
         moved = {id(p): self.runtime.to(p.tensors) for p in prompts}
         rows = [p for p in prompts for _ in range(repeats)]
+        if after is not None and (share_vision or len(after) != len(rows)):
+            raise ValueError(f"collate: `after` needs one entry per row ({len(rows)}, got {len(after)}) and no "
+                             "share_vision (the rows' media differ)")
         width = max(p.length for p in rows)
         batch: dict[str, list[torch.Tensor]] = {}
-        for p in rows:
+        for r, p in enumerate(rows):
             pad = width - p.length
             for k, v in moved[id(p)].items():
                 if k in TOKEN_KEYS:
                     fill = self.pad_id if k == "input_ids" else 0
                     v = torch.nn.functional.pad(v, (pad, 0), value=fill)
                 batch.setdefault(k, []).append(v)
+            for k, v in (after[r] if after is not None else {}).items():
+                batch.setdefault(k, []).append(self.runtime.to(v))
         out = {k: torch.cat(v, dim=0) for k, v in batch.items()}
         if share_vision:
             out[VISION_ROWS] = vision_rows(rows)  # [N, 6] host

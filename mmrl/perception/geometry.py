@@ -151,6 +151,26 @@ def pixel_limits(processor: Any) -> tuple[int | None, int | None]:
             size.get("longest_edge") or getattr(ip, "max_pixels", None))
 
 
+def set_pixel_limits(processor: Any, min_pixels: int | None = None, max_pixels: int | None = None) -> None:
+    """Make a Qwen-style image processor resize into [min_pixels, max_pixels] (None: keep that limit): both its
+    `size` edges and its `min_pixels` / `max_pixels` attributes, which `pixel_limits` and the processor read. A
+    processor with neither cannot take them: ValueError."""
+    ip = getattr(processor, "image_processor", processor)
+    size = _as_dict(getattr(ip, "size", None))
+    if "shortest_edge" not in size and not hasattr(ip, "max_pixels"):
+        raise ValueError(f"{type(ip).__name__} has no pixel limits (size.shortest_edge / longest_edge or "
+                         "min_pixels / max_pixels) to set")
+    for edge, attr, value in (("shortest_edge", "min_pixels", min_pixels), ("longest_edge", "max_pixels", max_pixels)):
+        if value is None:
+            continue
+        if "shortest_edge" in size:
+            size[edge] = int(value)
+        if hasattr(ip, attr):
+            setattr(ip, attr, int(value))
+    if size:
+        ip.size = size if isinstance(getattr(ip, "size", None), dict) else type(ip.size)(**size)
+
+
 def processed_size(processor: Any, width: int, height: int) -> tuple[int, int]:
     """(proc_w, proc_h): the size `processor` resizes a `width`×`height` image to, by its own code.
 

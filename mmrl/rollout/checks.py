@@ -1,6 +1,6 @@
 """The `rollout` section's names checked beside their registries (`mmrl.cli.checks` runs this with
-`mmrl.config`'s own checks): the engine (`ENGINES`) and each extra pass with its options (`EXTRA_PASSES`), one
-`key: …` line per problem with a did-you-mean."""
+`mmrl.config`'s own checks): the engine (`ENGINES`), each extra pass with its options (`EXTRA_PASSES`) and the
+tools with their call format (`mmrl.tools.checks`), one `key: …` line per problem with a did-you-mean."""
 
 from __future__ import annotations
 
@@ -30,4 +30,9 @@ def check_rollout(rollout: RolloutConfig) -> list[str]:
             continue  # its options are only known for a known pass
         valid = [p for p in inspect.signature(fn).parameters if p not in ("ctx", "prompts", "ro")]
         errors += unknown_options(xp.kwargs, valid, f"rollout.extra_passes[{i}].kwargs", "")
+    if rollout.tools:
+        from mmrl.tools.checks import check_call_format, check_tools
+
+        errors += check_tools(rollout.tools, "rollout.tools") + check_call_format(rollout.tool_format,
+                                                                                   "rollout.tool_format")
     return errors

@@ -37,6 +37,41 @@ class SamplingParams:
 
 
 @dataclass
+class Observed:
+    """What multi-turn rollouts (`rollout.tools`, `mmrl.rollout.tool_engine`) add to their completions: the tokens
+    the tools' observations put between the policy's turns. A completion then holds the policy's tokens *and* the
+    observation tokens, in order; `Rollouts.completion_mask` marks the policy's (the loss, lengths and sampling
+    log-probs are over those), `present` every token of the sequence (attention, positions), `token_types` the
+    processor's `mm_token_type_ids` (1 on image tokens) and `media` each row's tool images as the processor's
+    tensors (`pixel_values`, `image_grid_thw`, …; host), in the order their placeholders appear."""
+
+    present: torch.Tensor  # [N, C] 1 for every token of the completion (policy and observation)
+    token_types: torch.Tensor  # [N, C]
+    media: list[dict[str, torch.Tensor]]  # per row
+
+    def rows(self, index: list[int], device: torch.device) -> "Observed":
+        on = torch.tensor(index, dtype=torch.long, device=device)
+        return Observed(self.present[on], self.token_types[on], [self.media[i] for i in index])
+
+    def to(self, device: torch.device) -> "Observed":
+        return Observed(self.present.to(device), self.token_types.to(device), self.media)
+
+
+def _cat_observed(parts: list["Rollouts"], width: int) -> Observed | None:
+    """The parts' `observed` concatenated (right-padded to `width`); a part without one contributes its mask as
+    `present` (single-turn rows); None when no part has one."""
+    if all(p.observed is None for p in parts):
+        return None
+    present, types, media = [], [], []
+    for p in parts:
+        o = p.observed
+        present.append(_pad_cols(o.present if o else p.completion_mask, width))
+        types.append(_pad_cols(o.token_types if o else torch.zeros_like(p.completion_ids), width))
+        media += o.media if o else [{} for _ in range(len(p))]
+    return Observed(torch.cat(present), torch.cat(types), media)
+
+
+@dataclass
 class Rollouts:
     """N = B·G completions; rows g·G … g·G+G−1 are prompt g's group.
 
@@ -60,6 +95,7 @@ class Rollouts:
     kl_penalty: torch.Tensor | None = None  # [N] Σ_t k(π_old, π_ref) when the KL is placed in the reward
     kl_weight: torch.Tensor | None = None  # [N] per-completion KL weight (algorithm.kl_weighting)
     columns: dict[str, list] = field(default_factory=dict)  # extra per-completion reward columns (extra passes)
+    observed: Observed | None = None  # multi-turn rollouts: the observation tokens between the policy's turns
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -78,6 +114,8 @@ class Rollouts:
         out = copy.copy(self)
         for name in TENSOR_FIELDS:
             setattr(out, name, move(getattr(self, name)))
+        if self.observed is not None:
+            out.observed = self.observed.to(device)
         return out
 
 
@@ -108,6 +146,7 @@ def concat_rollouts(parts: list[Rollouts], prompt_offsets: list[int]) -> Rollout
     out.columns = {k: [v for p in parts for v in p.columns.get(k, [None] * len(p))] for k in parts[0].columns}
     if all(p.total is not None for p in parts):
         out.total = torch.cat([p.total for p in parts])
+    out.observed = _cat_observed(parts, width)
     return out
 
 
@@ -125,4 +164,5 @@ def select_groups(ro: Rollouts, groups: list[int]) -> Rollouts:
     out.rewards = {k: [v[i] for i in rows.tolist()] for k, v in ro.rewards.items()}
     out.columns = {k: [v[i] for i in rows.tolist()] for k, v in ro.columns.items()}
     out.total = ro.total[on] if ro.total is not None else None
+    out.observed = ro.observed.rows(rows.tolist(), ro.device) if ro.observed is not None else None
     return out

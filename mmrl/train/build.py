@@ -56,8 +56,17 @@ def build_policy(cfg: Config) -> Policy:
 
 
 def build_engine(cfg: Config, policy: Policy):
-    """The sampling engine `rollout.engine` names, for `policy`."""
-    return make_engine(cfg.rollout.engine, policy, cfg.rollout, cfg.data.video)
+    """The sampling engine `rollout.engine` names, for `policy`; with `rollout.tools`, multi-turn rollouts that
+    call them (`mmrl.rollout.tool_engine`)."""
+    r = cfg.rollout
+    if r.tools:
+        from mmrl.rollout.tool_engine import ToolEngine
+        from mmrl.tools.toolbox import Toolbox
+
+        toolbox = Toolbox.from_configs(r.tools, r.tool_format, key="rollout.tools")
+        return ToolEngine(policy, toolbox, max_turns=r.max_turns, stops=r.tool_stops,
+                          system_prompt=cfg.data.system_prompt)
+    return make_engine(r.engine, policy, r, cfg.data.video)
 
 
 def load_weights(policy: Policy, path: Path) -> dict[str, Any]:

@@ -41,6 +41,27 @@ from mmrl.train.rows import logprob_pass
 from mmrl.train.update import needs_old_logp, rl_update
 
 
+def turn_capped(rollouts: Rollouts) -> torch.Tensor:
+    """[N] bool: multi-turn rows that reached `rollout.max_turns` with a call still pending."""
+    return torch.tensor([r == "max_turns" for r in rollouts.finish_reasons], dtype=torch.bool,
+                        device=rollouts.device)
+
+
+def trajectory_metrics(ro: Rollouts) -> dict[str, float]:
+    """Multi-turn rollouts' shape: mean turns and calls per trajectory, the share of trajectories that called a
+    tool, of calls that failed, and of each finish reason (`rollout/finish/<reason>`)."""
+    trajs = ro.columns["trajectory"]
+    calls = [len(t["calls"]) for t in trajs]
+    failed = sum(c["error"] is not None for t in trajs for c in t["calls"])
+    out = {"rollout/turns_mean": sum(t["turns"] for t in trajs) / len(trajs),
+           "rollout/calls_mean": sum(calls) / len(trajs),
+           "rollout/tool_use_frac": sum(c > 0 for c in calls) / len(trajs),
+           "rollout/call_error_frac": failed / max(sum(calls), 1)}
+    for reason in sorted(set(ro.finish_reasons)):
+        out[f"rollout/finish/{reason}"] = ro.finish_reasons.count(reason) / len(ro)
+    return out
+
+
 @dataclass(frozen=True)
 class Generated:
     """A step's generation: its prompts, the groups kept for training and every completion generated (dropped
@@ -94,7 +115,12 @@ class RLStep:
         return self.engine.generate(prompts, n, params, batch_prompts=self.cfg.rollout.batch_prompts)
 
     def score(self, rollouts: Rollouts, prompts: list[PromptInputs]) -> Rollouts:
-        return self.scorer.score(rollouts, prompts, self.progress.step)
+        scored = self.scorer.score(rollouts, prompts, self.progress.step)
+        r = self.cfg.rollout
+        capped = turn_capped(scored)
+        if r.tools and r.turn_cap == "penalize" and capped.any():
+            scored = dataclasses.replace(scored, total=scored.total - r.turn_cap_penalty * capped.to(scored.total))
+        return scored
 
     def generate(self) -> Generated:
         """rollout → extra passes → score → filter. Groups the `algorithm.group_filter` drops are refilled with fresh
@@ -178,8 +204,12 @@ class RLStep:
             generated = seen.total.masked_fill(~usable(seen), float("nan"))  # [N_seen] every generated completion
         adv, kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
                                             correctness=rollouts.total, valid=valid, batch_rewards=generated)
+        mask = rollouts.completion_mask
+        capped = turn_capped(rollouts)
+        if self.cfg.rollout.turn_cap == "mask" and capped.any():  # in the group statistics, out of the loss
+            mask = mask * (~capped).to(mask)[:, None]
         return dataclasses.replace(batch, rollouts=dataclasses.replace(
-            rollouts, advantages=adv, kl_weight=kl_weight, kl_penalty=kl))
+            rollouts, advantages=adv, kl_weight=kl_weight, kl_penalty=kl, completion_mask=mask))
 
     def replay_fill(self, batch: TrainBatch) -> TrainBatch:
         """With a replay buffer: fill the groups the filters dropped from it, then keep this step's informative
@@ -243,6 +273,9 @@ class RLStep:
             "perf/tokens_per_s": seen.num_tokens / max(t_end - t0, 1e-9),
         })
         out.update(gen.pass_stats)
+        if "trajectory" in seen.columns:
+            out.update(trajectory_metrics(seen))
+            out.update(self.engine.metrics())
         if self.cfg.algorithm.replay_capacity:
             out.update({"rollout/replayed_groups": batch.replayed, "rollout/replay_size": len(self.replay)})
         if rollouts.kl_penalty is not None:
@@ -260,4 +293,5 @@ class RLStep:
                     "answer": p.sample.answer, "finish_reason": ro.finish_reasons[i],
                     "reward": float(ro.total[i]), "advantage": float(ro.advantages[i]),
                     "components": {k: v[i] for k, v in ro.rewards.items()},
+                    **({"trajectory": ro.columns["trajectory"][i]} if "trajectory" in ro.columns else {}),
                 }, default=str) + "\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import torch
 
+from mmrl.model.logprobs import PRESENT, TOKEN_TYPES
 from mmrl.rollout.types import Rollouts
 from mmrl.runtime import HOST
 
@@ -28,13 +29,21 @@ def row_index(rows: list[int | None], device: torch.device) -> torch.Tensor:
 def micro_inputs(policy, prompts, ro: Rollouts, rows: list[int | None]):
     """(collated prompts, completion ids [n, W], mask [n, W], W) of `rows`; a `None` row repeats a real one with an
     empty mask. The rows of one prompt share its vision features: each distinct image or video is encoded once
-    per pass (`mmrl.model.vision_once`), exactly as if per row."""
+    per pass (`mmrl.model.vision_once`), exactly as if per row. Multi-turn rows (`ro.observed`) carry their
+    observation tokens and tool images (`mmrl.model.logprobs.PRESENT`); their media are encoded per row."""
     idx = row_index(rows, ro.device)
     real = torch.tensor([[r is not None] for r in rows], dtype=ro.completion_mask.dtype, device=ro.device)
     mask = ro.completion_mask[idx] * real  # [n, C]
-    width = max(int(mask.sum(1).max()), 1)
-    batch = policy.collate([prompts[int(ro.prompt_index[i])] for i in row_index(rows, HOST).tolist()],
-                           share_vision=True)
+    host = row_index(rows, HOST).tolist()
+    row_prompts = [prompts[int(ro.prompt_index[i])] for i in host]
+    obs = ro.observed
+    if obs is None:
+        width = max(int(mask.sum(1).max()), 1)
+        return policy.collate(row_prompts, share_vision=True), ro.completion_ids[idx, :width], mask[:, :width], width
+    present = obs.present[idx] * real  # [n, C] observation tokens too (multi-turn rows)
+    width = max(int(present.sum(1).max()), 1)
+    batch = policy.collate(row_prompts, after=[obs.media[i] for i in host])
+    batch[PRESENT], batch[TOKEN_TYPES] = present[:, :width], obs.token_types[idx, :width]
     return batch, ro.completion_ids[idx, :width], mask[:, :width], width
 
 

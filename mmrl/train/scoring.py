@@ -65,7 +65,7 @@ class Scorer:
             "samples": [p.sample for p in rows],
             "geometry": [p.answer_geometry for p in rows],
             "geometries": [p.geometry for p in rows],
-            "completion_ids": [ids[: int(m.sum())].tolist() for ids, m in zip(rollouts.completion_ids, rollouts.completion_mask)],
+            "completion_ids": [ids[m.bool()].tolist() for ids, m in zip(rollouts.completion_ids, rollouts.completion_mask)],
             "finish_reason": rollouts.finish_reasons,
             "prompt_index": index,
         }

@@ -78,6 +78,8 @@ class Trainer:
                                          "adapters between stages, which is not supported across processes yet")
         if cfg.rollout.engine != "hf":
             raise config_mod.ConfigError(f"rollout.engine={cfg.rollout.engine} is not supported across processes yet")
+        if cfg.rollout.tools:
+            raise config_mod.ConfigError("rollout.tools: multi-turn rollouts are not supported across processes yet")
         d = cfg.distributed
         self.policy.shard(needs_reference=cfg.algorithm.kl_coef > 0, mixed_precision=d.mixed_precision,
                           reshard_after_forward=d.reshard_after_forward)

@@ -1,0 +1,112 @@
+"""Multi-turn rollouts with tools as a rollout engine (`rollout.tools`): `ToolEngine.generate(prompts, n, params)
+-> Rollouts`, so the trainer, the rewards and `mmrl eval` take trajectories as they take single-turn completions.
+
+A trajectory becomes one completion row: every token after the prompt, the policy's and the observations', in
+order. `completion_mask` marks the policy's tokens (the loss, the lengths and the sampling log-probs are over
+those); `Rollouts.observed` holds which tokens are present at all, their `mm_token_type_ids` and each row's tool
+images as processor tensors, so a log-prob pass runs the whole conversation in one forward
+(`mmrl.train.rows.micro_inputs`). `texts` (what rewards parse as the completion) is the last policy turn, the one
+holding the answer; the reward column `trajectory` holds the rest (`trajectory_column`).
+
+Sampling runs on the `hf` engine's model and keying (`mmrl.rollout.multiturn.MultiTurnHF`); the vllm engine has no
+multi-turn loop yet (config validation refuses `rollout.tools` with it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from mmrl.rollout.multiturn import MultiTurnHF, Trajectory
+from mmrl.rollout.types import Observed, Rollouts, SamplingParams
+from mmrl.runtime import HOST
+from mmrl.tools.calls import FORMATS
+from mmrl.tools.toolbox import Toolbox
+
+
+CALL_ENDS = {"qwen": "</tool_call>", "box": "</box>", "region": "</region>"}  # where a turn with a call ends
+
+
+def trajectory_column(t: Trajectory) -> dict[str, Any]:
+    """A trajectory as the `trajectory` reward column sees it: turns, finish reason, each turn's text and each
+    call (tool, arguments, error, per-call reward, the box it looked at in the original image's pixels, that
+    original's index, the observation text)."""
+    calls = []
+    for turn in t.turns:
+        for call, result in zip(turn.calls, turn.results):
+            calls.append({"tool": call.name, "arguments": call.arguments, "error": result.error,
+                          "reward": result.reward, "box": result.info.get("box"), "origin": result.info.get("origin"),
+                          "text": result.text})
+    return {"turns": len(t.turns), "finish_reason": t.finish_reason, "turn_texts": [u.text for u in t.turns],
+            "calls": calls}
+
+
+def to_rollouts(trajectories: list[Trajectory], n: int, pad_id: int, device: torch.device) -> Rollouts:
+    """B·n trajectories (prompt-major, as `Rollouts` rows) as one `Rollouts` with `observed` and the `trajectory`
+    column; tensors right-padded to the longest."""
+    width = max(max((len(t.ids) for t in trajectories), default=1), 1)
+    pad = lambda x, v: torch.nn.functional.pad(x, (0, width - x.shape[0]), value=v)  # noqa: E731
+    ids = torch.stack([pad(t.ids, pad_id) for t in trajectories])  # [N, C]
+    mask = torch.stack([pad(t.loss_mask, 0) for t in trajectories])  # [N, C] the policy's tokens
+    present = torch.stack([pad(torch.ones_like(t.ids), 0) for t in trajectories])  # [N, C]
+    types = torch.stack([pad(t.token_types, 0) for t in trajectories])
+    logps = torch.stack([pad(t.logprobs, 0.0) for t in trajectories])
+    media = [_merged(t.media) for t in trajectories]
+    index = torch.arange(len(trajectories) // n, device=HOST).repeat_interleave(n)  # [N]
+    ro = Rollouts(index, ids.to(device), mask.to(device), logps.to(device),
+                  [t.turns[-1].text if t.turns else "" for t in trajectories],
+                  [t.finish_reason for t in trajectories], group_size=n,
+                  columns={"trajectory": [trajectory_column(t) for t in trajectories]},
+                  observed=Observed(present.to(device), types.to(device), media))
+    return ro
+
+
+def _merged(media: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """A trajectory's observations' tensors as one dict (each key concatenated in order)."""
+    out: dict[str, list[torch.Tensor]] = {}
+    for m in media:
+        for k, v in m.items():
+            out.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
+
+
+class ToolEngine:
+    """Rollouts that call `toolbox`'s tools, on `policy`'s own model (`MultiTurnHF`). `max_turns`: the policy's
+    turns at most; `stops`: strings that end a turn besides EOS (default: the call format's closing tag,
+    `CALL_ENDS`); `system_prompt`: the one prompts are encoded with (`data.system_prompt`). With the Qwen JSON call format (`qwen`), the tools' schemas go into the chat template
+    (`tools=[…]`) of the prompts and of every observation, as Qwen's templates expect."""
+
+    def __init__(self, policy, toolbox: Toolbox, *, max_turns: int = 4, stops: list[str] | None = None,
+                 system_prompt: str | None = None):
+        self.policy, self.toolbox = policy, toolbox
+        template = {"tools": toolbox.schemas()} if toolbox.format == FORMATS["qwen"] and toolbox.schemas() else {}
+        policy.prompts.template_kwargs = template
+        if stops is None:
+            stops = [end for name, end in CALL_ENDS.items() if FORMATS.get(name) == toolbox.format]
+        self.loop = MultiTurnHF(policy, toolbox, max_turns=max_turns, stops=tuple(stops), template_kwargs=template,
+                                system_prompt=system_prompt)
+
+    def sync_weights(self, policy) -> None:
+        """Sampling uses the training model itself: nothing to copy."""
+        self.policy = policy
+
+    @torch.no_grad()
+    def generate(self, prompts, n: int, params: SamplingParams, batch_prompts: int = 16) -> Rollouts:
+        """n trajectories of each prompt (PromptInputs), `batch_prompts` prompts at a time."""
+        trajectories: list[Trajectory] = []
+        batched = getattr(self.loop, "rollouts", None)
+        for i in range(0, len(prompts), batch_prompts):
+            chunk = prompts[i : i + batch_prompts]
+            if batched is not None:
+                trajectories += batched(chunk, params, n)
+            else:
+                trajectories += [self.loop.rollout(p, params, g) for p in chunk for g in range(n)]
+        return to_rollouts(trajectories, n, self.policy.pad_id, self.policy.runtime.device)
+
+    def metrics(self) -> dict[str, float]:
+        """The tool counters since the last call (`tool/<name>/calls|errors|timeouts`, `tool/invalid_calls`)."""
+        return self.toolbox.metrics.pop()
+
+    def close(self) -> None:
+        self.toolbox.close()

@@ -1,0 +1,144 @@
+"""Multi-turn trajectories through the trainer (issue 19 item 3, `rollout.tools`): the log-prob passes score a
+trajectory's policy tokens exactly as they were sampled (observation tokens and tool images in the same forward,
+padded and packed), and a training step with tools that raise, hang, return garbage or oversized images runs,
+shows the policy the errors and counts them.
+
+The random zoo model writes random text, so the tests use a call format it writes by chance: any vowel is a call
+(`<letter>` → a tool), and a turn ends at its first vowel — trajectories of several turns with real sampling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+
+from mmrl.config import ModelConfig
+from mmrl.datasets.synthetic import make
+from mmrl.model.policy import Policy
+from mmrl.rollout.tool_engine import ToolEngine
+from mmrl.rollout.types import SamplingParams, concat_rollouts, select_groups
+from mmrl.tools.run import Tool
+from mmrl.tools.toolbox import Toolbox
+from mmrl.train.rows import logprob_pass
+
+VOWELS = {"pattern": "(?P<letter>[aeiou])", "tool": "look"}
+STOPS = list("aeiou")
+
+
+def look(arguments, state):
+    """`a`: text only; `e`: one picture; `i`: two of different sizes; other letters: one small picture."""
+    n = {"a": 0, "e": 1, "i": 2}.get(arguments["letter"], 1)
+    sizes = [(56, 84), (112, 56)] if n == 2 else [(70, 42)] * n
+    return [Image.new("RGB", s, (60 * k + 20, 90, 140)) for k, s in enumerate(sizes)] + [f"saw {len(state.images)}"]
+
+
+@pytest.fixture(scope="module")
+def policy(zoo_cache):
+    return Policy.load(ModelConfig(path="zoo:qwen2_vl"))
+
+
+def _engine(policy, max_turns=3):
+    return ToolEngine(policy, Toolbox([Tool("look", look)], VOWELS), max_turns=max_turns, stops=STOPS)
+
+
+def test_log_prob_passes_score_trajectories_as_they_were_sampled(policy):
+    prompts = [policy.encode(s) for s in make("grounding", 3, seed=4, width=70, height=42)]
+    ro = _engine(policy).generate(prompts, 2, SamplingParams(max_new_tokens=120, seed=1), batch_prompts=2)
+    turns = [t["turns"] for t in ro.columns["trajectory"]]
+    images = [int(m["image_grid_thw"].shape[0]) if m else 0 for m in ro.observed.media]
+    assert max(turns) >= 2 and len(set(images)) >= 2, (turns, images)  # several turns; rows with 0, 1, 2+ images
+    mask = ro.completion_mask.bool()
+    assert (ro.observed.present.bool() | ~mask).all() and (ro.observed.present.sum(1) > mask.sum(1)).any()
+    assert ro.texts == [t["turn_texts"][-1] for t in ro.columns["trajectory"]]
+    for packing in ("never", "always"):
+        policy.cfg.packing = packing
+        try:
+            logp = logprob_pass(policy, prompts, ro, micro=4, temperature=1.0)  # [N, C]
+        finally:
+            policy.cfg.packing = "auto"
+        assert torch.allclose(logp[mask], ro.sampling_logprobs[mask], atol=1e-4), packing
+        assert (logp[~mask] == 0).all()
+    # the record survives the trainer's selections and concatenation (filters, refills) with its observations
+    sub = select_groups(ro, [2, 0])
+    both = concat_rollouts([sub, select_groups(ro, [1])], [0, 3])
+    assert [int(m["image_grid_thw"].shape[0]) if m else 0 for m in both.observed.media] == \
+        [images[i] for i in (4, 5, 0, 1, 2, 3)]
+    logp = logprob_pass(policy, prompts + prompts, both, micro=3, temperature=1.0)
+    assert torch.allclose(logp[both.completion_mask.bool()], both.sampling_logprobs[both.completion_mask.bool()],
+                          atol=1e-4)
+
+
+FAULTY = '''
+import os, time
+from PIL import Image
+
+def look(arguments, state, marker):
+    """`a` raises, `e` hangs once (then answers), `i` returns garbage, `o` an image past the pixel limit."""
+    letter = arguments["letter"]
+    if letter == "a":
+        raise RuntimeError("the tool broke")
+    if letter == "e" and not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(60)
+    if letter == "i":
+        return {"not": "a result"}
+    if letter == "o":
+        return Image.new("RGB", (4000, 4000))
+    return "fine"
+'''
+
+
+@pytest.mark.integration
+def test_a_training_step_contains_failing_tools(tmp_path, tiny):
+    plugin = tmp_path / "faulty.py"
+    plugin.write_text(FAULTY)
+    marker = tmp_path / "hung"
+    tools = f"[{{fn: '{plugin}:look', name: look, timeout_s: 2.0, kwargs: {{marker: '{marker}'}}}}]"
+    cfg = tiny(tmp_path / "run", f"rollout.tools={tools}", "rollout.tool_format={pattern: '(?P<letter>[aeiou])', "
+               "tool: look}", f"rollout.tool_stops=[{', '.join(STOPS)}]", "rollout.max_turns=3",
+               "rollout.max_new_tokens=40", "rollout.turn_cap=penalize",
+               "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.eval_every=0")
+    from mmrl.train.trainer import Trainer
+
+    trainer = Trainer(cfg, log=lambda *a: None)
+    try:
+        trainer.run()
+    finally:
+        trainer.engine.close()
+    rows = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rows if r.get("train/stage") == "rl"]
+    assert len(rl) == 2 and all(torch.isfinite(torch.tensor(r["actor/loss"])) for r in rl)
+    total = lambda key: sum(r.get(key, 0.0) for r in rl)  # noqa: E731
+    assert total("tool/look/calls") > 0 and total("tool/look/errors") > 0 and total("tool/look/timeouts") == 1
+    assert all(r["rollout/turns_mean"] >= 1 for r in rl) and total("rollout/call_error_frac") > 0
+    logged = [json.loads(x) for x in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    seen = [c["text"] for r in logged for c in r["trajectory"]["calls"]]
+    assert any("the tool broke" in t for t in seen)  # the policy saw the error as its observation
+    capped = [r for r in logged if r["finish_reason"] == "max_turns"]
+    assert all(r["reward"] <= sum(v or 0 for v in r["components"].values()) - 1.0 + 1e-6 for r in capped)
+
+
+def test_tool_settings_are_checked_before_anything_loads():
+    from mmrl.cli.checks import load_config
+    from mmrl.config import ConfigError
+
+    with pytest.raises(ConfigError) as e:
+        load_config(None, ["rollout.tools=[{fn: zoom_inn}]", "rollout.tool_format=boxes", "rollout.engine=vllm",
+                           "rollout.max_turns=0", "model.image_min_pixels=5000", "model.image_max_pixels=3136"])
+    text = str(e.value)
+    for line in ("rollout.tools[0].fn", "zoom_in", "rollout.tool_format: unknown tool call format 'boxes'",
+                 "rollout.max_turns", "rollout.tools: multi-turn rollouts run on the hf engine",
+                 "model.image_min_pixels: must be <= model.image_max_pixels"):
+        assert line in text, line
+
+
+def test_the_image_pixel_cap_reaches_prompts_and_tool_images(zoo_cache):
+    from mmrl.tools.types import ImageLimits
+
+    small = Policy.load(ModelConfig(path="zoo:qwen2_vl", image_max_pixels=56 * 56))
+    prompt = small.encode(make("grounding", 1, seed=0, width=224, height=224)[0])
+    assert prompt.tensors["image_grid_thw"].tolist() == [[1, 4, 4]]  # 224² shown at 56²: 2 × 2 merged tokens
+    assert (prompt.geometry[0].proc_w, prompt.geometry[0].proc_h) == (56, 56)
+    assert ImageLimits.from_processor(small.processor, small.convention).max_pixels == 56 * 56
