@@ -134,6 +134,15 @@ def test_tool_settings_are_checked_before_anything_loads():
         assert line in text, line
 
 
+def test_tool_rewards_need_tools():
+    from mmrl.cli.checks import load_config
+    from mmrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"rewards\[0\]\.fn: reward 'tool_grounding' scores tool calls and needs"):
+        load_config(None, ["rewards=[{fn: tool_grounding}]"])
+    load_config(None, ["rewards=[{fn: tool_grounding}]", "rollout.tools=[{fn: region}]", "rollout.tool_format=region"])
+
+
 def test_the_image_pixel_cap_reaches_prompts_and_tool_images(zoo_cache):
     from mmrl.tools.types import ImageLimits
 

@@ -46,8 +46,14 @@ def _rollout_names(cfg: Config, bad: set[str]) -> list[str]:
 
 def _rewards(cfg: Config, bad: set[str]) -> list[str]:
     from mmrl.rewards.checks import check_rewards
+    from mmrl.rewards.tools import TRAJECTORY_REWARDS
 
-    return [e for key, rewards in config.reward_lists(cfg) for e in check_rewards(rewards, key)]
+    errors = [e for key, rewards in config.reward_lists(cfg) for e in check_rewards(rewards, key)]
+    if not cfg.rollout.tools:  # these score a multi-turn rollout's calls: without tools they have nothing to read
+        errors += [f"{key}[{i}].fn: reward {r.fn!r} scores tool calls and needs rollout.tools (multi-turn rollouts)"
+                   for key, rewards in config.reward_lists(cfg) for i, r in enumerate(rewards)
+                   if r.fn in TRAJECTORY_REWARDS]
+    return errors
 
 
 # Each part's checks; `config.validate` runs them after the ranges and before its own cross-field CHECKS, which keeps

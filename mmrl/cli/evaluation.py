@@ -129,6 +129,11 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
         inputs = ev.inputs  # the encoded ones (a skipped sample has no completion)
         report["boxes_png"] = str(box_grid([p.sample for p in inputs], ev.texts,
                                            [p.answer_geometry for p in inputs], root / "boxes.png"))
+    if any(t["calls"] for t in ev.trajectories):  # thinking with images: where the policy looked
+        from mmrl.train.plots import trajectory_sheet
+
+        report["trajectories_png"] = str(trajectory_sheet([p.sample for p in ev.inputs], ev.trajectories, ev.texts,
+                                                          root / "trajectories.png"))
     if k:
         sampled, curve = ev.sampled(k, temperature=temperature, seed=cfg.trainer.seed, correct=correct)
         report["sampled"] = sampled
@@ -137,6 +142,8 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
         report["pass_at_k_png"] = str(pass_curve(curve, root / "pass_at_k.png", title=f"{name}, T = {temperature:g}"))
     report["completions"] = [{"id": smp.id, "answer": smp.answer, "completion": t}
                              for smp, t in list(zip([p.sample for p in ev.inputs], ev.texts))[:8]]
+    for row, traj in zip(report["completions"], ev.trajectories):
+        row["trajectory"] = traj
     path = root / "report.json"
     path.write_text(json.dumps(report, indent=1, default=str))
     report["path"] = str(path)

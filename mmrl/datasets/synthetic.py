@@ -249,5 +249,5 @@ TARGETS.register("puzzle/position")(TargetFormat(
 
 
 # The task families register themselves on import (in the registries of mmrl.datasets.tasks).
-from mmrl.datasets import shapes, temporal  # noqa: E402,F401
+from mmrl.datasets import shapes, temporal, zoom  # noqa: E402,F401
 from mmrl.datasets.shapes import BACKGROUND, COLOURS, SHAPES  # noqa: E402,F401  (re-exported)

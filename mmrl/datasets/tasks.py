@@ -22,10 +22,13 @@ class SyntheticTask:
 
 @dataclass(frozen=True)
 class TargetFormat:
-    """SFT target texts for one `Sample.task`: the true answer, or a random one in the same format."""
+    """SFT target texts for one `Sample.task`: the true answer, or a random one in the same format; a task solved
+    with tools also gives the policy's `turns` (e.g. a call, then the answer once the tool's result is seen), for
+    SFT through the multi-turn loop (`rollout.tools`)."""
 
     target: Callable[..., str]  # (sample, geometry=None) -> str
     random_target: Callable[..., str]  # (sample, rng, geometry=None) -> str
+    turns: Callable[..., list[str]] | None = None  # (sample, rng | None (None: the true answer), geometry=None)
 
 
 TASKS: Registry[SyntheticTask] = Registry("synthetic task")

@@ -9,6 +9,7 @@ builds a term from config (plug-ins in a worker process, `style: trl|easyr1`, `o
 from mmrl.rewards.registry import REWARDS, RewardSpecError, get, names, pure_names, register, value_range
 from mmrl.rewards.builtin import answer_match, box_iou, format_reward, iou  # importing registers them
 from mmrl.rewards import consistency, geometric, judge, mathverify, puzzles, shaping, text  # importing registers them
+from mmrl.rewards import tools  # importing registers the trajectory rewards
 from mmrl.rewards.compose import RewardError, RewardTerm, RewardTimeout, score, summarize
 from mmrl.rewards.isolation import IsolatedReward, make_term
 from mmrl.rewards.parsing import extract_answer, parse_boxes, parse_number, parse_objects, parse_points, parse_stats
@@ -45,4 +46,5 @@ __all__ = [  # the names above, and the reward families (modules) whose import r
     "puzzles",
     "shaping",
     "text",
+    "tools",
 ]

@@ -91,8 +91,11 @@ class Sampler(LogitsProcessor):
         pick = self.draw(scores, input_ids.shape[1] - self.prompt_len)
         return torch.zeros_like(scores).scatter_(1, pick[:, None], 1.0)  # generate takes the argmax: the pick
 
-    def draw(self, logits: torch.Tensor, t: int) -> torch.Tensor:
-        """The ids [N] drawn from `logits` [N, V] at completion position t; their log-probs are recorded."""
+    def draw(self, logits: torch.Tensor, t: int | list[int], rows: list[int] | None = None) -> torch.Tensor:
+        """The ids [N] drawn from `logits` [N, V] at completion position t; their log-probs are recorded. With
+        `rows` (indices of this sampler's rows, one per logits row), each row draws at its own position `t[i]`
+        (multi-turn rows in lock-step, `mmrl.rollout.multiturn_batch`): a row's draw is its own arithmetic, so a
+        sampler over N rows draws what N one-row samplers do."""
         if self.blocked is None or self.blocked.shape[0] != logits.shape[-1]:  # [V]: 0, or -inf where suppressed
             zeros = torch.zeros(logits.shape[-1], device=logits.device)
             self.blocked = zeros.index_fill_(0, self.suppress, -float("inf"))
@@ -113,7 +116,13 @@ class Sampler(LogitsProcessor):
             scores = scores.masked_fill(drop.scatter(1, idx, drop), -float("inf"))
         top, mode = scores.max(dim=-1, keepdim=True)  # [N, 1]
         weights = scores.sub_(top).exp_()  # [N, V] ∝ the sampling distribution (the mode has weight 1)
-        pick, total = inverse_cdf(weights, self.u[:, min(t, self.u.shape[1] - 1)])  # [N], [N]
+        last = self.u.shape[1] - 1
+        if rows is None:
+            u = self.u[:, min(t, last)]  # [N]
+        else:
+            at = torch.tensor(t, device=self.u.device).clamp(max=last)
+            u = self.u[torch.tensor(rows, device=self.u.device), at]  # [R]
+        pick, total = inverse_cdf(weights, u)  # [N], [N]
         w = weights.gather(1, pick[:, None]).squeeze(1)  # [N]
         hit = w > 0
         pick = torch.where(hit, pick, mode.squeeze(1))  # never an id of weight 0 (a parallel scan's last ulp)

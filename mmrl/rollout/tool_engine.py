@@ -42,6 +42,21 @@ def trajectory_column(t: Trajectory) -> dict[str, Any]:
             "calls": calls}
 
 
+def trajectory_metrics(trajectories: list[dict], finish_reasons: list[str], prefix: str = "rollout/") -> dict[str, float]:
+    """Multi-turn rollouts' shape (`trajectory` column dicts): mean turns and calls per trajectory, the share of
+    trajectories that called a tool, of calls that failed, and of each finish reason (`<prefix>finish/<reason>`)."""
+    calls = [len(t["calls"]) for t in trajectories]
+    failed = sum(c["error"] is not None for t in trajectories for c in t["calls"])
+    n = max(len(trajectories), 1)
+    out = {f"{prefix}turns_mean": sum(t["turns"] for t in trajectories) / n,
+           f"{prefix}calls_mean": sum(calls) / n,
+           f"{prefix}tool_use_frac": sum(c > 0 for c in calls) / n,
+           f"{prefix}call_error_frac": failed / max(sum(calls), 1)}
+    for reason in sorted(set(finish_reasons)):
+        out[f"{prefix}finish/{reason}"] = finish_reasons.count(reason) / n
+    return out
+
+
 def to_rollouts(trajectories: list[Trajectory], n: int, pad_id: int, device: torch.device) -> Rollouts:
     """B·n trajectories (prompt-major, as `Rollouts` rows) as one `Rollouts` with `observed` and the `trajectory`
     column; tensors right-padded to the longest."""
@@ -69,6 +84,26 @@ def _merged(media: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         for k, v in m.items():
             out.setdefault(k, []).append(v)
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+class Script:
+    """A sampler that writes given turns (their tokens in order, then EOS) instead of drawing: teacher forcing through
+    the multi-turn loop. Its `logprobs` are the model's at temperature 1 (never-sampled ids left out), as the
+    engine's sampler records them."""
+
+    def __init__(self, policy, turns: list[str]):
+        tok = policy.tokenizer
+        self.queue = [i for text in turns for i in tok(text, add_special_tokens=False)["input_ids"]]
+        self.queue.reverse()
+        self.eos, self.never = policy.eos_id, policy.never_sample
+        self.logprobs: list[torch.Tensor] = []
+
+    def draw(self, logits: torch.Tensor, t: int) -> torch.Tensor:
+        pick = self.queue.pop() if self.queue else self.eos
+        scores = logits.float().clone()
+        scores[:, self.never] = -float("inf")
+        self.logprobs.append(torch.log_softmax(scores, -1)[:, pick])
+        return torch.tensor([pick], device=logits.device)
 
 
 class ToolEngine:
@@ -103,6 +138,18 @@ class ToolEngine:
             else:
                 trajectories += [self.loop.rollout(p, params, g) for p in chunk for g in range(n)]
         return to_rollouts(trajectories, n, self.policy.pad_id, self.policy.runtime.device)
+
+    @torch.no_grad()
+    def scripted(self, prompts, scripts: list[list[str]]) -> Rollouts:
+        """One trajectory per prompt whose policy turns are `scripts[i]` (texts, the last one followed by EOS),
+        the tools run on the calls they make: SFT targets of a tool-using task, with the observations a rollout would
+        see (`Script`). A turn that makes no readable call ends the trajectory there."""
+        budget = 1 << 30
+        out = []
+        for p, turns in zip(prompts, scripts):
+            script = Script(self.policy, turns)
+            out.append(self.loop.rollout(p, SamplingParams(max_new_tokens=budget), 0, sampler=script))
+        return to_rollouts(out, 1, self.policy.pad_id, self.policy.runtime.device)
 
     def metrics(self) -> dict[str, float]:
         """The tool counters since the last call (`tool/<name>/calls|errors|timeouts`, `tool/invalid_calls`)."""

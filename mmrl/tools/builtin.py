@@ -1,4 +1,5 @@
-"""Built-in tools: `zoom_in` and `crop` (a region of an image, by a box in the model's own coordinates) and `rotate`.
+"""Built-in tools: `zoom_in` and `crop` (a region of an image, by a box in the model's own coordinates), `region` (one
+cell of a grid laid over an image, by its number) and `rotate`.
 
 Each returns a new image with its own `Geometry` and the `Frame` that places it in the original image, and cuts it
 from the *original's* pixels: zooming into a zoom, or rotating one, resamples the original once and loses nothing.
@@ -12,6 +13,10 @@ The region of `zoom_in` / `crop`, from the policy's `bbox_2d` on image `image`:
    cut): Qwen's processors refuse aspect ratios of 200 and more; verl's zoom tool uses 100 and 28 px, as here.
 Its size: `crop` keeps the region's original resolution, `zoom_in` shows it with as many pixels as the image it was
 drawn on; both are then brought within the processor's [min_pixels, max_pixels] (`state.limits`).
+
+`region` needs no coordinates at all: the policy names a cell Q (1-based, row by row) of a `grid` × `grid` grid laid
+over image `image` as that image shows it, and sees that cell as `zoom_in` would show its box (the `zoom` task of
+`mmrl.datasets.zoom`; call format `<region>Q</region>`).
 """
 
 from __future__ import annotations
@@ -75,6 +80,57 @@ def rotate(arguments: dict[str, Any], state: TrajectoryState, *, default_image: 
     return ToolResult(text=f"Image {n} is image {i} rotated by {angle % 360} degrees counter-clockwise.",
                       images=(ToolImage(out, state.limits.geometry(*out.size), origin, frame),),
                       info={"image": i, "origin": origin, "angle": angle % 360})
+
+
+_REGION_PARAMETERS = {
+    "type": "object",
+    "properties": {"region": {"type": "integer", "minimum": 1,
+                              "description": "The region's number: 1 is the top-left one, numbered row by row."}},
+    "required": ["region"],
+}
+
+
+@register("region", description="Look closer at one region of the image (regions are numbered row by row, 1 top-left):"
+                                " returns the region enlarged.", parameters=_REGION_PARAMETERS)
+def region(arguments: dict[str, Any], state: TrajectoryState, *, grid: int = 2, image: int = 0) -> ToolResult:
+    """Cell `region` (1 … grid², row by row) of a `grid` × `grid` grid laid over image `image` (as that image shows
+    it: a crop's grid is the crop's), cut from the original's pixels and shown with as many pixels as image `image`
+    has, within the processor's limits — `zoom_in` of the cell's box. `info["box"]`: the cell in the original's
+    pixels, as `zoom_in`'s; `info["region"]`: the number."""
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise ValueError(f"region: grid must be an int >= 1, got {grid!r}")
+    q = _region_number(arguments.get("region"), grid * grid)
+    i, view = state.image(image)
+    origin = state.origin_of(i)
+    source = state.images[origin].image
+    view_frame = view.frame or Frame.whole(*source.size)
+    w, h = view.image.size
+    row, col = divmod(q - 1, grid)
+    cell = [col * w / grid, row * h / grid, (col + 1) * w / grid, (row + 1) * h / grid]  # image i's own pixels
+    box = view_frame.boxes_to_source([cell])[0]  # the original's pixels
+    size = _fit(box[2] - box[0], box[3] - box[1], w * h, state.limits)  # unturned, as the cell lies in the original
+    frame = Frame(tuple(box), size[::-1] if view_frame.turns % 2 else size, view_frame.turns)
+    out = frame.render(source)
+    return ToolResult(text=f"Image {len(state.images)} shows region {q} of image {i}.",
+                      images=(ToolImage(out, state.limits.geometry(*out.size), origin, frame),),
+                      info={"image": i, "origin": origin, "box": [round(v, 2) for v in box], "region": q})
+
+
+def _region_number(value: Any, n: int) -> int:
+    """The policy's region number as an int in [1, n]: an int, an integral float or a numeric string ("3", "3.0");
+    anything else is a `ToolArgumentError` naming the valid range."""
+    q = value
+    if isinstance(q, str) and len(q) <= 32:
+        try:
+            q = float(q.strip())
+        except ValueError:
+            pass
+    if isinstance(q, float) and q.is_integer():
+        q = int(q)
+    if isinstance(q, bool) or not isinstance(q, int) or not 1 <= q <= n:
+        raise ToolArgumentError(f"region must be a whole number from 1 to {n} (numbered row by row, 1 top-left), "
+                                f"got {value!r:.40}")
+    return q
 
 
 # ---------------------------------------------------------------------------------------------- the region

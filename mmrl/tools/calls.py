@@ -12,6 +12,7 @@ Formats (`CallFormat`; `FORMATS` names the built-in ones):
   the tool and its arguments. A last call left open (generation stopped at `</tool_call>`, which engines may strip)
   is read as if closed.
 - `box`: the compact `<box>[x1, y1, x2, y2]</box>` (or `<box>x1, y1, x2, y2</box>`), a `zoom_in` of that box.
+- `region`: `<region>Q</region>`, the built-in `region` tool on grid cell Q (the `zoom` task's call).
 - any `CallFormat(pattern, tool)`: with `tool` set, every match calls that tool and the pattern's named groups are
   its arguments (each value decoded as JSON when it is JSON, as a list of numbers when it is one, else kept as
   text): the calibration task's `<box>Q</box>` (a quadrant) is `CallFormat(r"<box>\\s*(?P<quadrant>\\d)\\s*</box>",
@@ -55,6 +56,7 @@ class CallFormat:
 FORMATS: dict[str, CallFormat] = {
     "qwen": CallFormat(r"<tool_call>(.*?)(?:</tool_call>|\Z)"),
     "box": CallFormat(r"<box>(?P<bbox_2d>.*?)</box>", tool="zoom_in"),
+    "region": CallFormat(r"<region>(?P<region>.*?)</region>", tool="region"),
 }
 
 

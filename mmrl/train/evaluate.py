@@ -11,6 +11,7 @@ from mmrl.config import Config
 from mmrl.datasets.sample import Sample
 from mmrl.model.prompts import PromptInputs
 from mmrl.rollout import Rollouts, SamplingParams
+from mmrl.rollout.tool_engine import trajectory_metrics
 from mmrl.train.scoring import Scorer
 
 
@@ -36,6 +37,7 @@ class Evaluator:
         self.cfg, self.engine, self.scorer, self.encode, self.samples = cfg, engine, scorer, encode, samples
         self._inputs: list[PromptInputs] | None = None
         self.texts: list[str] = []
+        self.trajectories: list[dict] = []  # with tools: the last greedy trajectories (`trajectory` column)
 
     @property
     def inputs(self) -> list[PromptInputs]:
@@ -54,12 +56,14 @@ class Evaluator:
     @torch.no_grad()
     def greedy(self, step: int) -> dict[str, float]:
         """Greedy decoding: `eval/<reward name>` means over the completions a reward applies to, `eval/total`,
-        `eval/n`."""
+        `eval/n`; with tools, also the trajectories' turns, tool use and finish reasons (`trajectory_metrics`)."""
         params = SamplingParams.of(self.cfg.rollout, seed=self.cfg.trainer.seed, step=step, greedy=True)
-        texts, components, totals = [], {}, []
+        texts, components, totals, trajectories, reasons = [], {}, [], [], []
         for _, ro in self._chunks(1, params, step):
             texts += ro.texts
             totals += ro.total.tolist()
+            trajectories += ro.columns.get("trajectory", [])
+            reasons += ro.finish_reasons
             for k, v in ro.rewards.items():
                 components.setdefault(k, []).extend(v)
         out = {}
@@ -69,7 +73,9 @@ class Evaluator:
                 out[f"eval/{k}"] = sum(vals) / len(vals)
         out["eval/total"] = sum(totals) / len(totals)
         out["eval/n"] = len(self.inputs)
-        self.texts = texts
+        if trajectories:  # multi-turn rollouts (`rollout.tools`): turns, tool use, finish reasons
+            out.update(trajectory_metrics(trajectories, reasons, prefix="eval/"))
+        self.texts, self.trajectories = texts, trajectories
         return out
 
     @torch.no_grad()

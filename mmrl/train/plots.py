@@ -158,3 +158,69 @@ def box_grid(samples: list, texts: list[str], geometries: list, out: str | Path,
     out.parent.mkdir(parents=True, exist_ok=True)
     sheet.save(out)
     return out
+
+
+CALL_COLOURS = [(230, 0, 0), (0, 90, 230), (230, 150, 0), (160, 0, 200)]  # the 1st, 2nd … call's box and crop
+
+
+def trajectory_sheet(samples: list, trajectories: list[dict], texts: list[str], out: str | Path, *,
+                     height: int = 224, limit: int = 8) -> Path:
+    """Thinking with images, shown: one row per sample (the first `limit`) — the prompt's image with the box of each
+    tool call drawn in that call's colour (and the ground-truth box in green when the answer has one), the region
+    of each call cut from the original pixels beside it, framed in the same colour, then the final answer and the
+    truth. Boxes come from the `trajectory` column (original pixels, `info["box"]` of the tools' results); a call
+    without a box (an error, a tool that draws no region) gets a grey tile with its observation text."""
+    from PIL import Image, ImageDraw
+
+    rows = []
+    for sample, traj, text in list(zip(samples, trajectories, texts))[:limit]:
+        image = _answer_picture(sample).convert("RGB")
+        k = height / image.height
+        big = image.resize((max(1, round(image.width * k)), height), Image.NEAREST)
+        draw = ImageDraw.Draw(big)
+        truth = sample.answer.get("boxes", []) if isinstance(sample.answer, dict) else []
+        for x1, y1, x2, y2 in truth:
+            draw.rectangle([x1 * k, y1 * k, x2 * k - 1, y2 * k - 1], outline=GT_COLOUR, width=2)
+        tiles = [big]
+        for i, call in enumerate(traj["calls"]):
+            colour = CALL_COLOURS[i % len(CALL_COLOURS)]
+            box = call.get("box")
+            if box is None or call.get("origin") not in (0, None):
+                tile = Image.new("RGB", (height, height), (220, 220, 220))
+                ImageDraw.Draw(tile).text((6, 6), _wrap(str(call.get("text", "")), 28), fill=(0, 0, 0))
+            else:
+                x1, y1, x2, y2 = box
+                draw.rectangle([x1 * k, y1 * k, x2 * k - 1, y2 * k - 1], outline=colour, width=3)
+                crop = image.crop(tuple(round(v) for v in box))
+                s = height / max(crop.height, 1)
+                tile = crop.resize((max(1, round(crop.width * s)), height), Image.NEAREST)
+                ImageDraw.Draw(tile).rectangle([0, 0, tile.width - 1, tile.height - 1], outline=colour, width=3)
+            tiles.append(tile)
+        note = Image.new("RGB", (height + 60, height), (255, 255, 255))
+        answer = sample.answer
+        if isinstance(answer, dict):  # the boxes are drawn; the rest is the truth
+            answer = {key: v for key, v in answer.items() if key != "boxes"}
+        ImageDraw.Draw(note).text((6, 6), _wrap(f"answer: {text}", 34) + f"\n\ntruth: {answer}\n"
+                                  f"turns: {traj['turns']} ({traj['finish_reason']})", fill=(0, 0, 0))
+        tiles.append(note)
+        rows.append(tiles)
+    if not rows:
+        raise ValueError("no trajectories to draw")
+    gap = 6
+    width = max(sum(t.width for t in r) + gap * (len(r) - 1) for r in rows)
+    sheet = Image.new("RGB", (width, len(rows) * (height + gap)), (255, 255, 255))
+    for j, r in enumerate(rows):
+        x = 0
+        for t in r:
+            sheet.paste(t, (x, j * (height + gap)))
+            x += t.width + gap
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width)[:8])

@@ -31,6 +31,7 @@ from mmrl.rewards.compose import summarize
 from mmrl.rollout import Rollouts, SamplingParams
 from mmrl.rollout.passes import EXTRA_PASSES, PassContext
 from mmrl.rollout.rehearsal import Rehearsal
+from mmrl.rollout.tool_engine import trajectory_metrics
 from mmrl.rollout.rehearsal import build as build_rehearsal
 from mmrl.rollout.replay import ReplayBuffer
 from mmrl.rollout.replay import merge as merge_replay
@@ -45,21 +46,6 @@ def turn_capped(rollouts: Rollouts) -> torch.Tensor:
     """[N] bool: multi-turn rows that reached `rollout.max_turns` with a call still pending."""
     return torch.tensor([r == "max_turns" for r in rollouts.finish_reasons], dtype=torch.bool,
                         device=rollouts.device)
-
-
-def trajectory_metrics(ro: Rollouts) -> dict[str, float]:
-    """Multi-turn rollouts' shape: mean turns and calls per trajectory, the share of trajectories that called a
-    tool, of calls that failed, and of each finish reason (`rollout/finish/<reason>`)."""
-    trajs = ro.columns["trajectory"]
-    calls = [len(t["calls"]) for t in trajs]
-    failed = sum(c["error"] is not None for t in trajs for c in t["calls"])
-    out = {"rollout/turns_mean": sum(t["turns"] for t in trajs) / len(trajs),
-           "rollout/calls_mean": sum(calls) / len(trajs),
-           "rollout/tool_use_frac": sum(c > 0 for c in calls) / len(trajs),
-           "rollout/call_error_frac": failed / max(sum(calls), 1)}
-    for reason in sorted(set(ro.finish_reasons)):
-        out[f"rollout/finish/{reason}"] = ro.finish_reasons.count(reason) / len(ro)
-    return out
 
 
 @dataclass(frozen=True)
@@ -274,7 +260,7 @@ class RLStep:
         })
         out.update(gen.pass_stats)
         if "trajectory" in seen.columns:
-            out.update(trajectory_metrics(seen))
+            out.update(trajectory_metrics(seen.columns["trajectory"], seen.finish_reasons))
             out.update(self.engine.metrics())
         if self.cfg.algorithm.replay_capacity:
             out.update({"rollout/replayed_groups": batch.replayed, "rollout/replay_size": len(self.replay)})

@@ -62,7 +62,8 @@ class Trainer:
         self.rl = RLStep(cfg, policy=self.policy, engine=self.engine, scorer=self.base_scorer, batches=self.batches,
                          optim=self.optim, progress=self.progress, run_dir=self.run_dir if self.main else None,
                          log=lambda *a, **k: self.log(*a, **k))
-        self.sft = SFTStep(cfg, policy=self.policy, batches=self.batches, optim=self.optim, progress=self.progress)
+        self.sft = SFTStep(cfg, policy=self.policy, batches=self.batches, optim=self.optim, progress=self.progress,
+                           tools=self.engine if cfg.rollout.tools else None)
         eval_scorer = Scorer(self.base_terms, max_steps)  # held-out metrics: always the run's rewards, its own scorer
         self.evaluator = Evaluator(cfg, engine=self.engine, scorer=eval_scorer, encode=self.batches.encode,
                                    samples=self.data.eval)

@@ -11,7 +11,10 @@ from mmrl.rewards.compose import RewardTerm, missing_share, score, summarize, tr
 from mmrl.rewards.isolation import make_term
 
 NO_GROUND_TRUTH = {"format", "format_template", "overlong", "repetition", "group_agreement", "reasoning_consistency",
-                   "temporal_bonus"}
+                   "temporal_bonus", "tool_call_penalty"}
+# read a multi-turn rollout's `trajectory` column: a rollout output, not a sample's ground truth, so it is never
+# among the truth columns (a run without tools is refused by the reward, not counted as a missing ground truth)
+TRAJECTORY_REWARDS = {"tool_grounding", "tool_use_bonus", "tool_call_penalty"}
 
 
 def test_built_ins_that_compare_with_a_ground_truth_score_against_answer_and_the_others_against_nothing():
@@ -57,6 +60,28 @@ def test_the_share_of_completions_without_a_ground_truth_is_a_metric():
     assert summarize(components, totals, stats)["reward/acc/missing"] == 0.5
     assert missing_share(acc, {"answer": ["1"] * 4}, 4) == 0.0  # logged as 0 when nothing is missing
     assert missing_share(acc, {}, 4) is None  # a call without the column (a unit test's) reports nothing
+
+
+def test_tool_rewards_score_against_the_answer_and_not_the_trajectory():
+    assert TRAJECTORY_REWARDS <= set(names())
+    assert {n: truth_columns(make_term(n)) for n in sorted(TRAJECTORY_REWARDS)} == {
+        "tool_call_penalty": [], "tool_grounding": ["answer"], "tool_use_bonus": ["answer"]}
+    looked = {"turns": 2, "finish_reason": "eos", "turn_texts": ["<region>1</region>", "<answer>90</answer>"],
+              "calls": [{"tool": "region", "arguments": {"region": 1}, "error": None, "reward": None,
+                         "box": [0, 0, 112, 112], "origin": 0, "text": "Image 1 shows region 1 of image 0."}]}
+    zoom = {"angle": 90, "region": 1, "boxes": [[20, 30, 90, 100]], "grid": 2, "size": [224, 224]}
+    columns = {"answer": [zoom, None, zoom, None], "trajectory": [looked, looked, None, None]}
+    stats: dict = {}
+    terms = [make_term(n) for n in sorted(TRAJECTORY_REWARDS)]
+    _, components = score(terms, ["<answer>90</answer>"] * 4, columns, stats=stats)
+    assert components == {"tool_call_penalty": [0.0, 0.0, None, None], "tool_grounding": [1.0, None, None, None],
+                          "tool_use_bonus": [1.2, None, None, None]}
+    # only a sample without an answer counts as missing; a None trajectory entry is the rollout's, not the data's
+    missing = {name: s["missing"] for name, s in stats.items() if "missing" in s}
+    assert missing == {"tool_grounding": 0.5, "tool_use_bonus": 0.5}
+    for name in sorted(TRAJECTORY_REWARDS):  # no trajectory column at all: a run without tools, refused
+        with pytest.raises(ValueError, match="trajectory"):
+            score([make_term(name, on_error="raise")], ["<answer>90</answer>"], {"answer": [zoom]})
 
 
 @pytest.mark.parametrize("name", ["rotation_exact", "math", "iou"])

@@ -5,7 +5,8 @@
    JSON fragments; `bbox_2d` objects with NaN/inf/1e308/negative/string coordinates; Qwen2-VL
    `<|box_start|>(x1,y1),(x2,y2)<|box_end|>`; thousands of boxes; a few 1 MB strings; empty strings) reaches
    every reward in `pure_names()` with a ground truth that applies, realistic side columns (`geometry`,
-   `completion_ids`, `prompt_index`) and a few malformed ground truths: no exception, one value per completion,
+   `completion_ids`, `prompt_index`, a multi-turn rollout's `trajectory`: valid ones and malformed ones) and a few
+   malformed ground truths: no exception, one value per completion,
    each `None` or finite and inside `value_range(name, **options)`. The `math` reward (math-verify in a worker
    process) gets a ≥ 500-string subset when it is registered.
 2. Caps: for the rewards on the shared parsers (`parse_objects` / `parse_points` / `parse_number`) and `math`,
@@ -15,10 +16,12 @@
    adversarial noise wherever the reward's contract allows it (unicode junk, decoy numbers/boxes/letters/answer
    blocks in and before the reasoning, a reasoning longer than the 64 KiB parse caps, stray tags after the
    answer), score the reward's maximum (the `hi` of its declared range; 0.0 for the penalties `overlong` /
-   `repetition`; the correct-and-short value for `cosine_length`; the majority of a group for
-   `group_agreement`). Their twins with the answer replaced by "none" score below it, so the maximum comes from
-   the answer and not from the noise. The set of rewards with a control must be exactly `pure_names()`, so a
-   newly registered reward without one fails here.
+   `repetition` and for `tool_call_penalty` (at most `free` calls); the correct-and-short value for
+   `cosine_length`; the majority of a group for `group_agreement`). Their twins with the answer replaced by "none"
+   score below it, so the maximum comes from the answer and not from the noise (rewards whose value does not come
+   from the answer text, `ANSWER_FREE`, have no twins; the tool-call ones carry negatives instead: the same
+   completion with calls that must not score the max). The set of rewards with a control must be exactly
+   `pure_names()`, so a newly registered reward without one fails here.
 """
 
 from __future__ import annotations
@@ -242,6 +245,8 @@ def test_corpus_size_and_shape():
 
 # ---- ground truths and side columns per reward --------------------------------------------------------------------
 BOXES_GT = {"boxes": [[10, 20, 50, 60], [5, 5, 8, 9]], "labels": ["a", "b"], "salience": [2, 1]}
+# a `zoom` task answer (mmrl/datasets/zoom.py): the arrow's angle, its region and the marker's box in the canvas
+ZOOM_GT = {"angle": 90, "region": 1, "boxes": [[20, 30, 90, 100]], "grid": 2, "size": [224, 224]}
 GROUND_TRUTH: dict[str, Any] = {  # name -> a ground truth that applies (None: the reward reads no answer)
     "acre": {"choice": "B", "options": ["cat", "dog", "bird"]},
     "answer_match": "Paris",
@@ -277,6 +282,9 @@ GROUND_TRUTH: dict[str, Any] = {  # name -> a ground truth that applies (None: t
     "temporal_iou": {"span": [10.0, 20.0]},
     "temporal_bonus": None,
     "token_f1": "the red car",
+    "tool_call_penalty": None,
+    "tool_grounding": ZOOM_GT,
+    "tool_use_bonus": ZOOM_GT,
     "union_iou": BOXES_GT,
     "vlmr1_det": BOXES_GT,
     MATH: "\\frac{1}{2}",
@@ -288,7 +296,10 @@ OPTIONS: dict[str, dict[str, Any]] = {  # small lengths so that every branch of 
 MALFORMED = [None, 12345, "just text", ["a", "list"], {"boxes": "x"}, {"choice": 7}, {"order": "abc"},
              {"span": [float("nan"), 1]}, {"count": float("inf")}, {"points": "x"}, float("nan"), True, {},
              {"boxes": [[float("nan"), 0, 1, 1], ["a", 1, 2, 3], [1, 2], None, [1e308, -1e308, 1e308, 1e308]]},
-             {"label": 3, "synonyms": "cat"}, {"choices": [1, 2]}, {"angle": "ninety"}, {"relation": None}]
+             {"label": 3, "synonyms": "cat"}, {"choices": [1, 2]}, {"angle": "ninety"}, {"relation": None},
+             {"angle": 90, "boxes": "x"}, {"angle": None, "boxes": [[1, 2, 3]]}, {"boxes": [[50, 50, 10, 10]]},
+             {"angle": float("inf"), "boxes": [["20", "30", "90", "100"]]}, {"angle": [90], "boxes": []},
+             {"region": 1, "boxes": [[-1e308, -1e308, 1e308, 1e308]]}]
 GEOMETRIES = [
     None, Geometry(640, 480, 640, 480, "pixel"), Geometry(333, 97, 84, 56, "qwen2_5_vl"), None,
     Geometry(1000, 1000, 1000, 1000, "qwen2_vl"), Geometry(640, 480, 640, 480, "norm"),
@@ -304,9 +315,54 @@ TEMPORAL = [  # the contrast column of the shuffle_frames pass, valid and malfor
 ]
 
 
+NAN, INF = float("nan"), float("inf")
+
+
+def tool_call(box: Any = None, *, error: str | None = None, origin: Any = 0, tool: str = "region",
+              **fields: Any) -> dict:
+    """One call as the multi-turn rollout records it (`mmrl.rollout.tool_engine.trajectory_column`)."""
+    return {"tool": tool, "arguments": {"region": 1}, "error": error, "reward": None, "box": box, "origin": origin,
+            "text": error or "Image 1 shows region 1 of image 0.", **fields}
+
+
+def trajectory(*calls: Any, finish: str = "eos") -> dict:
+    """A multi-turn trajectory's `trajectory` column entry: one turn per call, then the answer turn."""
+    return {"turns": len(calls) + 1, "finish_reason": finish,
+            "turn_texts": ["<region>1</region>"] * len(calls) + ["<answer>90</answer>"], "calls": list(calls)}
+
+
+Q1, Q2 = [0, 0, 112, 112], [112, 0, 224, 112]  # regions 1 and 2 of a 224-px canvas: Q1 covers ZOOM_GT's box
+TRAJECTORIES = [  # the `trajectory` column: valid trajectories, and malformed ones (entries, calls, boxes)
+    trajectory(tool_call(Q1)), trajectory(tool_call(Q2)), trajectory(),
+    trajectory(tool_call(None, error="Error: region must be an int in 1 … 4"), tool_call(Q1)),
+    trajectory(tool_call(Q2), tool_call(Q1), tool_call(Q1, tool="zoom_in")),  # more calls than free
+    trajectory(*[tool_call(None, error="Error: bad")] * 12, finish="max_turns"),
+    trajectory(tool_call(Q1, origin=1)), trajectory(tool_call(Q1, origin=None)),
+    trajectory(tool_call(None, tool="rotate")),
+    trajectory(tool_call(Q1, error="")), trajectory(tool_call(Q1, error="Error: no such region")),
+    trajectory(tool_call([NAN, 0, 112, 112])), trajectory(tool_call([0, 0, INF, 112])),
+    trajectory(tool_call([-INF, -INF, INF, INF])), trajectory(tool_call(["0", "0", "112", "112"])),
+    trajectory(tool_call([0, 0, 112])), trajectory(tool_call([112, 112, 0, 0])), trajectory(tool_call([0, 0, 0, 0])),
+    trajectory(tool_call([True, 0, 112, 112])), trajectory(tool_call("0,0,112,112")), trajectory(tool_call({"x": 1})),
+    trajectory(tool_call([1e308, 1e308, -1e308, -1e308])), trajectory(tool_call([-1e308, 0, 1e308, 1e-300])),
+    trajectory(tool_call([[0, 0, 112, 112]])), trajectory(tool_call((0.5, 0.5, 111.5, 111.5))),
+    trajectory(tool_call(Q1, origin="0")), trajectory(tool_call(Q1, origin=[0])), trajectory(tool_call(Q1, origin={})),
+    trajectory(tool_call(Q1, origin=-1)), trajectory(tool_call(Q1, origin=NAN)),
+    trajectory(dict(tool_call(Q1), arguments=None, reward=NAN, text=None, tool=None)),
+    {"calls": [None, "text", 3, [], ["box"], NAN, {"error": 7, "box": Q1}]},  # malformed calls: failed ones
+    {"calls": ({"error": None, "box": (0, 0, 112, 112), "origin": 0},)},  # tuples
+    {"calls": [{}, {"box": Q1}, {"error": None}]},  # calls without keys
+    {"calls": None}, {"calls": "abc"}, {"calls": {"0": tool_call(Q1)}}, {"calls": 5}, {}, {"turns": 2},
+    {"turns": "two", "finish_reason": None, "turn_texts": None, "calls": [tool_call(Q1)]},
+    None, "text", 7, [], [tool_call(Q1)], NAN, True, b"calls",
+    trajectory(*[tool_call([i, i, i + 112, i + 112]) for i in range(300)], finish="max_turns"),  # many calls
+]
+
+
 def columns(batch: list[str], start: int, gt: Any) -> dict[str, list]:
-    """Per-completion columns as the trainer passes them: answer, geometry, completion_ids, prompt_index, and
-    `pair` (a second, option-shuffled pass: another corpus string, sometimes missing or malformed)."""
+    """Per-completion columns as the trainer passes them: answer, geometry, completion_ids, prompt_index,
+    `pair` (a second, option-shuffled pass: another corpus string, sometimes missing or malformed), `temporal` and
+    `trajectory` (a multi-turn rollout's calls, valid or malformed)."""
     idx = range(start, start + len(batch))
     pairs = [{"completion": t, "permutation": PERMUTATIONS[i % len(PERMUTATIONS)]} for i, t in zip(idx, batch[::-1])]
     for i in range(0, len(pairs), 17):
@@ -318,6 +374,7 @@ def columns(batch: list[str], start: int, gt: Any) -> dict[str, list]:
         "prompt_index": [i // 4 for i in idx],
         "pair": pairs,
         "temporal": [TEMPORAL[i % len(TEMPORAL)] for i in idx],
+        "trajectory": [TRAJECTORIES[i % len(TRAJECTORIES)] for i in idx],
     }
 
 
@@ -1032,6 +1089,141 @@ def _math(rng):
     return [c]
 
 
+# -- tool calls (a multi-turn rollout's `trajectory` column; the completion is its last, answer turn) --
+ZOOM_CANVASES = [(224, 2), (224, 3), (336, 2), (336, 4), (300, 3), (448, 4), (500, 3), (1000, 2)]  # (size, grid)
+ANGLES = (0, 90, 180, 270)
+
+
+def _zoom_case(rng: random.Random) -> tuple[dict[str, Any], list[list[float]]]:
+    """A `zoom` answer (as mmrl/datasets/zoom.py draws it: the marker 0.60–0.72 of its region's side, integer pixels
+    inside the region) and the box in the original's pixels that the `region` tool shows for each region 1 … grid²
+    (rounded to 2 decimals, as the tool records it)."""
+    size, grid = rng.choice(ZOOM_CANVASES)
+    cells = [[round(v, 2) for v in (col * size / grid, row * size / grid, (col + 1) * size / grid,
+                                    (row + 1) * size / grid)] for row in range(grid) for col in range(grid)]
+    q = rng.randint(1, grid * grid)
+    x0, y0, x1, y1 = cells[q - 1]
+    side = rng.randint(math.ceil(0.60 * (x1 - x0)), math.floor(0.72 * (x1 - x0)))
+    x, y = rng.randint(math.ceil(x0), math.floor(x1) - side), rng.randint(math.ceil(y0), math.floor(y1) - side)
+    answer = {"angle": rng.choice(ANGLES), "region": q, "boxes": [[x, y, x + side, y + side]], "grid": grid,
+              "size": [size, size]}
+    return answer, cells
+
+
+def _answer_turn(rng: random.Random, core: str, i: int) -> str:
+    """Case i's completion, the trajectory's answer turn: noise, a reasoning (past the parse caps every tenth case)
+    that names the case, and `core` as the final answer."""
+    reasoning = f"{rng.choice(THINK_NOISE)} {LONG_REASONING}" if i % 10 == 0 else thought(rng)
+    return (f"{rng.choice(PREFIX_NOISE)}<think>{reasoning} Region {i} looked closer.</think>{rng.choice(WS)}"
+            f"<answer>{rng.choice(WS)}{core}{rng.choice(WS)}</answer>{rng.choice(SUFFIX_NOISE)}")
+
+
+def _failed(rng: random.Random, cells: list[list[float]]) -> list[Any]:
+    """0–3 failed calls: with an error (with or without a box; "" is an error too), or malformed entries."""
+    pool = [tool_call(None, error="Error: region must be an int in 1 … 4"), tool_call(rng.choice(cells), error="x"),
+            tool_call(rng.choice(cells), error=""), None, "<region>1</region>", 3, [], ["box", [0, 0, 1, 1]]]
+    return rng.sample(pool, rng.randint(0, 3))
+
+
+def _not_a_look(rng: random.Random, cells: list[list[float]]) -> list[Any]:
+    """0–4 calls that show no region: failed ones, successful ones without a box (a rotation) or a broken one."""
+    pool = [tool_call(None, tool="rotate", arguments={"angle": 90}), tool_call([NAN, 0, 10, 10]),
+            tool_call(["0", "0", "10", "10"]), tool_call([50, 50, 10, 10]), tool_call([0, 0, INF, INF]),
+            tool_call([0, 0, 10])]
+    calls = _failed(rng, cells) + rng.sample(pool, rng.randint(0, 1))
+    rng.shuffle(calls)
+    return calls
+
+
+def _elsewhere(rng: random.Random, answer: dict[str, Any], cells: list[list[float]]) -> dict:
+    """A successful call that shows another region than the target's."""
+    return tool_call(rng.choice([c for k, c in enumerate(cells) if k != answer["region"] - 1]))
+
+
+def _looks_at_target(rng: random.Random, answer: dict[str, Any], cells: list[list[float]]) -> dict:
+    """A successful call whose box covers the target box: its region (`region`), or a box around it (`zoom_in`)."""
+    q = answer["region"]
+    if rng.random() < 0.7:
+        return tool_call(cells[q - 1], origin=rng.choice([0, 0, None]), arguments={"region": rng.choice([q, str(q)])})
+    x1, y1, x2, y2 = answer["boxes"][0]
+    box = [round(x1 - rng.uniform(0, 20), 2), round(y1 - rng.uniform(0, 20), 2), round(x2 + rng.uniform(0, 20), 2),
+           round(y2 + rng.uniform(0, 20), 2)]
+    return tool_call(box, tool="zoom_in", arguments={"bbox_2d": box})
+
+
+@control("tool_grounding")
+def _tool_grounding(rng):
+    # The value comes from the calls, not the completion (noise, ANSWER_FREE): the first successful call with a box
+    # shows the target's region (or a box around it); calls that show nothing come before it and any call after it.
+    # Negatives stand in for the twins: the same completion whose first look is elsewhere, or on another original
+    # image, or that never looks, must score below the max.
+    first, any_, loose = Control(), Control(options={"which": "any"}), Control(options={"min_cover": 0.5})
+    for i in range(120):
+        gt, cells = _zoom_case(rng)
+        text = _answer_turn(rng, str(gt["angle"]), i)
+        hit, skipped = _looks_at_target(rng, gt, cells), _not_a_look(rng, cells)
+        later = [_elsewhere(rng, gt, cells) for _ in range(rng.randint(0, 2))]
+        first.add(text, gt, trajectory=trajectory(*skipped, hit, *later))
+        miss = rng.choice([[_elsewhere(rng, gt, cells), hit], [dict(hit, origin=1)], skipped])
+        first.add(text, gt, expect_max=False, trajectory=trajectory(*miss))
+        if i % 3 == 0:  # which="any": a look at the target after looks elsewhere counts
+            elsewhere = [_elsewhere(rng, gt, cells) for _ in range(rng.randint(1, 3))]
+            any_.add(text, gt, trajectory=trajectory(*elsewhere, *skipped, hit))
+            any_.add(text, gt, expect_max=False, trajectory=trajectory(*elsewhere, *skipped))
+        if i % 4 == 0:  # min_cover=0.5: a look at 55–100 % of the target counts, one at ≤ 45 % does not
+            x1, y1, x2, y2 = gt["boxes"][0]
+            cut = x1 + math.floor(rng.uniform(0.0, 0.45) * (x2 - x1))
+            loose.add(text, gt, trajectory=trajectory(tool_call([cut, y1 - 3, x2 + 3, y2 + 3])))
+            cut = x1 + math.ceil(rng.uniform(0.55, 1.0) * (x2 - x1))
+            loose.add(text, gt, expect_max=False, trajectory=trajectory(tool_call([cut, y1 - 3, x2 + 3, y2 + 3])))
+    return [first, any_, loose]
+
+
+@control("tool_use_bonus")
+def _tool_use_bonus(rng):
+    # A right angle (forms as the rotation control's) reached with at least one successful call (any region, a
+    # rotation, a box around the target), among failed and malformed ones; the twins ("none") are wrong answers.
+    # A right answer without a successful call must not score the bonus. Options: another bonus and threshold,
+    # and the accuracy reward's own (rotation_exact's `tol`) passed through.
+    c = Control()
+    tolerant = Control(options={"bonus": 2.5, "threshold": 0.0, "tol": 0.5})
+    for i in range(150):
+        gt, cells = _zoom_case(rng)
+        a = gt["angle"]
+        ctl = tolerant if i % 5 == 0 else c
+        shown = a + rng.choice([0, 360, -360, 720]) + (rng.choice([0.25, -0.25, 0.5]) if ctl is tolerant else 0)
+        text = _answer_turn(rng, f"{shown}{rng.choice(['', '°', ' degrees', ' deg', 'º'])}", i)
+        ok = rng.choice([_looks_at_target(rng, gt, cells), _elsewhere(rng, gt, cells), tool_call(None, tool="rotate")])
+        failed = _failed(rng, cells)
+        calls = failed + [ok]
+        rng.shuffle(calls)
+        truth = rng.choice([gt, dict(gt, angle=a + 360), dict(gt, angle=str(a))])
+        ctl.add(text, truth, trajectory=trajectory(*calls))
+        if i % 3 == 0:  # the same calls but the successful one
+            ctl.add(text, truth, expect_max=False, trajectory=trajectory(*failed))
+    return [c, tolerant]
+
+
+@control("tool_call_penalty")
+def _tool_call_penalty(rng):
+    # At most `free` calls (failed and malformed ones count as calls) cost nothing: 0.0, the top of the range.
+    # The completion (noise) is not read (ANSWER_FREE); one call or more past `free` must cost something.
+    plain, roomy, strict = Control(), Control(options={"free": 3, "per_call": 0.2}), Control(options={"free": 0})
+    gratis = Control(options={"per_call": 0.0})  # range [0, 0]: any number of calls is free
+    for i in range(160):
+        gt, cells = _zoom_case(rng)
+        ctl = [plain, roomy, strict, gratis][i % 4]
+        free = ctl.options.get("free", 1)
+        pool = [_looks_at_target(rng, gt, cells), _elsewhere(rng, gt, cells)] + _not_a_look(rng, cells)
+        calls = [rng.choice(pool) for _ in range(rng.randint(0, free) if ctl is not gratis else rng.randint(0, 20))]
+        text = _answer_turn(rng, str(gt["angle"]), i)
+        ctl.add(text, trajectory=trajectory(*calls))
+        if ctl is not gratis and i // 4 % 2:
+            more = calls + [rng.choice(pool) for _ in range(free + rng.randint(1, 4) - len(calls))]
+            ctl.add(text, expect_max=False, trajectory=trajectory(*more, finish="max_turns"))
+    return [plain, roomy, strict, gratis]
+
+
 def run_control(name: str, ctl: Control, completions: list[str] | None = None) -> tuple[list[float | None], float]:
     completions = ctl.completions if completions is None else completions
     values = get(name)(completions, answer=ctl.answer, **ctl.extra, **ctl.options)
@@ -1048,7 +1240,10 @@ def blank_answer(text: str) -> str:
 
 
 ANSWER_FREE = {"format", "format_template", "overlong", "repetition", "group_agreement",  # no twin check
-               "temporal_bonus"}  # reads the contrast pass's column, not the completion
+               "temporal_bonus",  # reads the contrast pass's column, not the completion
+               # read the `trajectory` column's calls (and the ground truth's box), not the completion: their
+               # controls carry negatives instead (the same completion with calls that must not score the max)
+               "tool_grounding", "tool_call_penalty"}
 # layout/word rewards whose controls carry no long reasoning (`format_template` documents that text past
 # `MAX_CHARS` fails its template)
 NO_LONG_REASONING = {"format", "format_template", "repetition"}

@@ -1,7 +1,9 @@
 """Multi-turn rollouts with tools on the `hf` engine (`mmrl.rollout.multiturn`, issue 19): a trajectory's ids, images
 and sampling log-probs equal what the processor and the model give the whole conversation in one pass; tools
 returning none, one or two images of different sizes; each image encoded once; stops (no call, max_turns, a budget
-that never cuts an image, length)."""
+that never cuts an image, length). Batched (`rollouts`): every row equals its trajectory alone (`rollout`) — ids,
+finish reasons, observations, media, log-probs ≤ 1e-5 — scripted (rows making different numbers of calls, prompts of
+different lengths) and sampled (rows ending at different turns), with one forward per turn's observations."""
 
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ from mmrl.model.policy import Policy
 from mmrl.rollout.multiturn import MultiTurnHF
 from mmrl.rollout.types import SamplingParams
 from mmrl.rollout.observation import observation_text
+from mmrl.tools.calls import ToolCall
 from mmrl.tools.run import Tool, make_tool
 from mmrl.tools.toolbox import Toolbox
 
@@ -189,3 +192,76 @@ def test_a_template_that_rerenders_the_history_is_refused():
         observation_text(_Template(), user, [{"role": "tool", "content": "x"}])
     with pytest.raises(ValueError, match="dropped the assistant's turn text"):
         observation_text(type("Drop", (), {"apply_chat_template": lambda self, m, **kw: "same"})(), user, [])
+
+
+def _two_prompts(policy):
+    """Prompts of different lengths (images of 70 × 42 and 56 × 112) and ids (so different sampling keys)."""
+    return [policy.encode(make("grounding", 1, seed=2, width=70, height=42)[0]),
+            policy.encode(make("grounding", 2, seed=5, width=56, height=112)[1])]
+
+
+def _assert_same(got, ref, row):
+    assert got.finish_reason == ref.finish_reason, row
+    for k in ("ids", "loss_mask", "token_types"):
+        assert torch.equal(getattr(got, k), getattr(ref, k)), (row, k)
+    assert torch.allclose(got.logprobs, ref.logprobs, atol=1e-5, rtol=0), row
+    turn = lambda t: (t.text, t.start, t.end, len(t.calls), [(r.text, len(r.images)) for r in t.results])  # noqa: E731
+    assert [turn(t) for t in got.turns] == [turn(t) for t in ref.turns], row
+    assert [m.keys() for m in got.media] == [m.keys() for m in ref.media], row
+    assert all(torch.equal(m[k], r[k]) for m, r in zip(got.media, ref.media) for k in m), row
+    assert [im.image.size for im in got.images] == [im.image.size for im in ref.images], row
+
+
+# prompt-major: rows 0-2 prompt 0's, rows 3-5 prompt 1's; 0 to 3 observations, of 0, 1 or 2 images each
+SCRIPTS = [[call(1), call(2), "The answer is 3."], ["No tool needed."], [call(0), call(1), call(2), "x"],
+           [call(2), "Answer."], [call(1), call(1), call(1), call(1)], [call(0), "Fine."]]
+
+
+def test_batched_rollouts_are_each_trajectory_alone(family):
+    policy = family[0]
+    prompts, engine, params = _two_prompts(policy), _engine(policy), SamplingParams(max_new_tokens=2000)
+    assert prompts[0].length != prompts[1].length  # left padding at the prefill
+    fed, encoded = [], []
+    emb = policy.hf.get_input_embeddings().register_forward_hook(lambda m, a, out: fed.append(tuple(a[0].shape)))
+    tower = policy.hf.model.visual.register_forward_pre_hook(
+        lambda m, a, k: encoded.append(int((a[0] if a else k["hidden_states"]).shape[0])), with_kwargs=True)
+    try:
+        got = engine.rollouts(prompts, params, 3, samplers=[Scripted(policy, s) for s in SCRIPTS])
+    finally:
+        emb.remove(), tower.remove()
+    assert [t.finish_reason for t in got] == ["eos", "eos", "eos", "eos", "max_turns", "eos"]
+    for r, traj in enumerate(got):
+        _assert_same(traj, engine.rollout(prompts[r // 3], params, r % 3, sampler=Scripted(policy, SCRIPTS[r])), r)
+    # each prompt prefilled once; then one token a step, and one forward per turn's observations (rows that ended
+    # dropped: 5 rows call after turn 1, 3 after turn 2, 2 after turn 3)
+    assert fed[0] == (2, max(p.length for p in prompts))
+    assert [rows for rows, k in fed[1:] if k > 1] == [5, 3, 2]
+    assert all(rows in (6, 5, 3, 2) for rows, _ in fed[1:])
+    # the vision tower: once for the prompts, once per turn for every row's new images together
+    tools = sum(int(m["pixel_values"].shape[0]) for t in got for m in t.media)
+    assert len(encoded) == 4 and sum(encoded) == sum(int(p.tensors["pixel_values"].shape[0]) for p in prompts) + tools
+
+
+class _EveryTurnCalls(Toolbox):
+    """Reads every turn as a call of `pictures`, of len(text) % 3 pictures: the random policy's sampled turns run
+    tools and see images."""
+
+    def parse(self, text):
+        return [ToolCall("pictures", {"n": len(text) % 3})]
+
+
+def test_sampled_batched_rollouts_draw_what_each_row_draws_alone(policy):
+    """The hf sampler over all rows (one draw a step, each row at its own position) draws each row's tokens alone;
+    turns end at a stop string ("e"), so rows end turns, and trajectories, at different steps."""
+    prompts = _two_prompts(policy)
+    engine = MultiTurnHF(policy, _EveryTurnCalls([Tool("pictures", pictures)]), max_turns=3, stops=("e",))
+    for params in (SamplingParams(temperature=1.0, max_new_tokens=80, seed=1),
+                   SamplingParams(greedy=True, max_new_tokens=40, seed=1)):
+        got = engine.rollouts(prompts, params, 3)
+        for r, traj in enumerate(got):
+            _assert_same(traj, engine.rollout(prompts[r // 3], params, r % 3), (params.greedy, r))
+    sampled = engine.rollouts(prompts, SamplingParams(temperature=1.0, max_new_tokens=80, seed=1), 3)
+    assert len({t.finish_reason for t in sampled}) > 1 and len({len(t.turns) for t in sampled}) > 1
+    assert len({tuple(t.ids.tolist()) for t in sampled}) == 6  # real draws: every row its own
+    with pytest.raises(ValueError, match="2 samplers for 2 prompts"):
+        engine.rollouts(prompts, SamplingParams(), 3, samplers=[None, None])
