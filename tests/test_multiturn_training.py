@@ -125,11 +125,11 @@ def test_tool_settings_are_checked_before_anything_loads():
     from mmrl.config import ConfigError
 
     with pytest.raises(ConfigError) as e:
-        load_config(None, ["rollout.tools=[{fn: zoom_inn}]", "rollout.tool_format=boxes", "rollout.engine=vllm",
+        load_config(None, ["rollout.tools=[{fn: zoom_inn}]", "rollout.tool_format=boxes", "algorithm.replay_capacity=4",
                            "rollout.max_turns=0", "model.image_min_pixels=5000", "model.image_max_pixels=3136"])
     text = str(e.value)
     for line in ("rollout.tools[0].fn", "zoom_in", "rollout.tool_format: unknown tool call format 'boxes'",
-                 "rollout.max_turns", "rollout.tools: multi-turn rollouts run on the hf engine",
+                 "rollout.max_turns", "rollout.tools: multi-turn rollouts run without extra passes, rehearsal or replay",
                  "model.image_min_pixels: must be <= model.image_max_pixels"):
         assert line in text, line
 
@@ -151,3 +151,34 @@ def test_the_image_pixel_cap_reaches_prompts_and_tool_images(zoo_cache):
     assert prompt.tensors["image_grid_thw"].tolist() == [[1, 4, 4]]  # 224² shown at 56²: 2 × 2 merged tokens
     assert (prompt.geometry[0].proc_w, prompt.geometry[0].proc_h) == (56, 56)
     assert ImageLimits.from_processor(small.processor, small.convention).max_pixels == 56 * 56
+
+
+LOOK = '''
+from PIL import Image
+
+def look(arguments, state):
+    n = {"a": 0, "e": 1, "i": 2}.get(arguments["letter"], 1)
+    sizes = [(56, 84), (112, 56)] if n == 2 else [(70, 42)] * n
+    return [Image.new("RGB", s, (60 * k + 20, 90, 140)) for k, s in enumerate(sizes)] + [f"saw {len(state.images)}"]
+'''
+
+
+@pytest.mark.vllm
+@pytest.mark.integration
+def test_training_steps_with_tools_on_vllm_score_what_vllm_sampled(tmp_path, tiny):
+    """`rollout.engine=vllm` with tools: vLLM samples every turn (the observations' images as multimodal data), the
+    trainer scores the whole conversation in one forward, and the two agree on every policy token, every step."""
+    plugin = tmp_path / "look.py"
+    plugin.write_text(LOOK)
+    cfg = tiny(tmp_path / "run", f"rollout.tools=[{{fn: '{plugin}:look', name: look, isolate: never}}]",
+               "rollout.tool_format={pattern: '(?P<letter>[aeiou])', tool: look}",
+               f"rollout.tool_stops=[{', '.join(STOPS)}]", "rollout.max_turns=3", "rollout.max_new_tokens=40",
+               "rollout.engine=vllm", "rollout.vllm_gpu_memory_utilization=0.02",
+               "stages=[{name: rl, kind: rl, steps: 2}]", "trainer.eval_every=0")
+    from mmrl.train.trainer import Trainer
+
+    Trainer(cfg, log=lambda *a: None).run()
+    rl = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rl if r.get("train/stage") == "rl"]
+    assert len(rl) == 2 and all(r["rollout/turns_mean"] > 1 and r["tool/look/calls"] > 0 for r in rl)
+    assert max(r["rollout/logprob_gap_max"] for r in rl) <= 1e-4  # the trainer scored what vLLM sampled

@@ -72,7 +72,8 @@ def cmd_train(args) -> int:
         if key == "eval/n":
             continue
         b, a = before.get(key), after.get(key)
-        print(f"  {key:28s} before {b if b is None else f'{b:.3f}':>6}   after {a if a is None else f'{a:.3f}':>6}")
+        shown = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731  (a run without RL has no "before")
+        print(f"  {key:28s} before {shown(b):>6}   after {shown(a):>6}")
     print(f"run directory: {cfg.run_dir}")
     return 0
 

@@ -295,6 +295,7 @@ class StageConfig:
     steps: int = 100
     lr: float | None = None  # default: trainer.lr
     lr_schedule: Literal["constant", "linear", "cosine"] | None = None  # default: trainer.lr_schedule
+    warmup_steps: int | None = None  # default: trainer.warmup_steps
     labels: Literal["true", "random"] = "true"  # sft only: `random` = format-only warm start at chance
     # sft only: with this probability a target's reasoning is replaced by an empty thought (TON's thought dropout)
     thought_dropout: float = 0.0

@@ -126,7 +126,8 @@ RANGES: dict[type, dict[str, Range]] = {
         "prompt_weight_mix": PROBABILITY, "replay_capacity": at_least(0, "0 = off"), "replay_alpha": at_least(0),
         "ppo_epochs": at_least(1), "mini_batches": at_least(1),
     },
-    StageConfig: {"steps": at_least(0), "lr": above(0, "or null = trainer.lr"), "thought_dropout": PROBABILITY},
+    StageConfig: {"steps": at_least(0), "lr": above(0, "or null = trainer.lr"), "thought_dropout": PROBABILITY,
+                  "warmup_steps": at_least(0, "or null = trainer.warmup_steps")},
     TrainerConfig: {
         "lr": above(0), "min_lr_ratio": PROBABILITY, "warmup_steps": at_least(0), "weight_decay": at_least(0),
         "betas": BETAS, "prompts_per_step": at_least(1), "sft_batch_size": at_least(1),
@@ -255,14 +256,13 @@ def _check_rollout(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
                f" the prompt, got {r.vllm_max_model_len} (valid: ({r.max_new_tokens}, ∞) or null)")
     if r.tools:
         a = cfg.algorithm
-        clash = [(r.engine != "hf", f"rollout.engine: {r.engine}"),
-                 (bool(r.extra_passes), "rollout.extra_passes"),
+        clash = [(bool(r.extra_passes), "rollout.extra_passes"),
                  (a.rehearsal_coef > 0, "algorithm.rehearsal_coef > 0"),
                  (a.replay_capacity > 0, "algorithm.replay_capacity > 0")]
         for hit, what in clash:
             if hit:
-                yield (f"rollout.tools: multi-turn rollouts run on the hf engine, without extra passes, rehearsal or "
-                       f"replay for now; got {what} (valid: engine hf, none of those)")
+                yield (f"rollout.tools: multi-turn rollouts run without extra passes, rehearsal or replay for now; "
+                       f"got {what} (valid: none of those)")
     m = cfg.model
     if m.image_min_pixels and m.image_max_pixels and m.image_min_pixels > m.image_max_pixels:
         yield (f"model.image_min_pixels: must be <= model.image_max_pixels ({m.image_max_pixels}), got "

@@ -41,7 +41,8 @@ cost of rows idling (as holes) until the batch's longest turn ends.
 Sampling is keyed as the `hf` engine's (`row_seed(seed, step, prompt id, g)`, uniform of token position t after the
 prompt, observation tokens included), so a trajectory does not depend on the batch it runs in: on the CPU `rollouts`
 gives `rollout`'s tokens, and log-probs to ~1e-6 (reductions over padded shapes differ in the last bits).
-The trainer takes trajectories through `mmrl.rollout.tool_engine`. Not yet: the vllm engine.
+The trainer takes trajectories through `mmrl.rollout.tool_engine`; the vllm engine's loop is
+`mmrl.rollout.multiturn_vllm`.
 """
 
 from __future__ import annotations

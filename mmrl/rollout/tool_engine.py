@@ -8,8 +8,9 @@ images as processor tensors, so a log-prob pass runs the whole conversation in o
 (`mmrl.train.rows.micro_inputs`). `texts` (what rewards parse as the completion) is the last policy turn, the one
 holding the answer; the reward column `trajectory` holds the rest (`trajectory_column`).
 
-Sampling runs on the `hf` engine's model and keying (`mmrl.rollout.multiturn.MultiTurnHF`); the vllm engine has no
-multi-turn loop yet (config validation refuses `rollout.tools` with it).
+Sampling runs on the `hf` engine's model and keying, the rows of `batch_prompts` prompts in lock-step
+(`mmrl.rollout.multiturn.MultiTurnHF.rollouts`), or with `rollout.engine: vllm` on vLLM, one generate call per turn
+(`mmrl.rollout.multiturn_vllm.MultiTurnVLLM`). Scripted turns (SFT targets, `scripted`) always run on the hf loop.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import torch
 
 from mmrl.rollout.multiturn import MultiTurnHF, Trajectory
+from mmrl.rollout.multiturn_vllm import MultiTurnVLLM
 from mmrl.rollout.types import Observed, Rollouts, SamplingParams
 from mmrl.runtime import HOST
 from mmrl.tools.calls import FORMATS
@@ -107,36 +109,36 @@ class Script:
 
 
 class ToolEngine:
-    """Rollouts that call `toolbox`'s tools, on `policy`'s own model (`MultiTurnHF`). `max_turns`: the policy's
+    """Rollouts that call `toolbox`'s tools, on `policy`'s own model (`MultiTurnHF`) or, given a `VLLMEngine`
+    (`vllm`), on vLLM (`MultiTurnVLLM`). `max_turns`: the policy's
     turns at most; `stops`: strings that end a turn besides EOS (default: the call format's closing tag,
     `CALL_ENDS`); `system_prompt`: the one prompts are encoded with (`data.system_prompt`). With the Qwen JSON call format (`qwen`), the tools' schemas go into the chat template
     (`tools=[…]`) of the prompts and of every observation, as Qwen's templates expect."""
 
     def __init__(self, policy, toolbox: Toolbox, *, max_turns: int = 4, stops: list[str] | None = None,
-                 system_prompt: str | None = None):
+                 system_prompt: str | None = None, vllm=None):
         self.policy, self.toolbox = policy, toolbox
         template = {"tools": toolbox.schemas()} if toolbox.format == FORMATS["qwen"] and toolbox.schemas() else {}
         policy.prompts.template_kwargs = template
         if stops is None:
             stops = [end for name, end in CALL_ENDS.items() if FORMATS.get(name) == toolbox.format]
-        self.loop = MultiTurnHF(policy, toolbox, max_turns=max_turns, stops=tuple(stops), template_kwargs=template,
-                                system_prompt=system_prompt)
+        kwargs = dict(max_turns=max_turns, stops=tuple(stops), template_kwargs=template, system_prompt=system_prompt)
+        self.loop = MultiTurnVLLM(vllm, toolbox, **kwargs) if vllm is not None else MultiTurnHF(policy, toolbox,
+                                                                                                 **kwargs)
+        self.host = self.loop.host if vllm is not None else self.loop  # scripted turns: always the hf loop
 
     def sync_weights(self, policy) -> None:
-        """Sampling uses the training model itself: nothing to copy."""
+        """The hf loop samples from the training model itself; the vLLM loop gets the weights pushed."""
         self.policy = policy
+        if isinstance(self.loop, MultiTurnVLLM):
+            self.loop.sync_weights(policy)
 
     @torch.no_grad()
     def generate(self, prompts, n: int, params: SamplingParams, batch_prompts: int = 16) -> Rollouts:
         """n trajectories of each prompt (PromptInputs), `batch_prompts` prompts at a time."""
         trajectories: list[Trajectory] = []
-        batched = getattr(self.loop, "rollouts", None)
         for i in range(0, len(prompts), batch_prompts):
-            chunk = prompts[i : i + batch_prompts]
-            if batched is not None:
-                trajectories += batched(chunk, params, n)
-            else:
-                trajectories += [self.loop.rollout(p, params, g) for p in chunk for g in range(n)]
+            trajectories += self.loop.rollouts(prompts[i : i + batch_prompts], params, n)
         return to_rollouts(trajectories, n, self.policy.pad_id, self.policy.runtime.device)
 
     @torch.no_grad()
@@ -144,11 +146,8 @@ class ToolEngine:
         """One trajectory per prompt whose policy turns are `scripts[i]` (texts, the last one followed by EOS),
         the tools run on the calls they make: SFT targets of a tool-using task, with the observations a rollout would
         see (`Script`). A turn that makes no readable call ends the trajectory there."""
-        budget = 1 << 30
-        out = []
-        for p, turns in zip(prompts, scripts):
-            script = Script(self.policy, turns)
-            out.append(self.loop.rollout(p, SamplingParams(max_new_tokens=budget), 0, sampler=script))
+        scripts = [Script(self.policy, turns) for turns in scripts]
+        out = self.host.rollouts(prompts, SamplingParams(max_new_tokens=1 << 30), 1, samplers=scripts)
         return to_rollouts(out, 1, self.policy.pad_id, self.policy.runtime.device)
 
     def metrics(self) -> dict[str, float]:

@@ -64,8 +64,9 @@ def build_engine(cfg: Config, policy: Policy):
         from mmrl.tools.toolbox import Toolbox
 
         toolbox = Toolbox.from_configs(r.tools, r.tool_format, key="rollout.tools")
+        vllm = make_engine(r.engine, policy, r, cfg.data.video) if r.engine == "vllm" else None
         return ToolEngine(policy, toolbox, max_turns=r.max_turns, stops=r.tool_stops,
-                          system_prompt=cfg.data.system_prompt)
+                          system_prompt=cfg.data.system_prompt, vllm=vllm)
     return make_engine(r.engine, policy, r, cfg.data.video)
 
 

@@ -34,14 +34,16 @@ class Optimization:
         self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
 
     def new(self, stage: StageConfig) -> None:
-        """A fresh optimizer and schedule for `stage` (its own `lr` / `lr_schedule` when it sets them)."""
+        """A fresh optimizer and schedule for `stage` (its own `lr` / `lr_schedule` / `warmup_steps` when it sets
+        them)."""
         t = self.cfg
         lr = stage.lr if stage.lr is not None else t.lr
         self.optimizer = torch.optim.AdamW(self.policy.parameters(), lr=lr, betas=tuple(t.betas),
                                            weight_decay=t.weight_decay)
         total, schedule = max(stage.steps, 1), stage.lr_schedule or t.lr_schedule
+        warmup = stage.warmup_steps if stage.warmup_steps is not None else t.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: lr_factor(
-            i, total=total, warmup=t.warmup_steps, schedule=schedule, min_ratio=t.min_lr_ratio))
+            i, total=total, warmup=warmup, schedule=schedule, min_ratio=t.min_lr_ratio))
 
     def step(self, advance_schedule: bool = True) -> float:
         """Clip, step, zero; returns the gradient norm before clipping. The schedule advances when

@@ -1,0 +1,50 @@
+"""Learning to use a tool (issue 19): on the `zoom` task the tiny zoo Qwen2-VL learns, by multi-turn GRPO alone, to
+zoom into the region that holds the arrow (`recipes/thinking_with_images.yaml`: its tool, task and settings), and a
+shuffled-reward control does not.
+
+Both runs share the recipe's format warm start (SFT through the tool loop on random regions and angles: the policy
+writes calls and answers, at chance) and then run the same GRPO steps on one thread with a fixed seed; the reward is
+the grounding of the call (the crop holds the arrow) plus the format bonus — the angle's accuracy, which only
+becomes learnable once the policy looks in the right place, is left to the recipe's longer run. The control shuffles
+the rewards within each group before the advantage (`tests/test_learning.py`'s baseline), which keeps every
+statistic of the reward signal except its link to the trajectories.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mmrl.cli.checks import load_config
+from mmrl.train import checkpoint
+from mmrl.train.trainer import Trainer
+from tests import test_learning  # noqa: F401  (registers the shuffled-reward baseline, test_shuffled_group_mean)
+
+pytestmark = pytest.mark.learning
+REPO = Path(__file__).resolve().parent.parent
+RL_STEPS = 60
+
+
+def _cfg(run_dir: Path, *extra: str):
+    return load_config(REPO / "recipes" / "thinking_with_images.yaml", [
+        f"run.dir={run_dir}", "run.progress=false", "trainer.threads=1", "trainer.seed=0", "trainer.eval_every=0",
+        "trainer.checkpoint_every=0", "trainer.keep_checkpoints=0", "trainer.log_rollouts_every=0",
+        "trainer.prompts_per_step=16", "data.eval.n=64",
+        "rewards=[{fn: format, weight: 0.1}, {fn: tool_grounding, name: right_region, weight: 1.0}]",
+        f"stages=[{{name: warm, kind: sft, steps: 40, lr: 2.0e-3, lr_schedule: constant, labels: random}}, "
+        f"{{name: grpo, kind: rl, steps: {RL_STEPS}}}]", *extra,
+    ])
+
+
+def test_grpo_learns_to_zoom_where_the_arrow_is_and_shuffled_rewards_do_not(tmp_path, zoo_cache):
+    learned = Trainer(_cfg(tmp_path / "grpo"), log=lambda *a: None).run()
+    warm = checkpoint.list_complete(tmp_path / "grpo" / "checkpoints")[0]  # end of the warm start
+    control = Trainer(_cfg(tmp_path / "control", f"resume={warm}", "algorithm.baseline=test_shuffled_group_mean"),
+                      log=lambda *a: None).run()
+    before, after = learned["eval_before"], learned["eval_after"]
+    assert before["eval/right_region"] <= 0.40 and before["eval/tool_use_frac"] >= 0.9  # calls, at chance
+    assert after["eval/right_region"] >= 0.90, learned
+    assert control["eval_before"] == before  # the same warm start
+    assert control["eval_after"]["eval/right_region"] <= 0.35, control
