@@ -9,10 +9,10 @@ The random zoo model writes random text, so the tests use a call format it write
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 from mmrl.config import ModelConfig
 from mmrl.datasets.synthetic import make
@@ -22,17 +22,7 @@ from mmrl.rollout.types import SamplingParams, concat_rollouts, select_groups
 from mmrl.tools.run import Tool
 from mmrl.tools.toolbox import Toolbox
 from mmrl.train.rows import logprob_pass
-
-VOWELS = {"pattern": "(?P<letter>[aeiou])", "tool": "look"}
-STOPS = list("aeiou")
-
-
-def look(arguments, state):
-    """`a`: text only; `e`: one picture; `i`: two of different sizes; other letters: one small picture."""
-    n = {"a": 0, "e": 1, "i": 2}.get(arguments["letter"], 1)
-    sizes = [(56, 84), (112, 56)] if n == 2 else [(70, 42)] * n
-    return [Image.new("RGB", s, (60 * k + 20, 90, 140)) for k, s in enumerate(sizes)] + [f"saw {len(state.images)}"]
-
+from tests.multiturn_helpers import STOPS, VOWELS, look
 
 @pytest.fixture(scope="module")
 def policy(zoo_cache):
@@ -72,7 +62,6 @@ def test_log_prob_passes_score_trajectories_as_they_were_sampled(policy):
 
 FAULTY = '''
 import os, time
-from PIL import Image
 
 def look(arguments, state, marker):
     """`a` raises, `e` hangs once (then answers), `i` returns garbage, `o` an image past the pixel limit."""
@@ -153,23 +142,12 @@ def test_the_image_pixel_cap_reaches_prompts_and_tool_images(zoo_cache):
     assert ImageLimits.from_processor(small.processor, small.convention).max_pixels == 56 * 56
 
 
-LOOK = '''
-from PIL import Image
-
-def look(arguments, state):
-    n = {"a": 0, "e": 1, "i": 2}.get(arguments["letter"], 1)
-    sizes = [(56, 84), (112, 56)] if n == 2 else [(70, 42)] * n
-    return [Image.new("RGB", s, (60 * k + 20, 90, 140)) for k, s in enumerate(sizes)] + [f"saw {len(state.images)}"]
-'''
-
-
 @pytest.mark.vllm
 @pytest.mark.integration
 def test_training_steps_with_tools_on_vllm_score_what_vllm_sampled(tmp_path, tiny):
     """`rollout.engine=vllm` with tools: vLLM samples every turn (the observations' images as multimodal data), the
     trainer scores the whole conversation in one forward, and the two agree on every policy token, every step."""
-    plugin = tmp_path / "look.py"
-    plugin.write_text(LOOK)
+    plugin = Path(__file__).parent / "multiturn_helpers.py"
     cfg = tiny(tmp_path / "run", f"rollout.tools=[{{fn: '{plugin}:look', name: look, isolate: never}}]",
                "rollout.tool_format={pattern: '(?P<letter>[aeiou])', tool: look}",
                f"rollout.tool_stops=[{', '.join(STOPS)}]", "rollout.max_turns=3", "rollout.max_new_tokens=40",

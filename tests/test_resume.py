@@ -43,14 +43,22 @@ def _steps_logged(run_dir: Path) -> int:
     return json.loads(lines[-1])["train/step"] if lines else 0
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
+# multi-turn rollouts with a tool (tests/multiturn_helpers.py: any vowel is a call; a turn ends at its first vowel)
+TOOLS = [f"rollout.tools=[{{fn: '{REPO / 'tests' / 'multiturn_helpers.py'}:look', name: look, isolate: never}}]",
+         "rollout.tool_format={pattern: '(?P<letter>[aeiou])', tool: look}", "rollout.tool_stops=[a, e, i, o, u]",
+         "rollout.max_turns=3", "rollout.max_new_tokens=24"]
+MODES = {"full": ["model.mode=full"], "lora": ["model.mode=lora"], "tools": ["model.mode=full", *TOOLS]}
+
+
+@pytest.mark.parametrize("mode", list(MODES))
 def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny, length_reward, mode):
+    mode = MODES[mode]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     ref_dir, run_dir = tmp_path / "ref", tmp_path / "killed"
-    subprocess.run(_cmd(tiny, ref_dir, length_reward, f"model.mode={mode}"), check=True, env=env,
+    subprocess.run(_cmd(tiny, ref_dir, length_reward, *mode), check=True, env=env,
                    capture_output=True)
 
-    proc = subprocess.Popen(_cmd(tiny, run_dir, length_reward, f"model.mode={mode}"), env=env,
+    proc = subprocess.Popen(_cmd(tiny, run_dir, length_reward, *mode), env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     while _steps_logged(run_dir) < 5 and proc.poll() is None and time.time() < deadline:
@@ -61,7 +69,7 @@ def test_sigkill_then_resume_matches_uninterrupted(tmp_path, tiny, length_reward
     killed_at = _steps_logged(run_dir)
     assert 5 <= killed_at < 10
 
-    out = subprocess.run(_cmd(tiny, run_dir, length_reward, f"model.mode={mode}", "resume=auto"), env=env,
+    out = subprocess.run(_cmd(tiny, run_dir, length_reward, *mode, "resume=auto"), env=env,
                          capture_output=True, text=True)
     assert out.returncode == 0, out.stderr[-2000:]
     final_ref = load_file(str(checkpoint.latest(ref_dir / "checkpoints") / "model.safetensors"))

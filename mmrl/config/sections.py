@@ -84,8 +84,8 @@ class DataSource:
     seed: int = 0
     kwargs: dict[str, Any] = field(default_factory=dict)  # extra arguments of the synthetic task
     # files (`path`: .jsonl, .json, .parquet or a saved `datasets` directory): the records' format (auto-detected
-    # per record: native | vlm_r1_rec | easyr1 | llava), a field mapping {mmrl key: file key}, the folder relative
-    # image paths start from (default: the file's), and a question template with `{problem}`
+    # per record: native | vlm_r1_rec | easyr1 | llava | deepeyes), a field mapping {mmrl key: file key}, the
+    # folder relative image paths start from (default: the file's), and a question template with `{problem}`
     format: str = "auto"
     fields: dict[str, str] = field(default_factory=dict)
     image_root: str | None = None

@@ -11,7 +11,10 @@ and converts it to a `Sample`:
   where the images go (EasyR1's and many HF data sets' layout; `prompt` for `problem` when the images are
   in-memory cells, since `prompt` with image paths is mmrl's native short form);
 - `llava`: `{"image", "conversations": [{"from": "human", "value": "<image>\\n…"}, {"from": "gpt", …}]}` → the
-  first human turn is the prompt, the first reply the answer.
+  first human turn is the prompt, the first reply the answer;
+- `deepeyes`: verl's RL records as DeepEyes releases them, `{"prompt": [chat messages], "images": [...],
+  "reward_model": {"ground_truth": …}, "data_source", "extra_info", …}` → the chat messages (a system turn kept,
+  `<image>` markers replaced by the images), the answer from `reward_model.ground_truth`, the rest in `meta`.
 Images may be paths (relative to `image_root`, else to the file's folder), bytes, or HF `Image` cells
 (`{"bytes", "path"}`). `template` (with `{problem}`) rewrites the question text. Errors name the file, the
 record (line or index) and the field; `on_bad_sample: skip` drops such records and counts them.
@@ -35,6 +38,8 @@ FORMATS: Registry[Callable[..., Sample]] = Registry("data format")
 _NUM = r"[-+]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?"
 _BOX = re.compile(rf"\[\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*,\s*({_NUM})\s*\]")
 REC_TEMPLATE = "Locate {problem}. Answer with its bounding box [x1, y1, x2, y2] inside <answer></answer>."
+DEEPEYES_KEYS = ("prompt", "images", "reward_model")  # the keys that make a record `deepeyes` when auto-detected
+CHAT_ROLES = ("system", "user", "assistant")
 
 
 # ------------------------------------------------------------------------------------------------ reading
@@ -86,6 +91,8 @@ def _cells(record: dict) -> bool:
 
 def detect(record: dict) -> str:
     """The format a record's keys say it is in."""
+    if all(key in record for key in DEEPEYES_KEYS):  # verl RL records; mmrl's short form has no `reward_model`
+        return "deepeyes"
     if "messages" in record or ("prompt" in record and not ("answer" in record and _cells(record))):
         return "native"
     if "conversations" in record:
@@ -200,6 +207,87 @@ def llava(record: dict, *, root: Path, sample_id: str, template: str | None = No
     response = _text(reply.get("value"), "conversations[gpt].value").strip()
     return Sample(id=sample_id, messages=_user(_with_images(prompt, images)), answer=response,
                   task=str(record.get("task", "")), meta={"response": response})  # the SFT target as written
+
+
+@FORMATS.register("deepeyes")
+def deepeyes(record: dict, *, root: Path, sample_id: str, template: str | None = None, **_) -> Sample:
+    """DeepEyes' RL records ("DeepEyes: Incentivizing 'Thinking with Images' via Reinforcement Learning",
+    arXiv:2505.14362; data set ChenShawn/DeepEyes-Datasets-47k), verl's parquet layout: `prompt` (chat messages
+    {role, content}: a system turn describing `image_zoom_in_tool`, a user turn "<image>\\nQuestion: …"), `images`
+    (a list of paths or `{bytes, path}` cells), `reward_model: {ground_truth, …}`, and `data_source`, `extra_info`,
+    `ability`, `env_name`, … (kept in `meta`; `reward_model`'s other keys under `meta["reward_model"]`).
+
+    The messages stay turns: the system turn is kept (so `data.system_prompt` does not replace it), each `<image>`
+    marker of the other turns becomes the next image (no markers: the images lead the first user turn; any other
+    count is an error). The prompt must end with a user turn. `template` rewrites the last user turn's question."""
+    raw = record.get("images", [])
+    raw = raw if isinstance(raw, list) else [raw]
+    images = [_media(v, root, sample_id, f"images[{k}]") for k, v in enumerate(raw)]
+    reward_model = record.get("reward_model")
+    if not isinstance(reward_model, dict):
+        raise _LineError("reward_model", f"expected an object with a ground_truth, got {type(reward_model).__name__}")
+    truth = reward_model.get("ground_truth")
+    if truth is None or (isinstance(truth, str) and not truth.strip()):
+        raise _LineError("reward_model.ground_truth", "missing" if truth is None else "empty")
+    meta = {k: v for k, v in record.items() if k not in (*DEEPEYES_KEYS, "id", "task")}
+    rest = {k: v for k, v in reward_model.items() if k != "ground_truth" and v is not None}
+    if rest:
+        meta["reward_model"] = rest
+    sample = Sample(id=sample_id, messages=_chat(record.get("prompt"), images), answer=truth,
+                    task=str(record.get("task", "")), meta=meta)
+    return with_template(sample, template) if template else sample
+
+
+def _chat(prompt: Any, images: list[Any]) -> list[dict]:
+    """verl chat messages → mmrl's: every turn's text as one text part, `<image>` markers (outside the system turn)
+    replaced by `images` in order, or all images before the first user turn's text when there is no marker."""
+    if not isinstance(prompt, list) or not prompt:
+        raise _LineError("prompt", "expected a non-empty list of chat messages {role, content}")
+    turns: list[tuple[str, str]] = []
+    for m, msg in enumerate(prompt):
+        if not isinstance(msg, dict):
+            raise _LineError(f"prompt[{m}]", f"expected a message {{role, content}}, got {type(msg).__name__}")
+        role = msg.get("role")
+        if role not in CHAT_ROLES:
+            raise _LineError(f"prompt[{m}].role", f"{role!r} is not one of {', '.join(CHAT_ROLES)}")
+        turns.append((role, _content_text(msg.get("content"), f"prompt[{m}].content")))
+    if turns[-1][0] != "user":
+        raise _LineError(f"prompt[{len(turns) - 1}].role", f"the prompt must end with a user turn, not "
+                                                            f"{turns[-1][0]!r}")
+    markers = sum(text.count("<image>") for role, text in turns if role != "system")
+    if markers and markers != len(images):
+        raise _LineError("images", f"{len(images)} image(s) for {markers} <image> marker(s) in the prompt")
+    out, queue, lead = [], list(images), not markers
+    for role, text in turns:
+        if role == "system":
+            parts = [{"type": "text", "text": text}]
+        elif lead and role == "user":  # no markers: the images open the first user turn
+            parts, queue, lead = _with_images(text.strip(), queue), [], False
+        else:
+            k = text.count("<image>")
+            parts, queue = _with_images(text, queue[:k]), queue[k:]
+        if not parts:
+            raise _LineError(f"prompt[{len(out)}].content", "empty")
+        out.append({"role": role, "content": parts})
+    return out
+
+
+def _content_text(content: Any, field: str) -> str:
+    """A message's content as text: a string, or a list of parts whose text parts are joined and whose image parts
+    become `<image>` markers."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        pieces = []
+        for k, part in enumerate(content):
+            if isinstance(part, dict) and (part.get("type") == "image" or "image" in part):
+                pieces.append("<image>")
+            elif isinstance(part, dict) and isinstance(part.get("text"), str):
+                pieces.append(part["text"])
+            else:
+                raise _LineError(f"{field}[{k}]", "expected a text or image part")
+        return "".join(pieces)
+    raise _LineError(field, f"expected text or a list of parts, got {type(content).__name__}")
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -44,7 +44,8 @@ def trajectory_column(t: Trajectory) -> dict[str, Any]:
             "calls": calls}
 
 
-def trajectory_metrics(trajectories: list[dict], finish_reasons: list[str], prefix: str = "rollout/") -> dict[str, float]:
+def trajectory_metrics(trajectories: list[dict], finish_reasons: list[str],
+                       prefix: str = "rollout/") -> dict[str, float]:
     """Multi-turn rollouts' shape (`trajectory` column dicts): mean turns and calls per trajectory, the share of
     trajectories that called a tool, of calls that failed, and of each finish reason (`<prefix>finish/<reason>`)."""
     calls = [len(t["calls"]) for t in trajectories]
@@ -110,10 +111,10 @@ class Script:
 
 class ToolEngine:
     """Rollouts that call `toolbox`'s tools, on `policy`'s own model (`MultiTurnHF`) or, given a `VLLMEngine`
-    (`vllm`), on vLLM (`MultiTurnVLLM`). `max_turns`: the policy's
-    turns at most; `stops`: strings that end a turn besides EOS (default: the call format's closing tag,
-    `CALL_ENDS`); `system_prompt`: the one prompts are encoded with (`data.system_prompt`). With the Qwen JSON call format (`qwen`), the tools' schemas go into the chat template
-    (`tools=[…]`) of the prompts and of every observation, as Qwen's templates expect."""
+    (`vllm`), on vLLM (`MultiTurnVLLM`). `max_turns`: the policy's turns at most; `stops`: strings that end a turn
+    besides EOS (default: the call format's closing tag, `CALL_ENDS`); `system_prompt`: the one prompts are encoded
+    with (`data.system_prompt`). With the Qwen JSON call format (`qwen`), the tools' schemas go into the chat
+    template (`tools=[…]`) of the prompts and of every observation, as Qwen's templates expect."""
 
     def __init__(self, policy, toolbox: Toolbox, *, max_turns: int = 4, stops: list[str] | None = None,
                  system_prompt: str | None = None, vllm=None):

@@ -36,6 +36,7 @@ _BOX_PARAMETERS = {
         "bbox_2d": {"type": "array", "items": {"type": "number"}, "minItems": 4, "maxItems": 4,
                     "description": "The region as [x1, y1, x2, y2], in the coordinates you use for boxes."},
         "image": _IMAGE_ARG,
+        "label": {"type": "string", "description": "What the region shows (optional; recorded, not used)."},
     },
     "required": ["bbox_2d"],
 }

@@ -43,7 +43,11 @@ from mmrl.train.update import needs_old_logp, rl_update
 
 
 def turn_capped(rollouts: Rollouts) -> torch.Tensor:
-    """[N] bool: multi-turn rows that reached `rollout.max_turns` with a call still pending."""
+    """[N] bool: multi-turn rows that reached `rollout.max_turns` with a call still pending. `rollout.turn_cap: mask`
+    keeps them out of the loss while their rewards stay in the group statistics — the over-turn masking of Mini-o3
+    ("Mini-o3: Scaling Up Reasoning Patterns and Interaction Turns for Visual Search", arXiv:2509.07969), which
+    neither rewards nor penalises a trajectory for running out of turns; `penalize` subtracts
+    `rollout.turn_cap_penalty` from their reward instead."""
     return torch.tensor([r == "max_turns" for r in rollouts.finish_reasons], dtype=torch.bool,
                         device=rollouts.device)
 

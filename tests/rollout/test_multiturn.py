@@ -20,6 +20,7 @@ from mmrl.rollout.observation import observation_text
 from mmrl.tools.calls import ToolCall
 from mmrl.tools.run import Tool, make_tool
 from mmrl.tools.toolbox import Toolbox
+from tests.multiturn_helpers import one_pass
 
 SIZES = [(56, 84), (112, 56)]  # tool images of different sizes (and unlike the prompt's 70 × 42)
 
@@ -74,24 +75,7 @@ def _engine(policy, max_turns=4):
     return MultiTurnHF(policy, Toolbox([Tool("pictures", pictures)]), max_turns=max_turns)
 
 
-def _one_pass(policy, prompt, traj):
-    """The processor's ids and tensors of the whole conversation, templated and tokenised at once."""
-    msgs = list(prompt.sample.messages)
-    tool_images = []
-    for turn in traj.turns:
-        msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.text}]})
-        for r in turn.results:
-            content = [{"type": "image"} for _ in r.images] + ([{"type": "text", "text": r.text}] if r.text else [])
-            msgs.append({"role": "tool", "content": content})
-            tool_images += [im.image for im in r.images]
-    from mmrl.perception.images import load_image
-
-    images = [load_image(s, sample_id="x") for s in prompt.sample.media("image")] + tool_images
-    text = policy.processor.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
-    return policy.processor(text=[text], images=images, return_tensors="pt")
-
-
-def test_a_trajectory_is_the_whole_conversation_in_one_pass(family):
+def test_a_trajectory_is_the_whole_conversation_inone_pass(family):
     policy, prompt = family
     turns = [call(1), call(2), call(0), "The answer is 3."]
     tower = policy.hf.model.visual
@@ -104,12 +88,12 @@ def test_a_trajectory_is_the_whole_conversation_in_one_pass(family):
         handle.remove()
     assert traj.finish_reason == "eos"
     assert [len(r.images) for t in traj.turns for r in t.results] == [1, 2, 0]
-    _check_one_pass(policy, prompt, traj, rows)
+    _checkone_pass(policy, prompt, traj, rows)
 
 
-def _check_one_pass(policy, prompt, traj, rows):
+def _checkone_pass(policy, prompt, traj, rows):
     inputs = traj.inputs()
-    ref = _one_pass(policy, prompt, traj)
+    ref = one_pass(policy, prompt, traj)
     n = inputs["input_ids"].shape[1]
     assert torch.equal(inputs["input_ids"], ref["input_ids"][:, :n])
     assert policy.tokenizer.decode(ref["input_ids"][0, n:]) == "\n"  # only the template's newline after the end
@@ -174,7 +158,7 @@ def test_a_turn_the_policy_ends_itself_keeps_its_eos_and_the_template_its_own_en
     assert traj.finish_reason == "eos" and len(traj.images) == 1 and traj.turns[0].results[0].error is None
     assert int(traj.ids[traj.turns[0].end - 1]) == policy.eos_id and traj.loss_mask[traj.turns[0].end - 1] == 1
     rows = [int(traj.inputs()["pixel_values"].shape[0])]  # (the encoder count is checked in the test above)
-    _check_one_pass(policy, prompt, traj, rows)
+    _checkone_pass(policy, prompt, traj, rows)
 
 
 class _Template:

