@@ -132,6 +132,20 @@ def test_tool_rewards_need_tools():
     load_config(None, ["rewards=[{fn: tool_grounding}]", "rollout.tools=[{fn: region}]", "rollout.tool_format=region"])
 
 
+def test_a_tool_image_cap_needs_tools_on_the_hf_engine():
+    from mmrl.cli.checks import load_config
+    from mmrl.config import ConfigError
+
+    with pytest.raises(ConfigError, match="rollout.tool_image_max_pixels: sizes the images tools return"):
+        load_config(None, ["rollout.tool_image_max_pixels=12544"])
+    tools = ["rollout.tools=[{fn: region}]", "rollout.tool_format=region", "rollout.tool_image_max_pixels=12544"]
+    with pytest.raises(ConfigError, match="run on the hf engine only"):
+        load_config(None, tools + ["rollout.engine=vllm"])
+    with pytest.raises(ConfigError, match=r"must be >= model.image_min_pixels \(20000\)"):
+        load_config(None, tools + ["model.image_min_pixels=20000"])
+    assert load_config(None, tools).rollout.tool_image_max_pixels == 12544
+
+
 def test_the_image_pixel_cap_reaches_prompts_and_tool_images(zoo_cache):
     from mmrl.tools.types import ImageLimits
 
@@ -160,3 +174,30 @@ def test_training_steps_with_tools_on_vllm_score_what_vllm_sampled(tmp_path, tin
     rl = [r for r in rl if r.get("train/stage") == "rl"]
     assert len(rl) == 2 and all(r["rollout/turns_mean"] > 1 and r["tool/look/calls"] > 0 for r in rl)
     assert max(r["rollout/logprob_gap_max"] for r in rl) <= 1e-4  # the trainer scored what vLLM sampled
+
+
+def test_tool_images_take_their_own_pixel_cap(zoo_cache):
+    """`rollout.tool_image_max_pixels`: the overview under the prompts' cap (56²), the crop under the tools' (112²) —
+    shown closer than the overview it came from — with its box still in the original's pixels, and the trainer
+    scoring the trajectory as the loop ran it."""
+    from mmrl.config import ToolConfig
+
+    small = Policy.load(ModelConfig(path="zoo:qwen2_vl", image_max_pixels=56 * 56))
+    prompts = [small.encode(s) for s in make("zoom", 2, seed=3)]
+    grids = {}
+    for cap in (None, 112 * 112):
+        toolbox = Toolbox.from_configs([ToolConfig(fn="region", kwargs={"caption": False})], "region")
+        engine = ToolEngine(small, toolbox, max_turns=2, tool_image_max_pixels=cap)
+        ro = engine.scripted(prompts, [["<region>2</region>", "<answer>90</answer>"]] * 2)
+        engine.close()
+        grids[cap] = [m["image_grid_thw"].tolist() for m in ro.observed.media]
+        assert [c["calls"][0]["box"] for c in ro.columns["trajectory"]] == [[112.0, 0.0, 224.0, 112.0]] * 2
+        mask = ro.completion_mask.bool()
+        logp = logprob_pass(small, prompts, ro, micro=2, temperature=1.0)
+        assert torch.allclose(logp[mask], ro.sampling_logprobs[mask], atol=1e-4), cap
+    assert [p.tensors["image_grid_thw"].tolist() for p in prompts] == [[[1, 4, 4]]] * 2  # the overview: 56²
+    assert grids[None] == [[[1, 4, 4]]] * 2  # a 112-px region at the prompts' cap: 56² as well
+    assert grids[112 * 112] == [[[1, 8, 8]]] * 2  # at the tools' cap: its own 112² pixels
+    with pytest.raises(ValueError, match="hf loop only"):
+        ToolEngine(small, Toolbox.from_configs([ToolConfig(fn="region")], "region"), vllm=object(),
+                   tool_image_max_pixels=112 * 112)

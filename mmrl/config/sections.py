@@ -194,6 +194,9 @@ class RolloutConfig:
     # (turn_cap_penalty subtracted from their reward)
     turn_cap: Literal["keep", "mask", "penalize"] = "mask"
     turn_cap_penalty: float = 1.0
+    # the most pixels an image a tool returns is shown with (the hf engine); null = the processor's, as prompts'
+    # (model.image_max_pixels). Larger than the prompts' cap: a crop is shown closer than the overview it came from
+    tool_image_max_pixels: int | None = None
 
 
 @dataclass

@@ -107,6 +107,7 @@ RANGES: dict[type, dict[str, Range]] = {
         "batch_prompts": at_least(1), "vllm_gpu_memory_utilization": within(0, 1, open_lo=True),
         "vllm_max_model_len": at_least(1, "or null = the model's"), "vllm_sleep_level": SLEEP_LEVEL,
         "tis_cap": above(0, "or null = off"), "max_turns": at_least(1), "turn_cap_penalty": ANY_NUMBER,
+        "tool_image_max_pixels": at_least(1, "or null = the processor's"),
     },
     RewardConfig: {"weight": ANY_NUMBER, "timeout_s": above(0), "workers": at_least(1), "gate_min": ANY_NUMBER,
                    "gate_penalty": ANY_NUMBER, "memory_mb": at_least(1, "MB per worker; or null = no cap")},
@@ -264,6 +265,16 @@ def _check_rollout(cfg: Config, bad: set[str]) -> typing.Iterator[str]:
                 yield (f"rollout.tools: multi-turn rollouts run without extra passes, rehearsal or replay for now; "
                        f"got {what} (valid: none of those)")
     m = cfg.model
+    if r.tool_image_max_pixels is not None:
+        if not r.tools:
+            yield (f"rollout.tool_image_max_pixels: sizes the images tools return; set rollout.tools or leave it null, "
+                   f"got {r.tool_image_max_pixels}")
+        elif r.engine != "hf":
+            yield (f"rollout.tool_image_max_pixels: tool images on their own pixel cap run on the hf engine only (vLLM "
+                   f"processes a request's images under one cap), got rollout.engine={r.engine} (valid: hf, or null)")
+        elif m.image_min_pixels and r.tool_image_max_pixels < m.image_min_pixels:
+            yield (f"rollout.tool_image_max_pixels: must be >= model.image_min_pixels ({m.image_min_pixels}), got "
+                   f"{r.tool_image_max_pixels}")
     if m.image_min_pixels and m.image_max_pixels and m.image_min_pixels > m.image_max_pixels:
         yield (f"model.image_min_pixels: must be <= model.image_max_pixels ({m.image_max_pixels}), got "
                f"{m.image_min_pixels}")

@@ -57,7 +57,9 @@ from mmrl.model.prompts import TOKEN_KEYS
 from mmrl.rollout.hf import Sampler
 from mmrl.rollout.hf_decode import generation_positions
 from mmrl.rollout.multiturn_batch import batched, each, run_batch
-from mmrl.rollout.observation import Observation, encode_observation, observation_text, tool_messages
+from mmrl.rollout.observation import (
+    Observation, encode_observation, observation_text, tool_messages, tool_processor,
+)
 from mmrl.rollout.types import SamplingParams, row_seed
 from mmrl.tools.calls import FORMATS, ToolCall
 from mmrl.tools.toolbox import Toolbox
@@ -108,10 +110,18 @@ def _joined(prompt: dict[str, torch.Tensor], ids: torch.Tensor, types: torch.Ten
     if "mm_token_type_ids" in prompt:
         out["mm_token_type_ids"] = torch.cat([prompt["mm_token_type_ids"], types[None].to(
             prompt["mm_token_type_ids"].dtype)], dim=1)
+    for k, v in merged_media(media).items():
+        out[k] = torch.cat([out[k], v.to(out[k].dtype)]) if k in out else v
+    return out
+
+
+def merged_media(media: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Observations' processor tensors as one dict (each key concatenated in order)."""
+    out: dict[str, list[torch.Tensor]] = {}
     for m in media:
         for k, v in m.items():
-            out[k] = torch.cat([out[k], v.to(out[k].dtype)]) if k in out else v
-    return out
+            out.setdefault(k, []).append(v)
+    return {k: torch.cat(v) for k, v in out.items()}
 
 
 class _Episode:
@@ -181,7 +191,7 @@ class _Episode:
         obs_text = observation_text(processor, self.history, new, policy_end=policy_end,
                                     template_kwargs=e.template_kwargs)
         pictures = [im.image for r in turn.results for im in r.images]
-        obs = encode_observation(processor, obs_text, pictures, e.policy.prompts.media_dtype)
+        obs = encode_observation(e.tool_processor, obs_text, pictures, e.policy.prompts.media_dtype)
         if len(self.ids) + len(obs) >= self.budget:  # checked before anything is appended: no image is ever cut
             return self._finish("budget")
         self.history.extend([{"role": "assistant", "content": [{"type": "text", "text": turn.text}]}, *new])
@@ -261,10 +271,12 @@ class MultiTurnHF:
     """Multi-turn sampling from the policy's own model (`policy.hf`), with `toolbox`'s tools. `max_turns`: the
     policy's turns at most; `stops`: strings that end a turn (default: the call format's end, `STOPS`);
     `template_kwargs`: extra arguments of the chat template (e.g. `tools=toolbox.schemas()`), the same the prompt
-    was rendered with; `system_prompt`: as given to `PromptEncoder.encode`."""
+    was rendered with; `system_prompt`: as given to `PromptEncoder.encode`; `tool_image_max_pixels`: the pixel cap of
+    the images tools return (`tool_processor`; None: the processor's own)."""
 
     def __init__(self, policy, toolbox: Toolbox, *, max_turns: int = 4, stops: tuple[str, ...] | None = None,
-                 template_kwargs: dict[str, Any] | None = None, system_prompt: str | None = None):
+                 template_kwargs: dict[str, Any] | None = None, system_prompt: str | None = None,
+                 tool_image_max_pixels: int | None = None):
         if max_turns < 1:
             raise ValueError(f"max_turns must be >= 1, got {max_turns}")
         self.policy, self.toolbox, self.max_turns = policy, toolbox, max_turns
@@ -274,7 +286,8 @@ class MultiTurnHF:
         self.system_prompt = system_prompt
         tok = policy.tokenizer
         self.eos_text = {i: tok.convert_ids_to_tokens(i) for i in policy.eos_ids}
-        self.limits = ImageLimits.from_processor(policy.processor, policy.convention)
+        self.tool_processor = tool_processor(policy.processor, tool_image_max_pixels)
+        self.limits = ImageLimits.from_processor(self.tool_processor, policy.convention)
 
     def sampler(self, prompt, params: SamplingParams, g: int = 0) -> Sampler:
         """The `hf` engine's sampler for row g of `prompt` (its log-probs recorded per draw)."""

@@ -31,19 +31,16 @@ on the `hf` loop.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 import torch
 
-from mmrl.datasets.sample import BadSampleError
 from mmrl.rollout.multiturn import MultiTurnHF, Trajectory, _Episode
 from mmrl.rollout.types import SamplingParams, row_seed
 from mmrl.rollout.vllm_requests import (
-    _token_id, build_requests, collapse_placeholders, placeholder_counts, video_position_conflict,
+    _token_id, build_requests, collapse_placeholders, placeholder_counts,
 )
 from mmrl.rollout.vllm_sampling import check_prompt_ids, prompt_seed, sampling_params_kwargs
-from mmrl.rollout.vllm_weights import fingerprint
 from mmrl.tools.toolbox import Toolbox
 
 
@@ -77,11 +74,7 @@ class MultiTurnVLLM:
             raise NotImplementedError("MultiTurnVLLM: vLLM samples every turn itself; scripted turns (samplers, "
                                       "ToolEngine.scripted) run on the hf loop (MultiTurnHF)")
         policy = self.policy
-        for p in prompts:
-            conflict = video_position_conflict(policy, p)
-            if conflict:
-                raise BadSampleError(p.sample.id, f"rollout.engine=vllm would sample it under other positions than "
-                                     f"the trainer scores: {conflict}")
+        self.engine.check_positions(prompts)
         eps, seeds = [], []
         context = self.engine.llm.model_config.max_model_len  # prompt + response, per request
         for p in prompts:
@@ -91,7 +84,7 @@ class MultiTurnVLLM:
             eps += [_Episode(self.host, p, state, budget, row=len(eps) + g) for g in range(n)]
             seeds += [base + g for g in range(n)]
         bases = build_requests(prompts, policy.processor, model_type=policy.model_type, video=self.engine.video)
-        with _awake(self.engine):
+        with self.engine.awake():
             live = [(ep, ep.begin()) for ep in eps]  # per live row: why its turn ended (None: it samples)
             while live:
                 asks = [ep for ep, ended in live if ended is None]
@@ -157,14 +150,3 @@ def _feed(ep: _Episode, out) -> str | None:
     return None
 
 
-@contextlib.contextmanager
-def _awake(engine):
-    """The engine's weights current and its memory awake for a rollout, asleep again after (what
-    `VLLMEngine.generate` does around its calls)."""
-    if engine.state.pushed != fingerprint(engine.policy):
-        engine.sync_weights(engine.policy)
-    engine._wake("weights", "kv_cache")
-    try:
-        yield
-    finally:
-        engine._sleep()

@@ -16,12 +16,14 @@ special token, so tokenising the observation alone gives the ids the processor g
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
 from mmrl.model.prompts import TOKEN_KEYS
+from mmrl.perception.geometry import pixel_limits, set_pixel_limits
 from mmrl.tools.types import ToolResult
 
 MARK = "\u0000mmrl-turn\u0000"  # never in a template, never produced by a tokenizer's decode of a sampled turn
@@ -88,3 +90,18 @@ def encode_observation(processor, text: str, images: Sequence[Any], media_dtype:
     if "pixel_values" in media:
         media["pixel_values"] = media["pixel_values"].to(media_dtype)
     return Observation(text, ids, token_types, media)
+
+
+def tool_processor(processor, max_pixels: int | None):
+    """The processor of the images tools return: `processor` itself, or (`max_pixels` given) a copy whose image
+    processor resizes into [its own min_pixels, `max_pixels`] — tokenizer and chat template shared — so that a crop
+    can be shown with more pixels than the prompt's image it came from (`rollout.tool_image_max_pixels`)."""
+    if max_pixels is None:
+        return processor
+    lo, _ = pixel_limits(processor)
+    if lo and max_pixels < lo:
+        raise ValueError(f"tool_image_max_pixels: {max_pixels} is below the processor's min_pixels ({lo})")
+    out = copy.copy(processor)
+    out.image_processor = copy.deepcopy(processor.image_processor)
+    set_pixel_limits(out.image_processor, None, max_pixels)
+    return out

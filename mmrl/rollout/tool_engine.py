@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from mmrl.rollout.multiturn import MultiTurnHF, Trajectory
+from mmrl.rollout.multiturn import MultiTurnHF, Trajectory, merged_media
 from mmrl.rollout.multiturn_vllm import MultiTurnVLLM
 from mmrl.rollout.types import Observed, Rollouts, SamplingParams
 from mmrl.runtime import HOST
@@ -70,7 +70,7 @@ def to_rollouts(trajectories: list[Trajectory], n: int, pad_id: int, device: tor
     present = torch.stack([pad(torch.ones_like(t.ids), 0) for t in trajectories])  # [N, C]
     types = torch.stack([pad(t.token_types, 0) for t in trajectories])
     logps = torch.stack([pad(t.logprobs, 0.0) for t in trajectories])
-    media = [_merged(t.media) for t in trajectories]
+    media = [merged_media(t.media) for t in trajectories]
     index = torch.arange(len(trajectories) // n, device=HOST).repeat_interleave(n)  # [N]
     ro = Rollouts(index, ids.to(device), mask.to(device), logps.to(device),
                   [t.turns[-1].text if t.turns else "" for t in trajectories],
@@ -80,23 +80,15 @@ def to_rollouts(trajectories: list[Trajectory], n: int, pad_id: int, device: tor
     return ro
 
 
-def _merged(media: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """A trajectory's observations' tensors as one dict (each key concatenated in order)."""
-    out: dict[str, list[torch.Tensor]] = {}
-    for m in media:
-        for k, v in m.items():
-            out.setdefault(k, []).append(v)
-    return {k: torch.cat(v) for k, v in out.items()}
-
-
 class Script:
     """A sampler that writes given turns (their tokens in order, then EOS) instead of drawing: teacher forcing through
     the multi-turn loop. Its `logprobs` are the model's at temperature 1 (never-sampled ids left out), as the
-    engine's sampler records them."""
+    engine's sampler records them. `eos_each`: an EOS after every turn (a turn that ends without a call)."""
 
-    def __init__(self, policy, turns: list[str]):
+    def __init__(self, policy, turns: list[str], eos_each: bool = False):
         tok = policy.tokenizer
-        self.queue = [i for text in turns for i in tok(text, add_special_tokens=False)["input_ids"]]
+        end = [policy.eos_id] if eos_each else []
+        self.queue = [i for text in turns for i in tok(text, add_special_tokens=False)["input_ids"] + end]
         self.queue.reverse()
         self.eos, self.never = policy.eos_id, policy.never_sample
         self.logprobs: list[torch.Tensor] = []
@@ -113,19 +105,23 @@ class ToolEngine:
     """Rollouts that call `toolbox`'s tools, on `policy`'s own model (`MultiTurnHF`) or, given a `VLLMEngine`
     (`vllm`), on vLLM (`MultiTurnVLLM`). `max_turns`: the policy's turns at most; `stops`: strings that end a turn
     besides EOS (default: the call format's closing tag, `CALL_ENDS`); `system_prompt`: the one prompts are encoded
-    with (`data.system_prompt`). With the Qwen JSON call format (`qwen`), the tools' schemas go into the chat
+    with (`data.system_prompt`); `tool_image_max_pixels`: the pixel cap of the images tools return (hf loop only;
+    None: the processor's). With the Qwen JSON call format (`qwen`), the tools' schemas go into the chat
     template (`tools=[…]`) of the prompts and of every observation, as Qwen's templates expect."""
 
     def __init__(self, policy, toolbox: Toolbox, *, max_turns: int = 4, stops: list[str] | None = None,
-                 system_prompt: str | None = None, vllm=None):
+                 system_prompt: str | None = None, vllm=None, tool_image_max_pixels: int | None = None):
+        if vllm is not None and tool_image_max_pixels is not None:
+            raise ValueError("tool_image_max_pixels: tool images on their own pixel cap run on the hf loop only (vLLM "
+                             "processes a request's images under one cap)")
         self.policy, self.toolbox = policy, toolbox
         template = {"tools": toolbox.schemas()} if toolbox.format == FORMATS["qwen"] and toolbox.schemas() else {}
         policy.prompts.template_kwargs = template
         if stops is None:
             stops = [end for name, end in CALL_ENDS.items() if FORMATS.get(name) == toolbox.format]
         kwargs = dict(max_turns=max_turns, stops=tuple(stops), template_kwargs=template, system_prompt=system_prompt)
-        self.loop = MultiTurnVLLM(vllm, toolbox, **kwargs) if vllm is not None else MultiTurnHF(policy, toolbox,
-                                                                                                 **kwargs)
+        self.loop = MultiTurnVLLM(vllm, toolbox, **kwargs) if vllm is not None else MultiTurnHF(
+            policy, toolbox, tool_image_max_pixels=tool_image_max_pixels, **kwargs)
         self.host = self.loop.host if vllm is not None else self.loop  # scripted turns: always the hf loop
 
     def sync_weights(self, policy) -> None:

@@ -23,6 +23,7 @@ Qwen2.5-VL videos whose M-RoPE positions transformers lays out differently from 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tempfile
@@ -167,27 +168,37 @@ class VLLMEngine:
         k = self.state.version + 1
         self.lora_request = LoRARequest(lora_name=f"mmrl-{k}", lora_int_id=k, lora_path=tmp.name)
 
-    def generate(self, prompts, n: int, params: SamplingParams, batch_prompts: int = 16) -> Rollouts:
-        """G = n completions for each prompt (PromptInputs), `batch_prompts` prompts per `LLM.generate` call."""
+    @contextlib.contextmanager
+    def awake(self):
+        """The policy's current weights pushed and the engine's memory awake for the body; asleep again after."""
         if self.state.pushed != fingerprint(self.policy):
             self.sync_weights(self.policy)
         self._wake("weights", "kv_cache")
         try:
-            parts = [self._generate(prompts[i : i + batch_prompts], n, params)
-                     for i in range(0, len(prompts), batch_prompts)]
+            yield
         finally:
             self._sleep()
+
+    def check_positions(self, prompts) -> None:
+        """Refuse a prompt vLLM would sample under other M-RoPE positions than the trainer scores it."""
+        for p in prompts:
+            conflict = video_position_conflict(self.policy, p)
+            if conflict:
+                raise BadSampleError(p.sample.id, f"rollout.engine=vllm would sample it under other positions than the "
+                                     f"trainer scores: {conflict}. A video with fewer frames (data.video.max_frames) "
+                                     "or more pixels per frame avoids it; rollout.engine=hf samples what it scores")
+
+    def generate(self, prompts, n: int, params: SamplingParams, batch_prompts: int = 16) -> Rollouts:
+        """G = n completions for each prompt (PromptInputs), `batch_prompts` prompts per `LLM.generate` call."""
+        with self.awake():
+            parts = [self._generate(prompts[i : i + batch_prompts], n, params)
+                     for i in range(0, len(prompts), batch_prompts)]
         out = concat_rollouts(parts, list(range(0, len(prompts), batch_prompts)))
         return out.to(self.policy.device)
 
     def _generate(self, prompts, n: int, params: SamplingParams) -> Rollouts:
         policy = self.policy
-        for p in prompts:
-            conflict = video_position_conflict(policy, p)
-            if conflict:
-                raise BadSampleError(p.sample.id, f"rollout.engine=vllm would sample it under other positions than the "
-                                     f"trainer scores: {conflict}. A video with fewer frames (data.video.max_frames) "
-                                     "or more pixels per frame avoids it; rollout.engine=hf samples what it scores")
+        self.check_positions(prompts)
         requests = build_requests(prompts, policy.processor, model_type=policy.model_type, video=self.video)
         repeat = n if params.greedy else 1  # greedy: n copies of a one-completion request
         sps = [self.vllm.SamplingParams(**sampling_params_kwargs(

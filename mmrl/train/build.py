@@ -66,7 +66,8 @@ def build_engine(cfg: Config, policy: Policy):
         toolbox = Toolbox.from_configs(r.tools, r.tool_format, key="rollout.tools")
         vllm = make_engine(r.engine, policy, r, cfg.data.video) if r.engine == "vllm" else None
         return ToolEngine(policy, toolbox, max_turns=r.max_turns, stops=r.tool_stops,
-                          system_prompt=cfg.data.system_prompt, vllm=vllm)
+                          system_prompt=cfg.data.system_prompt, vllm=vllm,
+                          tool_image_max_pixels=r.tool_image_max_pixels)
     return make_engine(r.engine, policy, r, cfg.data.video)
 
 

@@ -15,6 +15,7 @@ from mmrl.config import ModelConfig
 from mmrl.datasets.synthetic import make
 from mmrl.model.policy import Policy
 from mmrl.rollout.multiturn import MultiTurnHF
+from mmrl.rollout.tool_engine import Script
 from mmrl.rollout.types import SamplingParams
 from mmrl.rollout.observation import observation_text
 from mmrl.tools.calls import ToolCall
@@ -33,25 +34,6 @@ def pictures(arguments, state):
 
 def call(n: int) -> str:
     return f'Let me look. <tool_call>{{"name": "pictures", "arguments": {{"n": {n}}}}}</tool_call>'
-
-
-class Scripted:
-    """A policy that writes the given turns (then EOS), recording each token's log-prob under the sampling
-    distribution at temperature 1 (the `hf` sampler's, never-sampled ids suppressed)."""
-
-    def __init__(self, policy, turns: list[str], eos_each: bool = False):
-        tok = policy.tokenizer
-        end = [policy.eos_id] if eos_each else []
-        self.queue = [t for text in turns for t in tok(text, add_special_tokens=False)["input_ids"] + end]
-        self.eos, self.never = policy.eos_id, policy.never_sample
-        self.logprobs: list[torch.Tensor] = []
-
-    def draw(self, logits: torch.Tensor, t: int) -> torch.Tensor:
-        pick = self.queue.pop(0) if self.queue else self.eos
-        scores = logits.float().clone()
-        scores[:, self.never] = -float("inf")
-        self.logprobs.append(torch.log_softmax(scores, -1)[:, pick])
-        return torch.tensor([pick])
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +65,7 @@ def test_a_trajectory_is_the_whole_conversation_inone_pass(family):
     hook = lambda m, a, k: rows.append(int((a[0] if a else k["hidden_states"]).shape[0]))  # noqa: E731
     handle = tower.register_forward_pre_hook(hook, with_kwargs=True)
     try:
-        traj = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=2000), sampler=Scripted(policy, turns))
+        traj = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=2000), sampler=Script(policy, turns))
     finally:
         handle.remove()
     assert traj.finish_reason == "eos"
@@ -121,9 +103,9 @@ def _checkone_pass(policy, prompt, traj, rows):
 
 def test_the_budget_stops_before_an_observation_that_does_not_fit(policy, prompt):
     turns = [call(2), "unused"]
-    full = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=2000), sampler=Scripted(policy, turns))
+    full = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=2000), sampler=Script(policy, turns))
     first = full.turns[0].end
-    traj = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=first + 20), sampler=Scripted(policy, turns))
+    traj = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=first + 20), sampler=Script(policy, turns))
     assert traj.finish_reason == "budget"
     assert len(traj.ids) == first and traj.loss_mask.all()  # nothing of the observation, no image token
     assert traj.media == [] and traj.images == []
@@ -132,13 +114,13 @@ def test_the_budget_stops_before_an_observation_that_does_not_fit(policy, prompt
 def test_max_turns_no_call_and_length(policy, prompt):
     turns = [call(1), call(1), call(1)]
     traj = _engine(policy, max_turns=2).rollout(prompt, SamplingParams(max_new_tokens=2000),
-                                                 sampler=Scripted(policy, turns))
+                                                 sampler=Script(policy, turns))
     assert traj.finish_reason == "max_turns" and len(traj.turns) == 2 and len(traj.images) == 1
     assert traj.turns[1].calls and not traj.turns[1].results  # the last turn's call is not run
     traj = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=2000),
-                                   sampler=Scripted(policy, ["No tool needed."]))
+                                   sampler=Script(policy, ["No tool needed."]))
     assert traj.finish_reason == "eos" and len(traj.turns) == 1 and traj.loss_mask.all()
-    traj = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=5), sampler=Scripted(policy, [call(1)]))
+    traj = _engine(policy).rollout(prompt, SamplingParams(max_new_tokens=5), sampler=Script(policy, [call(1)]))
     assert traj.finish_reason == "length" and len(traj.ids) == 5
 
 
@@ -154,7 +136,7 @@ def test_a_turn_the_policy_ends_itself_keeps_its_eos_and_the_template_its_own_en
     """Box calls (no stop string): the turn ends at the policy's EOS, which the observation does not repeat."""
     engine = MultiTurnHF(policy, Toolbox([make_tool("zoom_in")], fmt="box"))
     traj = engine.rollout(prompt, SamplingParams(max_new_tokens=2000),
-                          sampler=Scripted(policy, ["<box>[10, 5, 40, 30]</box>", "Done."], eos_each=True))
+                          sampler=Script(policy, ["<box>[10, 5, 40, 30]</box>", "Done."], eos_each=True))
     assert traj.finish_reason == "eos" and len(traj.images) == 1 and traj.turns[0].results[0].error is None
     assert int(traj.ids[traj.turns[0].end - 1]) == policy.eos_id and traj.loss_mask[traj.turns[0].end - 1] == 1
     rows = [int(traj.inputs()["pixel_values"].shape[0])]  # (the encoder count is checked in the test above)
@@ -210,12 +192,12 @@ def test_batched_rollouts_are_each_trajectory_alone(family):
     tower = policy.hf.model.visual.register_forward_pre_hook(
         lambda m, a, k: encoded.append(int((a[0] if a else k["hidden_states"]).shape[0])), with_kwargs=True)
     try:
-        got = engine.rollouts(prompts, params, 3, samplers=[Scripted(policy, s) for s in SCRIPTS])
+        got = engine.rollouts(prompts, params, 3, samplers=[Script(policy, s) for s in SCRIPTS])
     finally:
         emb.remove(), tower.remove()
     assert [t.finish_reason for t in got] == ["eos", "eos", "eos", "eos", "max_turns", "eos"]
     for r, traj in enumerate(got):
-        _assert_same(traj, engine.rollout(prompts[r // 3], params, r % 3, sampler=Scripted(policy, SCRIPTS[r])), r)
+        _assert_same(traj, engine.rollout(prompts[r // 3], params, r % 3, sampler=Script(policy, SCRIPTS[r])), r)
     # each prompt prefilled once; then one token a step, and one forward per turn's observations (rows that ended
     # dropped: 5 rows call after turn 1, 3 after turn 2, 2 after turn 3)
     assert fed[0] == (2, max(p.length for p in prompts))
