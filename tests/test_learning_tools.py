@@ -2,9 +2,9 @@
 zoom into the region that holds the arrow (`recipes/thinking_with_images.yaml`: its tool, task and settings), and a
 shuffled-reward control does not.
 
-Both runs share the recipe's format warm start (SFT through the tool loop on random regions and angles: the policy
+Both runs make the recipe's format warm start, the same one (SFT through the tool loop on random regions and angles: the policy
 writes calls and answers, at chance) and then run the same GRPO steps (the recipe's KL 0.04 to the warm start, a
-10-step lr warm-up) on one thread with a fixed seed; the reward is
+10-step lr warm-up) on one thread each, side by side (one process each), with a fixed seed; the reward is
 the grounding of the call (the crop holds the arrow) plus the format bonus — the angle's accuracy, which only
 becomes learnable once the policy looks in the right place, is left to the recipe's longer run. The control shuffles
 the rewards within each group before the advantage (`tests/test_learning.py`'s baseline), which keeps every
@@ -13,18 +13,19 @@ statistic of the reward signal except its link to the trajectories.
 
 from __future__ import annotations
 
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from mmrl.cli.checks import load_config
-from mmrl.train import checkpoint
 from mmrl.train.trainer import Trainer
 from tests import test_learning  # noqa: F401  (registers the shuffled-reward baseline, test_shuffled_group_mean)
 
 pytestmark = pytest.mark.learning
 REPO = Path(__file__).resolve().parent.parent
-RL_STEPS = 80
+RL_STEPS = 60
 
 
 def _cfg(run_dir: Path, *extra: str):
@@ -38,11 +39,17 @@ def _cfg(run_dir: Path, *extra: str):
     ])
 
 
+def _run(run_dir: Path, *extra: str) -> dict:
+    return Trainer(_cfg(run_dir, *extra), log=lambda *a: None).run()
+
+
 def test_grpo_learns_to_zoom_where_the_arrow_is_and_shuffled_rewards_do_not(tmp_path, zoo_cache):
-    learned = Trainer(_cfg(tmp_path / "grpo"), log=lambda *a: None).run()
-    warm = checkpoint.list_complete(tmp_path / "grpo" / "checkpoints")[0]  # end of the warm start
-    control = Trainer(_cfg(tmp_path / "control", f"resume={warm}", "algorithm.baseline=test_shuffled_group_mean"),
-                      log=lambda *a: None).run()
+    # the control runs beside the learning run, in a spawned process on the other core: each does the same warm start
+    # (one thread, one seed: the same weights, checked below through the evaluation before RL)
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        control_run = pool.submit(_run, tmp_path / "control", "algorithm.baseline=test_shuffled_group_mean")
+        learned = _run(tmp_path / "grpo")
+        control = control_run.result()
     before, after = learned["eval_before"], learned["eval_after"]
     assert before["eval/right_region"] <= 0.40 and before["eval/tool_use_frac"] >= 0.9  # calls, at chance
     assert after["eval/right_region"] >= 0.90, learned

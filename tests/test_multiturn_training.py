@@ -201,3 +201,23 @@ def test_tool_images_take_their_own_pixel_cap(zoo_cache):
     with pytest.raises(ValueError, match="hf loop only"):
         ToolEngine(small, Toolbox.from_configs([ToolConfig(fn="region")], "region"), vllm=object(),
                    tool_image_max_pixels=112 * 112)
+
+
+def test_a_call_in_the_last_turn_is_listed_not_run(zoo_cache):
+    """A call written in the last allowed turn reaches the reward column (a per-call penalty counts it) as never
+    run, and the metrics do not count it as a failed call."""
+    from mmrl.config import ToolConfig
+    from mmrl.rollout.tool_engine import NOT_RUN, trajectory_metrics
+
+    small = Policy.load(ModelConfig(path="zoo:qwen2_vl", image_max_pixels=56 * 56))
+    prompts = [small.encode(s) for s in make("zoom", 1, seed=3)]
+    toolbox = Toolbox.from_configs([ToolConfig(fn="region", kwargs={"caption": False})], "region")
+    engine = ToolEngine(small, toolbox, max_turns=1)
+    ro = engine.scripted(prompts[:1], [["<region>3</region>"]])
+    engine.close()
+    (traj,) = ro.columns["trajectory"]
+    assert traj["finish_reason"] == "max_turns" and ro.observed.media == [{}]
+    assert traj["calls"] == [{"tool": "region", "arguments": {"region": 3}, "error": NOT_RUN, "reward": None,
+                              "box": None, "origin": None, "text": ""}]
+    metrics = trajectory_metrics([traj], ["max_turns"])
+    assert metrics["rollout/calls_mean"] == 1.0 and metrics["rollout/call_error_frac"] == 0.0

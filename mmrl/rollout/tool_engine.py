@@ -27,19 +27,26 @@ from mmrl.tools.calls import FORMATS
 from mmrl.tools.toolbox import Toolbox
 
 
+NOT_RUN = "not run: the trajectory ended first (max_turns)"  # the `error` of a call written in the last turn
 CALL_ENDS = {"qwen": "</tool_call>", "box": "</box>", "region": "</region>"}  # where a turn with a call ends
 
 
 def trajectory_column(t: Trajectory) -> dict[str, Any]:
     """A trajectory as the `trajectory` reward column sees it: turns, finish reason, each turn's text and each
     call (tool, arguments, error, per-call reward, the box it looked at in the original image's pixels, that
-    original's index, the observation text)."""
+    original's index, the observation text). Calls still pending when the trajectory ended (its last turn's, at
+    `max_turns`) are listed as written, never run: error `NOT_RUN`."""
     calls = []
     for turn in t.turns:
-        for call, result in zip(turn.calls, turn.results):
-            calls.append({"tool": call.name, "arguments": call.arguments, "error": result.error,
-                          "reward": result.reward, "box": result.info.get("box"), "origin": result.info.get("origin"),
-                          "text": result.text})
+        for k, call in enumerate(turn.calls):
+            if k < len(turn.results):
+                result = turn.results[k]
+                calls.append({"tool": call.name, "arguments": call.arguments, "error": result.error,
+                              "reward": result.reward, "box": result.info.get("box"),
+                              "origin": result.info.get("origin"), "text": result.text})
+            else:
+                calls.append({"tool": call.name, "arguments": call.arguments, "error": NOT_RUN, "reward": None,
+                              "box": None, "origin": None, "text": ""})
     return {"turns": len(t.turns), "finish_reason": t.finish_reason, "turn_texts": [u.text for u in t.turns],
             "calls": calls}
 
@@ -49,7 +56,7 @@ def trajectory_metrics(trajectories: list[dict], finish_reasons: list[str],
     """Multi-turn rollouts' shape (`trajectory` column dicts): mean turns and calls per trajectory, the share of
     trajectories that called a tool, of calls that failed, and of each finish reason (`<prefix>finish/<reason>`)."""
     calls = [len(t["calls"]) for t in trajectories]
-    failed = sum(c["error"] is not None for t in trajectories for c in t["calls"])
+    failed = sum(c["error"] not in (None, NOT_RUN) for t in trajectories for c in t["calls"])
     n = max(len(trajectories), 1)
     out = {f"{prefix}turns_mean": sum(t["turns"] for t in trajectories) / n,
            f"{prefix}calls_mean": sum(calls) / n,
