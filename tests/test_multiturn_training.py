@@ -221,3 +221,70 @@ def test_a_call_in_the_last_turn_is_listed_not_run(zoo_cache):
                               "box": None, "origin": None, "text": ""}]
     metrics = trajectory_metrics([traj], ["max_turns"])
     assert metrics["rollout/calls_mean"] == 1.0 and metrics["rollout/call_error_frac"] == 0.0
+
+
+def test_turn_rewards_credit_the_call_turns_only(zoo_cache):
+    """`algorithm.turn_rewards` (MT-GRPO's turn-level credit): the grounding reward's advantage, normalised in its
+    group apart from the outcome's, lands on the call turn's tokens; the answer's tokens get the outcome advantage
+    only; a trajectory that made no call gets both on its one turn."""
+    import dataclasses
+
+    from mmrl.cli.checks import load_config
+    from mmrl.config import ToolConfig
+    from mmrl.train.build import build_terms
+    from mmrl.train.rl_step import RLStep, TrainBatch, call_turns
+    from mmrl.train.scoring import Scorer
+    from tests.conftest import REPO
+
+    small = Policy.load(ModelConfig(path="zoo:qwen2_vl", image_max_pixels=56 * 56))
+    (sample,) = make("zoom", 1, seed=3)
+    q, angle = sample.answer["region"], sample.answer["angle"]
+    prompts = [small.encode(sample)] * 4  # one group of 4
+    engine = ToolEngine(small, Toolbox.from_configs([ToolConfig(fn="region", kwargs={"caption": False})], "region"),
+                        max_turns=2)
+    ro = engine.scripted(prompts, [[f"<region>{q}</region>", f"<answer>{angle}</answer>"],  # right region, right
+                                   [f"<region>{q % 4 + 1}</region>", f"<answer>{angle}</answer>"],  # wrong region
+                                   [f"<region>{q}</region>", f"<answer>{(angle + 90) % 360}</answer>"],  # wrong angle
+                                   [f"<answer>{angle}</answer>"]])  # no call
+    engine.close()
+    ro = dataclasses.replace(ro, group_size=4)
+    overrides = ["algorithm.turn_rewards=[right_region]"]
+    cfg = load_config(REPO / "recipes" / "thinking_with_images.yaml", overrides)
+    scorer = Scorer(build_terms(cfg.rewards, "rewards"), 10)
+    scored = scorer.score(ro, prompts, 0)
+    assert scored.rewards["right_region"] == [1.0, 0.0, 1.0, 0.0] and scored.rewards["accuracy"] == [1, 1, 0, 1]
+    step = RLStep(cfg, policy=None, engine=None, scorer=scorer, batches=None, optim=None, progress=None)
+    adv = step.advantages(TrainBatch(prompts, scored), scored).rollouts.advantages  # [4, C]
+    # outcome r = accuracy + 0.1 format = [1.1, 1.1, 0.1, 1.1]: Â = [0.5, 0.5, -1.5, 0.5]; turn r = [1, 0, 1, 0]:
+    # Â = ±√3/2 (group mean and Bessel-corrected std)
+    a_out, a_turn = torch.tensor([0.5, 0.5, -1.5, 0.5]), torch.tensor([1.0, -1.0, 1.0, -1.0]) * 3 ** 0.5 / 2
+    calls = call_turns(scored)
+    policy_tokens = scored.completion_mask.bool()
+    for i in range(4):
+        first = policy_tokens[i] & calls[i]
+        rest = policy_tokens[i] & ~calls[i]
+        assert first.sum() > 0 and (rest.sum() > 0) == (i < 3), i  # the no-call row is all one turn
+        assert torch.allclose(adv[i][first], a_out[i] + a_turn[i], atol=1e-5), i
+        assert torch.allclose(adv[i][rest], a_out[i].expand(int(rest.sum())), atol=1e-5), i
+        if i < 3:  # the call turn is the tokens before the crop; the answer's follow it
+            last_obs = int((scored.observed.present[i].bool() & ~policy_tokens[i]).nonzero().max())
+            assert int(first.nonzero().max()) < last_obs < int(rest.nonzero().min()), i
+    # without turn rewards: one advantage per completion, of the whole total [2.1, 1.1, 1.1, 1.1]
+    plain = RLStep(load_config(REPO / "recipes" / "thinking_with_images.yaml"), policy=None, engine=None,
+                   scorer=scorer, batches=None, optim=None, progress=None)
+    assert torch.allclose(plain.advantages(TrainBatch(prompts, scored), scored).rollouts.advantages,
+                          torch.tensor([1.5, -0.5, -0.5, -0.5]), atol=1e-5)
+
+
+def test_turn_rewards_are_checked():
+    from mmrl.cli.checks import load_config
+    from mmrl.config import ConfigError
+    from tests.conftest import REPO
+
+    with pytest.raises(ConfigError, match="algorithm.turn_rewards: credits the turns that call a tool and needs"):
+        load_config(None, ["algorithm.turn_rewards=[format]"])
+    recipe = REPO / "recipes" / "thinking_with_images.yaml"
+    with pytest.raises(ConfigError, match=r"algorithm.turn_rewards: \['grounding'\] are not adding rewards of rewards"):
+        load_config(recipe, ["algorithm.turn_rewards=[grounding]"])
+    with pytest.raises(ConfigError, match="every reward of rewards is a turn reward"):
+        load_config(recipe, ["algorithm.turn_rewards=[accuracy, format, right_region]"])

@@ -1,4 +1,5 @@
-"""Advantages: per-completion rewards [N = B·G] → per-completion advantages [N], as three orthogonal knobs.
+"""Advantages: per-completion rewards [N = B·G] → per-completion advantages [N], as three orthogonal knobs (and, for
+multi-turn trajectories with turn rewards, per-token advantages [N, C]: `turn_credit`).
 
 Â_i = w_sign(Â) · (r_i − b_i) / s_i, with the baseline b (`algorithm.baseline`), the scale s (`algorithm.scale`)
 and sign weights w₊ / w₋ (`algorithm.pos_weight` / `neg_weight`). Completions arrive grouped: rows g·G … g·G+G−1
@@ -192,15 +193,34 @@ def compute(rewards: torch.Tensor, lengths: torch.Tensor, algo, *, group_size: i
     (default all) leaves unusable completions out of the statistics, with Â = 0; `batch_rewards` as in
     `advantages`."""
     correctness = rewards if correctness is None else correctness
-    adv = advantages(
-        rewards, group_size=group_size, baseline=algo.baseline, scale=algo.scale, eps=algo.adv_eps,
-        pos_weight=algo.pos_weight, neg_weight=algo.neg_weight, virtual_reward=algo.virtual_reward,
-        virtual_count=algo.virtual_count, sign_threshold=algo.sign_threshold, valid=valid,
-        batch_rewards=batch_rewards,
-    )
+    adv = of_config(rewards, algo, group_size=group_size, valid=valid, batch_rewards=batch_rewards)
     adv = scale_long_negatives(adv, correctness, lengths, group_size=group_size,
                                correct_threshold=algo.correct_threshold, rate=algo.neg_length_rate)
     weight = None
     if algo.kl_weighting == "difficulty":
         weight = difficulty_kl_weights(adv, group_difficulty(correctness, group_size, algo.correct_threshold))
     return adv, weight
+
+
+def of_config(rewards: torch.Tensor, algo, *, group_size: int, valid: torch.Tensor | None = None,
+              batch_rewards: torch.Tensor | None = None) -> torch.Tensor:
+    """`advantages` [N] with an `AlgorithmConfig`'s baseline, scale and sign weights."""
+    return advantages(
+        rewards, group_size=group_size, baseline=algo.baseline, scale=algo.scale, eps=algo.adv_eps,
+        pos_weight=algo.pos_weight, neg_weight=algo.neg_weight, virtual_reward=algo.virtual_reward,
+        virtual_count=algo.virtual_count, sign_threshold=algo.sign_threshold, valid=valid,
+        batch_rewards=batch_rewards,
+    )
+
+
+def turn_credit(outcome: torch.Tensor, turn: torch.Tensor, call_turns: torch.Tensor) -> torch.Tensor:
+    """Per-token advantages [N, C] of multi-turn trajectories: Â_outcome [N] on every token, plus Â_turn [N] on the
+    tokens of the turns that called a tool (`call_turns` [N, C]) — the turn-level credit of MT-GRPO ("Reinforcing
+    Multi-Turn Reasoning in LLM Agents via Turn-Level Credit Assignment", arXiv:2505.11821), with its λ = 1: a reward
+    on the call (the crop holds the target) moves the call's tokens and leaves the answer's to the outcome reward.
+
+    >>> turn_credit(torch.tensor([1.0, -1.0]), torch.tensor([0.5, -0.5]), torch.tensor([[1, 1, 0], [1, 0, 0]]))
+    tensor([[ 1.5000,  1.5000,  1.0000],
+            [-1.5000, -1.0000, -1.0000]])
+    """
+    return outcome.unsqueeze(1) + turn.unsqueeze(1) * call_turns.to(outcome.dtype)

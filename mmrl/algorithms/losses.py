@@ -1,6 +1,7 @@
 """Ratios, policy losses (per-token surrogates) and aggregations (per-token losses → a scalar).
 
-Shapes: logp, old_logp, mask are [N, T] (N completions in the micro-batch, T tokens); advantages are [N].
+Shapes: logp, old_logp, mask are [N, T] (N completions in the micro-batch, T tokens); advantages are [N], or [N, T]
+when turns of a trajectory get their own (`algorithm.turn_rewards`; `token_advantages`).
 A step is `RATIO_LEVELS[level](logp, old_logp, mask)` → log ρ̃ [N, T], then `POLICY_LOSSES[name](log ρ̃, logp, Â,
 **clip knobs)` → (loss [N, T], clipped [N, T]), then `AGGREGATIONS[name](loss, mask, **normalisers)`.
 Aggregations receive the *global* batch's normalisers (`global_tokens`, `global_seqs`, `max_tokens`) so that
@@ -36,6 +37,11 @@ def sequence_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tenso
 
 
 # ----------------------------------------------------------------------------------------------- surrogates
+def token_advantages(advantages: torch.Tensor) -> torch.Tensor:
+    """Advantages that broadcast against [N, T]: [N] → [N, 1]; per-token [N, T] as they are."""
+    return advantages.unsqueeze(1) if advantages.dim() == 1 else advantages
+
+
 LOG_RATIO_BOUND = 20.0  # |log ρ| beyond this is clamped before exp (as verl does): e^20 ≈ 4.9e8 is finite in fp32
 
 
@@ -69,7 +75,7 @@ def ppo_clip(
     −Â ∇log π (REINFORCE). Returns (per-token loss [N, T], per-token clipped indicator [N, T]).
     """
     ratio = _ratio(log_ratio)  # [N, T]
-    adv = advantages.unsqueeze(1)  # [N, 1]
+    adv = token_advantages(advantages)  # [N, 1] or [N, T]
     loss, clipped = _ppo_min(ratio, torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high), adv)
     return _dual_clip(loss, adv, clip_c), clipped
 
@@ -83,7 +89,7 @@ def gppo(
     PPO's, but where PPO's min picks the clipped branch the bound is (1±ε)·ρ/sg[ρ], so the token keeps the
     gradient (1±ε)·Â·∇log π instead of none (β₁ = β₂ = 1)."""
     ratio = _ratio(log_ratio)
-    adv = advantages.unsqueeze(1)
+    adv = token_advantages(advantages)
     scale = torch.exp(log_ratio - log_ratio.detach())  # value 1, gradient ∇log ρ = ∇log π (finite at any ρ)
     bounded = torch.where(ratio < 1.0 - clip_low, (1.0 - clip_low) * scale,
                           torch.where(ratio > 1.0 + clip_high, (1.0 + clip_high) * scale, ratio))
@@ -99,7 +105,7 @@ def cispo(
     gradient, only its importance weight is clipped. TRL's `cispo` clips at ε_max only: set `clip_low` ≥ 1."""
     ratio = _ratio(log_ratio)
     weight = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)
-    loss = -weight.detach() * advantages.unsqueeze(1) * logp
+    loss = -weight.detach() * token_advantages(advantages) * logp
     return loss, (weight != ratio).to(ratio.dtype)
 
 
@@ -112,7 +118,7 @@ def sapo(
     τ = τ_pos for Â > 0 and τ_neg otherwise; the gradient weight 4σ(1−σ) is 1 at ρ = 1 and decays smoothly.
     Nothing is hard-clipped: the reported clipped indicator is 0."""
     ratio = _ratio(log_ratio)
-    adv = advantages.unsqueeze(1)
+    adv = token_advantages(advantages)
     tau = torch.where(adv > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))  # [N, 1], in ratio's dtype
     loss = -(4.0 / tau) * torch.sigmoid(tau * (ratio - 1.0)) * adv
     return loss, torch.zeros_like(ratio)
@@ -125,7 +131,7 @@ def reinforce(
     """No clipping: ℓ = −ρ·Â (importance-weighted REINFORCE; at ρ = 1 the gradient is −Â ∇log π, the objective of
     "GPG: A Simple and Strong Reinforcement Learning Baseline for Model Reasoning", arXiv:2504.02546)."""
     ratio = _ratio(log_ratio)
-    return -ratio * advantages.unsqueeze(1), torch.zeros_like(ratio)
+    return -ratio * token_advantages(advantages), torch.zeros_like(ratio)
 
 
 # ------------------------------------------------------------------------------------------------ aggregations

@@ -6,7 +6,7 @@ L = Agg[ℓ_clip(ρ̃, Â)] + β_KL·Agg[k(π_θ, π_ref)] − α_H·Agg[H] − 
 with ρ̃ from `ratio_level`, ℓ_clip from `policy_loss`, Agg from `aggregation` (global normalisers), the KL term
 only when the KL is placed in the loss (`kl_placement: loss`), and the masked-image terms only when a masked
 pass was run (`masked_kl_coef` > 0; PAPO). Every name is looked up in a registry; nothing here branches on a
-method's name. Shapes: [N, T] per-token tensors of one micro-batch, advantages [N].
+method's name. Shapes: [N, T] per-token tensors of one micro-batch, advantages [N] (or [N, T] with per-turn credit).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from mmrl.algorithms.divergences import KL_ESTIMATORS
-from mmrl.algorithms.losses import AGGREGATIONS, POLICY_LOSSES, RATIO_LEVELS
+from mmrl.algorithms.losses import AGGREGATIONS, POLICY_LOSSES, RATIO_LEVELS, token_advantages
 from mmrl.registry import Registry
 from mmrl.runtime import HOST
 
@@ -25,7 +25,7 @@ COV_MODES: Registry = Registry("covariance mode")
 
 @dataclass
 class TokenTerms:
-    """Per-token inputs of one micro-batch (all [N, T] except `advantages` [N])."""
+    """Per-token inputs of one micro-batch (all [N, T] except `advantages`: [N], or [N, T] with per-turn credit)."""
 
     logp: torch.Tensor  # π_θ, with gradient
     old_logp: torch.Tensor  # π_old (behaviour or recomputed), no gradient
@@ -89,7 +89,7 @@ def kl_penalty_per_sequence(old_logp: torch.Tensor, ref_logp: torch.Tensor, mask
 def token_covariance(logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """C_t = (log π_t − mean log π)(Â_t − mean Â) per token [N, T], means over the valid tokens (0 elsewhere)."""
     valid = mask.bool()
-    adv = advantages.unsqueeze(1).expand_as(logp)
+    adv = token_advantages(advantages).expand_as(logp)
     n = valid.sum().clamp(min=1)
     lp_mean = (logp.detach() * mask).sum() / n
     adv_mean = (adv * mask).sum() / n
@@ -140,7 +140,7 @@ def low_probability_regulariser(t: TokenTerms, algo) -> tuple[torch.Tensor, floa
     log-prob is among the lowest `lp_reg_share` of such tokens (this micro-batch) and that a min-p filter at κ keeps,
     k3(π_θ, π_proxy) with the proxy π_proxy(o_t) = sg[π_θ(o_t)] / Z_κ — it stops negative updates from driving
     plausible low-probability tokens to zero. Returns (per-token term [N, T], number of tokens selected)."""
-    negative = (t.advantages < 0).unsqueeze(1) & t.mask.bool()  # [N, T]
+    negative = (token_advantages(t.advantages) < 0) & t.mask.bool()  # [N, T]
     n_neg = int(negative.sum())
     k = int(algo.lp_reg_share * n_neg + 0.5)
     if k == 0:

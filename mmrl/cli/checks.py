@@ -53,6 +53,36 @@ def _rewards(cfg: Config, bad: set[str]) -> list[str]:
         errors += [f"{key}[{i}].fn: reward {r.fn!r} scores tool calls and needs rollout.tools (multi-turn rollouts)"
                    for key, rewards in config.reward_lists(cfg) for i, r in enumerate(rewards)
                    if r.fn in TRAJECTORY_REWARDS]
+    return errors + _turn_rewards(cfg)
+
+
+def _turn_rewards(cfg: Config) -> list[str]:
+    """`algorithm.turn_rewards` name adding rewards of every RL stage's list, leave an outcome reward beside them, and
+    need tool calls to credit."""
+    from mmrl.rewards.registry import default_name
+
+    turn = cfg.algorithm.turn_rewards
+    if not turn:
+        return []
+    if not cfg.rollout.tools:
+        return [f"algorithm.turn_rewards: credits the turns that call a tool and needs rollout.tools (multi-turn "
+                f"rollouts), got {turn}"]
+    lists = [(f"stages[{i}].rewards", s.rewards) for i, s in enumerate(cfg.stages) if s.kind == "rl" and s.rewards]
+    if any(s.kind == "rl" and s.rewards is None for s in cfg.stages):
+        lists.insert(0, ("rewards", cfg.rewards))
+    errors = []
+    for key, rewards in lists:
+        adding = {r.name or default_name(r.fn) for r in rewards if r.mode == "add"}
+        if any(r.mode == "gate" for r in rewards):
+            errors.append(f"algorithm.turn_rewards: a reward in `mode: gate` ({key}) overrides the whole total, which"
+                          f" per-turn credit splits; use `gate:` on single rewards instead")
+        missing = [n for n in turn if n not in adding]
+        if missing:
+            errors.append(f"algorithm.turn_rewards: {missing} are not adding rewards of {key} (rewards there: "
+                          f"{sorted(adding)})")
+        elif adding <= set(turn):
+            errors.append(f"algorithm.turn_rewards: every reward of {key} is a turn reward; leave at least one (the "
+                          f"answer's) out, got {turn}")
     return errors
 
 

@@ -247,6 +247,9 @@ class AlgorithmConfig:
     virtual_count: int = 1  # … and how many
     sign_threshold: float = 0.5  # sign: r above it counts as correct
     neg_length_rate: float = 0.0  # > 0: wrong answers longer than the group's correct ones get Â·(1 + 1 − e^{−rate·Δ})
+    # multi-turn rollouts: rewards (by name) that credit the turns that called a tool, not the answer (MT-GRPO):
+    # those turns' tokens get Â_turn + Â_outcome, the final answer's tokens Â_outcome only, each normalised apart
+    turn_rewards: list[str] = field(default_factory=list)
     # ratio and surrogate
     ratio_level: str = "token"  # token | sequence (GSPO)
     policy_loss: str = "ppo_clip"  # ppo_clip | gppo | cispo | sapo | reinforce

@@ -177,8 +177,6 @@ def score(
     ([2.0, 4.0], {'a': [1.0, None], 'b': [0.5, 2.0]})
     """
     check_gates(terms)
-    by_name = {t.name: t for t in terms}
-    totals = [0.0] * len(completions)
     components: dict[str, list[float | None]] = {}
     for term in terms:
         with parse_stats() as st:
@@ -194,24 +192,38 @@ def score(
         if stats is not None and logged:
             stats.setdefault(term.name, {}).update(logged)
         components[term.name] = values
-    for term in terms:
-        if term.mode != "add":
-            continue
-        gate = by_name[term.gate] if term.gate else None
-        closed = 0
-        for i, v in enumerate(components[term.name]):
-            if gate is not None and not gate.passes(components[gate.name][i]):
-                closed += v is not None
-            elif v is not None:
-                totals[i] += term.weight * v
-        if stats is not None and gate is not None:
-            stats.setdefault(term.name, {})["gated"] = closed / max(len(completions), 1)
+    totals, closed = weighted_sum(terms, components, len(completions))
+    if stats is not None:
+        for name, count in closed.items():
+            stats.setdefault(name, {})["gated"] = count / max(len(completions), 1)
     for term in terms:
         if term.mode == "gate":
             for i, v in enumerate(components[term.name]):
                 if not term.passes(v):
                     totals[i] = float(term.gate_penalty)
     return totals, components
+
+
+def weighted_sum(terms: Sequence[RewardTerm], components: dict[str, list[float | None]], n: int, *,
+                 names: Sequence[str] | None = None) -> tuple[list[float], dict[str, int]]:
+    """(Σ weight·value per completion over the `add` terms — those named in `names` when given —, each counted only
+    where its gate passes; {gated term: values its gate closed}). `score`'s total before gate-mode terms act, and
+    the part of it a subset of terms makes up (`algorithm.turn_rewards`)."""
+    by_name = {t.name: t for t in terms}
+    totals = [0.0] * n
+    closed: dict[str, int] = {}
+    for term in terms:
+        if term.mode != "add" or (names is not None and term.name not in names):
+            continue
+        gate = by_name[term.gate] if term.gate else None
+        for i, v in enumerate(components[term.name]):
+            if gate is not None and not gate.passes(components[gate.name][i]):
+                closed[term.name] = closed.get(term.name, 0) + (v is not None)
+            elif v is not None:
+                totals[i] += term.weight * v
+        if gate is not None:
+            closed.setdefault(term.name, 0)
+    return totals, closed
 
 
 def check_gates(terms: Sequence[RewardTerm]) -> None:

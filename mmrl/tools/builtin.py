@@ -94,12 +94,15 @@ _REGION_PARAMETERS = {
 @register("region", description="Look closer at one region of the image (regions are numbered row by row, 1 top-left):"
                                 " returns the region enlarged.", parameters=_REGION_PARAMETERS)
 def region(arguments: dict[str, Any], state: TrajectoryState, *, grid: int = 2, image: int = 0,
-           caption: bool = True) -> ToolResult:
+           caption: bool | str = True) -> ToolResult:
     """Cell `region` (1 … grid², row by row) of a `grid` × `grid` grid laid over image `image` (as that image shows
     it: a crop's grid is the crop's), cut from the original's pixels and shown with as many pixels as image `image`
     has, within the processor's limits — `zoom_in` of the cell's box. `info["box"]`: the cell in the original's
     pixels, as `zoom_in`'s; `info["region"]`: the number. `caption: false` returns the image alone (no "Image k
-    shows …" line: a small model reads the image it answers from better without text between them)."""
+    shows …" line: a small model reads the image it answers from better without text between them); a string is
+    returned as the text after the image instead (e.g. the question again, as a single-turn prompt puts it)."""
+    if not isinstance(caption, (bool, str)):
+        raise ValueError(f"region: caption must be true, false or a string, got {caption!r}")
     if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
         raise ValueError(f"region: grid must be an int >= 1, got {grid!r}")
     q = _region_number(arguments.get("region"), grid * grid)
@@ -114,7 +117,9 @@ def region(arguments: dict[str, Any], state: TrajectoryState, *, grid: int = 2, 
     size = _fit(box[2] - box[0], box[3] - box[1], w * h, state.limits)  # unturned, as the cell lies in the original
     frame = Frame(tuple(box), size[::-1] if view_frame.turns % 2 else size, view_frame.turns)
     out = frame.render(source)
-    return ToolResult(text=f"Image {len(state.images)} shows region {q} of image {i}." if caption else "",
+    text = caption if isinstance(caption, str) else (
+        f"Image {len(state.images)} shows region {q} of image {i}." if caption else "")
+    return ToolResult(text=text,
                       images=(ToolImage(out, state.limits.geometry(*out.size), origin, frame),),
                       info={"image": i, "origin": origin, "box": [round(v, 2) for v in box], "region": q})
 

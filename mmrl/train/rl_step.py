@@ -24,6 +24,7 @@ import torch
 
 from mmrl.algorithms import keep_groups, kl_penalty_per_sequence
 from mmrl.algorithms.advantages import compute as compute_advantages
+from mmrl.algorithms.advantages import of_config, turn_credit
 from mmrl.algorithms.prompts import group_accuracy
 from mmrl.config import Config
 from mmrl.model.prompts import PromptInputs
@@ -50,6 +51,20 @@ def turn_capped(rollouts: Rollouts) -> torch.Tensor:
     `rollout.turn_cap_penalty` from their reward instead."""
     return torch.tensor([r == "max_turns" for r in rollouts.finish_reasons], dtype=torch.bool,
                         device=rollouts.device)
+
+
+def call_turns(rollouts: Rollouts) -> torch.Tensor:
+    """[N, C] bool: the tokens of the turns that called a tool — every token before a trajectory's last observation,
+    and all of a trajectory that ends on a call (turn cap) or made none (its one turn chose not to call). The rest
+    is the final answer's turn. `algorithm.turn_rewards` credit the former only."""
+    width = rollouts.completion_ids.shape[1]
+    if rollouts.observed is None:
+        return torch.ones(len(rollouts), width, dtype=torch.bool, device=rollouts.device)
+    pos = torch.arange(width, device=rollouts.device)
+    observation = rollouts.observed.present.bool() & ~rollouts.completion_mask.bool()  # [N, C]
+    last = torch.where(observation, pos, -1).amax(dim=1)  # [N] the last observation token, -1: none
+    answers = (last >= 0) & ~turn_capped(rollouts)  # [N] rows whose last turn answers
+    return ~(answers.unsqueeze(1) & (pos.unsqueeze(0) > last.unsqueeze(1)))
 
 
 @dataclass(frozen=True)
@@ -172,14 +187,16 @@ class RLStep:
         return dataclasses.replace(batch, old_logp=self._logprobs(batch.prompts, batch.rollouts))
 
     def advantages(self, batch: TrainBatch, seen: Rollouts) -> TrainBatch:
-        """The batch with its advantages [N]; with the KL placed in the reward, r_i −= β·Σ_t k(π_old, π_ref)
+        """The batch with its advantages [N] ([N, C] with `algorithm.turn_rewards`: those rewards' advantage on the
+        call turns' tokens only, `turn_credit`); with the KL placed in the reward, r_i −= β·Σ_t k(π_old, π_ref)
         first. `seen` is every rollout the step generated: the batch std runs over it, dropped groups included
         (config validation refuses the KL in the reward together with a group filter there)."""
         a, rollouts = self.cfg.algorithm, batch.rollouts
         if not len(rollouts):  # every group was filtered out
             return dataclasses.replace(batch, rollouts=dataclasses.replace(
                 rollouts, advantages=torch.zeros(0, device=rollouts.device)))
-        rewards, kl = rollouts.total, None
+        turn = self.scorer.part(rollouts, a.turn_rewards) if a.turn_rewards else None  # [N]
+        rewards, kl = rollouts.total if turn is None else rollouts.total - turn, None
         if a.kl_coef > 0 and a.kl_placement == "reward":
             batch = self.with_old_logprobs(batch)
             with self.policy.as_reference() as ref:
@@ -190,10 +207,18 @@ class RLStep:
         lengths = rollouts.completion_mask.sum(dim=1)  # [N]
         valid = usable(rollouts)  # [N]
         generated = rewards.masked_fill(~valid, float("nan"))  # [N]: the generated batch, for batch statistics
+        seen_turn = None
+        if turn is not None:  # the turn rewards over every generated completion, for the batch statistics
+            seen_turn = turn if len(seen) == len(rollouts) else self.scorer.part(seen, a.turn_rewards)
         if len(seen) != len(rollouts):  # groups were dropped: they count in the batch std (no KL in these rewards)
-            generated = seen.total.masked_fill(~usable(seen), float("nan"))  # [N_seen] every generated completion
+            seen_total = seen.total if turn is None else seen.total - seen_turn
+            generated = seen_total.masked_fill(~usable(seen), float("nan"))  # [N_seen] every generated completion
         adv, kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
                                             correctness=rollouts.total, valid=valid, batch_rewards=generated)
+        if turn is not None:  # the turn rewards' own advantage, on the call turns' tokens: [N, C]
+            turn_adv = of_config(turn, a, group_size=rollouts.group_size, valid=valid,
+                                 batch_rewards=seen_turn.masked_fill(~usable(seen), float("nan")))
+            adv = turn_credit(adv, turn_adv, call_turns(rollouts))
         mask = rollouts.completion_mask
         capped = turn_capped(rollouts)
         if self.cfg.rollout.turn_cap == "mask" and capped.any():  # in the group statistics, out of the loss
@@ -258,7 +283,7 @@ class RLStep:
             "rollout/truncated_frac": sum(r == "length" for r in seen.finish_reasons) / len(seen),
             "rollout/kept_groups": len(rollouts) // rollouts.group_size,  # replayed groups included
             "rollout/generated_groups": len(seen) // seen.group_size,
-            "adv/zero_frac": float((rollouts.advantages.abs() < 1e-8).float().mean()) if len(rollouts) else 1.0,
+            "adv/zero_frac": zero_advantage_share(rollouts),
             "perf/rollout_s": t_roll - t0, "perf/update_s": t_end - t_roll, "perf/step_s": t_end - t0,
             "perf/tokens_per_s": seen.num_tokens / max(t_end - t0, 1e-9),
         })
@@ -281,7 +306,27 @@ class RLStep:
                 f.write(json.dumps({
                     "train/step": self.progress.step, "sample_id": p.sample.id, "completion": ro.texts[i],
                     "answer": p.sample.answer, "finish_reason": ro.finish_reasons[i],
-                    "reward": float(ro.total[i]), "advantage": float(ro.advantages[i]),
+                    "reward": float(ro.total[i]), **logged_advantage(ro, i),
                     "components": {k: v[i] for k, v in ro.rewards.items()},
                     **({"trajectory": ro.columns["trajectory"][i]} if "trajectory" in ro.columns else {}),
                 }, default=str) + "\n")
+
+
+def zero_advantage_share(rollouts: Rollouts) -> float:
+    """The share of completions with no advantage on any token (1.0 for an empty batch)."""
+    if not len(rollouts):
+        return 1.0
+    zero = rollouts.advantages.abs() < 1e-8  # [N] or [N, C]
+    return float((zero if zero.dim() == 1 else (zero | ~rollouts.completion_mask.bool()).all(dim=1)).float().mean())
+
+
+def logged_advantage(ro: Rollouts, i: int) -> dict[str, float]:
+    """Row i's advantage for rollouts.jsonl: `advantage`; with per-turn credit that of its first and last tokens
+    (`advantage`: the first turn's, `answer_advantage`: the last turn's)."""
+    adv = ro.advantages[i]
+    if adv.dim() == 0:
+        return {"advantage": float(adv)}
+    tokens = ro.completion_mask[i].nonzero().squeeze(1)
+    if not tokens.numel():
+        return {"advantage": 0.0, "answer_advantage": 0.0}
+    return {"advantage": float(adv[tokens[0]]), "answer_advantage": float(adv[tokens[-1]])}

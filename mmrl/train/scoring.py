@@ -16,7 +16,7 @@ import torch
 
 from mmrl.config import ConfigError
 from mmrl.model.prompts import PromptInputs
-from mmrl.rewards.compose import score, truth_columns
+from mmrl.rewards.compose import score, truth_columns, weighted_sum
 from mmrl.rollout import Rollouts
 
 COLUMNS = ("answer", "task", "prompts", "samples", "geometry", "geometries", "completion_ids", "finish_reason",
@@ -91,6 +91,13 @@ class Scorer:
                 totals[i] = 0.0
         return dataclasses.replace(rollouts, rewards=components, parse_stats=stats, completion_mask=mask,
                                    total=torch.tensor(totals, dtype=torch.float32, device=rollouts.device))  # [N]
+
+    def part(self, rollouts: Rollouts, names: list[str]) -> torch.Tensor:
+        """[N] the share of the scored rollouts' totals that the rewards `names` make up (weights and gates as in
+        the total; 0 on failed completions)."""
+        values, _ = weighted_sum(self.terms, rollouts.rewards, len(rollouts), names=names)
+        out = torch.tensor(values, dtype=torch.float32, device=rollouts.device)
+        return out.masked_fill(~usable(rollouts), 0.0)
 
 
 def check_reward_columns(terms, samples, *, where: str = "") -> None:

@@ -101,7 +101,7 @@ def _micro_step(ctx: UpdateContext, regs: list[Regulariser], rows: list[int | No
     r = mb.index
     logp, ent = policy.completion_logprobs(batch, ids, mask, temperature=ctx.temperature, with_entropy=True)
     terms = TokenTerms(logp=logp, old_logp=old_logp[r, :width] if old_logp is not None else logp.detach(),
-                       mask=mask, advantages=ro.advantages[r], entropy=ent)  # [n, W] each, advantages [n]
+                       mask=mask, advantages=_advantages(ro.advantages, r, width), entropy=ent)  # [n, W] each
     for reg in regs:
         reg.micro(ctx, mb, terms)
     if gaps is not None:
@@ -115,6 +115,11 @@ def _micro_step(ctx: UpdateContext, regs: list[Regulariser], rows: list[int | No
     sums["entropy"] += float((ent.detach() * mask).sum()) / algo.ppo_epochs  # token sums per pass
     for key, v in stats.items():
         sums[key] += v / algo.ppo_epochs
+
+
+def _advantages(advantages: torch.Tensor, rows: torch.Tensor, width: int) -> torch.Tensor:
+    """A micro-batch's advantages: [n] per completion, or [n, W] per token (per-turn credit)."""
+    return advantages[rows] if advantages.dim() == 1 else advantages[rows, :width]
 
 
 def _metrics(policy, ro: Rollouts, regs: list[Regulariser], sums: dict[str, float], gaps: list[float],

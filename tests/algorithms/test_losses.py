@@ -401,3 +401,31 @@ def test_every_policy_loss_is_finite_at_extreme_sequence_log_ratios(name, shift)
         row = 2 if shift > 0 else 0
         assert loss[row].tolist() == pytest.approx([-1.28 if shift > 0 else 0.8] * 5)
         assert (logp.grad[row] == 0).all()
+
+
+@pytest.mark.parametrize("name", POLICY_LOSSES.names())
+def test_per_token_advantages_act_token_by_token(name):
+    """Advantages [N, T] (per-turn credit, `algorithm.turn_rewards`): constant along a row they give the [N] loss and
+    gradient exactly; where they differ, each token's gradient follows its own (at ρ = 1: −Â_t / tokens)."""
+    import dataclasses
+
+    from mmrl.algorithms import TokenTerms, objective
+    from mmrl.config import AlgorithmConfig
+
+    algo = dataclasses.replace(AlgorithmConfig(), policy_loss=name, lp_reg_coef=0.5, lp_reg_share=0.5)
+    logp = torch.tensor([[-0.1, -2.0, -0.5], [-1.5, -0.3, -0.7]], dtype=F64, requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=F64)
+    adv = torch.tensor([0.7, -1.2], dtype=F64)
+    norms = dict(global_tokens=5, global_seqs=2, max_tokens=3)
+    extra = dict(proxy_log_mass=torch.full((2, 3), -0.5, dtype=F64), proxy_kept=torch.ones(2, 3, dtype=torch.bool))
+    grads = []
+    for a in (adv, adv.unsqueeze(1).expand(2, 3)):
+        loss, _ = objective(TokenTerms(logp=logp, old_logp=logp.detach(), mask=mask, advantages=a, **extra), algo,
+                            norms)
+        grads.append(torch.autograd.grad(loss, logp)[0])
+    torch.testing.assert_close(grads[0], grads[1])
+    per_token = torch.tensor([[1.5, 0.5, 0.5], [-2.0, -1.2, -1.2]], dtype=F64)  # a call turn, then the answer
+    loss, _ = objective(TokenTerms(logp=logp, old_logp=logp.detach(), mask=mask, advantages=per_token),
+                        dataclasses.replace(algo, lp_reg_coef=0.0), norms)
+    (g,) = torch.autograd.grad(loss, logp)
+    torch.testing.assert_close(g, -per_token * mask / 5)
