@@ -39,3 +39,23 @@ def test_box_grid_draws_ground_truth_and_predictions_where_they_are(tmp_path):
     assert PRED_COLOUR not in {sheet.getpixel((112 * 3 * 0 + x, 84 * 3 + y)) for x in range(0, 336, 3) for y in range(0, 252, 3)}
     with pytest.raises(ValueError, match="no samples"):
         box_grid([], [], [], tmp_path / "none.png")
+
+
+def test_trajectory_sheet_shows_the_image_as_the_model_saw_it(tmp_path):
+    """`views` put the prompt's image at the processor's size first (a 224-px zoom canvas seen at 28 px is 28 x 28
+    blocks of 8 x 8 equal pixels once enlarged to 224), then the canvas with the call's box, the crop, the answer."""
+    from PIL import Image
+
+    from mmrl.train.plots import trajectory_sheet
+
+    (sample,) = make("zoom", 1, seed=3)
+    box = sample.answer["boxes"][0]
+    traj = {"calls": [{"box": box, "origin": 0, "text": ""}], "turns": 2, "finish_reason": "eos"}
+    plain = Image.open(trajectory_sheet([sample], [traj], ["<answer>0</answer>"], tmp_path / "a.png")).convert("RGB")
+    seen = Image.open(trajectory_sheet([sample], [traj], ["<answer>0</answer>"], tmp_path / "b.png",
+                                       views=[Geometry(224, 224, 28, 28, "qwen2_vl")])).convert("RGB")
+    assert seen.width == plain.width + 224 + 6 and seen.height == plain.height
+    tile = seen.crop((0, 0, 224, 224))
+    small = tile.resize((28, 28), Image.NEAREST)
+    assert small.resize((224, 224), Image.NEAREST).tobytes() == tile.tobytes()  # 8 x 8 blocks: 28 px of detail
+    assert seen.crop((230, 0, seen.width, seen.height)).tobytes() == plain.tobytes()  # the rest as before

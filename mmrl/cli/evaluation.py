@@ -133,7 +133,8 @@ def run_eval(source: str, *, data: str | None = None, task: str | None = None, n
         from mmrl.train.plots import trajectory_sheet
 
         report["trajectories_png"] = str(trajectory_sheet([p.sample for p in ev.inputs], ev.trajectories, ev.texts,
-                                                          root / "trajectories.png"))
+                                                          root / "trajectories.png",
+                                                          views=[p.answer_geometry for p in ev.inputs]))
     if k:
         sampled, curve = ev.sampled(k, temperature=temperature, seed=cfg.trainer.seed, correct=correct)
         report["sampled"] = sampled

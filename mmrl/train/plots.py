@@ -164,16 +164,19 @@ CALL_COLOURS = [(230, 0, 0), (0, 90, 230), (230, 150, 0), (160, 0, 200)]  # the 
 
 
 def trajectory_sheet(samples: list, trajectories: list[dict], texts: list[str], out: str | Path, *,
-                     height: int = 224, limit: int = 8) -> Path:
-    """Thinking with images, shown: one row per sample (the first `limit`) — the prompt's image with the box of each
-    tool call drawn in that call's colour (and the ground-truth box in green when the answer has one), the region
-    of each call cut from the original pixels beside it, framed in the same colour, then the final answer and the
-    truth. Boxes come from the `trajectory` column (original pixels, `info["box"]` of the tools' results); a call
-    without a box (an error, a tool that draws no region) gets a grey tile with its observation text."""
+                     height: int = 224, limit: int = 8, views: list | None = None) -> Path:
+    """Thinking with images, shown: one row per sample (the first `limit`) — with `views` (each sample's prompt-image
+    `Geometry`) first the image as the model saw it (resized to the processor's size, then enlarged), then the
+    prompt's image with the box of each tool call drawn in that call's colour (and the ground-truth box in green
+    when the answer has one), the region of each call cut from the original pixels beside it, framed in the same
+    colour, then the final answer and the truth. Boxes come from the `trajectory` column (original pixels,
+    `info["box"]` of the tools' results); a call without a box (an error, a tool that draws no region) gets a grey
+    tile with its observation text."""
     from PIL import Image, ImageDraw
 
     rows = []
-    for sample, traj, text in list(zip(samples, trajectories, texts))[:limit]:
+    views = list(views) if views is not None else [None] * len(samples)
+    for sample, traj, text, view in list(zip(samples, trajectories, texts, views))[:limit]:
         image = _answer_picture(sample).convert("RGB")
         k = height / image.height
         big = image.resize((max(1, round(image.width * k)), height), Image.NEAREST)
@@ -182,6 +185,9 @@ def trajectory_sheet(samples: list, trajectories: list[dict], texts: list[str], 
         for x1, y1, x2, y2 in truth:
             draw.rectangle([x1 * k, y1 * k, x2 * k - 1, y2 * k - 1], outline=GT_COLOUR, width=2)
         tiles = [big]
+        if view is not None:  # what the vision tower got: the processor's resize (bicubic), shown enlarged
+            seen = image.resize((view.proc_w, view.proc_h), Image.BICUBIC)
+            tiles.insert(0, seen.resize(big.size, Image.NEAREST))
         for i, call in enumerate(traj["calls"]):
             colour = CALL_COLOURS[i % len(CALL_COLOURS)]
             box = call.get("box")

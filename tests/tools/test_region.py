@@ -132,3 +132,19 @@ def test_the_schema_the_policy_is_shown(box):
     [schema] = [s for s in box.schemas() if s["function"]["name"] == "region"]
     assert schema["function"]["parameters"]["required"] == ["region"]
     assert schema["function"]["parameters"]["properties"]["region"]["type"] == "integer"
+
+
+def test_the_caption_is_the_default_line_none_or_the_given_text():
+    """`caption`: true gives "Image k shows region …", false the crop alone, a string that text after the crop (e.g.
+    the question again); anything else is an error naming the option."""
+    image = _coded()
+    texts = {}
+    for caption in (True, False, "Arrow?"):
+        with Toolbox([make_tool("region", kwargs={"caption": caption})], fmt="region") as tools:
+            result = tools.run(ToolCall("region", {"region": 2}), _state(image))
+        assert result.error is None and len(result.images) == 1
+        texts[caption] = result.text
+    assert texts == {True: "Image 1 shows region 2 of image 0.", False: "", "Arrow?": "Arrow?"}
+    with Toolbox([make_tool("region", kwargs={"caption": 1})], fmt="region") as tools:
+        result = tools.run(ToolCall("region", {"region": 2}), _state(image))
+    assert result.error is not None and "caption must be true, false or a string" in result.text
