@@ -218,7 +218,7 @@ def test_a_call_in_the_last_turn_is_listed_not_run(zoo_cache):
     (traj,) = ro.columns["trajectory"]
     assert traj["finish_reason"] == "max_turns" and ro.observed.media == [{}]
     assert traj["calls"] == [{"tool": "region", "arguments": {"region": 3}, "error": NOT_RUN, "reward": None,
-                              "box": None, "origin": None, "text": ""}]
+                              "box": None, "origin": None, "text": "", "views": []}]
     metrics = trajectory_metrics([traj], ["max_turns"])
     assert metrics["rollout/calls_mean"] == 1.0 and metrics["rollout/call_error_frac"] == 0.0
 

@@ -43,7 +43,8 @@ def test_box_grid_draws_ground_truth_and_predictions_where_they_are(tmp_path):
 
 def test_trajectory_sheet_shows_the_image_as_the_model_saw_it(tmp_path):
     """`views` put the prompt's image at the processor's size first (a 224-px zoom canvas seen at 28 px is 28 x 28
-    blocks of 8 x 8 equal pixels once enlarged to 224), then the canvas with the call's box, the crop, the answer."""
+    blocks of 8 x 8 equal pixels once enlarged to 224), then the canvas with the call's box, the crop (at the size the
+    model was shown it when the call records it), the answer."""
     from PIL import Image
 
     from mmrl.train.plots import trajectory_sheet
@@ -59,3 +60,10 @@ def test_trajectory_sheet_shows_the_image_as_the_model_saw_it(tmp_path):
     small = tile.resize((28, 28), Image.NEAREST)
     assert small.resize((224, 224), Image.NEAREST).tobytes() == tile.tobytes()  # 8 x 8 blocks: 28 px of detail
     assert seen.crop((230, 0, seen.width, seen.height)).tobytes() == plain.tobytes()  # the rest as before
+    # a call that records the size its image was shown at (`views`) is drawn at that size: 28 px -> 8 x 8 blocks
+    shown = dict(traj, calls=[dict(traj["calls"][0], views=[[28, 28]])])
+    both = Image.open(trajectory_sheet([sample], [shown], ["<answer>0</answer>"], tmp_path / "c.png",
+                                       views=[Geometry(224, 224, 28, 28, "qwen2_vl")])).convert("RGB")
+    crop, full = both.crop((468, 8, 676, 216)), seen.crop((468, 8, 676, 216))  # inside the tile's 3-px frame
+    assert crop.resize((26, 26), Image.NEAREST).resize((208, 208), Image.NEAREST).tobytes() == crop.tobytes()
+    assert full.resize((26, 26), Image.NEAREST).resize((208, 208), Image.NEAREST).tobytes() != full.tobytes()

@@ -34,8 +34,9 @@ CALL_ENDS = {"qwen": "</tool_call>", "box": "</box>", "region": "</region>"}  # 
 def trajectory_column(t: Trajectory) -> dict[str, Any]:
     """A trajectory as the `trajectory` reward column sees it: turns, finish reason, each turn's text and each
     call (tool, arguments, error, per-call reward, the box it looked at in the original image's pixels, that
-    original's index, the observation text). Calls still pending when the trajectory ended (its last turn's, at
-    `max_turns`) are listed as written, never run: error `NOT_RUN`."""
+    original's index, the observation text, and `views`: each returned image's [width, height] as the processor
+    showed it to the model). Calls still pending when the trajectory ended (its last turn's, at `max_turns`) are
+    listed as written, never run: error `NOT_RUN`."""
     calls = []
     for turn in t.turns:
         for k, call in enumerate(turn.calls):
@@ -43,10 +44,11 @@ def trajectory_column(t: Trajectory) -> dict[str, Any]:
                 result = turn.results[k]
                 calls.append({"tool": call.name, "arguments": call.arguments, "error": result.error,
                               "reward": result.reward, "box": result.info.get("box"),
-                              "origin": result.info.get("origin"), "text": result.text})
+                              "origin": result.info.get("origin"), "text": result.text,
+                              "views": [[im.geometry.proc_w, im.geometry.proc_h] for im in result.images]})
             else:
                 calls.append({"tool": call.name, "arguments": call.arguments, "error": NOT_RUN, "reward": None,
-                              "box": None, "origin": None, "text": ""})
+                              "box": None, "origin": None, "text": "", "views": []})
     return {"turns": len(t.turns), "finish_reason": t.finish_reason, "turn_texts": [u.text for u in t.turns],
             "calls": calls}
 

@@ -168,10 +168,11 @@ def trajectory_sheet(samples: list, trajectories: list[dict], texts: list[str], 
     """Thinking with images, shown: one row per sample (the first `limit`) — with `views` (each sample's prompt-image
     `Geometry`) first the image as the model saw it (resized to the processor's size, then enlarged), then the
     prompt's image with the box of each tool call drawn in that call's colour (and the ground-truth box in green
-    when the answer has one), the region of each call cut from the original pixels beside it, framed in the same
-    colour, then the final answer and the truth. Boxes come from the `trajectory` column (original pixels,
-    `info["box"]` of the tools' results); a call without a box (an error, a tool that draws no region) gets a grey
-    tile with its observation text."""
+    when the answer has one), the region of each call cut from the original pixels beside it — at the size the
+    model was shown it when the call records one (`views`), enlarged —, framed in the same colour, then the final
+    answer and the truth. Boxes come from the `trajectory` column (original pixels, `info["box"]` of the tools'
+    results); a call without a box (an error, a tool that draws no region) gets a grey tile with its observation
+    text."""
     from PIL import Image, ImageDraw
 
     rows = []
@@ -198,6 +199,11 @@ def trajectory_sheet(samples: list, trajectories: list[dict], texts: list[str], 
                 x1, y1, x2, y2 = box
                 draw.rectangle([x1 * k, y1 * k, x2 * k - 1, y2 * k - 1], outline=colour, width=3)
                 crop = image.crop(tuple(round(v) for v in box))
+                if call.get("views"):  # as the processor showed it (bicubic, as Qwen's), then enlarged
+                    vw, vh = call["views"][0]
+                    if (vw > vh) != (crop.width > crop.height):  # a turned view (`rotate`): the crop is drawn unturned
+                        vw, vh = vh, vw
+                    crop = crop.resize((vw, vh), Image.BICUBIC)
                 s = height / max(crop.height, 1)
                 tile = crop.resize((max(1, round(crop.width * s)), height), Image.NEAREST)
                 ImageDraw.Draw(tile).rectangle([0, 0, tile.width - 1, tile.height - 1], outline=colour, width=3)
