@@ -7,6 +7,7 @@
     python benchmarks/vs_trl.py --group 8         # G 8 completions per prompt on both sides (default 4)
     python benchmarks/vs_trl.py --g-curve 4,8,16  # s / step against G, tiny (--sizes to choose); see "G curve"
     python benchmarks/vs_trl.py --quick --g-curve 4,8,16   # the same, 1 warm-up + 4 timed steps, 1 round
+    python benchmarks/vs_trl.py --floor           # adds the `floor` row: the model's own passes alone (see "Floor")
 
 Every (size, framework) runs in a FRESH subprocess with torch.set_num_threads(--threads, default 2): its peak RSS
 (ru_maxrss, read at the end) is that process's, imports, model, data and optimizer state included.
@@ -101,6 +102,13 @@ How long: the default tiny curve (3 + 20 steps, 2 rounds, 12 children) took 186 
 (2026-12-06, load average 1.0–1.5; benchmarks/results/vs_trl_gcurve_tiny.json). A medium curve takes hours (an
 estimate: at G 4 one round is ~10 min, TRL ~72 s a step; if both grow linearly in G, 4,8,16 is ~2.5 h for 2 rounds),
 and TRL's children at G 8 / 16 need --timeout above the default 900 s (a child past it comes back as a skipped row).
+
+Floor (--floor): a third child runs, for the same step, only the passes of the model itself (`_floor_child`): each
+prompt prefilled once, the cache repeated to the rows, 31 decode forwards with argmax for a sampler, one training
+forward of the rows with each image encoded once, log-softmax over the vocabulary, backward, clip, AdamW — no
+processor, sampler, reward, advantage or policy-loss arithmetic. No framework that runs this transformers model
+eagerly can take less (short of running the model differently: compiled, graph-captured, other kernels), so
+floor/TRL is the ceiling of any such framework's ratio at that size; it is printed under the ratios.
 """
 
 from __future__ import annotations
@@ -336,6 +344,66 @@ def _mmrl_profile(path: str, image: int, warmup: int, steps: int, threads: int, 
     stats.sort_stats("tottime").print_stats(30)
 
 
+# -------------------------------------------------------------------------------------------- floor child
+def _floor_child(path: str, image: int, warmup: int, steps: int, threads: int, group: int) -> dict:
+    """The `floor` row: the model's own passes for one step and nothing else — what any framework running this
+    transformers model eagerly must spend at least. Per step: the 4 prompts prefilled once (each image encoded once),
+    the KV cache repeated to the 4·G rows, 31 decode forwards with argmax in place of a sampler (exactly 32 tokens:
+    no EOS check), one training forward of the 4·G rows (each image encoded once, as mmrl does), the completion
+    tokens' log-softmax over the vocabulary, the mean as the loss, backward, grad-norm clip, AdamW. Left out: the
+    processor (the prompts are encoded before the timing), sampling, rewards, advantages, the policy loss's
+    ratio/clip arithmetic. Built from mmrl's pieces (`decode`, `completion_hidden`): mmrl with those parts removed."""
+    import torch
+
+    from mmrl.model.logprobs import completion_hidden
+    from mmrl.rollout.hf_decode import decode
+
+    torch.set_num_threads(threads)
+    total = warmup + steps
+    with tempfile.TemporaryDirectory() as run_dir:
+        tr = _mmrl_trainer(path, image, max(64, PROMPTS * total), threads, run_dir, total, group)
+        policy, hf = tr.policy, tr.policy.hf
+        optim = torch.optim.AdamW(hf.parameters(), lr=LR, betas=(0.9, 0.999), weight_decay=0.0)
+        batches = []
+        for _ in range(total):  # every step's prompts encoded up front: no processor inside the timing
+            batches.append(tr.batches.draw(PROMPTS))
+            tr.progress.step += 1
+        timers, ends, lengths = Timers(), [], []
+        start = _clocks()
+        for prompts in batches:
+            t0 = time.perf_counter()
+            hf.eval()
+            with torch.no_grad():
+                ids = decode(hf, policy.collate(prompts, share_vision=True), group, lambda logits, t: logits.argmax(-1),
+                             TOKENS, [], policy.pad_id)  # [4·G, 32]
+            t1 = time.perf_counter()
+            hf.train()
+            batch = policy.collate(prompts, repeats=group, share_vision=True)
+            hidden, targets, weight = completion_hidden(batch, ids, torch.ones_like(ids), hf, packs=False,
+                                                        runtime=policy.runtime)
+            loss = -torch.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).mean()
+            t2 = time.perf_counter()
+            loss.backward()
+            t3 = time.perf_counter()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            optim.step()
+            optim.zero_grad(set_to_none=True)
+            ends.append(_clocks())
+            for name, seconds in (("generate", t1 - t0), ("update: forward (log-probs)", t2 - t1),
+                                  ("update: backward", t3 - t2), ("update: clip + optimizer", ends[-1][0] - t3),
+                                  ("step (total)", ends[-1][0] - t0)):
+                timers.add(name, seconds)
+            timers.cut()
+            lengths.append(ids.shape[1])
+            assert ids.shape == (PROMPTS * group, TOKENS), ids.shape
+        prompt_len = prompts[0].length
+    import transformers
+
+    return _result(ends, start, warmup, timers, lengths, total, prompt_tokens=prompt_len,
+                   threads=torch.get_num_threads(), stack=f"torch {torch.__version__.split('+')[0]}, "
+                   f"transformers {transformers.__version__}")
+
+
 # ---------------------------------------------------------------------------------------------- TRL child
 def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int, group: int) -> dict:
     import warnings
@@ -463,7 +531,7 @@ def best_of_rounds(size: str, group: int, args: argparse.Namespace) -> list[dict
     rounds = 1 if args.quick else args.rounds
     if args.quick:
         warmup, steps = 1, 4
-    order = ["mmrl", "trl"] + (["mmrl+vllm"] if args.vllm_python else [])
+    order = ["mmrl", "trl"] + (["mmrl+vllm"] if args.vllm_python else []) + (["floor"] if args.floor else [])
     runs: dict[str, list[dict]] = {fw: [] for fw in order}
     for k in range(rounds):
         for fw in order if k % 2 == 0 else order[::-1]:  # ABBA: drifting load hits both alike
@@ -514,6 +582,10 @@ def ratios(rows: list[dict]) -> list[str]:
                 x = m["tokens_per_s"] / t["tokens_per_s"]
                 verdict = "2× target met" if x >= 2 else "≥ 1 met, 2× not" if x >= 1 else "MISSED (mmrl slower)"
                 lines.append(f"{size}: {fw}/TRL tokens-per-second ratio = {x:.2f} ({verdict})")
+        f = get.get((size, "floor"))
+        if f and t:
+            lines.append(f"{size}: floor/TRL tokens-per-second ratio = {f['tokens_per_s'] / t['tokens_per_s']:.2f} "
+                         "(the model's passes alone: no framework running them eagerly gets past it)")
     return lines
 
 
@@ -581,7 +653,7 @@ def stages(rows: list[dict]) -> str:
 
 
 FRAMEWORKS = (("mmrl", "C1", "mmrl (hf engine)"), ("mmrl+vllm", "C2", "mmrl + vLLM (CPU build)"),
-              ("trl", "C0", "TRL GRPOTrainer"))
+              ("trl", "C0", "TRL GRPOTrainer"), ("floor", "C7", "the model's passes alone (floor)"))
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -763,6 +835,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=900, help="seconds per child process")
     p.add_argument("--profile", choices=["mmrl"], help="cProfile the mmrl child of the first size instead")
     p.add_argument("--vllm-python", help="the vLLM venv's python (tools/vllm_cpu_venv.sh): adds the mmrl+vllm row")
+    p.add_argument("--floor", action="store_true",
+                   help="adds the `floor` row: the model's own passes for the same step, nothing else")
     p.add_argument("--mmrl-set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for the mmrl rows (repeatable), e.g. model.share_prompt=true")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/vs_trl.png"),
@@ -780,7 +854,7 @@ def main(argv: list[str] | None = None) -> None:
     MMRL_SET[:] = args.mmrl_set
     if args.child:
         fw, size, warmup, steps, threads = args.child
-        child = {"mmrl": _mmrl_child, "trl": _trl_child, "profile": _mmrl_profile,
+        child = {"mmrl": _mmrl_child, "trl": _trl_child, "profile": _mmrl_profile, "floor": _floor_child,
                  "mmrl+vllm": lambda *a: _mmrl_child(*a, engine="vllm")}[fw]
         res = child(model_path(size), SIZES[size]["image"], int(warmup), int(steps), int(threads), args.group)
         if res is not None:

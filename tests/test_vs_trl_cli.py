@@ -55,3 +55,29 @@ def test_g_arguments_fail_before_measuring(vs_trl, argv):
     with pytest.raises(SystemExit) as e:
         vs_trl.main(argv)
     assert e.value.code == 2
+
+
+def test_the_floor_line_reads_the_floor_row(vs_trl):
+    rows = [_row("tiny", 4, "mmrl", 0.128), _row("tiny", 4, "trl", 0.18), _row("tiny", 4, "floor", 0.105)]
+    lines = vs_trl.ratios(rows)
+    assert lines[0] == "tiny: mmrl/TRL tokens-per-second ratio = 1.41 (≥ 1 met, 2× not)"
+    assert lines[1].startswith("tiny: floor/TRL tokens-per-second ratio = 1.71 (the model's passes alone")
+    assert vs_trl.ratio_line(rows) == "ratio mmrl/TRL tokens/s: tiny 1.41× (G 4; tiny only, medium not run)"
+
+
+def test_the_floor_child_runs_the_model_passes_of_a_step(vs_trl):
+    """The `floor` row's child on the tiny zoo model: every step generates exactly 32 tokens for 4 prompts × G
+    rows (the child asserts the shape), and the stages it times add up to no more than its step."""
+    import torch
+
+    threads = torch.get_num_threads()
+    try:
+        res = vs_trl._floor_child(vs_trl.model_path("tiny"), 56, 1, 2, 1, 2)
+    finally:
+        torch.set_num_threads(threads)  # the child sets its own thread count
+    assert res["len_mean"] == [32, 32, 32] and res["steps_total"] == 3 and res["generate_calls"] == 3
+    st = res["stages_s"]
+    parts = sum(st[k] for k in ("generate", "update: forward (log-probs)", "update: backward",
+                                "update: clip + optimizer"))
+    assert 0 < parts <= st["step (total)"] * 1.001
+    assert len(res["times_s"]) == 3 and res["step_s"] == sum(res["times_s"][1:]) / 2

@@ -72,6 +72,26 @@ def test_inverse_cdf_across_blocks_matches_a_flat_cumulative_sum():
         assert bool((w.gather(1, picks[:, None]) > 0).all())
 
 
+def test_the_flat_and_two_level_draws_agree():
+    """Below `FLAT` columns the draw is one float64 cumulative sum, above it two levels: on the same weights (just
+    under the threshold, so both paths can run) they pick the same ids, empty stretches and zero edges included."""
+    from mmrl.rollout.hf import FLAT, _two_level
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.rand(8, FLAT, generator=g) ** 8
+    w[1, :1500] = 0.0
+    w[2, -7:] = 0.0
+    w[3, 1:] = 0.0  # one possible id, the first
+    u = uniforms(torch.arange(8), 40).T.contiguous()  # [40, 8]
+    for k in range(40):
+        flat, total = inverse_cdf(w, u[k])
+        blocks, total2 = _two_level(w, u[k])
+        assert torch.equal(flat, blocks), k
+        assert torch.allclose(total, total2, rtol=1e-6)
+        assert bool((w.gather(1, flat[:, None]) > 0).all())
+    assert (inverse_cdf(w, u[0])[0][3] == 0).item()
+
+
 def test_inverse_cdf_edges_never_pick_an_impossible_id():
     logp = torch.log_softmax(torch.tensor([[0.0, 0.0, -float("inf")], [-float("inf"), 3.0, -float("inf")]]), -1)
     for u in (0.0, 0.5, 1.0 - 2**-53):
