@@ -59,7 +59,7 @@ def _rewards(cfg: Config, bad: set[str]) -> list[str]:
 def _turn_rewards(cfg: Config) -> list[str]:
     """`algorithm.turn_rewards` name adding rewards of every RL stage's list, leave an outcome reward beside them, and
     need tool calls to credit."""
-    from mmrl.rewards.registry import default_name
+    from mmrl.rewards.checks import reward_names
 
     turn = cfg.algorithm.turn_rewards
     if not turn:
@@ -72,7 +72,7 @@ def _turn_rewards(cfg: Config) -> list[str]:
         lists.insert(0, ("rewards", cfg.rewards))
     errors = []
     for key, rewards in lists:
-        adding = {r.name or default_name(r.fn) for r in rewards if r.mode == "add"}
+        adding = {n for r, n in zip(rewards, reward_names(rewards)) if r.mode == "add"}
         if any(r.mode == "gate" for r in rewards):
             errors.append(f"algorithm.turn_rewards: a reward in `mode: gate` ({key}) overrides the whole total, which"
                           f" per-turn credit splits; use `gate:` on single rewards instead")

@@ -13,11 +13,16 @@ if TYPE_CHECKING:
     from mmrl.config import RewardConfig
 
 
+def reward_names(rewards: list[RewardConfig]) -> list[str]:
+    """Each term's name as the run knows it: its `name`, or the default its `fn` gives."""
+    return [r.name or default_name(r.fn) for r in rewards]
+
+
 def check_rewards(rewards: list[RewardConfig], key: str) -> list[str]:
     """Names valid and unique, functions known (plug-ins `module:function` are checked when loaded), gates pointing at
     other rewards of the same list, at least one adding term. `key`: where the list sits (`rewards`,
     `stages[1].rewards`)."""
-    names = [r.name or default_name(r.fn) for r in rewards]
+    names = reward_names(rewards)
     errors = []
     if len(set(names)) != len(names):
         errors.append(f"{key}: duplicate reward names {names}; give each a distinct `name`")

@@ -216,13 +216,13 @@ def weighted_sum(terms: Sequence[RewardTerm], components: dict[str, list[float |
         if term.mode != "add" or (names is not None and term.name not in names):
             continue
         gate = by_name[term.gate] if term.gate else None
+        if gate is not None:
+            closed[term.name] = 0
         for i, v in enumerate(components[term.name]):
             if gate is not None and not gate.passes(components[gate.name][i]):
-                closed[term.name] = closed.get(term.name, 0) + (v is not None)
+                closed[term.name] += v is not None
             elif v is not None:
                 totals[i] += term.weight * v
-        if gate is not None:
-            closed.setdefault(term.name, 0)
     return totals, closed
 
 

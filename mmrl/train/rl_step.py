@@ -207,24 +207,28 @@ class RLStep:
         lengths = rollouts.completion_mask.sum(dim=1)  # [N]
         valid = usable(rollouts)  # [N]
         generated = rewards.masked_fill(~valid, float("nan"))  # [N]: the generated batch, for batch statistics
-        seen_turn = None
-        if turn is not None:  # the turn rewards over every generated completion, for the batch statistics
-            seen_turn = turn if len(seen) == len(rollouts) else self.scorer.part(seen, a.turn_rewards)
         if len(seen) != len(rollouts):  # groups were dropped: they count in the batch std (no KL in these rewards)
-            seen_total = seen.total if turn is None else seen.total - seen_turn
+            seen_total = seen.total if turn is None else seen.total - self.scorer.part(seen, a.turn_rewards)
             generated = seen_total.masked_fill(~usable(seen), float("nan"))  # [N_seen] every generated completion
         adv, kl_weight = compute_advantages(rewards, lengths, a, group_size=rollouts.group_size,
                                             correctness=rollouts.total, valid=valid, batch_rewards=generated)
         if turn is not None:  # the turn rewards' own advantage, on the call turns' tokens: [N, C]
-            turn_adv = of_config(turn, a, group_size=rollouts.group_size, valid=valid,
-                                 batch_rewards=seen_turn.masked_fill(~usable(seen), float("nan")))
-            adv = turn_credit(adv, turn_adv, call_turns(rollouts))
+            adv = turn_credit(adv, self._turn_advantage(turn, rollouts, seen, valid), call_turns(rollouts))
         mask = rollouts.completion_mask
         capped = turn_capped(rollouts)
         if self.cfg.rollout.turn_cap == "mask" and capped.any():  # in the group statistics, out of the loss
             mask = mask * (~capped).to(mask)[:, None]
         return dataclasses.replace(batch, rollouts=dataclasses.replace(
             rollouts, advantages=adv, kl_weight=kl_weight, kl_penalty=kl, completion_mask=mask))
+
+    def _turn_advantage(self, turn: torch.Tensor, rollouts: Rollouts, seen: Rollouts,
+                        valid: torch.Tensor) -> torch.Tensor:
+        """The `algorithm.turn_rewards` part of the rewards (`turn` [N]) normalised in its groups as the outcome is,
+        the batch statistics over every generated completion (`seen`, dropped groups included): [N]."""
+        a = self.cfg.algorithm
+        seen_turn = turn if len(seen) == len(rollouts) else self.scorer.part(seen, a.turn_rewards)
+        return of_config(turn, a, group_size=rollouts.group_size, valid=valid,
+                         batch_rewards=seen_turn.masked_fill(~usable(seen), float("nan")))
 
     def replay_fill(self, batch: TrainBatch) -> TrainBatch:
         """With a replay buffer: fill the groups the filters dropped from it, then keep this step's informative
