@@ -99,16 +99,18 @@ its G rows in generation; its update runs the prompt through the language model 
 --mmrl-set model.share_prompt=true (off by default). TRL repeats every prompt G times throughout. So mmrl's step
 time should grow slower than linearly in G; the table reports whatever is measured.
 How long: the default tiny curve (3 + 20 steps, 2 rounds, 12 children) took 186 s on the 2-core machine
-(2026-12-06, load average 1.0–1.5; benchmarks/results/vs_trl_gcurve_tiny.json). A medium curve takes hours (an
-estimate: at G 4 one round is ~10 min, TRL ~72 s a step; if both grow linearly in G, 4,8,16 is ~2.5 h for 2 rounds),
-and TRL's children at G 8 / 16 need --timeout above the default 900 s (a child past it comes back as a skipped row).
+(2026-12-06, load average 1.0–1.5; benchmarks/results/vs_trl_gcurve_tiny.json). The medium curve with one round of
+1 + 3 steps (--sizes medium --rounds 1 --medium-warmup 1 --medium-steps 3 --timeout 2700) took 41 min (2026-12-07;
+TRL's G 16 child alone 21 min, 315 s a step; benchmarks/results/vs_trl_gcurve_medium.json); TRL's children at G 8 / 16
+need --timeout above the default 900 s (a child past it comes back as a skipped row).
 
 Floor (--floor): a third child runs, for the same step, only the passes of the model itself (`_floor_child`): each
 prompt prefilled once, the cache repeated to the rows, 31 decode forwards with argmax for a sampler, one training
 forward of the rows with each image encoded once, log-softmax over the vocabulary, backward, clip, AdamW — no
-processor, sampler, reward, advantage or policy-loss arithmetic. No framework that runs this transformers model
-eagerly can take less (short of running the model differently: compiled, graph-captured, other kernels), so
-floor/TRL is the ceiling of any such framework's ratio at that size; it is printed under the ratios.
+processor, sampler, reward, advantage or policy-loss arithmetic. A framework that runs this transformers model
+eagerly through its forward cannot take less (short of running the model differently: compiled, graph-captured,
+other kernels), so floor/TRL is the ceiling of any such framework's ratio at that size; it is printed under the
+ratios.
 """
 
 from __future__ import annotations
