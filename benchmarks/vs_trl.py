@@ -106,7 +106,7 @@ need --timeout above the default 900 s (a child past it comes back as a skipped 
 
 Floor (--floor): a third child runs, for the same step, only the passes of the model itself (`_floor_child`): each
 prompt prefilled once, the cache repeated to the rows, 31 decode forwards with argmax for a sampler, one training
-forward of the rows with each image encoded once, log-softmax over the vocabulary, backward, clip, AdamW — no
+forward of the rows with each image encoded once, the completion tokens' log-probs, backward, clip, AdamW — no
 processor, sampler, reward, advantage or policy-loss arithmetic. A framework that runs this transformers model
 eagerly through its forward cannot take less (short of running the model differently: compiled, graph-captured,
 other kernels), so floor/TRL is the ceiling of any such framework's ratio at that size; it is printed under the
@@ -348,15 +348,17 @@ def _mmrl_profile(path: str, image: int, warmup: int, steps: int, threads: int, 
 
 # -------------------------------------------------------------------------------------------- floor child
 def _floor_child(path: str, image: int, warmup: int, steps: int, threads: int, group: int) -> dict:
-    """The `floor` row: the model's own passes for one step and nothing else — what any framework running this
-    transformers model eagerly must spend at least. Per step: the 4 prompts prefilled once (each image encoded once),
-    the KV cache repeated to the 4·G rows, 31 decode forwards with argmax in place of a sampler (exactly 32 tokens:
-    no EOS check), one training forward of the 4·G rows (each image encoded once, as mmrl does), the completion
-    tokens' log-softmax over the vocabulary, the mean as the loss, backward, grad-norm clip, AdamW. Left out: the
-    processor (the prompts are encoded before the timing), sampling, rewards, advantages, the policy loss's
-    ratio/clip arithmetic. Built from mmrl's pieces (`decode`, `completion_hidden`): mmrl with those parts removed."""
+    """The `floor` row: the model's own passes for one step and nothing else — what a framework running this
+    transformers model eagerly through its forward must spend at least. Per step: the 4 prompts prefilled once (each
+    image encoded once), the KV cache repeated to the 4·G rows, 31 decode forwards with argmax in place of a sampler
+    (exactly 32 tokens: no EOS check), one training forward of the 4·G rows (each image encoded once, as mmrl does),
+    the completion tokens' log-probs (mmrl's fused kernel, `kernels.token_logprobs`: no [tokens, V] logits at any
+    size), their mean as the loss, backward, grad-norm clip, AdamW. Left out: the processor (the prompts are encoded
+    before the timing), sampling, rewards, advantages, the policy loss's ratio/clip arithmetic. Built from mmrl's
+    pieces (`decode`, `completion_hidden`): mmrl with those parts removed."""
     import torch
 
+    from mmrl.kernels import token_logprobs
     from mmrl.model.logprobs import completion_hidden
     from mmrl.rollout.hf_decode import decode
 
@@ -383,7 +385,7 @@ def _floor_child(path: str, image: int, warmup: int, steps: int, threads: int, g
             batch = policy.collate(prompts, repeats=group, share_vision=True)
             hidden, targets, weight = completion_hidden(batch, ids, torch.ones_like(ids), hf, packs=False,
                                                         runtime=policy.runtime)
-            loss = -torch.log_softmax(hidden @ weight.T, -1).gather(1, targets[:, None]).mean()
+            loss = -token_logprobs(hidden, weight, targets)[0].mean()
             t2 = time.perf_counter()
             loss.backward()
             t3 = time.perf_counter()
