@@ -76,7 +76,10 @@ def decode(hf, batch: dict, repeats: int, draw, max_new_tokens: int, eos_ids: li
     cache = out.past_key_values
     cache.batch_repeat_interleave(repeats)  # [B, …, P, …] → [N, …, P, …]
     logits = out.logits[:, -1].repeat_interleave(repeats, dim=0)  # [N, V]
-    mask = batch["attention_mask"].repeat_interleave(repeats, dim=0)  # [N, P]
+    # No left padding: every row attends to its whole cache, which no mask says (transformers would read an all-ones
+    # mask at every step — on a GPU a host sync per token — to find out it can drop it).
+    padded = not bool(batch["attention_mask"].all())
+    mask = batch["attention_mask"].repeat_interleave(repeats, dim=0) if padded else None  # [N, P]
     last = None if positions is None else positions[..., -1:].repeat_interleave(repeats, dim=_rows_dim(positions))
     eos = torch.tensor(eos_ids, dtype=torch.long, device=logits.device)
     running = torch.ones(logits.shape[0], dtype=torch.bool, device=logits.device)  # [N] no EOS yet
@@ -88,7 +91,8 @@ def decode(hf, batch: dict, repeats: int, draw, max_new_tokens: int, eos_ids: li
         running &= ~torch.isin(pick, eos)
         if t == max_new_tokens - 1 or _all_ended(not bool(running.any()), synced, logits.device):
             break
-        mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [N, P + t + 1]
+        if padded:
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)  # [N, P + t + 1]
         step = {} if last is None else {"position_ids": (last := last + 1)}
         out = hf(input_ids=pick[:, None], attention_mask=mask, past_key_values=cache, use_cache=True, **keep, **step)
         logits = out.logits[:, -1]

@@ -2,7 +2,7 @@
 prefilled once for its G rows and the KV cache expanded, and the completions, finish reasons, texts and sampling
 log-probs equal transformers' `generate` on the per-row path (every row prefilled, every row's media encoded) —
 per family, full and LoRA, greedy and sampled with top-k / top-p, images of two sizes, a video and a text-only
-prompt in one batch (so rows are left-padded)."""
+prompt in one batch (so rows are left-padded), and prompts of one length (no padding: no mask in decoding)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,12 @@ def test_prefill_once_per_group_samples_what_generate_does(zoo_cache, family, mo
         assert calls[1:] == [(G * len(prompts), 1)] * (got.completion_ids.shape[1] - 1), name  # then one token a step
         if name != "greedy":
             assert len(set(got.texts)) > len(prompts)  # real draws: the rows of a group differ
+    same = [policy.encode(s) for s in make("rotation", 2, seed=6)]  # equal lengths: no padding, no decode mask
+    assert len({p.length for p in same}) == 1
+    ref, _ = _generate(policy, same, PARAMS["plain"], "generate")
+    got, _ = _generate(policy, same, PARAMS["plain"], "mmrl")
+    assert torch.equal(got.completion_ids, ref.completion_ids) and got.texts == ref.texts
+    assert float((got.sampling_logprobs - ref.sampling_logprobs).abs().max()) <= 1e-5
 
 
 def test_the_loop_stops_when_every_row_ended_and_pads_after_eos(zoo_cache):
