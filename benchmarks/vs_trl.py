@@ -237,14 +237,19 @@ def _suppressed_ids(eos: list[int], tokenizer) -> list[int]:
 
 def _result(step_ends: list[tuple[float, float]], start: tuple[float, float], warmup: int, timers: Timers,
             lengths: list[float], generate_calls: int, **extra) -> dict:
-    """`step_ends` / `start`: (wall, process CPU) clock readings at the end of each step / before the first."""
+    """`step_ends` / `start`: (wall, process CPU) clock readings at the end of each step / before the first. Adds
+    the child's thread count and its torch / transformers versions (`stack`)."""
+    import torch
+    import transformers
+
     times = [b[0] - a[0] for a, b in zip([start] + step_ends[:-1], step_ends)]
     cpu = [b[1] - a[1] for a, b in zip([start] + step_ends[:-1], step_ends)]
     return {"times_s": times, "median_step_s": statistics.median(times[warmup:]),
             "step_s": sum(times[warmup:]) / len(times[warmup:]), "cpu_times_s": cpu,  # end to end: first → last
             "cpu_step_s": statistics.median(cpu[warmup:]), "stages_s": timers.medians(warmup),
             "len_mean": lengths, "generate_calls": generate_calls, "steps_total": len(times),
-            "peak_rss_mib": maxrss_mib(), **extra}
+            "peak_rss_mib": maxrss_mib(), "threads": torch.get_num_threads(),
+            "stack": f"torch {torch.__version__.split('+')[0]}, transformers {transformers.__version__}", **extra}
 
 
 # --------------------------------------------------------------------------------------------- mmrl child
@@ -315,11 +320,7 @@ def _mmrl_child(path: str, image: int, warmup: int, steps: int, threads: int, gr
     # One generation and one optimizer step per RL step, at every G (B·G completions fit one micro-batch).
     total = warmup + steps
     assert timers.calls["generate"] == total and timers.calls["update: clip + optimizer"] == total, timers.calls
-    import transformers
-
-    return _result(ends, start, warmup, timers, lengths, timers.calls["generate"], prompt_tokens=prompt_len,
-                   threads=torch.get_num_threads(), stack=f"torch {torch.__version__.split('+')[0]}, "
-                   f"transformers {transformers.__version__}")
+    return _result(ends, start, warmup, timers, lengths, timers.calls["generate"], prompt_tokens=prompt_len)
 
 
 def _mmrl_profile(path: str, image: int, warmup: int, steps: int, threads: int, group: int) -> None:
@@ -400,12 +401,7 @@ def _floor_child(path: str, image: int, warmup: int, steps: int, threads: int, g
             timers.cut()
             lengths.append(ids.shape[1])
             assert ids.shape == (PROMPTS * group, TOKENS), ids.shape
-        prompt_len = prompts[0].length
-    import transformers
-
-    return _result(ends, start, warmup, timers, lengths, total, prompt_tokens=prompt_len,
-                   threads=torch.get_num_threads(), stack=f"torch {torch.__version__.split('+')[0]}, "
-                   f"transformers {transformers.__version__}")
+    return _result(ends, start, warmup, timers, lengths, total, prompt_tokens=batches[0][0].length)
 
 
 # ---------------------------------------------------------------------------------------------- TRL child
@@ -496,11 +492,7 @@ def _trl_child(path: str, image: int, warmup: int, steps: int, threads: int, gro
             len(ends), marks, timers.calls)
         text = processor.apply_chat_template(rows[0]["prompt"], add_generation_prompt=True, tokenize=False)
         ids = processor(text=[text], images=[rows[0]["image"]])["input_ids"]
-    import transformers
-
-    return _result(ends, marks["start"], warmup, timers, lengths, timers.calls["generate"], prompt_tokens=len(ids[0]),
-                   threads=torch.get_num_threads(), stack=f"torch {torch.__version__.split('+')[0]}, "
-                   f"transformers {transformers.__version__}")
+    return _result(ends, marks["start"], warmup, timers, lengths, timers.calls["generate"], prompt_tokens=len(ids[0]))
 
 
 # ---------------------------------------------------------------------------------------------- parent
